@@ -1,0 +1,401 @@
+"""Typed pipeline configuration: YAML in conf/ plus dotted command-line overrides.
+
+One pydantic model per stage (data, model, train, tune, tracking, workflow), composed
+into `PipelineConfig`. Every field carries a one-line description; unknown keys and bad
+values raise `ConfigError` naming the key, the bad value, what is allowed, and a
+"did you mean" for near misses.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message says how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+class SampleDataConfig(_Section):
+    num_series: int = Field(20, ge=1)
+    """Number of synthetic series to generate."""
+    num_steps: int = Field(2000, ge=10)
+    """Hourly steps per series."""
+    seed: int = 0
+    """Seed of the generator; the same seed gives the same file."""
+
+
+class DataConfig(_Section):
+    path: str | None = None
+    """Input CSV/Parquet file, directory or glob (local path or pyarrow.fs URI). Unset: use `sample`."""
+    sample: SampleDataConfig | None = None
+    """Generate the bundled synthetic data set (written under work_dir) when `path` is unset."""
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    """Input file format; `auto` decides by file extension."""
+    layout: Literal["long", "wide"] = "long"
+    """`long`: one row per (series, timestamp); `wide`: one column per series."""
+    timestamp_col: str = "timestamp"
+    """Name of the timestamp column in the input."""
+    series_col: str = "series_id"
+    """Name of the series identifier column (long layout)."""
+    target_cols: list[str] = Field(default_factory=lambda: ["target"], min_length=1)
+    """Target column(s) to forecast."""
+    covariate_cols: list[str] = Field(default_factory=list)
+    """Past-only covariates: known up to the forecast time, not after."""
+    future_cols: list[str] = Field(default_factory=list)
+    """Known-future covariates (planned events, prices set in advance), fed to the head."""
+    freq: str | None = None
+    """Sampling frequency as a pandas/pyarrow duration (e.g. `1h`); unset: inferred."""
+    lookback: int = Field(168, ge=1)
+    """Input window length in steps."""
+    horizon: int = Field(24, ge=1)
+    """Forecast horizon in steps."""
+    stride: int = Field(1, ge=1)
+    """Step between consecutive training windows."""
+    val_size: float = Field(0.1, gt=0)
+    """Validation part at the end of each series' history: a fraction (<1) or a number of steps."""
+    test_size: float = Field(0.1, gt=0)
+    """Test (hold-out) tail of each series: a fraction (<1) or a number of steps."""
+    scaler: Literal["standard", "minmax", "robust", "none"] = "standard"
+    """Scaler for targets and covariates, fitted on the train part only."""
+    scaler_scope: Literal["series", "global"] = "series"
+    """Fit one scaler per series or one for all series."""
+    calendar_features: list[Literal["hour", "weekday", "month", "dayofyear"]] = Field(default_factory=list)
+    """Calendar features added as sine/cosine pairs (known in the future)."""
+    duplicates: Literal["error", "keep_last", "mean"] = "error"
+    """What to do with duplicate (series, timestamp) rows."""
+    missing: Literal["error", "ffill", "interpolate", "zero", "drop"] = "error"
+    """What to do with missing (null/NaN) values."""
+    short_series: Literal["error", "skip"] = "error"
+    """What to do with a series too short for lookback + horizon + hold-out."""
+    rows_per_shard: int = Field(262_144, ge=16)
+    """Target number of rows per Arrow shard (before the halo)."""
+    num_read_tasks: int = Field(0, ge=0)
+    """Ray tasks used to read and process the input; 0 = one per file, at most the CPU count."""
+    seasonality: int = Field(24, ge=1)
+    """Season length in steps, for the seasonal-naive baseline (24 for hourly data with daily cycles)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.path is None and self.sample is None:
+            raise ValueError("set data.path (your CSV/Parquet input) or data.sample (generated demo data)")
+        overlap = set(self.target_cols) & (set(self.covariate_cols) | set(self.future_cols))
+        if overlap:
+            raise ValueError(f"column(s) {sorted(overlap)} are both targets and covariates; list each once")
+        return self
+
+
+class ModelConfig(_Section):
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"
+    """Recurrent cell: cuDNN LSTM, GRU, or a plain tanh RNN baseline."""
+    hidden_size: int = Field(64, ge=1)
+    """Hidden units per recurrent layer."""
+    num_layers: int = Field(1, ge=1)
+    """Stacked recurrent layers."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout between stacked layers and before the head."""
+    bidirectional: bool = False
+    """Bidirectional encoder over the lookback window."""
+    layer_norm: bool = False
+    """Layer norm on the encoder outputs."""
+    residual: bool = False
+    """Residual connections between stacked layers."""
+    readout: Literal["last", "attention"] = "last"
+    """Summary of the encoder: its last state, or attention pooling over all steps."""
+    head: Literal["direct", "recursive"] = "direct"
+    """`direct`: all horizon steps at once; `recursive`: one step, fed back at inference."""
+    loss: Literal["mse", "mae", "huber", "quantile", "gaussian"] = "mse"
+    """Training loss; `quantile` and `gaussian` give prediction intervals."""
+    quantiles: list[float] = Field(default_factory=lambda: [0.1, 0.5, 0.9])
+    """Quantiles predicted with loss=quantile (must include 0.5)."""
+    series_embedding_dim: int = Field(0, ge=0)
+    """Size of a learned per-series embedding fed to the head; 0 disables it."""
+    tbptt_chunk: int = Field(0, ge=0)
+    """Truncated BPTT: process the lookback in chunks of k steps, detaching state between them; 0 = full BPTT."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.loss == "quantile" and 0.5 not in self.quantiles:
+            raise ValueError("model.quantiles must include 0.5 (the point forecast) when model.loss is quantile")
+        if any(not 0 < q < 1 for q in self.quantiles):
+            raise ValueError(f"model.quantiles must lie strictly between 0 and 1, got {self.quantiles}")
+        return self
+
+
+class TrainConfig(_Section):
+    num_workers: int = Field(2, ge=1)
+    """Ray Train workers (DDP ranks)."""
+    use_gpu: Literal["auto", "yes", "no"] = "auto"
+    """Put workers on GPUs: `auto` uses them when the cluster has any."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """Logical CPUs reserved per worker."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """`auto`: fp16 autocast + GradScaler on CUDA, fp32 on CPU. fp16 on CPU is refused."""
+    epochs: int = Field(10, ge=1)
+    """Maximum number of epochs."""
+    batch_size: int = Field(256, ge=1)
+    """Global batch size, split evenly over workers."""
+    max_steps_per_epoch: int = Field(0, ge=0)
+    """Cap on optimizer steps per epoch (0 = a full pass over the train windows)."""
+    lr: float = Field(3e-3, gt=0)
+    """Peak learning rate of AdamW."""
+    weight_decay: float = Field(1e-4, ge=0)
+    """AdamW weight decay."""
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    """Fraction of all steps spent in linear warm-up before the cosine decay."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip gradients to this global L2 norm (0 disables)."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches accumulated per optimizer step."""
+    patience: int = Field(5, ge=0)
+    """Early stopping: epochs without validation improvement before stopping (0 disables)."""
+    min_delta: float = Field(0.0, ge=0)
+    """Early stopping: minimum decrease of validation loss that counts as improvement."""
+    seed: int = 0
+    """Seed for weights, sampling and dropout; same seed and config give the same loss on CPU."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Best checkpoints (by validation loss) kept on disk."""
+    max_failures: int = Field(2, ge=0)
+    """Worker-group restarts from the latest checkpoint after a worker dies."""
+    max_val_windows: int = Field(0, ge=0)
+    """Cap on validation windows evaluated per epoch (0 = all)."""
+
+
+class TuneConfig(_Section):
+    enabled: bool = False
+    """Run a Ray Tune search before the final training."""
+    num_samples: int = Field(8, ge=1)
+    """Number of trials."""
+    scheduler: Literal["asha", "none"] = "asha"
+    """Trial scheduler: ASHA early-stops weak trials."""
+    search: Literal["random", "optuna"] = "random"
+    """Search algorithm; `optuna` (TPE) needs the optional `optuna` extra."""
+    max_concurrent_trials: int = Field(0, ge=0)
+    """Trials run at once (0 = as many as resources allow)."""
+    time_budget_s: float = Field(0, ge=0)
+    """Stop the search after this many seconds (0 = no limit)."""
+    grace_period: int = Field(1, ge=1)
+    """ASHA: epochs every trial runs before it may be stopped."""
+    reduction_factor: int = Field(2, ge=2)
+    """ASHA: fraction of trials kept at each rung is 1/reduction_factor."""
+    workers_per_trial: int = Field(1, ge=1)
+    """Ray Train workers inside each trial."""
+    space: dict[str, Any] = Field(default_factory=dict)
+    """Search space: dotted config key -> {choice|uniform|loguniform|randint|quniform: ...}."""
+
+
+class TrackingConfig(_Section):
+    uri: str | None = None
+    """MLflow tracking URI; unset: $MLFLOW_TRACKING_URI, else sqlite:///<work_dir>/mlflow.db."""
+    experiment: str = "lstm_dist"
+    """MLflow experiment name."""
+    model_name: str = "lstm_forecaster"
+    """Registered model name."""
+    register_model: bool = True
+    """Register the final model and set its alias."""
+    promotion_metric: Literal["mae", "rmse"] = "mae"
+    """Test metric compared against the champion (lower is better)."""
+    promotion_margin: float = Field(0.0, ge=0)
+    """Relative improvement a challenger needs over the champion to be promoted (0.02 = 2%)."""
+
+
+class WorkflowConfig(_Section):
+    work_dir: str = "runs"
+    """Directory for shards, checkpoints, the MLflow store and run records (resolved to absolute)."""
+    ray_address: str | None = None
+    """Ray cluster address; unset: $RAY_ADDRESS, else a local Ray started for the run."""
+    num_cpus: int = Field(0, ge=0)
+    """Logical CPUs of a local Ray (0 = the machine's count, at least 4 so 2 workers and a controller fit)."""
+
+
+class PipelineConfig(_Section):
+    data: DataConfig
+    """Input data, cleaning, windowing, splits and scaling."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Network architecture."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Distributed training."""
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    """Hyperparameter search."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """MLflow tracking and registry."""
+    workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)
+    """Where the pipeline keeps its state and runs."""
+
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI this config resolves to."""
+        if self.tracking.uri:
+            return self.tracking.uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        return f"sqlite:///{Path(self.workflow.work_dir) / 'mlflow.db'}"
+
+    def resolved(self, *, base_dir: Path | None = None) -> PipelineConfig:
+        """A copy with every path made absolute (relative ones are taken from `base_dir` or the cwd)."""
+        base = Path(base_dir or Path.cwd())
+        cfg = self.model_copy(deep=True)
+        cfg.workflow.work_dir = str((base / cfg.workflow.work_dir).resolve())
+        if cfg.data.path and "://" not in cfg.data.path:
+            cfg.data.path = str((base / cfg.data.path).resolve())
+        return cfg
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view of the config, e.g. {'train.epochs': 10}, for MLflow params."""
+        return flatten(self.model_dump(mode="json"))
+
+    def summary(self) -> str:
+        """A few lines that say what this run will do."""
+        d, m, t = self.data, self.model, self.train
+        src = d.path or f"sample data ({d.sample.num_series} series x {d.sample.num_steps} steps)"
+        return (
+            f"data: {src}  lookback={d.lookback} horizon={d.horizon} targets={d.target_cols}\n"
+            f"model: {m.cell} hidden={m.hidden_size} layers={m.num_layers} readout={m.readout} head={m.head}\n"
+            f"train: {t.num_workers} workers, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
+            f"precision {t.precision}\n"
+            f"work_dir: {self.workflow.work_dir}  tracking: {self.tracking_uri()}"
+        )
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists and empty dicts stay leaves."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "space":
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        sub = _section_type(field.annotation)
+        if sub is not None:
+            keys.extend(_known_keys(sub, prefix + name + "."))
+    return keys
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    candidates = getattr(annotation, "__args__", None) or (annotation,)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, BaseModel):
+            return c
+    return None
+
+
+def _describe(model: type[BaseModel], loc: tuple) -> str:
+    """The field's description, for error messages."""
+    current: type[BaseModel] | None = model
+    field = None
+    for part in loc:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return ""
+        field = current.model_fields[part]
+        current = _section_type(field.annotation)
+    return (field.description or "") if field else ""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    known = _known_keys(PipelineConfig)
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            section, _, leaf = key.rpartition(".")
+            siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section]
+            near = [f"{section}.{n}" if section else n for n in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]
+            near = near or difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            lines.append(f"  - unknown key '{key}'.{hint} Allowed in '{section or 'top level'}': {', '.join(siblings)}")
+            continue
+        if e["type"] == "missing":
+            lines.append(f"  - missing required key '{key}': {_describe(PipelineConfig, loc)}")
+            continue
+        value = e.get("input")
+        shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
+        msg = e["msg"].removeprefix("Value error, ")
+        desc = _describe(PipelineConfig, loc)
+        where = f"key '{key}'" if key else "config"
+        extra = f" ({desc})" if desc else ""
+        if key and not isinstance(value, dict):
+            lines.append(f"  - {where} = {shown}: {msg}{extra}")
+        else:
+            lines.append(f"  - {where}: {msg}{extra}")
+    return "\n".join(lines)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """['train.epochs=3', 'model.hidden_size=64'] -> nested dict; values are parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=3)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}': '{key}' is not a dotted key like train.epochs")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value '{raw}' is not valid YAML ({exc.problem})") from exc
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{part}'")
+        node[parts[-1]] = value
+    return tree
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: dicts merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "space":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(tree: dict[str, Any], *, source: str = "config") -> PipelineConfig:
+    """Validate a nested dict into a PipelineConfig, with readable errors."""
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a YAML config file and apply dotted `key=value` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist (the files in conf/ are examples)")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...)")
+    tree = merge(tree, parse_overrides(overrides or []))
+    return from_dict(tree, source=str(path))
+
+
+def dump_yaml(cfg: PipelineConfig) -> str:
+    """The config as YAML, as saved with a run."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
