@@ -1,0 +1,172 @@
+"""The forecaster network: encoder -> readout -> (+ series embedding) -> head.
+
+Pure single-device PyTorch: nothing here knows of Ray or DDP; the training loop wraps the
+module with `ray.train.torch.prepare_model`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from lstm_dist.config import ModelConfig
+from lstm_dist.models import losses
+from lstm_dist.models.encoder import AttentionReadout, Encoder, last_state
+from lstm_dist.models.heads import DirectHead, RecursiveHead
+from lstm_dist.models.weights import init_recurrent
+
+
+class Forecaster(nn.Module):
+    """Maps a scaled lookback window to a multi-horizon forecast `[B, H, T, P]`.
+
+    `x` [B, L, F] holds the targets first (in order), then covariates and calendar
+    features; `future` [B, H, Ff] the known-future covariates over the horizon; `series`
+    [B] the series index. P = 1 (point losses), len(quantiles) (quantile) or 2
+    (gaussian: mean, raw scale; see `losses.gaussian_scale`).
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        num_features: int,
+        num_targets: int,
+        horizon: int,
+        num_future: int = 0,
+        num_series: int = 0,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg.model_copy(deep=True)
+        self.build_args = dict(
+            num_features=num_features,
+            num_targets=num_targets,
+            horizon=horizon,
+            num_future=num_future,
+            num_series=num_series,
+        )
+        self.num_features, self.num_targets, self.horizon = num_features, num_targets, horizon
+        self.num_future = num_future
+        self.num_outputs = losses.num_outputs(cfg)
+
+        self.encoder = Encoder(cfg, input_size=num_features)
+        dim = self.encoder.out_size
+        self.attention = AttentionReadout(dim) if cfg.readout == "attention" else None
+        summary_dim = 2 * dim if self.attention is not None else dim
+        self.embedding = nn.Embedding(num_series, cfg.series_embedding_dim) if cfg.series_embedding_dim > 0 else None
+        if self.embedding is not None:
+            summary_dim += cfg.series_embedding_dim
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.head == "direct":
+            self.head: nn.Module = DirectHead(
+                in_dim=summary_dim,
+                hidden=cfg.hidden_size,
+                horizon=horizon,
+                num_future=num_future,
+                num_targets=num_targets,
+                num_outputs=self.num_outputs,
+            )
+        else:
+            self.head = RecursiveHead(
+                cell=cfg.cell,
+                in_dim=summary_dim,
+                hidden=cfg.hidden_size,
+                horizon=horizon,
+                num_future=num_future,
+                num_targets=num_targets,
+                num_outputs=self.num_outputs,
+            )
+        init_recurrent(self)
+
+    def _check_inputs(self, x: Tensor, future: Tensor | None, series: Tensor | None) -> None:
+        # Plain int comparisons: cheap, and a wrong column count otherwise surfaces as an
+        # opaque matmul error deep in cuDNN.
+        if x.dim() != 3 or x.shape[-1] != self.num_features:
+            raise ValueError(f"x must be [B, L, {self.num_features}] (num_features), got {tuple(x.shape)}")
+        if self.num_future > 0:
+            if future is None or future.shape[1:] != (self.horizon, self.num_future):
+                got = None if future is None else tuple(future.shape)
+                raise ValueError(
+                    f"future must be [B, {self.horizon}, {self.num_future}] (horizon, num_future), got {got}"
+                )
+        elif future is not None and future.shape[-1] > 0:
+            raise ValueError("future covariates were passed but the model was built with num_future=0")
+        if self.embedding is not None and series is None:
+            raise ValueError("model.series_embedding_dim > 0 needs `series` ([B] series indices) in forward")
+
+    def summarize(self, x: Tensor, *, series: Tensor | None = None) -> Tensor:
+        """Encoder summary [B, S] of `x` [B, L, F] (readout, plus the series embedding)."""
+        out = self.encoder(x, keep_all=self.attention is not None or self.encoder.num_directions == 2)  # [B, L, D]
+        last = last_state(out, num_directions=self.encoder.num_directions)  # [B, D]
+        summary = self.attention(out, last) if self.attention is not None else last  # [B, S]
+        if self.embedding is not None:
+            summary = torch.cat([summary, self.embedding(series).to(summary.dtype)], dim=-1)  # [B, S + E]
+        return self.drop(summary)
+
+    def forward(self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None) -> Tensor:
+        self._check_inputs(x, future, series)
+        if self.num_future == 0:
+            future = None
+        summary = self.summarize(x, series=series)  # [B, S]
+        if isinstance(self.head, RecursiveHead):
+            y_last = x[:, -1, : self.num_targets]  # [B, T]; targets come first in x
+            return self.head(summary, y_last=y_last, future=future, point=self.point)
+        return self.head(summary, future=future)  # [B, H, T, P]
+
+    def loss(self, out: Tensor, y: Tensor) -> Tensor:
+        """The configured loss of `out` [B, H, T, P] against `y` [B, H, T]; a scalar (fp32)."""
+        return losses.compute_loss(self.cfg, out, y)
+
+    def point(self, out: Tensor) -> Tensor:
+        """Point forecast [..., T] from `out` [..., T, P]: the value, the median or the mean."""
+        return losses.point(self.cfg, out)
+
+    def interval(self, out: Tensor) -> dict[str, Tensor] | None:
+        """{"q0.1": [B, H, T], ...} for quantile/gaussian losses (80% for gaussian); None otherwise."""
+        return losses.interval(self.cfg, out)
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None) -> Tensor:
+        """Inference forward in eval mode (dropout off), without autograd; [B, H, T, P].
+
+        The recursive head rolls out one step at a time feeding its forecasts back, as in
+        training; the module's train/eval mode is restored afterwards.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return self(x, future=future, series=series)
+        finally:
+            self.train(was_training)
+
+
+def build_model(
+    cfg: ModelConfig,
+    *,
+    num_features: int,
+    num_targets: int,
+    horizon: int,
+    num_future: int = 0,
+    num_series: int = 0,
+) -> Forecaster:
+    """Build the configured forecaster; raises ValueError naming the key for impossible settings."""
+    if num_targets < 1 or num_features < num_targets:
+        raise ValueError(f"need 1 <= num_targets <= num_features, got {num_targets} and {num_features}")
+    if cfg.series_embedding_dim > 0 and num_series < 1:
+        raise ValueError("model.series_embedding_dim > 0 needs num_series >= 1 (the number of series in the data)")
+    if cfg.tbptt_chunk > 0 and cfg.bidirectional:
+        raise ValueError(
+            "model.tbptt_chunk > 0 cannot be combined with model.bidirectional: the backward direction "
+            "starts at the end of the window, so it cannot be run chunk by chunk; set one of them off"
+        )
+    if cfg.residual and cfg.num_layers == 1:
+        warnings.warn("model.residual has no effect with model.num_layers=1 (it acts between layers)", stacklevel=2)
+    return Forecaster(
+        cfg,
+        num_features=num_features,
+        num_targets=num_targets,
+        horizon=horizon,
+        num_future=num_future,
+        num_series=num_series,
+    )
