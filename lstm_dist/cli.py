@@ -1,0 +1,122 @@
+"""`lstm-dist`: the command-line entry point. The only module of lstm_dist that imports pipelines/."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml, load_config
+
+app = typer.Typer(
+    help=(
+        "Distributed LSTM forecasting on Ray, tracked in MLflow.\n\n"
+        "Every command takes a YAML config from conf/ plus dotted overrides, e.g.\n\n"
+        "  lstm-dist run conf/demo.yaml train.epochs=3 model.hidden_size=64"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config YAML (see conf/).", show_default=False)]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Dotted overrides key=value, e.g. train.epochs=3 model.hidden_size=64.", show_default=False),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path, overrides: list[str] | None) -> PipelineConfig:
+    try:
+        return load_config(config, overrides or []).resolved()
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable; keeps type checkers calm
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from lstm_dist.data.errors import DataError
+    from lstm_dist.tracking import TrackingError
+    from lstm_dist.train.precision import PrecisionError
+
+    return (DataError, TrackingError, PrecisionError, ConfigError)
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option("--force", help="Rerun this step and every later one even if cached (ingest, train, evaluate, register). Repeatable."),
+    ] = None,
+    show_config: Annotated[bool, typer.Option("--show-config", help="Print the full resolved config and exit.")] = False,
+) -> None:
+    """Run the training pipeline: ingest -> train (Ray Train DDP) -> evaluate -> register in MLflow.
+
+    Completed steps are cached under workflow.work_dir and reused; a run that died resumes where it stopped.
+    """
+    cfg = _load(config, overrides)
+    if show_config:
+        typer.echo(dump_yaml(cfg))
+        return
+    from pipelines.train import print_summary
+    from pipelines.train import run as run_pipeline
+
+    work_dir = Path(cfg.workflow.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "last_config.yaml").write_text(dump_yaml(cfg))
+    try:
+        summary = run_pipeline(cfg, force=set(force or ()))
+    except _user_errors() as exc:
+        _fail(f"error: {exc}", code=1)
+    print_summary(summary, cfg=cfg)
+
+
+@app.command()
+def sample(
+    output: Annotated[Path, typer.Argument(help="Parquet file to write.")],
+    num_series: Annotated[int, typer.Option(help="Number of series.")] = 20,
+    num_steps: Annotated[int, typer.Option(help="Hourly steps per series.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write the synthetic multi-series sample data set (long format) as Parquet."""
+    from lstm_dist.data.synthetic import write_sample
+
+    path = write_sample(output, num_series=num_series, num_steps=num_steps, seed=seed)
+    typer.echo(f"wrote {num_series} series x {num_steps} steps to {path}")
+
+
+@app.command()
+def ui(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you know you need more.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the config's tracking store and print its address."""
+    import subprocess
+
+    cfg = _load(config, overrides)
+    uri = cfg.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        typer.echo(f"the store is an MLflow server already: open {uri}")
+        return
+    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def main() -> None:  # pragma: no cover - console script shim
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,38 @@
+"""Connecting to Ray: a local cluster by default, or the one named by the config / RAY_ADDRESS.
+
+Called by the CLI, the pipelines and the tests only; importing lstm_dist never starts Ray.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lstm_dist.config import PipelineConfig
+
+
+def init_ray(cfg: PipelineConfig) -> dict[str, float]:
+    """Start or join Ray once per process; returns the cluster's resources."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    address = cfg.workflow.ray_address or os.environ.get("RAY_ADDRESS")
+    # Workers import the package from the driver's environment; keep their logs readable.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # Logical CPUs, not cores: the Train controller, each worker and the ingest tasks each hold one,
+        # so on a 2-core laptop 2 workers + controller would otherwise wait forever for a free CPU.
+        wanted = cfg.workflow.num_cpus or max(os.cpu_count() or 1, cfg.train.num_workers + 2, 4)
+        ray.init(num_cpus=wanted, include_dashboard=False, log_to_driver=True)
+    return ray.cluster_resources()
+
+
+def cluster_summary() -> str:
+    import ray
+
+    res = ray.cluster_resources()
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    return f"{nodes} node(s), {res.get('CPU', 0):.0f} CPU, {res.get('GPU', 0):.0f} GPU"

@@ -1,0 +1,83 @@
+"""What a training checkpoint holds, and how the final model is rebuilt from one."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lstm_dist.config import ModelConfig
+from lstm_dist.models import Forecaster, build_model
+
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"
+
+
+def save_training_state(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    stopper: Any,
+    epoch: int,
+    model_args: dict[str, Any],
+) -> None:
+    """Everything needed to continue training exactly where it stopped, plus a weights-only file for serving."""
+    weights = {"model_args": model_args, "state_dict": model.state_dict()}
+    torch.save(weights, path / MODEL_FILE)
+    torch.save(
+        {
+            "epoch": epoch,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "early_stopping": stopper.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        },
+        path / STATE_FILE,
+    )
+
+
+def load_training_state(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    stopper: Any,
+) -> int:
+    """Restore a checkpoint in place; returns the number of epochs already completed."""
+    model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=False)["state_dict"])
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    stopper.load_state_dict(state["early_stopping"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(state["epoch"])
+
+
+def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:
+    """Rebuild the trained network from a checkpoint directory (or a copy of its model.pt)."""
+    path = Path(path)
+    weights = torch.load(path / MODEL_FILE if path.is_dir() else path, map_location=device, weights_only=False)
+    args = dict(weights["model_args"])
+    model = build_model(ModelConfig.model_validate(args.pop("model")), **args)
+    model.load_state_dict(weights["state_dict"])
+    return model.to(device).eval()

@@ -1,0 +1,118 @@
+"""End to end: the CLI in a subprocess on conf/debug.yaml, against a real local Ray and a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "lstm_dist.cli"]
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(cwd / "ray")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("e2e")
+    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, proc
+
+
+def test_run_registers_a_champion_that_loads_in_a_fresh_process(finished_run) -> None:
+    work, proc = finished_run
+    out = proc.stdout
+    for line in ("[ingest] done", "[train] done", "[evaluate] done", "[register] done", "MLflow UI:", "alias: champion"):
+        assert line in out, f"{line!r} missing from output:\n{out[-3000:]}"
+    uri = f"sqlite:///{work / 'w' / 'mlflow.db'}"
+    # Read back with MlflowClient: the run has params, per-epoch metrics, artifacts and nested step runs.
+    script = f"""
+import json, mlflow
+c = mlflow.MlflowClient(tracking_uri={uri!r})
+exp = c.get_experiment_by_name("lstm_dist_debug")
+runs = c.search_runs([exp.experiment_id])
+parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
+steps = sorted(r.data.tags["lstm_dist.step"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
+hist = c.get_metric_history(parent.info.run_id, "val_loss")
+arts = [a.path for a in c.list_artifacts(parent.info.run_id)]
+sub = [a.path for p in ("config", "data") for a in c.list_artifacts(parent.info.run_id, p)]
+v = c.get_model_version_by_alias("lstm_debug", "champion")
+print(json.dumps(dict(params=parent.data.params, steps=steps, epochs=[m.step for m in hist], arts=arts + sub,
+                      metrics=parent.data.metrics, version=v.version, tags=v.tags)))
+"""
+    info = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                     cwd=work).stdout.strip().splitlines()[-1])
+    assert info["params"]["train.epochs"] == "2" and info["params"]["data.lookback"] == "48"
+    assert info["steps"] == ["evaluate", "ingest", "register", "train"]
+    assert sorted(info["epochs"]) == [1, 2]
+    assert "config/resolved.yaml" in info["arts"] and "data/manifest.json" in info["arts"]
+    assert "model" in info["arts"] or any(a.startswith("model") for a in info["arts"]) or info["version"] == "1"
+    assert info["metrics"]["test_model_mae"] > 0 and info["metrics"]["test_naive_mae"] > 0
+    assert info["tags"]["promotion"].startswith("first model")
+
+    # The registered model loads in a fresh Python process and forecasts in original units.
+    history = pd.read_parquet(next((work / "w").glob("sample/*.parquet")))
+    history.to_parquet(work / "history.parquet")
+    script = f"""
+import mlflow, pandas as pd
+mlflow.set_tracking_uri({uri!r})
+model = mlflow.pyfunc.load_model("models:/lstm_debug@champion")
+h = pd.read_parquet({str(work / 'history.parquet')!r})
+pred = model.predict(h)
+pred.to_parquet({str(work / 'pred.parquet')!r})
+"""
+    subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=work)
+    pred = pd.read_parquet(work / "pred.parquet")
+    num_series, horizon = history["series_id"].nunique(), 12
+    assert len(pred) == num_series * horizon
+    assert sorted(pred["step"].unique()) == list(range(1, horizon + 1))
+    # Right scale: each series' forecast lies near that series' recent level, not near 0 (the scaled space).
+    for sid, group in pred.groupby("series_id"):
+        recent = history[history["series_id"] == sid]["target"].tail(200)
+        spread = recent.max() - recent.min()
+        assert recent.min() - spread < group["target"].mean() < recent.max() + spread, sid
+        assert group["timestamp"].min() > history[history["series_id"] == sid]["timestamp"].max()
+
+
+def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:
+    work, _ = finished_run
+    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for step in ("ingest", "train", "evaluate", "register"):
+        assert f"[{step}] cached" in proc.stdout
+    assert "models:/lstm_debug/1 " in proc.stdout  # still version 1: no duplicate registration
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragments"),
+    [
+        ("timestamp,series_id,value\n2024-01-01 00:00,a,1.0\n", ["target", "value"]),
+        ("timestamp,series_id,target\n2024-01-01 00:00,a,1.0\n2024-01-01 01:00,a,oops\n", ["target", "oops"]),
+    ],
+    ids=["missing-column", "non-numeric-target"],
+)
+def test_bad_input_names_the_column_and_leaves_no_complete_shards(tmp_path: Path, rows: str, fragments) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text(rows)
+    before = data.read_bytes()
+    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"data.path={data}", "data.covariate_cols=[]",
+               f"workflow.work_dir={tmp_path / 'w'}", cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0
+    for fragment in fragments + [str(data)]:
+        assert fragment in proc.stderr, f"{fragment!r} not in stderr:\n{proc.stderr[-2000:]}"
+    assert data.read_bytes() == before  # raw input untouched
+    complete = [p for p in (tmp_path / "w").rglob("*") if p.name in ("_SUCCESS", "manifest.json")]
+    assert complete == []
