@@ -55,9 +55,14 @@ def run(
     overrides: OverridesArg = None,
     force: Annotated[
         list[str] | None,
-        typer.Option("--force", help="Rerun this step and every later one even if cached (ingest, train, evaluate, register). Repeatable."),
+        typer.Option(
+            "--force",
+            help="Rerun this step and every later one even if cached (ingest, train, evaluate, register). Repeatable.",
+        ),
     ] = None,
-    show_config: Annotated[bool, typer.Option("--show-config", help="Print the full resolved config and exit.")] = False,
+    show_config: Annotated[
+        bool, typer.Option("--show-config", help="Print the full resolved config and exit.")
+    ] = False,
 ) -> None:
     """Run the training pipeline: ingest -> train (Ray Train DDP) -> evaluate -> register in MLflow.
 
@@ -98,7 +103,9 @@ def sample(
 def ui(
     config: ConfigArg,
     overrides: OverridesArg = None,
-    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you know you need more.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you know you need more.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
 ) -> None:
     """Start the MLflow UI on the config's tracking store and print its address."""

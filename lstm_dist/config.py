@@ -317,7 +317,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             section, _, leaf = key.rpartition(".")
             siblings = [k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == section]
-            near = [f"{section}.{n}" if section else n for n in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]
+            near = [
+                f"{section}.{n}" if section else n for n in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+            ]
             near = near or difflib.get_close_matches(key, known, n=1, cutoff=0.7)
             hint = f" Did you mean '{near[0]}'?" if near else ""
             lines.append(f"  - unknown key '{key}'.{hint} Allowed in '{section or 'top level'}': {', '.join(siblings)}")

@@ -28,9 +28,7 @@ class Evaluation:
         lines = [f"{'':<20}{'MAE':>12}{'RMSE':>12}{'sMAPE %':>10}"]
         for label, key in rows:
             if f"{key}_mae" in m:
-                lines.append(
-                    f"{label:<20}{m[f'{key}_mae']:>12.4f}{m[f'{key}_rmse']:>12.4f}{m[f'{key}_smape']:>10.2f}"
-                )
+                lines.append(f"{label:<20}{m[f'{key}_mae']:>12.4f}{m[f'{key}_rmse']:>12.4f}{m[f'{key}_smape']:>10.2f}")
         return "\n".join(lines)
 
 
@@ -72,7 +70,9 @@ def evaluate_model(
     lows, highs = [], []
     use_snaive = ds.lookback >= season
     if not use_snaive:
-        warnings.warn(f"data.lookback={ds.lookback} < data.seasonality={season}: no seasonal-naive baseline", stacklevel=2)
+        warnings.warn(
+            f"data.lookback={ds.lookback} < data.seasonality={season}: no seasonal-naive baseline", stacklevel=2
+        )
     for start in range(0, len(ds), batch_size):
         idx = np.arange(start, min(start + batch_size, len(ds)))
         b = ds.batch(idx)

@@ -6,11 +6,11 @@ so `mlflow.pyfunc.load_model(...)` in a fresh process needs only this package in
 
 from __future__ import annotations
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
 
-import mlflow.pyfunc
 from lstm_dist.data.inference import inverse_targets, make_inference_batch
 from lstm_dist.data.manifest import Manifest
 

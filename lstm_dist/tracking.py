@@ -6,12 +6,12 @@ Other modules get a `Tracker` (or a `NullTracker` that does nothing) and never i
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -198,13 +198,13 @@ def log_forecaster(
     # Logged into the active (pipeline) run, which start_pipeline_run opened with the fluent API.
     info = mlflow.pyfunc.log_model(
         name="model",
-            python_model=python_model,
-            artifacts=artifacts,
-            signature=signature,
-            input_example=input_example,
-            registered_model_name=registered_name,
-            pip_requirements=_pip_requirements(),
-        )
+        python_model=python_model,
+        artifacts=artifacts,
+        signature=signature,
+        input_example=input_example,
+        registered_model_name=registered_name,
+        pip_requirements=_pip_requirements(),
+    )
     version = getattr(info, "registered_model_version", None)
     return info.model_uri, (str(version) if version is not None else None)
 

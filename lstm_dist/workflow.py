@@ -102,8 +102,10 @@ class Workflow:
         return result
 
     def summary(self) -> list[dict[str, Any]]:
-        return [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(r).items() if k != "outputs"}
-                for r in self.results]
+        return [
+            {k: str(v) if isinstance(v, Path) else v for k, v in asdict(r).items() if k != "outputs"}
+            for r in self.results
+        ]
 
 
 def reset_incomplete(path: Path) -> None:

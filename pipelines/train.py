@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, dump_yaml, load_config
 from lstm_dist.tracking import Tracker, assign_alias, log_forecaster, start_pipeline_run, ui_command
@@ -86,8 +87,11 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
     train_res = wf.step(
         "train",
         train_step,
-        key_parts={"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json"),
-                   "ingest": ingest_res.key},
+        key_parts={
+            "model": cfg.model.model_dump(mode="json"),
+            "train": cfg.train.model_dump(mode="json"),
+            "ingest": ingest_res.key,
+        },
         progress=progress,
     )
     import pandas as pd
@@ -132,9 +136,16 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
         return {"model_uri": model_uri, "version": version, "alias": alias}
 
     # Keyed on the evaluated model: a rerun of a finished pipeline does not register it twice.
-    reg = wf.step("register", register_step, key_parts={"evaluate": eval_res.key,
-                                                       "tracking": cfg.tracking.model_dump(mode="json"),
-                                                       "uri": cfg.tracking_uri()}, progress=progress)
+    reg = wf.step(
+        "register",
+        register_step,
+        key_parts={
+            "evaluate": eval_res.key,
+            "tracking": cfg.tracking.model_dump(mode="json"),
+            "uri": cfg.tracking_uri(),
+        },
+        progress=progress,
+    )
     summary.model_uri = reg.outputs["model_uri"]
     summary.version = reg.outputs["version"]
     summary.alias = reg.outputs["alias"]
@@ -145,6 +156,7 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
 def _evaluate_task(checkpoint: str, shard_dir: str, season: int) -> dict[str, Any]:
     """Score the best checkpoint on the test split (a Ray task, so it runs wherever a CPU is free)."""
     from lstm_dist.data.windows import WindowDataset
+
     from lstm_dist.evaluate import evaluate_model
     from lstm_dist.train.checkpoints import load_model
 

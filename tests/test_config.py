@@ -31,8 +31,16 @@ def test_every_shipped_config_loads_and_opens_with_its_command(path: Path) -> No
 
 
 def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
-    cfg = load_config(CONF / "demo.yaml", ["train.epochs=3", "model.hidden_size=64", "data.target_cols=[target]",
-                                          "model.bidirectional=true", "tracking.uri=sqlite:///x.db"])
+    cfg = load_config(
+        CONF / "demo.yaml",
+        [
+            "train.epochs=3",
+            "model.hidden_size=64",
+            "data.target_cols=[target]",
+            "model.bidirectional=true",
+            "tracking.uri=sqlite:///x.db",
+        ],
+    )
     assert cfg.train.epochs == 3 and cfg.model.hidden_size == 64 and cfg.model.bidirectional is True
     assert cfg.tracking_uri() == "sqlite:///x.db"
     assert parse_overrides(["a.b.c=1", "a.b.d=x"]) == {"a": {"b": {"c": 1, "d": "x"}}}
@@ -63,9 +71,15 @@ BAD = [
     ({"data": {"sample": {}}, "model": {"dropout": 1.5}}, ["model.dropout", "1.5", "less than 1"]),
     ({"model": {}}, ["missing required key 'data'"]),
     ({"data": {}}, ["data.path", "data.sample"]),
-    ({"data": {"path": "x.csv", "target_cols": ["a"], "covariate_cols": ["a"]}}, ["['a']", "both targets and covariates"]),
+    (
+        {"data": {"path": "x.csv", "target_cols": ["a"], "covariate_cols": ["a"]}},
+        ["['a']", "both targets and covariates"],
+    ),
     ({"data": {"sample": {}}, "model": {"loss": "quantile", "quantiles": [0.1, 0.9]}}, ["model.quantiles", "0.5"]),
-    ({"data": {"sample": {}}, "tracking": {"promotion_metric": "mape"}}, ["tracking.promotion_metric", "'mae'", "'rmse'"]),
+    (
+        {"data": {"sample": {}}, "tracking": {"promotion_metric": "mape"}},
+        ["tracking.promotion_metric", "'mae'", "'rmse'"],
+    ),
     ({"data": {"sample": {"num_sries": 3}}}, ["data.sample.num_sries", "Did you mean 'data.sample.num_series'"]),
 ]
 

@@ -35,7 +35,14 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subpro
 def test_run_registers_a_champion_that_loads_in_a_fresh_process(finished_run) -> None:
     work, proc = finished_run
     out = proc.stdout
-    for line in ("[ingest] done", "[train] done", "[evaluate] done", "[register] done", "MLflow UI:", "alias: champion"):
+    for line in (
+        "[ingest] done",
+        "[train] done",
+        "[evaluate] done",
+        "[register] done",
+        "MLflow UI:",
+        "alias: champion",
+    ):
         assert line in out, f"{line!r} missing from output:\n{out[-3000:]}"
     uri = f"sqlite:///{work / 'w' / 'mlflow.db'}"
     # Read back with MlflowClient: the run has params, per-epoch metrics, artifacts and nested step runs.
@@ -53,8 +60,11 @@ v = c.get_model_version_by_alias("lstm_debug", "champion")
 print(json.dumps(dict(params=parent.data.params, steps=steps, epochs=[m.step for m in hist], arts=arts + sub,
                       metrics=parent.data.metrics, version=v.version, tags=v.tags)))
 """
-    info = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                                     cwd=work).stdout.strip().splitlines()[-1])
+    info = json.loads(
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=work)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert info["params"]["train.epochs"] == "2" and info["params"]["data.lookback"] == "48"
     assert info["steps"] == ["evaluate", "ingest", "register", "train"]
     assert sorted(info["epochs"]) == [1, 2]
@@ -70,9 +80,9 @@ print(json.dumps(dict(params=parent.data.params, steps=steps, epochs=[m.step for
 import mlflow, pandas as pd
 mlflow.set_tracking_uri({uri!r})
 model = mlflow.pyfunc.load_model("models:/lstm_debug@champion")
-h = pd.read_parquet({str(work / 'history.parquet')!r})
+h = pd.read_parquet({str(work / "history.parquet")!r})
 pred = model.predict(h)
-pred.to_parquet({str(work / 'pred.parquet')!r})
+pred.to_parquet({str(work / "pred.parquet")!r})
 """
     subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=work)
     pred = pd.read_parquet(work / "pred.parquet")
@@ -108,8 +118,15 @@ def test_bad_input_names_the_column_and_leaves_no_complete_shards(tmp_path: Path
     data = tmp_path / "bad.csv"
     data.write_text(rows)
     before = data.read_bytes()
-    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"data.path={data}", "data.covariate_cols=[]",
-               f"workflow.work_dir={tmp_path / 'w'}", cwd=tmp_path, timeout=300)
+    proc = cli(
+        "run",
+        str(ROOT / "conf/debug.yaml"),
+        f"data.path={data}",
+        "data.covariate_cols=[]",
+        f"workflow.work_dir={tmp_path / 'w'}",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode != 0
     for fragment in fragments + [str(data)]:
         assert fragment in proc.stderr, f"{fragment!r} not in stderr:\n{proc.stderr[-2000:]}"

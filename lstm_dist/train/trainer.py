@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-
 import ray
 import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
 from lstm_dist.config import PipelineConfig
 from lstm_dist.train.loop import train_loop_per_worker
-from ray.train.torch import TorchConfig, TorchTrainer
 
 
 @dataclass
