@@ -84,6 +84,20 @@ class DataConfig(_Section):
     """Ray tasks used to read and process the input; 0 = one per file, at most the CPU count."""
     seasonality: int = Field(24, ge=1)
     """Season length in steps, for the seasonal-naive baseline (24 for hourly data with daily cycles)."""
+    gaps: Literal["error", "ffill", "interpolate", "zero"] = "error"
+    """Missing steps in the `freq` grid: error, or insert them and fill by ffill / linear interpolation / zero."""
+    wide_series_cols: list[str] = Field(default_factory=list)
+    """layout=wide: the columns holding one series each; empty = every column not named elsewhere."""
+    lags: list[int] = Field(default_factory=list)
+    """Lags of each target (in steps) added as past-only features, e.g. [24, 168]."""
+    moving_averages: list[int] = Field(default_factory=list)
+    """Trailing moving-average windows of each target (in steps) added as past-only features."""
+    rsi_period: int = Field(0, ge=0)
+    """RSI of each target over this many steps as a past-only feature; 0 disables it."""
+    shard_size_mib: float = Field(0, ge=0)
+    """Target shard file size in MiB; 0 = use rows_per_shard."""
+    series_weights: dict[str, float] = Field(default_factory=dict)
+    """Sampling weight per series name for training windows (others weigh 1); empty = uniform."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
