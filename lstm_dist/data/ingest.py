@@ -1,0 +1,495 @@
+"""Ingest: raw CSV/Parquet -> validated, cleaned, featured, split, scaled Arrow shards + manifest.json.
+
+Three waves of Ray tasks (nothing starts at import; the caller runs `ray.init`):
+  read   one task per input file (or Parquet row-group range): validate columns and types, bucket rows by a
+         stable hash of the series name;
+  clean  one task per bucket: sort, dedupe, frequency grid and gaps, missing values, short series,
+         target-derived features, splits, scaler stats on the train part;
+  write  one task per shard: scale to float32 and serialise an Arrow IPC file.
+The driver writes everything into `<out_dir>.tmp-<uuid>`, renames it to `out_dir` and writes `_SUCCESS`
+last, so a failed ingest never leaves a directory that looks complete. The input is only read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import shutil
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+
+from lstm_dist.config import DataConfig
+from lstm_dist.data import scalers
+from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq, merge_parts, parse_freq, regularize
+from lstm_dist.data.errors import DataError
+from lstm_dist.data.features import calendar_names, derived_features, derived_names
+from lstm_dist.data.manifest import (
+    SUCCESS_FILE,
+    ColumnStats,
+    Manifest,
+    Segment,
+    SeriesInfo,
+    ShardInfo,
+    Totals,
+)
+from lstm_dist.data.readers import Notes, _filesystem, file_format, list_input_files, normalize, read_raw, value_columns
+from lstm_dist.data.shards import SHARD_SCHEMA, ipc_bytes, plan_shards, rows_per_shard, shard_table
+from lstm_dist.data.splits import SPLITS, rows_needed, shortfall, split_bounds, start_range, starts_in
+from lstm_dist.data.synthetic import write_sample
+
+Part = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # (names, codes [N], ts [N], values [N, V])
+
+
+@dataclass
+class IngestReport:
+    """What an ingest read, changed, dropped and wrote, and how long it took."""
+
+    num_files: int = 0
+    num_rows_read: int = 0
+    num_series: int = 0
+    num_rows: int = 0
+    skipped_series: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    freq: int = 0
+    freq_inferred: bool = False
+    num_shards: int = 0
+    num_bytes: int = 0
+    raw_numeric_bytes: int = 0
+    windows: dict[str, int] = field(default_factory=dict)
+    num_tasks: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        lines = [
+            f"read {self.num_rows_read:,} rows from {self.num_files} file(s); kept {self.num_series} series, "
+            f"{self.num_rows:,} rows; freq {self.freq} s{' (inferred)' if self.freq_inferred else ''}",
+            f"wrote {self.num_shards} shard(s), {self.num_bytes / 2**20:.1f} MiB "
+            f"({self.num_bytes / max(self.raw_numeric_bytes, 1):.2f}x the raw numeric data); windows "
+            + ", ".join(f"{k} {v:,}" for k, v in self.windows.items()),
+            "tasks: " + ", ".join(f"{k} {v}" for k, v in self.num_tasks.items())
+            + "; time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
+        ]
+        if self.counts:
+            lines.append("cleaning: " + ", ".join(f"{k}={v:,}" for k, v in sorted(self.counts.items())))
+        if self.skipped_series:
+            shown = ", ".join(self.skipped_series[:10]) + (" ..." if len(self.skipped_series) > 10 else "")
+            lines.append(f"skipped {len(self.skipped_series)} short series: {shown}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- read
+
+
+def _bucket_of(names: list[str], num_buckets: int) -> np.ndarray:
+    """Stable (process-independent) bucket per name, so every file sends a series to the same bucket."""
+    return np.asarray([zlib.crc32(n.encode()) % num_buckets for n in names], dtype=np.int64)
+
+
+def read_unit(locator: str, row_groups: list[int] | None, *, cfg: DataConfig, num_buckets: int) -> tuple[list[Part], dict[str, Any]]:
+    """Read and validate one file (or some of its row groups) and split its rows into buckets."""
+    notes = Notes()
+    if row_groups is None:
+        table = read_raw(locator, cfg=cfg)
+    else:
+        fs, inner, _ = _filesystem(locator)
+        table = pq.ParquetFile(inner, filesystem=fs).read_row_groups(row_groups)
+    names, codes, ts, values = normalize(table, cfg=cfg, source=locator, notes=notes)
+    order = np.lexsort((ts, codes))
+    sorted_ts, sorted_codes = ts[order], codes[order]
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(sorted_codes, minlength=len(names)))])
+    freq_hist = infer_freq(sorted_ts, bounds)
+    bucket_of_name = _bucket_of(names, num_buckets)
+    row_bucket = bucket_of_name[codes]
+    parts: list[Part] = []
+    for b in range(num_buckets):
+        mask = row_bucket == b
+        sel = np.flatnonzero(bucket_of_name == b)
+        remap = np.full(len(names), -1, dtype=np.int64)
+        remap[sel] = np.arange(len(sel))
+        parts.append(([names[i] for i in sel], remap[codes[mask]], ts[mask], values[mask]))
+    info = {"file": locator, "rows": len(ts), "freq_hist": freq_hist, "notes": notes}
+    return parts, info
+
+
+def _read_unit_task(locator: str, row_groups: list[int] | None, cfg: DataConfig, num_buckets: int) -> tuple:
+    parts, info = read_unit(locator, row_groups, cfg=cfg, num_buckets=num_buckets)
+    return (*parts, info)
+
+
+_read_remote = ray.remote(_read_unit_task)
+
+
+# ---------------------------------------------------------------- clean
+
+
+def clean_block(
+    names: list[str], codes: np.ndarray, ts: np.ndarray, values: np.ndarray, *, cfg: DataConfig, freq: int, notes: Notes
+) -> Block:
+    """Sort, dedupe, regularise onto the `freq` grid, fill gaps and missing values. Shared with inference."""
+    block = build_block(names, codes, ts, values, notes=notes)
+    block = dedupe(block, policy=cfg.duplicates, notes=notes)
+    if cfg.missing != "drop":  # dropping rows leaves holes on purpose; the grid is not enforced then
+        block, inserted = regularize(block, freq=freq, gaps=cfg.gaps, notes=notes)
+        block = fill(block, rows=inserted, method=cfg.gaps, notes=notes, what="gap", columns=value_columns(cfg))
+    everything = np.ones(len(block.ts), dtype=bool)
+    return fill(block, rows=everything, method=cfg.missing, notes=notes, what="missing", columns=value_columns(cfg))
+
+
+def with_features(block: Block, *, cfg: DataConfig) -> np.ndarray:
+    """Stored columns float64 [N, Fs]: targets, covariates, target-derived features, future covariates."""
+    num_t, num_c = len(cfg.target_cols), len(cfg.covariate_cols)
+    derived = derived_features(
+        block.values[:, :num_t], block.offsets, lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period
+    )
+    v = block.values
+    return np.concatenate([v[:, : num_t + num_c], derived, v[:, num_t + num_c :]], axis=1)
+
+
+def fit_series_stats(stored: np.ndarray, offsets: np.ndarray, val_start: np.ndarray, *, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(loc, scale) [S, Fs], each series fitted on its own train rows [0, val_start) only."""
+    num_series, width = len(offsets) - 1, stored.shape[1]
+    loc, scale = np.zeros((num_series, width)), np.ones((num_series, width))
+    for i in range(num_series):
+        loc[i], scale[i] = scalers.fit(stored[offsets[i] : offsets[i] + val_start[i]], kind=kind)
+    return loc, scale
+
+
+def _check_feature_config(cfg: DataConfig) -> None:
+    for key in ("lags", "moving_averages"):
+        bad = [k for k in getattr(cfg, key) if k < 1]
+        if bad:
+            raise DataError(f"data.{key} must hold positive step counts, got {getattr(cfg, key)}")
+
+
+def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One bucket of series: clean, check lengths, add features, split, fit scaler stats (train rows only)."""
+    notes = Notes()
+    names, codes, ts, values = merge_parts(parts)
+    empty = {"names": [], "offsets": np.zeros(1, dtype=np.int64), "ts": ts[:0], "stored": np.zeros((0, 0))}
+    if len(ts) == 0:
+        return empty, {"names": [], "notes": notes, "skipped": []}
+    block = clean_block(names, codes, ts, values, cfg=cfg, freq=freq, notes=notes)
+    kw = {"lookback": cfg.lookback, "horizon": cfg.horizon, "val_size": cfg.val_size, "test_size": cfg.test_size}
+    reasons = [shortfall(int(n), **kw) for n in block.lengths]
+    short = np.array([r is not None for r in reasons], dtype=bool)
+    skipped = []
+    if short.any():
+        i = int(np.argmax(short))
+        if cfg.short_series == "error":
+            need = rows_needed(**kw, start=int(block.lengths[i]))
+            raise DataError(
+                f"series '{block.names[i]}' is too short: {block.lengths[i]} rows, {reasons[i]}; it needs at least "
+                f"{need} rows for lookback {cfg.lookback} + horizon {cfg.horizon} + validation/test parts "
+                f"({int(short.sum())} series are too short). Set data.short_series=skip to leave such series out, "
+                "or lower data.lookback / data.horizon / data.val_size / data.test_size"
+            )
+        skipped = [n for n, s in zip(block.names, short, strict=True) if s]
+        block = block.take_series(~short)
+    if not block.names:
+        return empty, {"names": [], "notes": notes, "skipped": skipped}
+    stored = with_features(block, cfg=cfg)
+    bounds = np.array([split_bounds(int(n), val_size=cfg.val_size, test_size=cfg.test_size) for n in block.lengths])
+    val_start, test_start = bounds[:, 0], bounds[:, 1]
+    summary: dict[str, Any] = {
+        "names": block.names,
+        "lengths": block.lengths,
+        "val_start": val_start,
+        "test_start": test_start,
+        "first_ts": block.ts[block.offsets[:-1]],
+        "last_ts": block.ts[block.offsets[1:] - 1],
+        "notes": notes,
+        "skipped": skipped,
+    }
+    if cfg.scaler_scope == "series":
+        summary["loc"], summary["scale"] = fit_series_stats(stored, block.offsets, val_start, kind=cfg.scaler)
+    else:
+        pos = np.arange(len(block.ts)) - np.repeat(block.offsets[:-1], block.lengths)
+        train = pos < np.repeat(val_start, block.lengths)
+        summary["partial"] = scalers.partial_fit(stored[train], kind=cfg.scaler)
+    data = {"names": block.names, "offsets": block.offsets, "ts": block.ts, "stored": stored}
+    return data, summary
+
+
+def _clean_task(cfg: DataConfig, freq: int, *parts: Part) -> tuple[dict[str, Any], dict[str, Any]]:
+    return clean_bucket(list(parts), cfg=cfg, freq=freq)
+
+
+_clean_remote = ray.remote(num_returns=2)(_clean_task)
+
+
+# ---------------------------------------------------------------- write
+
+
+def build_shard(
+    pieces: list[tuple[int, int, int, int, int]], loc: np.ndarray, scale: np.ndarray, *, stored_cols: list[str], blocks: list[dict[str, Any]]
+) -> tuple[np.ndarray, str, int]:
+    """Scale the pieces (block, local series, row_start, row_stop, global series) into one IPC file's bytes."""
+    series, ts, feats = [], [], []
+    for p, (b, local, r0, r1, global_idx) in enumerate(pieces):
+        blk = blocks[b]
+        base = int(blk["offsets"][local])
+        rows = slice(base + r0, base + r1)
+        feats.append(scalers.transform(blk["stored"][rows], loc[p], scale[p]).astype(np.float32))  # [n, Fs]
+        ts.append(blk["ts"][rows])
+        series.append(np.full(r1 - r0, global_idx, dtype=np.int32))
+    table = shard_table(np.concatenate(series), np.concatenate(ts), np.concatenate(feats), stored_cols=stored_cols)
+    buf = ipc_bytes(table)
+    data = np.frombuffer(buf, dtype=np.uint8)
+    return data, hashlib.sha256(data).hexdigest(), table.num_rows
+
+
+def _write_task(pieces: list, loc: np.ndarray, scale: np.ndarray, stored_cols: list[str], *blocks: dict) -> tuple:
+    return build_shard(pieces, loc, scale, stored_cols=stored_cols, blocks=list(blocks))
+
+
+_write_remote = ray.remote(_write_task)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _get(refs: Any) -> Any:
+    """ray.get that re-raises a task's DataError as itself, without the remote traceback noise."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, DataError):
+            raise DataError(str(cause)) from None
+        raise
+
+
+def _read_units(files: list[str], *, cfg: DataConfig, target: int) -> list[tuple[str, list[int] | None]]:
+    """Files to read; a lone big Parquet file is split by row groups so that several tasks read it."""
+    if len(files) != 1 or file_format(files[0], cfg.format) != "parquet" or target <= 1:
+        return [(f, None) for f in files]
+    fs, inner, _ = _filesystem(files[0])
+    try:
+        num_groups = pq.ParquetFile(inner, filesystem=fs).metadata.num_row_groups
+    except Exception:  # let read_raw report an unreadable file with its own message
+        return [(files[0], None)]
+    if num_groups < 2:
+        return [(files[0], None)]
+    chunks = np.array_split(np.arange(num_groups), min(target, num_groups))
+    return [(files[0], [int(g) for g in c]) for c in chunks]
+
+
+def _resolve_input(cfg: DataConfig, *, out_dir: Path, work_dir: str | None) -> str:
+    if cfg.path is not None:
+        return cfg.path
+    s = cfg.sample
+    assert s is not None  # DataConfig's validator guarantees path or sample
+    base = Path(work_dir) if work_dir else out_dir.parent
+    path = base / "sample" / f"sample_{s.num_series}x{s.num_steps}_seed{s.seed}.parquet"
+    if not path.exists():
+        write_sample(path, num_series=s.num_series, num_steps=s.num_steps, seed=s.seed)
+    return str(path)
+
+
+def _segment_windows(*, piece_start: int, core_stop: int, info: dict[str, int], cfg: DataConfig) -> dict[str, int]:
+    out = {}
+    for split in SPLITS:
+        lo, hi = start_range(split, lookback=cfg.lookback, horizon=cfg.horizon, **info)
+        out[split] = starts_in(lo, hi, stride=cfg.stride, begin=piece_start, end=core_stop)[1]
+    return out
+
+
+def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tuple[Manifest, IngestReport]:
+    """Turn the input named by `cfg` into shards + manifest.json under `out_dir` (atomically).
+
+    `cfg.path` unset: the sample `cfg.sample` is generated under `work_dir` first. Raises `DataError` for bad
+    input; then nothing complete-looking is left at `out_dir`.
+    """
+    t_start = time.perf_counter()
+    _check_feature_config(cfg)
+    report = IngestReport()
+    out = Path(out_dir).resolve()
+    source = _resolve_input(cfg, out_dir=out, work_dir=work_dir)
+    files = list_input_files(source, fmt=cfg.format)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else max(1, os.cpu_count() or 1)
+    num_buckets = cfg.num_read_tasks or cpus
+    units = _read_units(files, cfg=cfg, target=num_buckets)
+    report.num_files = len(files)
+
+    # read: one task per unit; each returns one part per bucket plus an info dict.
+    read_refs = [_read_remote.options(num_returns=num_buckets + 1).remote(loc, rg, cfg, num_buckets) for loc, rg in units]
+    infos = _get([refs[-1] for refs in read_refs])
+    report.num_rows_read = sum(i["rows"] for i in infos)
+    notes = Notes()
+    for i in infos:
+        notes.merge(i["notes"])
+    if cfg.freq:
+        freq = parse_freq(cfg.freq)
+    else:
+        hist: dict[int, int] = {}
+        for i in infos:
+            for step, n in i["freq_hist"].items():
+                hist[step] = hist.get(step, 0) + n
+        if not hist:
+            raise DataError(f"cannot infer the frequency of '{source}': no series has two distinct timestamps; set data.freq")
+        freq = max(sorted(hist), key=lambda s: hist[s])  # the most common step; ties go to the smallest
+        report.freq_inferred = True
+    report.freq = freq
+    t_read = time.perf_counter()
+
+    # clean: one task per bucket; the cleaned arrays stay in the object store for the writers.
+    bucket_parts = [[refs[b] for refs in read_refs] for b in range(num_buckets)]
+    clean_out = [_clean_remote.remote(cfg, freq, *parts) for parts in bucket_parts]
+    block_refs = [c[0] for c in clean_out]
+    summaries = _get([c[1] for c in clean_out])
+    for s in summaries:
+        notes.merge(s["notes"])
+        report.skipped_series += s["skipped"]
+    report.skipped_series.sort()
+    t_clean = time.perf_counter()
+
+    stored_cols = [
+        *cfg.target_cols,
+        *cfg.covariate_cols,
+        *derived_names(cfg.target_cols, lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period),
+        *cfg.future_cols,
+    ]
+    # Global series index: sorted names over all buckets.
+    entries = sorted((name, b, i) for b, s in enumerate(summaries) for i, name in enumerate(s["names"]))
+    if not entries:
+        raise DataError(f"no series left to write from '{source}' (all were skipped as too short); see data.short_series")
+    num_s, width = len(entries), len(stored_cols)
+    loc, scale = np.zeros((num_s, width)), np.ones((num_s, width))
+    if cfg.scaler_scope == "global":
+        g_loc, g_scale = scalers.combine([s["partial"] for s in summaries if s["names"]], kind=cfg.scaler, num_cols=width)
+        loc[:], scale[:] = g_loc, g_scale
+    series_infos, lengths, where = [], [], []
+    for idx, (name, b, i) in enumerate(entries):
+        s = summaries[b]
+        if cfg.scaler_scope == "series":
+            loc[idx], scale[idx] = s["loc"][i], s["scale"][i]
+        series_infos.append(
+            SeriesInfo(
+                name=name,
+                index=idx,
+                num_rows=int(s["lengths"][i]),
+                first_timestamp=int(s["first_ts"][i]),
+                last_timestamp=int(s["last_ts"][i]),
+                val_start=int(s["val_start"][i]),
+                test_start=int(s["test_start"][i]),
+                scaler={c: ColumnStats(loc=float(loc[idx, j]), scale=float(scale[idx, j])) for j, c in enumerate(stored_cols)},
+            )
+        )
+        lengths.append(int(s["lengths"][i]))
+        where.append((b, i))
+
+    # write: plan shards from lengths only (so the same data in any file layout gives the same shards).
+    window = cfg.lookback + cfg.horizon
+    target_rows = rows_per_shard(rows=cfg.rows_per_shard, size_mib=cfg.shard_size_mib, num_features=width)
+    plan = plan_shards(lengths, rows_per_shard=target_rows, window=window)
+    tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp.mkdir(parents=True)
+    try:
+        pending = {}
+        for k, pieces in enumerate(plan):
+            needed = sorted({where[p.series][0] for p in pieces})
+            pos = {b: j for j, b in enumerate(needed)}
+            args = [(pos[where[p.series][0]], where[p.series][1], p.row_start, p.row_stop, p.series) for p in pieces]
+            sel = [p.series for p in pieces]
+            ref = _write_remote.remote(args, loc[sel], scale[sel], stored_cols, *[block_refs[b] for b in needed])
+            pending[ref] = k
+        results: dict[int, tuple[str, int, int]] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            k = pending.pop(done[0])
+            data, digest, num_rows = _get(done[0])
+            name = f"shard-{k:05d}.arrow"
+            with open(tmp / name, "wb") as f:
+                f.write(memoryview(data))
+            results[k] = (digest, num_rows, len(data))
+            del data
+        shards = []
+        for k, pieces in enumerate(plan):
+            digest, num_rows, num_bytes = results[k]
+            segments, offset = [], 0
+            for p in pieces:
+                info = series_infos[p.series]
+                kw = {"num_rows": info.num_rows, "val_start": info.val_start, "test_start": info.test_start}
+                segments.append(
+                    Segment(
+                        series=p.series,
+                        row_start=p.row_start,
+                        row_stop=p.row_stop,
+                        core_stop=p.core_stop,
+                        offset=offset,
+                        windows=_segment_windows(piece_start=p.row_start, core_stop=p.core_stop, info=kw, cfg=cfg),
+                    )
+                )
+                offset += p.row_stop - p.row_start
+            totals = {sp: sum(s.windows[sp] for s in segments) for sp in SPLITS}
+            shards.append(
+                ShardInfo(file=f"shard-{k:05d}.arrow", num_rows=num_rows, num_bytes=num_bytes, sha256=digest, segments=segments, windows=totals)
+            )
+        num_inputs = len(value_columns(cfg))
+        totals = Totals(
+            num_series=num_s,
+            num_rows=sum(lengths),
+            num_stored_rows=sum(s.num_rows for s in shards),
+            num_shards=len(shards),
+            num_bytes=sum(s.num_bytes for s in shards),
+            raw_numeric_bytes=8 * (1 + num_inputs) * sum(lengths),
+            windows={sp: sum(s.windows[sp] for s in shards) for sp in SPLITS},
+        )
+        calendar = list(cfg.calendar_features)
+        manifest = Manifest(
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            data_config=cfg.model_dump(mode="json"),
+            target_cols=list(cfg.target_cols),
+            covariate_cols=list(cfg.covariate_cols),
+            derived_cols=stored_cols[len(cfg.target_cols) + len(cfg.covariate_cols) : width - len(cfg.future_cols)],
+            future_cols=list(cfg.future_cols),
+            calendar_features=calendar,
+            stored_cols=stored_cols,
+            x_features=[*stored_cols, *calendar_names(calendar)],
+            future_features=[*cfg.future_cols, *calendar_names(calendar)],
+            lookback=cfg.lookback,
+            horizon=cfg.horizon,
+            stride=cfg.stride,
+            freq=freq,
+            scaler=cfg.scaler,
+            scaler_scope=cfg.scaler_scope,
+            shard_schema=dict(SHARD_SCHEMA),
+            series=series_infos,
+            shards=shards,
+            totals=totals,
+        )
+        manifest.save(tmp)
+        if out.exists():
+            shutil.rmtree(out)  # an older or incomplete output of the same step; the new one replaces it
+        os.replace(tmp, out)
+        (out / SUCCESS_FILE).write_text(manifest.created_at + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    t_end = time.perf_counter()
+    report.num_series = num_s
+    report.num_rows = totals.num_rows
+    report.counts = dict(notes.counts)
+    report.warnings = notes.warnings
+    report.num_shards = totals.num_shards
+    report.num_bytes = totals.num_bytes
+    report.raw_numeric_bytes = totals.raw_numeric_bytes
+    report.windows = dict(totals.windows)
+    report.num_tasks = {"read": len(units), "clean": num_buckets, "write": len(plan)}
+    report.timings = {"read": t_read - t_start, "clean": t_clean - t_read, "write": t_end - t_clean, "total": t_end - t_start}
+    if report.skipped_series:
+        report.warnings.append(f"skipped {len(report.skipped_series)} series too short for lookback + horizon + hold-out")
+    return manifest, report

@@ -1,0 +1,262 @@
+"""Finding input files and reading one into a validated long table: (series, ts, value columns).
+
+Runs inside Ray read tasks. Every error names the file, the column and the first bad row, and the config
+key that would fix it. The input is only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from lstm_dist.config import DataConfig
+from lstm_dist.data.errors import DataError
+
+CSV_EXT = (".csv", ".csv.gz", ".tsv")
+PARQUET_EXT = (".parquet", ".pq", ".parq")
+NA_TOKENS = {"", "na", "n/a", "nan", "null", "none", "-nan", "#n/a"}
+
+
+@dataclass
+class Notes:
+    """Counted events and warnings of one task, merged into the step's report."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, key: str, n: int = 1) -> None:
+        if n:
+            self.counts[key] = self.counts.get(key, 0) + int(n)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def merge(self, other: Notes) -> None:
+        for key, n in other.counts.items():
+            self.add(key, n)
+        self.warnings.extend(other.warnings)
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, path inside it, prefix that turns such a path back into a locator)."""
+    if "://" in path:
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return fs, inner, path.split("://", 1)[0] + "://"
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), ""
+
+
+def list_input_files(path: str, *, fmt: str = "auto") -> list[str]:
+    """Files named by `path`: a file, a directory (searched recursively) or a glob; sorted, as locators."""
+    fs, inner, prefix = _filesystem(path)
+    exts = {"csv": CSV_EXT, "parquet": PARQUET_EXT}.get(fmt, CSV_EXT + PARQUET_EXT)
+    if any(ch in inner for ch in "*?["):
+        base = inner[: min(inner.find(ch) for ch in "*?[" if ch in inner)].rsplit("/", 1)[0] or "/"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        found = [i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, inner)]
+    else:
+        info = fs.get_file_info(inner)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"input '{path}' does not exist (data.path); give a CSV/Parquet file, a directory or a glob")
+        if info.type == pafs.FileType.File:
+            return [prefix + inner]
+        infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
+        found = [
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.path.lower().endswith(exts)
+            and not os.path.basename(i.path).startswith((".", "_"))
+        ]
+    if not found:
+        raise DataError(f"no {'/'.join(e.lstrip('.') for e in exts)} files match data.path '{path}'")
+    return [prefix + p for p in sorted(found)]
+
+
+def file_format(locator: str, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    lower = locator.lower()
+    if lower.endswith(CSV_EXT):
+        return "csv"
+    if lower.endswith(PARQUET_EXT):
+        return "parquet"
+    raise DataError(f"{locator}: cannot tell the format from the extension; set data.format to csv or parquet")
+
+
+def read_raw(locator: str, *, cfg: DataConfig) -> pa.Table:
+    """The file as an Arrow table, untouched. CSV keeps the series column as text."""
+    fs, inner, _ = _filesystem(locator)
+    fmt = file_format(locator, cfg.format)
+    try:
+        if fmt == "parquet":
+            return pq.read_table(inner, filesystem=fs)
+        with fs.open_input_stream(inner, compression="detect") as stream:
+            return pacsv.read_csv(
+                stream,
+                convert_options=pacsv.ConvertOptions(
+                    column_types={cfg.series_col: pa.string()}, strings_can_be_null=True
+                ),
+            )
+    except DataError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{locator}: cannot be read as {fmt}: {exc}") from None
+
+
+def _row_hint(source: str, row: int) -> str:
+    """'row 7' (1-based data row), plus the CSV line number where there is one."""
+    return f"row {row + 1} (line {row + 2})" if source.lower().endswith(CSV_EXT) else f"row {row + 1}"
+
+
+def _check_columns(table: pa.Table, *, cfg: DataConfig, source: str) -> None:
+    have = table.column_names
+    needed = [("timestamp_col", cfg.timestamp_col)]
+    if cfg.layout == "long":
+        needed.append(("series_col", cfg.series_col))
+        needed += [("target_cols", c) for c in cfg.target_cols]
+    needed += [("covariate_cols", c) for c in cfg.covariate_cols] + [("future_cols", c) for c in cfg.future_cols]
+    for key, col in needed:
+        if col not in have:
+            near = difflib.get_close_matches(col, have, n=1, cutoff=0.6)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise DataError(
+                f"{source}: column '{col}' (data.{key}) not found; the file has columns {have}.{hint} "
+                f"Rename the column or set data.{key}."
+            )
+
+
+def numeric_column(col: pa.ChunkedArray | pa.Array, *, name: str, source: str) -> np.ndarray:
+    """float64 [N] with NaN for nulls; a non-numeric value raises naming file, column, row and value."""
+    t = col.type
+    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t):
+        return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if pa.types.is_null(t):
+        return np.full(len(col), np.nan)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        text = col.to_pandas()
+        num = pd.to_numeric(text, errors="coerce")
+        bad = num.isna() & text.notna() & ~text.str.strip().str.lower().isin(NA_TOKENS)
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise DataError(
+                f"{source}: column '{name}' must be numeric, but {_row_hint(source, row)} holds {text.iloc[row]!r} "
+                f"(first non-numeric value of {int(bad.sum())}); fix the file or drop the column from the config"
+            )
+        return num.to_numpy(dtype=np.float64)
+    raise DataError(f"{source}: column '{name}' has type {t}, which is not numeric; list only numeric columns")
+
+
+def timestamp_column(col: pa.ChunkedArray | pa.Array, *, name: str, source: str, notes: Notes) -> np.ndarray:
+    """Unix seconds, int64 [N] (timezones converted to UTC). Unparseable or null values raise with the row."""
+    t = col.type
+    if col.null_count:
+        row = int(np.argmax(np.asarray(col.is_null().to_numpy(zero_copy_only=False))))
+        raise DataError(f"{source}: column '{name}' has no timestamp at {_row_hint(source, row)}; every row needs one")
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        ts = col.cast(pa.timestamp("s", tz=getattr(t, "tz", None)), safe=False) if pa.types.is_timestamp(t) else col.cast(pa.timestamp("s"))
+        return np.asarray(ts.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if pa.types.is_integer(t):
+        notes.warn(f"{source}: integer column '{name}' read as unix seconds")
+        return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        text = col.to_pandas()
+        parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+        if parsed.isna().any():
+            parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+        if parsed.isna().any():
+            row = int(np.argmax(parsed.isna().to_numpy()))
+            raise DataError(
+                f"{source}: column '{name}' holds an unparseable timestamp {text.iloc[row]!r} at "
+                f"{_row_hint(source, row)}; use ISO 8601 (2024-01-01 13:00:00) or set data.timestamp_col"
+            )
+        return parsed.dt.tz_localize(None).to_numpy("datetime64[s]").astype(np.int64)
+    raise DataError(f"{source}: column '{name}' has type {t}; timestamps must be dates, datetimes or ISO strings")
+
+
+def value_columns(cfg: DataConfig) -> list[str]:
+    """Numeric input columns in stored order: targets, covariates, future covariates."""
+    return [*cfg.target_cols, *cfg.covariate_cols, *cfg.future_cols]
+
+
+def series_codes(col: pa.ChunkedArray | pa.Array) -> tuple[list[str], np.ndarray]:
+    """(sorted distinct names, int64 [N] position of each row's name) without building a string per row."""
+    enc = col.cast(pa.string()).dictionary_encode()
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks() if enc.num_chunks != 1 else enc.chunk(0)
+        if isinstance(enc, pa.ChunkedArray):  # pragma: no cover - older pyarrow
+            enc = enc.chunk(0)
+    names = enc.dictionary.to_pylist()
+    order = np.argsort(np.asarray(names, dtype=object)) if names else np.zeros(0, dtype=np.int64)
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[order] = np.arange(len(names))
+    codes = rank[np.asarray(enc.indices.to_numpy(zero_copy_only=False), dtype=np.int64)]
+    return [names[i] for i in order], codes
+
+
+def normalize(
+    table: pa.Table, *, cfg: DataConfig, source: str, notes: Notes
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Long layout as (sorted series names, codes int64 [N], ts int64 [N], values float64 [N, V])."""
+    _check_columns(table, cfg=cfg, source=source)
+    ts = timestamp_column(table.column(cfg.timestamp_col), name=cfg.timestamp_col, source=source, notes=notes)
+    if cfg.layout == "wide":
+        return _normalize_wide(table, ts, cfg=cfg, source=source)
+    series = table.column(cfg.series_col)
+    if series.null_count:
+        row = int(np.argmax(np.asarray(series.is_null().to_numpy(zero_copy_only=False))))
+        raise DataError(f"{source}: column '{cfg.series_col}' (data.series_col) is empty at {_row_hint(source, row)}")
+    names, codes = series_codes(series)
+    cols = [numeric_column(table.column(c), name=c, source=source) for c in value_columns(cfg)]
+    values = np.stack(cols, axis=1)
+    if cfg.missing == "error":
+        _first_missing(values, names, codes, ts, rows=np.arange(len(ts)), cfg=cfg, source=source)
+    return names, codes, ts, values
+
+
+def _first_missing(
+    values: np.ndarray, names: list[str], codes: np.ndarray, ts: np.ndarray, *, rows: np.ndarray, cfg: DataConfig, source: str
+) -> None:
+    bad = np.isnan(values)
+    if bad.any():
+        i, col = np.argwhere(bad)[0]
+        raise DataError(
+            f"{source}: column '{value_columns(cfg)[col]}' has a missing value at {_row_hint(source, int(rows[i]))} "
+            f"(series '{names[codes[i]]}', {np.datetime64(int(ts[i]), 's')}); "
+            "set data.missing to ffill, interpolate, zero or drop to handle missing values"
+        )
+
+
+def _normalize_wide(
+    table: pa.Table, ts: np.ndarray, *, cfg: DataConfig, source: str
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Wide layout: one target column per series; covariates are shared by all series (broadcast)."""
+    if len(cfg.target_cols) != 1:
+        raise DataError(f"data.layout=wide takes exactly one target name (data.target_cols), got {cfg.target_cols}")
+    shared = [cfg.timestamp_col, *cfg.covariate_cols, *cfg.future_cols]
+    wanted = list(cfg.wide_series_cols) or [c for c in table.column_names if c not in shared]
+    missing = [c for c in wanted if c not in table.column_names]
+    if missing:
+        raise DataError(
+            f"{source}: series column(s) {missing} (data.wide_series_cols) not found; the file has columns {table.column_names}"
+        )
+    if not wanted:
+        raise DataError(f"{source}: no series columns left in the wide file; the file has columns {table.column_names}")
+    n = len(ts)
+    names = sorted(wanted)
+    target = np.concatenate([numeric_column(table.column(c), name=c, source=source) for c in names])
+    covs = [numeric_column(table.column(c), name=c, source=source) for c in [*cfg.covariate_cols, *cfg.future_cols]]
+    values = np.stack([target, *(np.tile(c, len(names)) for c in covs)], axis=1)
+    codes = np.repeat(np.arange(len(names), dtype=np.int64), n)
+    ts_long = np.tile(ts, len(names))
+    if cfg.missing == "error":
+        _first_missing(values, names, codes, ts_long, rows=np.tile(np.arange(n), len(names)), cfg=cfg, source=source)
+    return names, codes, ts_long, values

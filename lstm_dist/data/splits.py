@@ -1,0 +1,71 @@
+"""Time-based train/val/test boundaries per series and the window starts each split owns.
+
+A window starting at row s reads inputs s .. s+L-1 and targets s+L .. s+L+H-1. It belongs to the split that
+holds all of its targets: train windows lie entirely in train; val/test windows may read inputs from
+earlier parts (that is the past, not leakage). Windows whose targets straddle a boundary belong to none.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+
+def part_steps(size: float, num_rows: int) -> int:
+    """A val/test size as steps: a fraction of the series if < 1, else a number of steps."""
+    return int(round(size * num_rows)) if size < 1 else int(size)
+
+
+def split_bounds(num_rows: int, *, val_size: float, test_size: float) -> tuple[int, int]:
+    """(val_start, test_start): the rows where the validation and test parts begin."""
+    test_start = num_rows - part_steps(test_size, num_rows)
+    val_start = test_start - part_steps(val_size, num_rows)
+    return val_start, test_start
+
+
+def shortfall(num_rows: int, *, lookback: int, horizon: int, val_size: float, test_size: float) -> str | None:
+    """Why a series of `num_rows` cannot give one window per split, or None when it can."""
+    val_start, test_start = split_bounds(num_rows, val_size=val_size, test_size=test_size)
+    n_val, n_test = test_start - val_start, num_rows - test_start
+    if n_test < horizon:
+        return f"its test part has {n_test} rows, fewer than horizon {horizon}"
+    if n_val < horizon:
+        return f"its validation part has {n_val} rows, fewer than horizon {horizon}"
+    if val_start < lookback + horizon:
+        return f"its train part has {val_start} rows, fewer than lookback + horizon = {lookback + horizon}"
+    return None
+
+
+def rows_needed(*, lookback: int, horizon: int, val_size: float, test_size: float, start: int = 1) -> int:
+    """The smallest series length (>= start) that yields a window in every split."""
+    n = max(start, 1)
+    while shortfall(n, lookback=lookback, horizon=horizon, val_size=val_size, test_size=test_size) is not None:
+        n += 1
+    return n
+
+
+def start_range(
+    split: Split, *, num_rows: int, val_start: int, test_start: int, lookback: int, horizon: int
+) -> tuple[int, int]:
+    """(lo, hi): inclusive range of window starts whose targets all lie in `split`; empty when hi < lo."""
+    if split == "train":
+        lo, hi = 0, val_start - lookback - horizon
+    elif split == "val":
+        lo, hi = val_start - lookback, test_start - lookback - horizon
+    elif split == "test":
+        lo, hi = test_start - lookback, num_rows - lookback - horizon
+    else:
+        raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
+    return max(lo, 0), hi
+
+
+def starts_in(lo: int, hi: int, *, stride: int, begin: int, end: int) -> tuple[int, int]:
+    """(first, count) of the starts lo, lo+stride, ... <= hi that fall in [begin, end)."""
+    last = min(hi, end - 1)
+    first = max(lo, begin)
+    first = lo + -(-(first - lo) // stride) * stride  # round up onto the stride grid anchored at lo
+    if last < first:
+        return first, 0
+    return first, (last - first) // stride + 1

@@ -1,0 +1,258 @@
+"""Window reader over memory-mapped Arrow shards, and the distributed sampler that deals out window indices.
+
+Nothing here materialises windows: each shard's [N, F] float32 matrix is a memory-mapped view, a
+`sliding_window_view` over it is a view of all its windows, and a batch is one fancy-index gather per shard
+touched (one in total when the batch comes from a single shard).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from lstm_dist.data.errors import DataError
+from lstm_dist.data.features import calendar_features
+from lstm_dist.data.manifest import Manifest
+from lstm_dist.data.shards import open_shard
+from lstm_dist.data.splits import SPLITS, start_range, starts_in
+
+
+class WindowDataset:
+    """All windows of one split, addressed by a dense index 0 .. len-1.
+
+    `batch(indices)` returns:
+      x       float32 [B, L, F]   scaled targets, covariates, derived, future covariates, calendar sin/cos
+      y       float32 [B, H, T]   scaled targets over the horizon
+      future  float32 [B, H, Ff]  known-future covariates + calendar over the horizon (Ff may be 0)
+      series  int64   [B]         series index (manifest order; for embeddings and inverse scaling)
+      t0      int64   [B]         unix seconds of the first forecast step
+    """
+
+    def __init__(self, shard_dir: str, *, split: Literal["train", "val", "test"], stride: int | None = None) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
+        if stride is not None and stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.shard_dir = Path(shard_dir)
+        self.split = split
+        m = self._manifest = Manifest.load(self.shard_dir)
+        self.stride = stride or m.stride
+        self._lookback, self._horizon = m.lookback, m.horizon
+        self._num_t = len(m.target_cols)
+        self._num_stored = len(m.stored_cols)
+        self._num_future_cols = len(m.future_cols)
+        self._calendar = list(m.calendar_features)
+        window = m.lookback + m.horizon
+
+        # Window starts per segment form an arithmetic progression: keep (shard, first row, count) only.
+        seg_shard, seg_first, seg_count, seg_series = [], [], [], []
+        self._x_views: list[np.ndarray | None] = []
+        self._h_views: list[np.ndarray | None] = []
+        self._ts_views: list[np.ndarray | None] = []
+        self._shards = []
+        for k, info in enumerate(m.shards):
+            shard = open_shard(self.shard_dir / info.file)
+            if shard.features.shape != (info.num_rows, self._num_stored):
+                raise DataError(f"{self.shard_dir / info.file}: shape {shard.features.shape} does not match the manifest; re-run ingest")
+            self._shards.append(shard)
+            ok = info.num_rows >= window
+            # Views, no copy: [N-L+1, L, Fs] inputs, [N-H+1, H, Fs] horizons, [N-W+1, W] timestamps.
+            self._x_views.append(sliding_window_view(shard.features, (m.lookback, self._num_stored))[:, 0] if ok else None)
+            self._h_views.append(sliding_window_view(shard.features, (m.horizon, self._num_stored))[:, 0] if ok else None)
+            self._ts_views.append(sliding_window_view(shard.ts, window) if ok else None)
+            for seg in info.segments:
+                s = m.series[seg.series]
+                lo, hi = start_range(
+                    split, num_rows=s.num_rows, val_start=s.val_start, test_start=s.test_start, lookback=m.lookback, horizon=m.horizon
+                )
+                first, count = starts_in(lo, hi, stride=self.stride, begin=seg.row_start, end=seg.core_stop)
+                if count:
+                    seg_shard.append(k)
+                    seg_first.append(seg.offset + first - seg.row_start)  # row in the shard file
+                    seg_count.append(count)
+                    seg_series.append(seg.series)
+        self._seg_shard = np.asarray(seg_shard, dtype=np.int64)
+        self._seg_first = np.asarray(seg_first, dtype=np.int64)
+        self._seg_series = np.asarray(seg_series, dtype=np.int64)
+        self._seg_cum = np.concatenate([[0], np.cumsum(seg_count, dtype=np.int64)])
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    @property
+    def lookback(self) -> int:
+        return self._lookback
+
+    @property
+    def horizon(self) -> int:
+        return self._horizon
+
+    @property
+    def num_features(self) -> int:
+        return self._num_stored + 2 * len(self._calendar)
+
+    @property
+    def num_targets(self) -> int:
+        return self._num_t
+
+    @property
+    def num_future(self) -> int:
+        return self._num_future_cols + 2 * len(self._calendar)
+
+    @property
+    def num_series(self) -> int:
+        return self._manifest.num_series
+
+    def __len__(self) -> int:
+        return int(self._seg_cum[-1])
+
+    # ------------------------------------------------------------ access
+
+    def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shard [B], first input row in the shard file [B], series [B]) of window indices."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"window index out of range for {n} {self.split} windows")
+        idx = np.where(idx < 0, idx + n, idx)
+        seg = np.searchsorted(self._seg_cum, idx, side="right") - 1
+        rows = self._seg_first[seg] + (idx - self._seg_cum[seg]) * self.stride
+        return self._seg_shard[seg], rows, self._seg_series[seg]
+
+    def window_series(self) -> np.ndarray:
+        """int64 [len] series index of every window (for per-series sampling weights)."""
+        return np.repeat(self._seg_series, np.diff(self._seg_cum))
+
+    def window_weights(self, series_weights: dict[str, float] | None = None) -> np.ndarray | None:
+        """float64 [len] sampling weight of each window from per-series weights (unnamed series weigh 1).
+
+        Default: `data.series_weights` of the manifest's config; None when no weights are set.
+        """
+        if series_weights is None:
+            series_weights = self._manifest.data_config.get("series_weights") or {}
+        if not series_weights:
+            return None
+        names = self._manifest.series_index()
+        unknown = sorted(set(series_weights) - set(names))
+        if unknown:
+            raise DataError(f"data.series_weights names unknown series {unknown[:5]}; known: {sorted(names)[:5]} ...")
+        per_series = np.ones(self.num_series)
+        for name, w in series_weights.items():
+            if w < 0:
+                raise DataError(f"data.series_weights['{name}'] = {w}: weights must be >= 0")
+            per_series[names[name]] = w
+        return per_series[self.window_series()]
+
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Gather windows `indices` into a batch (see the class docstring for keys and shapes)."""
+        shard, rows, series = self.locate(indices)
+        lookback, num_stored = self._lookback, self._num_stored
+        kinds = np.unique(shard)
+        if len(kinds) == 1:  # the common case: one gather for the inputs, one for the horizon
+            k = int(kinds[0]) if len(kinds) else 0
+            win_x = self._x_views[k][rows] if len(rows) else np.empty((0, lookback, num_stored), np.float32)
+            win_h = self._h_views[k][rows + lookback] if len(rows) else np.empty((0, self._horizon, num_stored), np.float32)
+            t0 = self._shards[k].ts[rows + lookback] if len(rows) else np.empty(0, np.int64)
+            ts = self._ts_views[k][rows] if self._calendar and len(rows) else None
+        else:
+            b = len(rows)
+            win_x = np.empty((b, lookback, num_stored), dtype=np.float32)  # [B, L, Fs]
+            win_h = np.empty((b, self._horizon, num_stored), dtype=np.float32)  # [B, H, Fs]
+            t0 = np.empty(b, dtype=np.int64)
+            ts = np.empty((b, lookback + self._horizon), dtype=np.int64) if self._calendar else None
+            for k in kinds:
+                sel = shard == k
+                r = rows[sel]
+                win_x[sel] = self._x_views[k][r]
+                win_h[sel] = self._h_views[k][r + lookback]
+                t0[sel] = self._shards[k].ts[r + lookback]
+                if ts is not None:
+                    ts[sel] = self._ts_views[k][r]
+        num_fut = self._num_future_cols
+        fut = win_h[:, :, num_stored - num_fut :]  # [B, H, Fu]
+        if self._calendar:
+            if ts is None:
+                ts = np.empty((0, lookback + self._horizon), dtype=np.int64)
+            cal = calendar_features(ts, self._calendar)  # [B, L+H, 2C], from the real timestamps
+            x = np.concatenate([win_x, cal[:, :lookback]], axis=2)  # [B, L, F]
+            future = np.concatenate([fut, cal[:, lookback:]], axis=2)  # [B, H, Ff]
+        else:
+            x, future = win_x, np.ascontiguousarray(fut)
+        return {
+            "x": x,
+            "y": np.ascontiguousarray(win_h[:, :, : self._num_t]),  # [B, H, T]
+            "future": future,
+            "series": series,
+            "t0": t0,
+        }
+
+
+class DistributedWindowSampler:
+    """Window indices for one rank: disjoint across ranks, together covering every window once per epoch.
+
+    Every rank draws the same seeded permutation for the epoch and keeps positions rank, rank + N, ...
+    so ranks differ in length by at most one and nothing is padded or repeated. Callers must run the same
+    number of steps on every rank (DDP and `ray.train.report` need it): iterate at most `min_len` indices
+    (= num_windows // world_size) per rank, or drop the last partial batch accordingly.
+
+    With `weights` [num_windows] the epoch is `num_windows` draws with replacement, with probability
+    proportional to the weights (same draw on all ranks, then split as above): disjoint positions, not
+    unique windows.
+    """
+
+    def __init__(
+        self,
+        num_windows: int,
+        *,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle: bool = True,
+        weights: np.ndarray | None = None,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if num_windows < 0:
+            raise ValueError(f"num_windows must be >= 0, got {num_windows}")
+        self.num_windows, self.rank, self.world_size, self.seed, self.shuffle = num_windows, rank, world_size, seed, shuffle
+        self.epoch = 0
+        self._p = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != (num_windows,) or (w < 0).any() or not np.isfinite(w).all() or (num_windows and w.sum() <= 0):
+                raise ValueError(f"weights must be {num_windows} finite non-negative numbers with a positive sum")
+            self._p = w / w.sum() if num_windows else w
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for `epoch` (call on every rank with the same value)."""
+        self.epoch = epoch
+
+    def _order(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self._p is not None:
+            return rng.choice(self.num_windows, size=self.num_windows, replace=True, p=self._p)
+        if self.shuffle:
+            return rng.permutation(self.num_windows)
+        return np.arange(self.num_windows)
+
+    def indices(self) -> np.ndarray:
+        """This rank's indices for the current epoch, int64 [len(self)]."""
+        return self._order()[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return max(0, -(-(self.num_windows - self.rank) // self.world_size))
+
+    @property
+    def min_len(self) -> int:
+        """Length of the shortest rank: the number of indices every rank can take in lockstep."""
+        return self.num_windows // self.world_size
