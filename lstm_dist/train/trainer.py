@@ -31,8 +31,12 @@ def use_gpu(cfg: PipelineConfig) -> bool:
     return cfg.train.use_gpu == "yes"
 
 
-def fit(cfg: PipelineConfig, *, shard_dir: str, storage_dir: str, name: str) -> TrainResult:
-    """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes."""
+def fit(
+    cfg: PipelineConfig, *, shard_dir: str, storage_dir: str, name: str, callbacks: list | None = None
+) -> TrainResult:
+    """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes.
+
+    `callbacks` go to the run's RunConfig (a Tune trial passes TuneReportCallback)."""
     gpu = use_gpu(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
@@ -52,6 +56,7 @@ def fit(cfg: PipelineConfig, *, shard_dir: str, storage_dir: str, name: str) -> 
                 checkpoint_score_order="min",
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=callbacks,
         ),
     )
     result = trainer.fit()

@@ -1,0 +1,405 @@
+"""Hyperparameter search: the `tune.space` of a config -> Ray Tune trials, each a real Ray Train run.
+
+In Ray 2.60 (Train V2) a Tune trial is a plain function that builds and fits its own `TorchTrainer`;
+`TuneReportCallback` forwards each epoch's report of rank 0 to Tune, so ASHA can stop weak trials.
+The space is written in the YAML config as dotted keys, one distribution each:
+
+    tune:
+      space:
+        model.hidden_size: {choice: [32, 64, 128]}
+        train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+        train.batch_size: {quniform: [64, 256, 64]}
+
+It is checked (`parse_space`) before Ray starts: unknown keys, unknown distributions, bad bounds
+and values the config would refuse are reported with the key and what would be valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lstm_dist.config import ConfigError, PipelineConfig, from_dict
+
+# name -> (argument shape shown in errors, number of list arguments or None for a non-empty list)
+DISTRIBUTIONS: dict[str, tuple[str, int | None]] = {
+    "choice": ("[v1, v2, ...]", None),
+    "uniform": ("[low, high]", 2),
+    "loguniform": ("[low, high] with 0 < low", 2),
+    "randint": ("[low, high] integers, high excluded", 2),
+    "quniform": ("[low, high, q]", 3),
+}
+# Sections whose keys a trial may change. data.* would need other shards per trial, tune/tracking/workflow
+# are about the search itself.
+SEARCHABLE_SECTIONS = ("model", "train")
+# Keys that the search sets itself.
+RESERVED_KEYS = {
+    "train.num_workers": "each trial uses tune.workers_per_trial workers; set that instead",
+    "train.epochs": "it is ASHA's budget (max_t); set train.epochs outside tune.space",
+}
+METRIC, MODE = "val_loss", "min"
+TRIAL_DRIVER_CPUS = 0.01  # a trial only drives its TorchTrainer; its workers hold the real CPUs
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched key: its distribution name and arguments, as written in the config."""
+
+    key: str
+    kind: str
+    args: list[Any]
+
+    def domain(self):
+        """The Ray Tune domain for this parameter."""
+        from ray import tune
+
+        a = self.args
+        if self.kind == "choice":
+            return tune.choice(a)
+        if self.kind == "uniform":
+            return tune.uniform(a[0], a[1])
+        if self.kind == "loguniform":
+            return tune.loguniform(a[0], a[1])
+        if self.kind == "randint":
+            return tune.randint(int(a[0]), int(a[1]))
+        return tune.quniform(a[0], a[1], a[2])
+
+    def corners(self) -> list[Any]:
+        """Values at the edges of the distribution: every one must make a valid config."""
+        a = self.args
+        if self.kind == "choice":
+            return list(a)
+        if self.kind == "randint":
+            return [int(a[0]), int(a[1]) - 1]
+        if self.kind == "quniform":
+            return [_quantize(a[0], a[2]), _quantize(a[1], a[2])]
+        return [a[0], a[1]]
+
+
+@dataclass
+class TuneOutcome:
+    """What the search produced: the trials table, the best trial and the config to retrain with."""
+
+    trials: pd.DataFrame
+    best_trial: str
+    best_params: dict[str, Any]
+    best_val_loss: float
+    best_epoch: int
+    final_config: PipelineConfig
+
+    def table(self) -> str:
+        return format_trials(self.trials)
+
+
+def parse_space(cfg: PipelineConfig) -> list[Param]:
+    """Check `tune.space` against the config; raise ConfigError naming every bad key or distribution."""
+    flat = cfg.flat()
+    errors: list[str] = []
+    params: list[Param] = []
+    for key, spec in cfg.tune.space.items():
+        where = f"tune.space['{key}']"
+        section = key.split(".", 1)[0]
+        if key not in flat:
+            near = difflib.get_close_matches(key, list(flat), n=1, cutoff=0.6)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            errors.append(f"{where}: '{key}' is not a config key.{hint}")
+            continue
+        if section not in SEARCHABLE_SECTIONS:
+            errors.append(
+                f"{where}: only {', '.join(s + '.*' for s in SEARCHABLE_SECTIONS)} keys can be searched "
+                f"({section}.* keys change the shards or the search itself)"
+            )
+            continue
+        if key in RESERVED_KEYS:
+            errors.append(f"{where}: cannot be searched: {RESERVED_KEYS[key]}")
+            continue
+        problem = _spec_problem(spec)
+        if problem:
+            errors.append(f"{where} = {spec!r}: {problem}")
+            continue
+        ((kind, args),) = spec.items()
+        args = list(args) if kind == "choice" else [_number(v) for v in args]
+        base = flat[key]
+        if isinstance(base, int) and not isinstance(base, bool) and kind in ("uniform", "loguniform"):
+            errors.append(
+                f"{where}: '{key}' takes integers; use randint [low, high] or quniform [low, high, q] instead of {kind}"
+            )
+            continue
+        param = Param(key=key, kind=kind, args=args)
+        for value in param.corners():
+            try:
+                apply_params(cfg, {key: value})
+            except ConfigError as exc:
+                detail = str(exc).splitlines()[-1].strip(" -")
+                errors.append(f"{where}: the value {value!r} makes an invalid config: {detail}")
+                break
+        else:
+            params.append(param)
+    if not cfg.tune.space:
+        errors.append("tune.space is empty: add at least one key, e.g. model.hidden_size: {choice: [32, 64]}")
+    if cfg.tune.scheduler == "asha" and cfg.tune.grace_period > cfg.train.epochs:
+        errors.append(
+            f"tune.grace_period={cfg.tune.grace_period} exceeds train.epochs={cfg.train.epochs}: "
+            "ASHA could never stop a trial; lower it or raise train.epochs"
+        )
+    if errors:
+        raise ConfigError("invalid search space:\n" + "\n".join(f"  - {e}" for e in errors))
+    return params
+
+
+def _spec_problem(spec: Any) -> str | None:
+    forms = "; ".join(f"{{{name}: {shape}}}" for name, (shape, _) in DISTRIBUTIONS.items())
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return f"write one distribution per key, one of: {forms}"
+    ((kind, args),) = spec.items()
+    if kind not in DISTRIBUTIONS:
+        near = difflib.get_close_matches(str(kind), list(DISTRIBUTIONS), n=1)
+        hint = f" Did you mean '{near[0]}'?" if near else ""
+        return f"unknown distribution '{kind}'.{hint} Valid: {forms}"
+    shape, size = DISTRIBUTIONS[kind]
+    if not isinstance(args, list) or not args or (size is not None and len(args) != size):
+        return f"{kind} takes a list {shape}"
+    if kind == "choice":
+        return None
+    args = [_number(v) for v in args]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in args):
+        return f"{kind} takes numbers {shape}"
+    low, high = args[0], args[1]
+    if not low < high:
+        return f"{kind} needs low < high, got low={low} high={high}"
+    if kind == "loguniform" and low <= 0:
+        return f"loguniform needs 0 < low, got low={low}"
+    if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
+        return f"randint takes integers {shape}"
+    if kind == "quniform" and args[2] <= 0:
+        return f"quniform needs a step q > 0, got q={args[2]}"
+    return None
+
+
+def _number(value: Any) -> Any:
+    """YAML reads 1e-4 (no dot) as a string; take it as the number it plainly is."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _quantize(value: float, q: float) -> float:
+    return round(value / q) * q
+
+
+def apply_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
+    """A copy of `cfg` with dotted keys set to sampled values (floats that are whole numbers kept as ints
+    where the config holds an int, as quniform samples 64.0 for 64)."""
+    tree = cfg.model_dump(mode="json")
+    for key, value in params.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        if isinstance(node.get(leaf), int) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        node[leaf] = value
+    return from_dict(tree, source="tune.space")
+
+
+def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
+    """The config one trial trains with: sampled values, tune.workers_per_trial workers."""
+    trial = apply_params(cfg, params)
+    trial.train.num_workers = cfg.tune.workers_per_trial
+    return trial
+
+
+def max_concurrent(cfg: PipelineConfig, resources: dict[str, float], *, gpu: bool) -> int:
+    """tune.max_concurrent_trials, or as many trials as the cluster's CPUs (GPUs) can hold at once.
+
+    A Train run starts only when all its workers fit, so more trials in flight would just wait
+    (and on a small machine can time out in worker-group startup)."""
+    if cfg.tune.max_concurrent_trials:
+        return cfg.tune.max_concurrent_trials
+    workers = cfg.tune.workers_per_trial
+    fit = int(resources.get("CPU", 1) // (workers * cfg.train.cpus_per_worker))
+    if gpu:
+        fit = min(fit, int(resources.get("GPU", 0) // workers))
+    return max(1, min(fit, cfg.tune.num_samples))
+
+
+def _trial(params: dict[str, Any], *, base: dict[str, Any], shard_dir: str, storage_dir: str) -> None:
+    """One Tune trial: build this trial's config and run a full Ray Train fit with it."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lstm_dist.train.trainer import fit
+
+    cfg = trial_config(PipelineConfig.model_validate(base), params)
+    trial_id = ray.tune.get_context().get_trial_id()  # Ray: unique, stable across trial restarts
+    fit(
+        cfg,
+        shard_dir=shard_dir,
+        storage_dir=storage_dir,
+        name=f"trial_{trial_id}",
+        callbacks=[TuneReportCallback()],  # Ray: forward rank 0's epoch reports to Tune (and ASHA)
+    )
+
+
+def run_tune(cfg: PipelineConfig, *, shard_dir: str, out_dir: str | Path, progress=print) -> TuneOutcome:
+    """Run the search on the connected Ray cluster; returns the trials table and the best config."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from lstm_dist.train.trainer import use_gpu
+
+    params = parse_space(cfg)
+    out_dir = Path(out_dir)
+    gpu = use_gpu(cfg)
+    concurrent = max_concurrent(cfg, ray.cluster_resources(), gpu=gpu)
+    if cfg.tune.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=cfg.train.epochs,
+            grace_period=cfg.tune.grace_period,
+            reduction_factor=cfg.tune.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    trainable = tune.with_parameters(
+        _trial, base=cfg.model_dump(mode="json"), shard_dir=shard_dir, storage_dir=str(out_dir / "train")
+    )
+    progress(
+        f"[tune] {cfg.tune.num_samples} trials, {cfg.tune.search} search, scheduler {cfg.tune.scheduler}, "
+        f"{concurrent} at a time, {cfg.tune.workers_per_trial} worker(s) each"
+        + (f", budget {cfg.tune.time_budget_s:.0f}s" if cfg.tune.time_budget_s else "")
+    )
+    started = time.time()
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPUS}),
+        param_space={p.key: p.domain() for p in params},
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode=MODE,
+            num_samples=cfg.tune.num_samples,
+            scheduler=scheduler,
+            search_alg=_search_alg(cfg),
+            max_concurrent_trials=concurrent,
+            time_budget_s=cfg.tune.time_budget_s or None,
+            trial_dirname_creator=lambda trial: trial.trial_id,  # short paths: no config values in names
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out_dir), verbose=1),
+    )
+    grid = tuner.fit()
+    trials = trials_table(grid, params=params, max_epochs=cfg.train.epochs)
+    budget_hit = bool(cfg.tune.time_budget_s) and time.time() - started >= cfg.tune.time_budget_s
+    if budget_hit:
+        progress(f"[tune] time budget of {cfg.tune.time_budget_s:.0f}s reached; trials still running were stopped")
+    ok = trials[trials["best_val_loss"].notna()]
+    if ok.empty:
+        errors = "; ".join(str(e).splitlines()[0] for e in grid.errors[:3])
+        raise RuntimeError(f"no tune trial reported a validation loss ({len(trials)} trials). First errors: {errors}")
+    best = ok.sort_values("best_val_loss").iloc[0]
+    best_params = {p.key: _plain(best[p.key]) for p in params}
+    best_epoch = int(best["best_epoch"])
+    return TuneOutcome(
+        trials=trials,
+        best_trial=str(best["trial_id"]),
+        best_params=best_params,
+        best_val_loss=float(best["best_val_loss"]),
+        best_epoch=best_epoch,
+        final_config=final_config(cfg, best_params, epochs=best_epoch),
+    )
+
+
+def final_config(cfg: PipelineConfig, params: dict[str, Any], *, epochs: int) -> PipelineConfig:
+    """The best trial's config for the last training on train + validation.
+
+    Validation is then part of the training data, so it can neither pick a checkpoint nor stop early:
+    train for the epochs at which the best trial reached its best validation loss, with patience off."""
+    final = apply_params(cfg, params)
+    final.train.epochs = max(1, epochs)
+    final.train.patience = 0
+    final.tune.enabled = False
+    return final
+
+
+def _search_alg(cfg: PipelineConfig):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if cfg.tune.search == "random":
+        # Seeded, so the same config samples the same trials.
+        return BasicVariantGenerator(random_state=cfg.train.seed)
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            "tune.search=optuna needs the optional optuna package: pip install 'lstm_dist[optuna]' "
+            "(or set tune.search=random)"
+        ) from None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
+
+
+def trials_table(grid, *, params: list[Param], max_epochs: int) -> pd.DataFrame:
+    """One row per trial: sampled values, best val loss (and its epoch), epochs run, why it stopped."""
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe
+        config = result.config or {}
+        row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name}
+        row.update({p.key: _plain(config.get(p.key)) for p in params})
+        if history is None or history.empty or METRIC not in history:
+            row.update(best_val_loss=float("nan"), best_epoch=0, epochs=0, stopped="error" if result.error else "no")
+            row["error"] = str(result.error).splitlines()[0] if result.error else ""
+            rows.append(row)
+            continue
+        history = history.sort_values("epoch")
+        best_idx = history[METRIC].idxmin()
+        epochs = int(history["epoch"].max())
+        patience_stop = bool(history["stopped_early"].iloc[-1]) if "stopped_early" in history else False
+        if result.error:
+            stopped = "error"
+        elif patience_stop:
+            stopped = "patience"
+        elif epochs < max_epochs:
+            stopped = "scheduler"  # ASHA (or the time budget) ended it
+        else:
+            stopped = "no"
+        row.update(
+            best_val_loss=float(history.loc[best_idx, METRIC]),
+            best_epoch=int(history.loc[best_idx, "epoch"]),
+            epochs=epochs,
+            stopped=stopped,
+            error=str(result.error).splitlines()[0] if result.error else "",
+        )
+        row["history"] = history[[c for c in history.columns if _is_epoch_metric(c)]].to_dict("list")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.sort_values("best_val_loss", na_position="last").reset_index(drop=True)
+
+
+def _is_epoch_metric(column: str) -> bool:
+    skip = {"trial_id", "date", "hostname", "node_ip", "pid", "done", "checkpoint_path", "experiment_tag"}
+    return column not in skip and not column.startswith(("config/", "time_", "timestamp", "iterations_"))
+
+
+def format_trials(trials: pd.DataFrame) -> str:
+    """The trials table as text: one line per trial, best first."""
+    keys = [c for c in trials.columns if "." in c]
+    show = trials[["trial_id", *keys, "best_val_loss", "best_epoch", "epochs", "stopped"]].copy()
+    show["best_val_loss"] = show["best_val_loss"].map(lambda v: f"{v:.5f}")
+    for key in keys:
+        show[key] = show[key].map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+    return show.to_string(index=False)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python, for configs, params and JSON."""
+    return value.item() if hasattr(value, "item") else value
