@@ -58,6 +58,18 @@ def test_shapes_every_combination(cell: str, readout: str, head: str, loss: str)
     assert model.predict(x, future=future, series=series).shape == out.shape
 
 
+def test_quantile_point_and_interval_follow_the_quantile_not_the_config_order() -> None:
+    model = _model(loss="quantile", quantiles=[0.5, 0.05, 0.9])
+    out = torch.tensor([2.0, 1.0, 3.0]).expand(B, H, T, 3)  # one value per configured quantile
+    torch.testing.assert_close(model.point(out), torch.full((B, H, T), 2.0))
+    iv = model.interval(out)
+    assert list(iv) == ["q0.05", "q0.5", "q0.9"]
+    assert iv["q0.05"][0, 0, 0] == 1.0 and iv["q0.9"][0, 0, 0] == 3.0
+    # The pinball loss is zero when every quantile output sits on the target.
+    assert model.loss(out, torch.full((B, H, T), 2.0)) > 0
+    assert model.loss(torch.full((B, H, T, 3), 2.0), torch.full((B, H, T), 2.0)) == 0
+
+
 @pytest.mark.parametrize(
     "layers",
     [

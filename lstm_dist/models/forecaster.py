@@ -116,15 +116,15 @@ class Forecaster(nn.Module):
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
         """The configured loss of `out` [B, H, T, P] against `y` [B, H, T]; a scalar (fp32)."""
-        return losses.compute_loss(self.cfg, out, y)
+        return losses.compute_loss(out, y, cfg=self.cfg)
 
     def point(self, out: Tensor) -> Tensor:
         """Point forecast [..., T] from `out` [..., T, P]: the value, the median or the mean."""
-        return losses.point(self.cfg, out)
+        return losses.point(out, cfg=self.cfg)
 
     def interval(self, out: Tensor) -> dict[str, Tensor] | None:
         """{"q0.1": [B, H, T], ...} for quantile/gaussian losses (80% for gaussian); None otherwise."""
-        return losses.interval(self.cfg, out)
+        return losses.interval(out, cfg=self.cfg)
 
     @torch.no_grad()
     def predict(self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None) -> Tensor:

@@ -35,7 +35,7 @@ def gaussian_scale(raw: Tensor) -> Tensor:
     return F.softplus(raw.float()) + _MIN_SCALE
 
 
-def compute_loss(cfg: ModelConfig, out: Tensor, y: Tensor) -> Tensor:
+def compute_loss(out: Tensor, y: Tensor, *, cfg: ModelConfig) -> Tensor:
     """Scalar loss of `out` [B, H, T, P] against `y` [B, H, T], averaged over all elements."""
     if out.shape[:-1] != y.shape:
         raise ValueError(f"loss: output {tuple(out.shape)} does not match target {tuple(y.shape)} (+ a last axis P)")
@@ -65,14 +65,15 @@ def _sorted_quantiles(out: Tensor) -> Tensor:
     return out.sort(dim=-1).values
 
 
-def point(cfg: ModelConfig, out: Tensor) -> Tensor:
+def point(out: Tensor, *, cfg: ModelConfig) -> Tensor:
     """Point forecast [...] from `out` [..., P]: the value, the median, or the mean."""
     if cfg.loss == "quantile":
-        return _sorted_quantiles(out)[..., cfg.quantiles.index(0.5)]
+        # After sorting, output i is the i-th smallest quantile, whatever the config's order.
+        return _sorted_quantiles(out)[..., sorted(cfg.quantiles).index(0.5)]
     return out[..., 0]
 
 
-def interval(cfg: ModelConfig, out: Tensor) -> dict[str, Tensor] | None:
+def interval(out: Tensor, *, cfg: ModelConfig) -> dict[str, Tensor] | None:
     """Quantile forecasts keyed "q0.1", "q0.9", ... from `out` [..., P]; None for point losses."""
     if cfg.loss == "quantile":
         qs = _sorted_quantiles(out)
