@@ -86,6 +86,51 @@ def run(
 
 
 @app.command()
+def train(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    shards: Annotated[
+        Path | None,
+        typer.Option("--shards", help="Shard directory of an earlier ingest (holds manifest.json); no re-ingest."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="Continue the named run under <work_dir>/train_runs/ from its latest checkpoint "
+            "(its shard directory is reused unless --shards is given).",
+        ),
+    ] = None,
+) -> None:
+    """Train on an existing shard set with Ray Train (DDP), checkpointing every epoch; no ingest, no MLflow.
+
+    Prints where the run and its checkpoints are, and how to resume it.
+    """
+    cfg = _load(config, overrides)
+    if shards is None and resume is None:
+        _fail("train: give --shards DIR (the output of an ingest) or --resume RUN")
+    from lstm_dist.cluster import init_ray
+    from lstm_dist.train.trainer import train_from_shards
+
+    init_ray(cfg)
+    try:
+        result = train_from_shards(cfg, shard_dir=shards, resume=resume, progress=typer.echo)
+    except _user_errors() as exc:
+        _fail(f"error: {exc}", code=1)
+    last = result.history.iloc[-1]
+    best = result.history.loc[result.history["val_loss"].idxmin()]
+    typer.echo(
+        f"[train] done: {int(last['epoch'])} epoch(s); best val_loss {best['val_loss']:.4f} "
+        f"(epoch {int(best['epoch'])}), val MAE {best['val_mae']:.4f}"
+    )
+    typer.echo(f"run:               {result.run_dir}")
+    typer.echo(f"best checkpoint:   {result.best_checkpoint}")
+    typer.echo(f"latest checkpoint: {result.latest_checkpoint}")
+    typer.echo(f"history:           {result.run_dir / 'history.csv'}")
+    typer.echo(f"resume with:       lstm-dist train {config} --resume {result.run_dir.name} [train.epochs=N]")
+
+
+@app.command()
 def sample(
     output: Annotated[Path, typer.Argument(help="Parquet file to write.")],
     num_series: Annotated[int, typer.Option(help="Number of series.")] = 20,

@@ -158,7 +158,7 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     """Maximum number of epochs."""
     batch_size: int = Field(256, ge=1)
-    """Global batch size, split evenly over workers."""
+    """Global batch size of one micro-batch, split evenly over workers; a step sees batch_size x grad_accum windows."""
     max_steps_per_epoch: int = Field(0, ge=0)
     """Cap on optimizer steps per epoch (0 = a full pass over the train windows)."""
     lr: float = Field(3e-3, gt=0)
@@ -170,7 +170,7 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, ge=0)
     """Clip gradients to this global L2 norm (0 disables)."""
     grad_accum: int = Field(1, ge=1)
-    """Micro-batches accumulated per optimizer step."""
+    """Micro-batches accumulated per optimizer step (gradients sync once per step, on the last one)."""
     patience: int = Field(5, ge=0)
     """Early stopping: epochs without validation improvement before stopping (0 disables)."""
     min_delta: float = Field(0.0, ge=0)
@@ -178,7 +178,7 @@ class TrainConfig(_Section):
     seed: int = 0
     """Seed for weights, sampling and dropout; same seed and config give the same loss on CPU."""
     keep_checkpoints: int = Field(2, ge=1)
-    """Best checkpoints (by validation loss) kept on disk."""
+    """Best checkpoints (by validation loss) kept on disk; the latest is kept as well, for resuming."""
     max_failures: int = Field(2, ge=0)
     """Worker-group restarts from the latest checkpoint after a worker dies."""
     max_val_windows: int = Field(0, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from lstm_dist.models import Forecaster, build_model
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
+HISTORY_FILE = "history.json"
 
 
 def save_training_state(
@@ -25,11 +27,17 @@ def save_training_state(
     scaler: torch.amp.GradScaler,
     stopper: Any,
     epoch: int,
+    history: list[dict[str, float]],
     model_args: dict[str, Any],
 ) -> None:
-    """Everything needed to continue training exactly where it stopped, plus a weights-only file for serving."""
+    """Everything needed to continue training exactly where it stopped, plus a weights-only file for serving.
+
+    `history` (the metrics of every epoch so far) travels with the checkpoint: Ray keeps only the
+    metrics of retained checkpoints, and after a restart the latest checkpoint still has them all.
+    """
     weights = {"model_args": model_args, "state_dict": model.state_dict()}
     torch.save(weights, path / MODEL_FILE)
+    (path / HISTORY_FILE).write_text(json.dumps(history, indent=1))
     torch.save(
         {
             "epoch": epoch,
@@ -41,7 +49,7 @@ def save_training_state(
                 "torch": torch.get_rng_state(),
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this worker's GPU
             },
         },
         path / STATE_FILE,
@@ -56,8 +64,8 @@ def load_training_state(
     scheduler: Any,
     scaler: torch.amp.GradScaler,
     stopper: Any,
-) -> int:
-    """Restore a checkpoint in place; returns the number of epochs already completed."""
+) -> tuple[int, list[dict[str, float]]]:
+    """Restore a checkpoint in place; returns (epochs already completed, their metrics)."""
     model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=False)["state_dict"])
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
@@ -69,8 +77,13 @@ def load_training_state(
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
     if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(state["epoch"])
+        torch.cuda.set_rng_state(rng["cuda"])
+    return int(state["epoch"]), load_history(path)
+
+
+def load_history(path: str | Path) -> list[dict[str, float]]:
+    """Per-epoch metrics stored in a checkpoint directory (every epoch up to that checkpoint)."""
+    return json.loads((Path(path) / HISTORY_FILE).read_text())
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:

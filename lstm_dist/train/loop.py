@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -27,56 +29,74 @@ from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
 
 # Test-only fault injection: "EPOCH:STEP:RANK:MARKER_FILE" makes that rank's process die
-# (os._exit, like an OOM kill) at that step, once; the marker file makes it happen only once.
+# (os._exit, like an OOM kill) at that step of that 0-based epoch; the marker file makes it
+# happen once. `trainer.fit` forwards the variable from the driver to the workers.
 FAIL_ENV = "LSTM_DIST_FAIL_AT"
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = PipelineConfig.model_validate(config["pipeline"])
-    shard_dir = config["shard_dir"]
-    ctx = ray.train.get_context()  # Ray: this worker's rank in the group
+    tc = cfg.train
+    ctx = ray.train.get_context()  # Ray: this worker's place in the group
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # Ray: the GPU assigned to this worker, or cpu
-    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    precision = resolve_precision(cfg.train.precision, device)
+    torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+    precision = resolve_precision(tc.precision, device)
 
-    train_ds = WindowDataset(shard_dir, split="train", stride=cfg.data.stride)
-    val_ds = WindowDataset(shard_dir, split="val")
-    # Same seed on every rank: identical initial weights (DDP also broadcasts them).
-    torch.manual_seed(cfg.train.seed)
-    model_args = model_args_for(cfg, train_ds)
-    model = build_model(cfg.model, **model_args)
-
-    local_batch = max(1, cfg.train.batch_size // world_size)
-    sampler = DistributedWindowSampler(len(train_ds), rank=rank, world_size=world_size, seed=cfg.train.seed)
-    # Every rank must take the same number of steps, or DDP's all-reduce waits forever.
-    steps_per_epoch = max(1, sampler.min_len // (local_batch * cfg.train.grad_accum))
-    if cfg.train.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
-    total_steps = steps_per_epoch * cfg.train.epochs
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=int(cfg.train.warmup_frac * total_steps))
-    scaler = grad_scaler(precision)
-    stopper = EarlyStopping(patience=cfg.train.patience, min_delta=cfg.train.min_delta)
-    start_epoch = 0
-
-    checkpoint = ray.train.get_checkpoint()  # Ray: set after a worker failure or on --resume
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            start_epoch = load_training_state(
-                Path(ckpt_dir), model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, stopper=stopper
-            )
-    # Dropout and sampling differ per rank, and resume with the state saved at the epoch boundary.
-    torch.manual_seed(cfg.train.seed + 1000 * rank + start_epoch)
-
-    model = ray.train.torch.prepare_model(model)  # Ray: move to device, wrap in DDP when world_size > 1
+    train_ds = WindowDataset(config["shard_dir"], split="train")  # the shards' own lookback, horizon, stride
+    val_ds = WindowDataset(config["shard_dir"], split="val")
+    model_args = model_args_for(train_ds)
+    torch.manual_seed(tc.seed)  # same seed on every rank: identical initial weights (DDP broadcasts them too)
+    model = ray.train.torch.prepare_model(build_model(cfg.model, **model_args))  # Ray: to device, DDP if >1 worker
     net: Forecaster = model.module if hasattr(model, "module") else model
 
-    for epoch in range(start_epoch, cfg.train.epochs):
+    local_batch = max(1, tc.batch_size // world_size)
+    if rank == 0 and local_batch * world_size != tc.batch_size:
+        warnings.warn(
+            f"train.batch_size={tc.batch_size} does not split evenly over {world_size} workers; "
+            f"the global batch is {local_batch * world_size}",
+            stacklevel=1,
+        )
+    sampler = DistributedWindowSampler(
+        len(train_ds), rank=rank, world_size=world_size, seed=tc.seed, weights=train_ds.window_weights(cfg.data.series_weights)
+    )
+    # Every rank takes the same number of steps, or DDP's all-reduce waits forever.
+    steps_per_epoch = sampler.min_len // (local_batch * tc.grad_accum)
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"train.batch_size={tc.batch_size} x train.grad_accum={tc.grad_accum} needs more train windows "
+            f"per worker than the {sampler.min_len} each of {world_size} workers gets; lower them or add data"
+        )
+    if tc.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
+    total_steps = steps_per_epoch * tc.epochs
+
+    # Built after the model is on its device, so restored optimizer state lands there too.
+    optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=int(tc.warmup_frac * total_steps))
+    scaler = grad_scaler(precision)
+    stopper = EarlyStopping(patience=tc.patience, min_delta=tc.min_delta)
+    start_epoch, history = 0, []
+
+    checkpoint = ray.train.get_checkpoint()  # Ray: the latest checkpoint after a worker failure or on --resume
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            start_epoch, history = load_training_state(
+                Path(ckpt_dir), model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, stopper=stopper
+            )
+        if rank == 0:
+            print(f"[train] resumed after epoch {start_epoch} from {checkpoint.path}", flush=True)
+    if stopper.stopped:
+        return  # the run had already stopped early; nothing to continue (no report on any rank)
+
+    for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
+        # Dropout draws depend on (seed, rank, epoch) only, so a resumed epoch replays exactly.
+        torch.manual_seed(epoch_seed(tc.seed, rank=rank, epoch=epoch))
         sampler.set_epoch(epoch)
-        stats = train_epoch(
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        train = train_epoch(
             model,
             net,
             train_ds,
@@ -88,7 +108,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             device=device,
             steps=steps_per_epoch,
             local_batch=local_batch,
-            cfg=cfg,
+            grad_accum=tc.grad_accum,
+            grad_clip=tc.grad_clip,
             fail_step=_fail_step(epoch, rank),
         )
         val = evaluate(
@@ -99,26 +120,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             precision=precision,
             device=device,
             batch_size=max(local_batch, 256),
-            max_windows=cfg.train.max_val_windows,
+            max_windows=tc.max_val_windows,
         )
-        stop = stopper.update(val["val_loss"], epoch)
-        epoch_time = time.perf_counter() - t0
+        stop = stopper.update(val["val_loss"], epoch + 1)  # every rank sees the same all-reduced val_loss
         metrics = {
             "epoch": epoch + 1,
-            **stats,
+            **train,
             **val,
-            "lr": scheduler.get_last_lr()[0],
-            "epoch_time_s": epoch_time,
-            "samples_per_s": stats["train_samples"] * world_size / epoch_time,
             "best_val_loss": stopper.best,
+            "epoch_time_s": time.perf_counter() - t0,
+            "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
             "stopped_early": float(stop),
         }
-        if device.type == "cuda":
-            metrics["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        history.append(metrics)
         if rank == 0:
             print(
-                f"[train] epoch {epoch + 1}/{cfg.train.epochs} train_loss={stats['train_loss']:.4f} "
-                f"val_loss={val['val_loss']:.4f} val_mae={val['val_mae']:.3f} {metrics['samples_per_s']:.0f} samples/s",
+                f"[train] epoch {epoch + 1}/{tc.epochs} train_loss={train['train_loss']:.4f} "
+                f"val_loss={val['val_loss']:.4f} val_mae={val['val_mae']:.3f} lr={train['lr']:.2e} "
+                f"{train['samples_per_s']:.0f} samples/s" + (" (early stop)" if stop else ""),
                 flush=True,
             )
         with tempfile.TemporaryDirectory() as tmp:
@@ -132,15 +151,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     scaler=scaler,
                     stopper=stopper,
                     epoch=epoch + 1,
-                    model_args={"model": cfg.model.model_dump(), **model_args},
+                    history=history,
+                    model_args={"model": cfg.model.model_dump(mode="json"), **model_args},
                 )
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)  # Ray: uploaded to storage by report
             ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
         if stop:
             break
 
 
-def model_args_for(cfg: PipelineConfig, ds: WindowDataset) -> dict[str, int]:
+def model_args_for(ds: WindowDataset) -> dict[str, int]:
     """The data-dependent sizes `build_model` needs; saved in every checkpoint to rebuild the network."""
     return {
         "num_features": ds.num_features,
@@ -149,6 +169,11 @@ def model_args_for(cfg: PipelineConfig, ds: WindowDataset) -> dict[str, int]:
         "num_future": ds.num_future,
         "num_series": ds.num_series,
     }
+
+
+def epoch_seed(seed: int, *, rank: int, epoch: int) -> int:
+    """A torch seed for one (run seed, rank, epoch): distinct per rank and epoch, fixed across restarts."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
 def _fail_step(epoch: int, rank: int) -> int:

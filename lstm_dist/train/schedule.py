@@ -37,11 +37,16 @@ class EarlyStopping:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
             self.bad_epochs += 1
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
+        """True once `patience` epochs in a row brought no improvement (never when patience is 0)."""
         return self.patience > 0 and self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        # Counters only: patience and min_delta come from the (possibly changed) config of a resumed run.
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]

@@ -1,18 +1,72 @@
-"""The training and validation steps: plain PyTorch, no Ray, so benchmarks and GPU tests use them bare."""
+"""The training and validation steps: plain PyTorch, no Ray, so benchmarks and GPU tests use them bare.
+
+`train_step` is one optimizer step (gradient accumulation, AMP, clipping, inf/NaN skipping);
+`train_epoch` feeds it windows drawn by this rank's sampler; `evaluate` scores the validation
+windows in original units. Nothing here synchronises the host with the GPU inside the step loop
+(except where fp32/bf16 must decide to skip a step), so the GPU runs ahead of Python.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
-from lstm_dist.config import PipelineConfig
-from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
 from lstm_dist.models import Forecaster
-from lstm_dist.train.precision import autocast
+from lstm_dist.train.precision import Precision, autocast
+
+if TYPE_CHECKING:  # the data layer is only needed for type hints here
+    from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
+
+Batch = dict[str, Tensor | None]
+
+
+def train_step(
+    model: torch.nn.Module,
+    net: Forecaster,
+    micro_batches: Sequence[Batch],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    precision: Precision,
+    grad_clip: float,
+) -> tuple[Tensor, Tensor]:
+    """One optimizer step over `micro_batches` (gradient accumulation).
+
+    `model` is what runs the forward pass (DDP-wrapped or not), `net` the bare Forecaster.
+    Returns (mean loss, global gradient norm before clipping) as device tensors: no host sync.
+    A step whose gradients hold inf/NaN is skipped (no parameter update); its norm is inf/NaN,
+    which is how the caller counts skipped steps.
+    """
+    accum = len(micro_batches)
+    loss_sum = torch.zeros((), device=micro_batches[0]["x"].device)
+    for i, batch in enumerate(micro_batches):
+        # Only the last micro-batch all-reduces gradients; the earlier ones accumulate locally,
+        # so accumulation costs no extra communication (DDP's no_sync).
+        local = i < accum - 1 and hasattr(model, "no_sync")
+        with model.no_sync() if local else contextlib.nullcontext():
+            with autocast(precision, batch["x"].device):
+                out = model(batch["x"], future=batch["future"], series=batch["series"])  # [B, H, T, P]
+            loss = net.loss(out, batch["y"]) / accum  # fp32 scalar: the loss upcasts
+            scaler.scale(loss).backward()  # scaled only for fp16; a no-op multiply otherwise
+        loss_sum += loss.detach()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip or math.inf)
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # skips the update itself when unscale_ found inf/NaN
+    elif torch.isfinite(norm):  # fp32/bf16 have no scaler to skip for them (one host sync)
+        optimizer.step()
+    scaler.update()  # halves the scale after a skipped step, grows it after a run of good ones
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, norm
 
 
 def train_epoch(
@@ -24,51 +78,57 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
-    precision: str,
+    precision: Precision,
     device: torch.device,
     steps: int,
     local_batch: int,
-    cfg: PipelineConfig,
+    grad_accum: int = 1,
+    grad_clip: float = 0.0,
     fail_step: int = -1,
 ) -> dict[str, float]:
-    """One epoch of `steps` optimizer steps; returns mean loss, gradient norm, loss scale, skipped steps."""
+    """`steps` optimizer steps over this rank's share of the windows; metrics summed over all ranks."""
     model.train()
     order = np.fromiter(iter(sampler), dtype=np.int64)
-    accum = cfg.train.grad_accum
-    total_loss, total_norm, skipped, seen = 0.0, 0.0, 0, 0
+    assert len(order) >= steps * grad_accum * local_batch, "steps_per_epoch must fit the sampler's share"
+    loss_sum = torch.zeros((), device=device)
+    norm_sum = torch.zeros((), device=device)
+    skipped = torch.zeros((), device=device)
+    lr = optimizer.param_groups[0]["lr"]
+    t0 = time.perf_counter()
     for step in range(steps):
         if step == fail_step:
-            os._exit(1)  # simulated hard crash of this worker process (tests only)
-        for micro in range(accum):
-            start = (step * accum + micro) * local_batch
-            batch = _to_device(ds.batch(order[start : start + local_batch]), device)
-            # Only the last micro-batch syncs gradients across ranks; the others accumulate locally.
-            sync = micro == accum - 1 or not hasattr(model, "no_sync")
-            ctx = model.no_sync() if not sync else contextlib.nullcontext()
-            with ctx:
-                with autocast(precision, device):
-                    out = model(batch["x"], future=batch["future"], series=batch["series"])  # [B, H, T, P]
-                    loss = net.loss(out.float(), batch["y"]) / accum
-                scaler.scale(loss).backward()
-            total_loss += loss.item()
-            seen += batch["x"].shape[0]
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip or float("inf"))
-        scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
-        scaler.step(optimizer)  # skipped inside when the gradients hold inf/nan
-        scaler.update()
-        if not torch.isfinite(norm) or (scaler.is_enabled() and scaler.get_scale() < scale_before):
-            skipped += 1
-        else:
-            total_norm += norm.item()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+            os._exit(1)  # simulated hard crash of this worker process (tests only; see loop.FAIL_ENV)
+        first = step * grad_accum * local_batch
+        micro = [
+            to_device(ds.batch(order[first + m * local_batch : first + (m + 1) * local_batch]), device)
+            for m in range(grad_accum)
+        ]
+        loss, norm = train_step(
+            model, net, micro, optimizer=optimizer, scaler=scaler, precision=precision, grad_clip=grad_clip
+        )
+        finite = torch.isfinite(norm)
+        loss_sum += loss
+        norm_sum += torch.where(finite, norm, 0.0)
+        skipped += (~finite).float()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+        scheduler.step()  # also after a skipped step: the schedule counts steps taken, not updates
+    # One sync per epoch: totals over all ranks (the gradient norm and skips are already global).
+    totals = torch.stack([loss_sum, torch.tensor(float(steps * grad_accum * local_batch), device=device)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    train_time = time.perf_counter() - t0
+    num_skipped = int(skipped.item())
+    samples = float(totals[1])
     return {
-        "train_loss": total_loss / steps,
-        "grad_norm": total_norm / max(1, steps - skipped),
+        "train_loss": float(totals[0]) / (steps * world),
+        "grad_norm": float(norm_sum) / max(1, steps - num_skipped),
         "loss_scale": scaler.get_scale() if scaler.is_enabled() else 1.0,
-        "skipped_steps": float(skipped),
-        "train_samples": float(seen),
+        "skipped_steps": float(num_skipped),
+        "lr": lr,
+        "train_samples": samples,
+        "train_time_s": train_time,
+        "samples_per_s": samples / train_time,
     }
 
 
@@ -79,12 +139,12 @@ def evaluate(
     *,
     rank: int,
     world_size: int,
-    precision: str,
+    precision: Precision,
     device: torch.device,
     batch_size: int,
     max_windows: int = 0,
 ) -> dict[str, float]:
-    """Validation loss (scaled) and MAE/RMSE in original units, summed over all ranks' disjoint shares."""
+    """Validation loss (scaled units) and MAE/RMSE in original units, over all ranks' disjoint shares."""
     net.eval()
     num = len(ds) if not max_windows else min(len(ds), max_windows)
     # An evenly spaced subset when capped, so every series and time of the validation part is represented.
@@ -92,34 +152,33 @@ def evaluate(
     mine = indices[rank::world_size]
     # Errors in original units only need the scale: the location cancels in (pred - actual).
     _, scale_all = ds.manifest.target_loc_scale(np.arange(ds.num_series))
-    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, |err|, err^2, n (values)
+    scale_all = torch.as_tensor(scale_all, dtype=torch.float32, device=device)  # [S, T]
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss * n, sum |err|, sum err^2, n
     for start in range(0, len(mine), batch_size):
-        batch = _to_device(ds.batch(mine[start : start + batch_size]), device)
+        batch = to_device(ds.batch(mine[start : start + batch_size]), device)
         with autocast(precision, device):
-            out = net(batch["x"], future=batch["future"], series=batch["series"])
-        out = out.float()
+            out = net(batch["x"], future=batch["future"], series=batch["series"])  # [B, H, T, P]
         n = batch["x"].shape[0]
-        sums[0] += net.loss(out, batch["y"]).item() * n
-        series = batch["series"].cpu().numpy()
-        scale = torch.as_tensor(scale_all[series], dtype=torch.float32)[:, None, :]  # [B, 1, T]
-        err = (net.point(out).cpu() - batch["y"].cpu()) * scale  # [B, H, T], original units
-        sums[1] += err.abs().sum().item()
-        sums[2] += (err**2).sum().item()
+        scale = scale_all[batch["series"]][:, None, :]  # [B, 1, T]
+        err = (net.point(out.float()) - batch["y"]) * scale  # [B, H, T], original units
+        sums[0] += net.loss(out, batch["y"]) * n
+        sums[1] += err.abs().sum()
+        sums[2] += err.square().sum()
         sums[3] += n
-    values = float(sums[3]) * ds.horizon * ds.num_targets
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)  # every rank gets the same totals, so early stopping agrees
-        values = float(sums[3]) * ds.horizon * ds.num_targets
-    count = max(float(sums[3]), 1.0)
+        dist.all_reduce(sums)  # every rank gets the same totals, so early stopping agrees across ranks
+    loss_n, abs_sum, sq_sum, count = sums.tolist()
+    values = max(count * ds.horizon * ds.num_targets, 1.0)
     return {
-        "val_loss": float(sums[0]) / count,
-        "val_mae": float(sums[1]) / max(values, 1.0),
-        "val_rmse": float(np.sqrt(float(sums[2]) / max(values, 1.0))),
+        "val_loss": loss_n / max(count, 1.0),
+        "val_mae": abs_sum / values,
+        "val_rmse": math.sqrt(sq_sum / values),
     }
 
 
-def _to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor | None]:
-    out: dict[str, torch.Tensor | None] = {}
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> Batch:
+    """numpy batch from `WindowDataset.batch` -> tensors on `device`; an empty `future` becomes None."""
+    out: Batch = {}
     for key in ("x", "y", "future", "series"):
         value = batch.get(key)
         if value is None or (key == "future" and value.shape[-1] == 0):

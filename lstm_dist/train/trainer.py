@@ -1,17 +1,32 @@
-"""Wiring of the per-worker loop into a Ray Train `TorchTrainer`: scaling, storage, checkpoints, failures."""
+"""Wiring of the per-worker loop into a Ray Train `TorchTrainer`: scaling, storage, checkpoints, failures.
+
+A run lives in `<storage_dir>/<name>/`: Ray Train's checkpoints (the best `train.keep_checkpoints`
+by validation loss, plus always the latest, which a restart resumes from) and its snapshot of them.
+Calling `fit` again with the same storage dir and name continues that run from its latest checkpoint.
+"""
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import ray
 import ray.train
+import torch
+import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lstm_dist.config import PipelineConfig
-from lstm_dist.train.loop import train_loop_per_worker
+from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml
+from lstm_dist.train.checkpoints import load_history
+from lstm_dist.train.loop import FAIL_ENV, train_loop_per_worker
+from lstm_dist.train.precision import resolve_precision
+
+RUN_CONFIG_FILE = "lstm_dist_config.yaml"  # the config a run was started with, beside Ray's files
+RUN_SHARDS_FILE = "lstm_dist_shards.txt"  # the shard directory it trains on
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints
 
 
 @dataclass
@@ -22,6 +37,8 @@ class TrainResult:
     latest_checkpoint: Path
     history: pd.DataFrame
     run_dir: Path
+    checkpoints: list[Path]
+    """Every checkpoint kept on disk (the best k and the latest), oldest first."""
 
 
 def use_gpu(cfg: PipelineConfig) -> bool:
@@ -31,16 +48,16 @@ def use_gpu(cfg: PipelineConfig) -> bool:
     return cfg.train.use_gpu == "yes"
 
 
-def fit(
-    cfg: PipelineConfig, *, shard_dir: str, storage_dir: str, name: str, callbacks: list | None = None
-) -> TrainResult:
-    """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes.
-
-    `callbacks` go to the run's RunConfig (a Tune trial passes TuneReportCallback)."""
+def fit(cfg: PipelineConfig, *, shard_dir: str, storage_dir: str, name: str) -> TrainResult:
+    """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes."""
     gpu = use_gpu(cfg)
+    if not gpu:  # refuse fp16 on CPU here, before any worker starts (and retries max_failures times)
+        resolve_precision(cfg.train.precision, torch.device("cpu"))
+    # Test-only fault injection travels from the driver's environment to the workers (see loop.FAIL_ENV).
+    worker_env = {FAIL_ENV: os.environ[FAIL_ENV]} if os.environ.get(FAIL_ENV) else {}
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"pipeline": cfg.model_dump(mode="json"), "shard_dir": shard_dir},
+        train_loop_config={"pipeline": cfg.model_dump(mode="json"), "shard_dir": str(shard_dir)},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -49,22 +66,85 @@ def fit(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage_dir,
+            storage_path=str(storage_dir),
+            # Ray keeps the best `num_to_keep` by the score and, on top, always the latest checkpoint.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
                 checkpoint_score_attribute="val_loss",
                 checkpoint_score_order="min",
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            callbacks=callbacks,
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
         ),
     )
     result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run '{name}' under {storage_dir} reported no checkpoint")
+    kept = sorted(
+        (Path(c.path) for c, _ in result.best_checkpoints or []), key=lambda p: p.name
+    )  # checkpoint_<timestamp> names sort by age
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
-    history = result.metrics_dataframe.sort_values("epoch").drop_duplicates("epoch", keep="last")
+    history = pd.DataFrame(load_history(result.checkpoint.path))
     return TrainResult(
         best_checkpoint=Path(best.path),
         latest_checkpoint=Path(result.checkpoint.path),
-        history=history.reset_index(drop=True),
+        history=history,
         run_dir=Path(result.path),
+        checkpoints=kept,
     )
+
+
+def train_from_shards(
+    cfg: PipelineConfig, *, shard_dir: str | Path | None, resume: str | None = None, progress=print
+) -> TrainResult:
+    """Train on an existing shard directory (no ingest); runs live under `<work_dir>/train_runs/<name>`.
+
+    `resume` names a run there to continue from its latest checkpoint; its shard directory is reused
+    unless `shard_dir` is given, and its model config must match `cfg.model`.
+    Ray must already be initialised (the CLI and the tests do it).
+    """
+    from lstm_dist.data.manifest import Manifest
+
+    storage = Path(cfg.workflow.work_dir) / "train_runs"
+    if resume:
+        run_dir = storage / resume
+        if not (run_dir / SNAPSHOT_FILE).exists():
+            runs = sorted(p.name for p in storage.glob("*") if (p / SNAPSHOT_FILE).exists()) if storage.is_dir() else []
+            raise ConfigError(
+                f"--resume {resume}: no training run with checkpoints at {run_dir}; "
+                f"runs under {storage}: {', '.join(runs) or 'none'}"
+            )
+        if shard_dir is None:
+            shard_dir = (run_dir / RUN_SHARDS_FILE).read_text().strip()
+        saved = yaml.safe_load((run_dir / RUN_CONFIG_FILE).read_text())
+        if saved["model"] != cfg.model.model_dump(mode="json"):
+            raise ConfigError(
+                f"--resume {resume}: the model config differs from the one the run started with "
+                f"({run_dir / RUN_CONFIG_FILE}); its checkpoints would not load. Use the same model settings."
+            )
+        changed = {k: (v, getattr(cfg.train, k)) for k, v in saved["train"].items() if getattr(cfg.train, k) != v}
+        if changed:
+            progress(f"[train] resuming with changed train settings (was -> now): {changed}")
+        name = resume
+    else:
+        if shard_dir is None:
+            raise ConfigError("train: give the shard directory (--shards DIR), the output of an ingest")
+        name = f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+        while (storage / name).exists():  # never continue someone else's run by accident
+            name += "x"
+        run_dir = storage / name
+    shard_dir = Path(shard_dir).resolve()
+    manifest = Manifest.load(shard_dir)  # a clear DataError for a missing or unfinished shard set
+    if (cfg.data.lookback, cfg.data.horizon) != (manifest.lookback, manifest.horizon):
+        progress(
+            f"[train] note: the shards were built with lookback={manifest.lookback} horizon={manifest.horizon}; "
+            f"data.lookback/data.horizon of the config ({cfg.data.lookback}/{cfg.data.horizon}) are not used"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (run_dir / RUN_CONFIG_FILE).write_text(dump_yaml(cfg))
+        (run_dir / RUN_SHARDS_FILE).write_text(str(shard_dir))
+    progress(f"[train] run {name}: {cfg.train.num_workers} worker(s), shards {shard_dir}")
+    result = fit(cfg, shard_dir=str(shard_dir), storage_dir=str(storage), name=name)
+    result.history.to_csv(run_dir / "history.csv", index=False)
+    return result
