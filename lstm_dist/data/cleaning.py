@@ -67,9 +67,11 @@ def build_block(names: list[str], codes: np.ndarray, ts: np.ndarray, values: np.
 
     `names` must be sorted and `codes` [N] index into it.
     """
+    by_series = np.argsort(codes, kind="stable")  # input order within each series
+    back = (np.diff(ts[by_series]) < 0) & (np.diff(codes[by_series]) == 0)
+    if back.any():
+        notes.add("unsorted_series_sorted", len(np.unique(codes[by_series][1:][back])))
     order = np.lexsort((ts, codes))
-    if len(order) and np.any(np.diff(order) != 1):
-        notes.add("unsorted_inputs_sorted", 1)
     counts = np.bincount(codes, minlength=len(names))
     keep = counts > 0
     return Block(
@@ -80,7 +82,9 @@ def build_block(names: list[str], codes: np.ndarray, ts: np.ndarray, values: np.
     )
 
 
-def merge_parts(parts: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+def merge_parts(
+    parts: list[tuple[list[str], np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Concatenate (names, codes, ts, values) parts of several files onto one sorted name list, in part order."""
     names = sorted(set().union(*(p[0] for p in parts))) if parts else []
     where = {n: i for i, n in enumerate(names)}
@@ -219,7 +223,9 @@ def fill(block: Block, *, rows: np.ndarray, method: str, notes: Notes, what: str
     if method == "drop":
         keep = ~nan.any(axis=1)
         notes.add(f"{what}_rows_dropped", int((~keep).sum()))
-        notes.warn(f"data.missing=drop removed {int((~keep).sum())} rows: those series now have holes in their time grid")
+        notes.warn(
+            f"data.missing=drop removed {int((~keep).sum())} rows: those series now have holes in their time grid"
+        )
         return block.take_rows(keep)
     values = block.values.copy()
     if method == "zero":
@@ -256,6 +262,8 @@ def fill(block: Block, *, rows: np.ndarray, method: str, notes: Notes, what: str
     out = Block(block.names, block.offsets, block.ts, values)
     if unfillable.any():
         notes.add(f"{what}_leading_rows_dropped", int(unfillable.sum()))
-        notes.warn(f"dropped {int(unfillable.sum())} leading row(s) with missing values and nothing earlier to fill from")
+        notes.warn(
+            f"dropped {int(unfillable.sum())} leading row(s) with missing values and nothing earlier to fill from"
+        )
         out = out.take_rows(~unfillable)
     return out

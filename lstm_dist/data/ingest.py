@@ -77,8 +77,10 @@ class IngestReport:
             f"wrote {self.num_shards} shard(s), {self.num_bytes / 2**20:.1f} MiB "
             f"({self.num_bytes / max(self.raw_numeric_bytes, 1):.2f}x the raw numeric data); windows "
             + ", ".join(f"{k} {v:,}" for k, v in self.windows.items()),
-            "tasks: " + ", ".join(f"{k} {v}" for k, v in self.num_tasks.items())
-            + "; time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
+            "tasks: "
+            + ", ".join(f"{k} {v}" for k, v in self.num_tasks.items())
+            + "; time: "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
         if self.counts:
             lines.append("cleaning: " + ", ".join(f"{k}={v:,}" for k, v in sorted(self.counts.items())))
@@ -97,7 +99,9 @@ def _bucket_of(names: list[str], num_buckets: int) -> np.ndarray:
     return np.asarray([zlib.crc32(n.encode()) % num_buckets for n in names], dtype=np.int64)
 
 
-def read_unit(locator: str, row_groups: list[int] | None, *, cfg: DataConfig, num_buckets: int) -> tuple[list[Part], dict[str, Any]]:
+def read_unit(
+    locator: str, row_groups: list[int] | None, *, cfg: DataConfig, num_buckets: int
+) -> tuple[list[Part], dict[str, Any]]:
     """Read and validate one file (or some of its row groups) and split its rows into buckets."""
     notes = Notes()
     if row_groups is None:
@@ -157,7 +161,9 @@ def with_features(block: Block, *, cfg: DataConfig) -> np.ndarray:
     return np.concatenate([v[:, : num_t + num_c], derived, v[:, num_t + num_c :]], axis=1)
 
 
-def fit_series_stats(stored: np.ndarray, offsets: np.ndarray, val_start: np.ndarray, *, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def fit_series_stats(
+    stored: np.ndarray, offsets: np.ndarray, val_start: np.ndarray, *, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
     """(loc, scale) [S, Fs], each series fitted on its own train rows [0, val_start) only."""
     num_series, width = len(offsets) - 1, stored.shape[1]
     loc, scale = np.zeros((num_series, width)), np.ones((num_series, width))
@@ -233,7 +239,12 @@ _clean_remote = ray.remote(num_returns=2)(_clean_task)
 
 
 def build_shard(
-    pieces: list[tuple[int, int, int, int, int]], loc: np.ndarray, scale: np.ndarray, *, stored_cols: list[str], blocks: list[dict[str, Any]]
+    pieces: list[tuple[int, int, int, int, int]],
+    loc: np.ndarray,
+    scale: np.ndarray,
+    *,
+    stored_cols: list[str],
+    blocks: list[dict[str, Any]],
 ) -> tuple[np.ndarray, str, int]:
     """Scale the pieces (block, local series, row_start, row_stop, global series) into one IPC file's bytes."""
     series, ts, feats = [], [], []
@@ -286,7 +297,7 @@ def _read_units(files: list[str], *, cfg: DataConfig, target: int) -> list[tuple
     return [(files[0], [int(g) for g in c]) for c in chunks]
 
 
-def _resolve_input(cfg: DataConfig, *, out_dir: Path, work_dir: str | None) -> str:
+def resolve_input(cfg: DataConfig, *, out_dir: Path, work_dir: str | None) -> str:
     if cfg.path is not None:
         return cfg.path
     s = cfg.sample
@@ -316,7 +327,7 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
     _check_feature_config(cfg)
     report = IngestReport()
     out = Path(out_dir).resolve()
-    source = _resolve_input(cfg, out_dir=out, work_dir=work_dir)
+    source = resolve_input(cfg, out_dir=out, work_dir=work_dir)
     files = list_input_files(source, fmt=cfg.format)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else max(1, os.cpu_count() or 1)
     num_buckets = cfg.num_read_tasks or cpus
@@ -324,7 +335,9 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
     report.num_files = len(files)
 
     # read: one task per unit; each returns one part per bucket plus an info dict.
-    read_refs = [_read_remote.options(num_returns=num_buckets + 1).remote(loc, rg, cfg, num_buckets) for loc, rg in units]
+    read_refs = [
+        _read_remote.options(num_returns=num_buckets + 1).remote(loc, rg, cfg, num_buckets) for loc, rg in units
+    ]
     infos = _get([refs[-1] for refs in read_refs])
     report.num_rows_read = sum(i["rows"] for i in infos)
     notes = Notes()
@@ -338,7 +351,9 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
             for step, n in i["freq_hist"].items():
                 hist[step] = hist.get(step, 0) + n
         if not hist:
-            raise DataError(f"cannot infer the frequency of '{source}': no series has two distinct timestamps; set data.freq")
+            raise DataError(
+                f"cannot infer the frequency of '{source}': no series has two distinct timestamps; set data.freq"
+            )
         freq = max(sorted(hist), key=lambda s: hist[s])  # the most common step; ties go to the smallest
         report.freq_inferred = True
     report.freq = freq
@@ -364,11 +379,15 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
     # Global series index: sorted names over all buckets.
     entries = sorted((name, b, i) for b, s in enumerate(summaries) for i, name in enumerate(s["names"]))
     if not entries:
-        raise DataError(f"no series left to write from '{source}' (all were skipped as too short); see data.short_series")
+        raise DataError(
+            f"no series left to write from '{source}' (all were skipped as too short); see data.short_series"
+        )
     num_s, width = len(entries), len(stored_cols)
     loc, scale = np.zeros((num_s, width)), np.ones((num_s, width))
     if cfg.scaler_scope == "global":
-        g_loc, g_scale = scalers.combine([s["partial"] for s in summaries if s["names"]], kind=cfg.scaler, num_cols=width)
+        g_loc, g_scale = scalers.combine(
+            [s["partial"] for s in summaries if s["names"]], kind=cfg.scaler, num_cols=width
+        )
         loc[:], scale[:] = g_loc, g_scale
     series_infos, lengths, where = [], [], []
     for idx, (name, b, i) in enumerate(entries):
@@ -384,7 +403,10 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
                 last_timestamp=int(s["last_ts"][i]),
                 val_start=int(s["val_start"][i]),
                 test_start=int(s["test_start"][i]),
-                scaler={c: ColumnStats(loc=float(loc[idx, j]), scale=float(scale[idx, j])) for j, c in enumerate(stored_cols)},
+                scaler={
+                    c: ColumnStats(loc=float(loc[idx, j]), scale=float(scale[idx, j]))
+                    for j, c in enumerate(stored_cols)
+                },
             )
         )
         lengths.append(int(s["lengths"][i]))
@@ -435,7 +457,14 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
                 offset += p.row_stop - p.row_start
             totals = {sp: sum(s.windows[sp] for s in segments) for sp in SPLITS}
             shards.append(
-                ShardInfo(file=f"shard-{k:05d}.arrow", num_rows=num_rows, num_bytes=num_bytes, sha256=digest, segments=segments, windows=totals)
+                ShardInfo(
+                    file=f"shard-{k:05d}.arrow",
+                    num_rows=num_rows,
+                    num_bytes=num_bytes,
+                    sha256=digest,
+                    segments=segments,
+                    windows=totals,
+                )
             )
         num_inputs = len(value_columns(cfg))
         totals = Totals(
@@ -489,7 +518,14 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
     report.raw_numeric_bytes = totals.raw_numeric_bytes
     report.windows = dict(totals.windows)
     report.num_tasks = {"read": len(units), "clean": num_buckets, "write": len(plan)}
-    report.timings = {"read": t_read - t_start, "clean": t_clean - t_read, "write": t_end - t_clean, "total": t_end - t_start}
+    report.timings = {
+        "read": t_read - t_start,
+        "clean": t_clean - t_read,
+        "write": t_end - t_clean,
+        "total": t_end - t_start,
+    }
     if report.skipped_series:
-        report.warnings.append(f"skipped {len(report.skipped_series)} series too short for lookback + horizon + hold-out")
+        report.warnings.append(
+            f"skipped {len(report.skipped_series)} series too short for lookback + horizon + hold-out"
+        )
     return manifest, report

@@ -65,7 +65,9 @@ def list_input_files(path: str, *, fmt: str = "auto") -> list[str]:
     else:
         info = fs.get_file_info(inner)
         if info.type == pafs.FileType.NotFound:
-            raise DataError(f"input '{path}' does not exist (data.path); give a CSV/Parquet file, a directory or a glob")
+            raise DataError(
+                f"input '{path}' does not exist (data.path); give a CSV/Parquet file, a directory or a glob"
+            )
         if info.type == pafs.FileType.File:
             return [prefix + inner]
         infos = fs.get_file_info(pafs.FileSelector(inner, recursive=True))
@@ -162,7 +164,11 @@ def timestamp_column(col: pa.ChunkedArray | pa.Array, *, name: str, source: str,
         row = int(np.argmax(np.asarray(col.is_null().to_numpy(zero_copy_only=False))))
         raise DataError(f"{source}: column '{name}' has no timestamp at {_row_hint(source, row)}; every row needs one")
     if pa.types.is_timestamp(t) or pa.types.is_date(t):
-        ts = col.cast(pa.timestamp("s", tz=getattr(t, "tz", None)), safe=False) if pa.types.is_timestamp(t) else col.cast(pa.timestamp("s"))
+        ts = (
+            col.cast(pa.timestamp("s", tz=getattr(t, "tz", None)), safe=False)
+            if pa.types.is_timestamp(t)
+            else col.cast(pa.timestamp("s"))
+        )
         return np.asarray(ts.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
     if pa.types.is_integer(t):
         notes.warn(f"{source}: integer column '{name}' read as unix seconds")
@@ -223,7 +229,14 @@ def normalize(
 
 
 def _first_missing(
-    values: np.ndarray, names: list[str], codes: np.ndarray, ts: np.ndarray, *, rows: np.ndarray, cfg: DataConfig, source: str
+    values: np.ndarray,
+    names: list[str],
+    codes: np.ndarray,
+    ts: np.ndarray,
+    *,
+    rows: np.ndarray,
+    cfg: DataConfig,
+    source: str,
 ) -> None:
     bad = np.isnan(values)
     if bad.any():

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 SHARD_SCHEMA = {"series": "int32", "timestamp": "int64", "features": "fixed_size_list<float32>[F]"}
-HALO_SHARE = 0.1  # halo rows at most ~10% of a shard, so storage stays near the raw size at any lookback
+HALO_SHARE = 0.05  # halo rows at most ~5% of a shard, so storage stays near the raw size at any lookback
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def plan_shards(lengths: list[int] | np.ndarray, *, rows_per_shard: int, window:
 
     Short series share a shard whole; a long one is cut into pieces, each storing `window - 1` extra rows
     after its core (the halo) so every window starting in the core lies inside the piece. The shard size
-    is raised where needed so the halo stays under ~10% of it.
+    is raised where needed so the halo stays under ~5% of it.
     """
     halo = window - 1
     cap = max(rows_per_shard, int(np.ceil(halo / HALO_SHARE)))
@@ -107,7 +107,11 @@ def open_shard(path: str | os.PathLike) -> OpenShard:
     source = pa.memory_map(str(path), "r")
     reader = pa.ipc.open_file(source)
     if reader.num_record_batches != 1:
-        batch = pa.Table.from_batches([reader.get_batch(i) for i in range(reader.num_record_batches)]).combine_chunks().to_batches()[0]
+        batch = (
+            pa.Table.from_batches([reader.get_batch(i) for i in range(reader.num_record_batches)])
+            .combine_chunks()
+            .to_batches()[0]
+        )
     else:
         batch = reader.get_batch(0)
     feats = batch.column("features")

@@ -57,17 +57,28 @@ class WindowDataset:
         for k, info in enumerate(m.shards):
             shard = open_shard(self.shard_dir / info.file)
             if shard.features.shape != (info.num_rows, self._num_stored):
-                raise DataError(f"{self.shard_dir / info.file}: shape {shard.features.shape} does not match the manifest; re-run ingest")
+                raise DataError(
+                    f"{self.shard_dir / info.file}: shape {shard.features.shape} does not match the manifest; re-run ingest"
+                )
             self._shards.append(shard)
             ok = info.num_rows >= window
             # Views, no copy: [N-L+1, L, Fs] inputs, [N-H+1, H, Fs] horizons, [N-W+1, W] timestamps.
-            self._x_views.append(sliding_window_view(shard.features, (m.lookback, self._num_stored))[:, 0] if ok else None)
-            self._h_views.append(sliding_window_view(shard.features, (m.horizon, self._num_stored))[:, 0] if ok else None)
+            self._x_views.append(
+                sliding_window_view(shard.features, (m.lookback, self._num_stored))[:, 0] if ok else None
+            )
+            self._h_views.append(
+                sliding_window_view(shard.features, (m.horizon, self._num_stored))[:, 0] if ok else None
+            )
             self._ts_views.append(sliding_window_view(shard.ts, window) if ok else None)
             for seg in info.segments:
                 s = m.series[seg.series]
                 lo, hi = start_range(
-                    split, num_rows=s.num_rows, val_start=s.val_start, test_start=s.test_start, lookback=m.lookback, horizon=m.horizon
+                    split,
+                    num_rows=s.num_rows,
+                    val_start=s.val_start,
+                    test_start=s.test_start,
+                    lookback=m.lookback,
+                    horizon=m.horizon,
                 )
                 first, count = starts_in(lo, hi, stride=self.stride, begin=seg.row_start, end=seg.core_stop)
                 if count:
@@ -158,7 +169,9 @@ class WindowDataset:
         if len(kinds) == 1:  # the common case: one gather for the inputs, one for the horizon
             k = int(kinds[0]) if len(kinds) else 0
             win_x = self._x_views[k][rows] if len(rows) else np.empty((0, lookback, num_stored), np.float32)
-            win_h = self._h_views[k][rows + lookback] if len(rows) else np.empty((0, self._horizon, num_stored), np.float32)
+            win_h = (
+                self._h_views[k][rows + lookback] if len(rows) else np.empty((0, self._horizon, num_stored), np.float32)
+            )
             t0 = self._shards[k].ts[rows + lookback] if len(rows) else np.empty(0, np.int64)
             ts = self._ts_views[k][rows] if self._calendar and len(rows) else None
         else:
@@ -221,7 +234,13 @@ class DistributedWindowSampler:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if num_windows < 0:
             raise ValueError(f"num_windows must be >= 0, got {num_windows}")
-        self.num_windows, self.rank, self.world_size, self.seed, self.shuffle = num_windows, rank, world_size, seed, shuffle
+        self.num_windows, self.rank, self.world_size, self.seed, self.shuffle = (
+            num_windows,
+            rank,
+            world_size,
+            seed,
+            shuffle,
+        )
         self.epoch = 0
         self._p = None
         if weights is not None:

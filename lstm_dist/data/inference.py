@@ -1,0 +1,149 @@
+"""Inference batches from raw history, built by the same cleaning, feature and scaling code as ingest."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from lstm_dist.config import DataConfig
+from lstm_dist.data import scalers
+from lstm_dist.data.errors import DataError
+from lstm_dist.data.features import calendar_features, warmup_rows
+from lstm_dist.data.ingest import clean_block, with_features
+from lstm_dist.data.manifest import Manifest
+from lstm_dist.data.readers import Notes, normalize, numeric_column, timestamp_column
+
+
+def _config(manifest: Manifest) -> DataConfig:
+    return DataConfig.model_validate(manifest.data_config)
+
+
+def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: pd.DataFrame | None = None) -> dict:
+    """Model inputs for the step after the end of each series in `history`.
+
+    `history` is raw data in the input's format and column names (long layout: timestamp, series, targets,
+    covariates, future covariates). Each series is cleaned and featured like ingest did, then its last
+    `lookback` rows are scaled with its manifest stats. A series the manifest does not know is scaled with
+    stats fitted on its own history (a warning says so) and gets series index -1. `future` (rows of series,
+    timestamp, future columns for the `horizon` steps after each series' end) is required when the manifest
+    has future covariates.
+
+    Returns x float32 [S, L, F], future float32 [S, H, Ff], series int64 [S], series_names list[str],
+    t0 int64 [S] (first forecast timestamp), target_loc / target_scale float64 [S, T] and warnings.
+    """
+    cfg = _config(manifest)
+    lookback, horizon, freq = manifest.lookback, manifest.horizon, manifest.freq
+    notes = Notes()
+    table = pa.Table.from_pandas(history, preserve_index=False)
+    names, codes, ts, values = normalize(table, cfg=cfg, source="history", notes=notes)
+    block = clean_block(names, codes, ts, values, cfg=cfg, freq=freq, notes=notes)
+    stored = with_features(block, cfg=cfg)  # [N, Fs] unscaled, exactly as ingest computes it
+    need = lookback + warmup_rows(lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period)
+    for name, n in zip(block.names, block.lengths, strict=True):
+        if n < need:
+            raise DataError(
+                f"series '{name}' has {n} rows of history after cleaning; inference needs its last {need} rows "
+                f"(lookback {lookback}"
+                + (f" + {need - lookback} for lags/moving averages/RSI)" if need > lookback else ")")
+            )
+    known = manifest.series_index()
+    all_loc, all_scale = manifest.loc_scale()
+    num_s, num_t = len(block.names), len(manifest.target_cols)
+    loc, scale = np.zeros((num_s, stored.shape[1])), np.ones((num_s, stored.shape[1]))
+    series = np.full(num_s, -1, dtype=np.int64)
+    messages = list(notes.warnings)
+    for i, name in enumerate(block.names):
+        if name in known:
+            series[i] = known[name]
+            loc[i], scale[i] = all_loc[series[i]], all_scale[series[i]]
+        elif manifest.scaler_scope == "global" and len(all_loc):
+            loc[i], scale[i] = all_loc[0], all_scale[0]
+        else:
+            rows = slice(block.offsets[i], block.offsets[i + 1])
+            loc[i], scale[i] = scalers.fit(stored[rows], kind=manifest.scaler)
+            msg = f"series '{name}' is not in the manifest; scaled with stats fitted on its own {block.lengths[i]} rows of history"
+            warnings.warn(msg, stacklevel=2)
+            messages.append(msg)
+    ends = block.offsets[1:]  # [S]
+    rows = ends[:, None] - lookback + np.arange(lookback)  # [S, L]
+    x = scalers.transform(stored[rows], loc[:, None, :], scale[:, None, :]).astype(np.float32)  # [S, L, Fs]
+    t0 = block.ts[ends - 1] + freq  # [S]
+    horizon_ts = t0[:, None] + freq * np.arange(horizon)  # [S, H]
+    calendar = list(manifest.calendar_features)
+    if calendar:
+        x = np.concatenate([x, calendar_features(block.ts[rows], calendar)], axis=2)  # [S, L, F]
+    num_fut = len(manifest.future_cols)
+    fut = np.zeros((num_s, horizon, 0), dtype=np.float32)
+    if num_fut:
+        raw = _future_values(future, cfg=cfg, names=block.names, horizon_ts=horizon_ts)  # [S, H, Fu]
+        fut = scalers.transform(raw, loc[:, None, -num_fut:], scale[:, None, -num_fut:]).astype(np.float32)
+    elif future is not None:
+        messages.append("`future` was given but the manifest has no future_cols; it is ignored")
+        warnings.warn(messages[-1], stacklevel=2)
+    if calendar:
+        fut = np.concatenate([fut, calendar_features(horizon_ts, calendar)], axis=2)  # [S, H, Ff]
+    return {
+        "x": x,
+        "future": fut,
+        "series": series,
+        "series_names": list(block.names),
+        "t0": t0,
+        "target_loc": loc[:, :num_t],
+        "target_scale": scale[:, :num_t],
+        "warnings": messages,
+    }
+
+
+def _future_values(
+    future: pd.DataFrame | None, *, cfg: DataConfig, names: list[str], horizon_ts: np.ndarray
+) -> np.ndarray:
+    """float64 [S, H, Fu]: the known-future covariates of each series over its forecast horizon."""
+    if future is None:
+        raise DataError(
+            f"the model uses known-future covariates {cfg.future_cols}; pass `future` with columns "
+            f"{[cfg.series_col, cfg.timestamp_col, *cfg.future_cols]} for the {horizon_ts.shape[1]} steps after each series"
+        )
+    cols = [cfg.series_col, cfg.timestamp_col, *cfg.future_cols]
+    missing = [c for c in cols if c not in future.columns]
+    if missing:
+        raise DataError(f"future: column(s) {missing} not found; it has columns {list(future.columns)}")
+    table = pa.Table.from_pandas(future[cols], preserve_index=False)
+    ts = timestamp_column(table.column(cfg.timestamp_col), name=cfg.timestamp_col, source="future", notes=Notes())
+    vals = np.stack([numeric_column(table.column(c), name=c, source="future") for c in cfg.future_cols], axis=1)
+    lookup = {(str(s), int(t)): i for i, (s, t) in enumerate(zip(future[cfg.series_col].astype(str), ts, strict=True))}
+    out = np.empty((len(names), horizon_ts.shape[1], len(cfg.future_cols)))
+    for i, name in enumerate(names):
+        for h, t in enumerate(horizon_ts[i]):
+            j = lookup.get((name, int(t)))
+            if j is None:
+                raise DataError(
+                    f"future: no row for series '{name}' at {np.datetime64(int(t), 's')} (forecast step {h + 1})"
+                )
+            out[i, h] = vals[j]
+    if np.isnan(out).any():
+        raise DataError("future: known-future covariates must not be missing over the horizon")
+    return out
+
+
+def inverse_targets(
+    pred_scaled: np.ndarray,
+    series: np.ndarray,
+    manifest: Manifest,
+    *,
+    loc: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
+    """Predictions [S, H, T, ...] back in original units.
+
+    Stats come from the manifest by `series` index; pass `loc`/`scale` [S, T] (e.g. `target_loc` /
+    `target_scale` of an inference batch) for series the manifest does not know.
+    """
+    pred = np.asarray(pred_scaled)
+    if loc is None or scale is None:
+        loc, scale = manifest.target_loc_scale(np.asarray(series))
+    extra = (1,) * (pred.ndim - 3)
+    shape = (loc.shape[0], 1, loc.shape[1], *extra)  # [S, 1, T, 1...] broadcasts over horizon and extras
+    return scalers.inverse(pred, loc.reshape(shape), scale.reshape(shape))
