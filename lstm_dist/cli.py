@@ -166,6 +166,145 @@ def ui(
     raise typer.Exit(subprocess.call(cmd))
 
 
+@app.command()
+def tune(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option("--force", help="Rerun this step and every step that uses it even if cached. Repeatable."),
+    ] = None,
+) -> None:
+    """Search tune.space with Ray Tune (ASHA), retrain the best config on train + validation, evaluate, register.
+
+    The same pipeline as `run` with tune.enabled=true; the search space is checked before Ray starts.
+    """
+    cfg = _load(config, [*(overrides or []), "tune.enabled=true"])
+    from lstm_dist.tune import parse_space
+
+    try:
+        parse_space(cfg)
+    except ConfigError as exc:
+        _fail(str(exc))
+    run(config, [*(overrides or []), "tune.enabled=true"], force=force)
+
+
+models_app = typer.Typer(
+    help="The registered models of a config's tracking store: list, show, promote, rollback.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+NameOpt = Annotated[
+    str | None, typer.Option("--name", help="Registered model name (default: tracking.model_name of the config).")
+]
+
+
+def _registry(config: Path, overrides: list[str] | None, name: str | None):
+    import mlflow
+
+    from lstm_dist.tracking import TrackingError, check_tracking_uri
+
+    cfg = _load(config, overrides)
+    uri = cfg.tracking_uri()
+    try:
+        check_tracking_uri(uri)
+    except TrackingError as exc:
+        _fail(f"error: {exc}", code=1)
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri), name or cfg.tracking.model_name, cfg
+
+
+def _versions(client, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException as exc:
+        _fail(f"error: {exc.message}", code=1)
+    if not versions:
+        _fail(f"no registered model '{name}' in this store (run a pipeline first, or pass --name)", code=1)
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+@models_app.command("list")
+def models_list(config: ConfigArg, overrides: OverridesArg = None, name: NameOpt = None) -> None:
+    """Every version of the model, newest first: aliases, test score, promotion decision."""
+    import time as _time
+
+    client, name, cfg = _registry(config, overrides, name)
+    metric = f"test_{cfg.tracking.promotion_metric}"
+    aliases = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    typer.echo(f"{name}  ({cfg.tracking_uri()})")
+    typer.echo(f"{'version':>7}  {'aliases':<20} {'created':<17} {metric:>12}  decision")
+    for v in _versions(client, name):
+        created = _time.strftime("%Y-%m-%d %H:%M", _time.localtime(v.creation_timestamp / 1000))
+        typer.echo(
+            f"{v.version:>7}  {','.join(aliases.get(str(v.version), [])) or '-':<20} {created:<17} "
+            f"{v.tags.get(metric, '-'):>12}  {v.tags.get('promotion', '-')}"
+        )
+
+
+@models_app.command("show")
+def models_show(
+    config: ConfigArg,
+    version: Annotated[str, typer.Argument(help="A version number, or an alias (champion, challenger).")],
+    overrides: OverridesArg = None,
+    name: NameOpt = None,
+) -> None:
+    """One version in full: aliases, source run, tags (scores, promotion decision, lineage), signature."""
+    from mlflow.exceptions import MlflowException
+
+    client, name, _ = _registry(config, overrides, name)
+    try:
+        v = (
+            client.get_model_version(name, version)
+            if version.isdigit()
+            else client.get_model_version_by_alias(name, version)
+        )
+    except MlflowException as exc:
+        _fail(f"error: {exc.message}", code=1)
+    aliases = [a for a, ver in client.get_registered_model(name).aliases.items() if str(ver) == str(v.version)]
+    typer.echo(f"{name} v{v.version}  aliases: {', '.join(aliases) or '-'}")
+    typer.echo(f"  source:  {v.source}")
+    typer.echo(f"  run:     {v.run_id}")
+    typer.echo(f"  load:    mlflow.pyfunc.load_model('models:/{name}/{v.version}')")
+    for key in sorted(v.tags):
+        typer.echo(f"  {key}: {v.tags[key]}")
+
+
+@models_app.command("promote")
+def models_promote(
+    config: ConfigArg,
+    version: Annotated[str, typer.Argument(help="The version to make champion.")],
+    overrides: OverridesArg = None,
+    name: NameOpt = None,
+) -> None:
+    """Make a version the champion by hand (no comparison); the previous champion is recorded for rollback."""
+    from lstm_dist.promotion import PromotionError, promote_version
+
+    client, name, _ = _registry(config, overrides, name)
+    try:
+        previous = promote_version(client, name=name, version=version)
+    except PromotionError as exc:
+        _fail(f"error: {exc}", code=1)
+    typer.echo(f"{name}: champion is v{version}" + (f" (was v{previous})" if previous else ""))
+
+
+@models_app.command("rollback")
+def models_rollback(config: ConfigArg, overrides: OverridesArg = None, name: NameOpt = None) -> None:
+    """Give the champion alias back to the version that held it before the current champion."""
+    from lstm_dist.promotion import PromotionError, rollback
+
+    client, name, _ = _registry(config, overrides, name)
+    try:
+        old, new = rollback(client, name=name)
+    except PromotionError as exc:
+        _fail(f"error: {exc}", code=1)
+    typer.echo(f"{name}: champion is v{new} again (was v{old})")
+
+
 def main() -> None:  # pragma: no cover - console script shim
     app()
 

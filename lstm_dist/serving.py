@@ -1,17 +1,25 @@
 """The MLflow pyfunc forecaster: raw history in (long format), forecasts in original units out.
 
-It holds the trained network and the shard manifest (scalers, feature definitions, column roles),
-so `mlflow.pyfunc.load_model(...)` in a fresh process needs only this package installed.
+The logged model holds the trained network (`model.pt`) and the shard manifest (scalers, feature
+definitions, column roles, lookback/horizon), so `mlflow.pyfunc.load_model(...)` in a fresh process,
+or `mlflow models serve`, needs only this package installed: no work dir, no shards.
+
+Input: rows of (timestamp, series, targets, covariates[, future covariates]) with the input's column
+names, at least `lookback` rows per series (plus the warm-up of lags/moving averages). When the model
+uses known-future covariates, each series also carries its next `horizon` rows with the targets left
+empty: those rows are the known future, not history. Output: one row per (series, forecast step) with
+the point forecast per target and, for quantile/gaussian models, `<target>_q0.1`-style interval columns.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
 
-from lstm_dist.data.inference import inverse_targets, make_inference_batch
 from lstm_dist.data.manifest import Manifest
 
 
@@ -22,44 +30,101 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         self.load_artifacts(context.artifacts)
 
     def load_artifacts(self, artifacts: dict[str, str]) -> None:
-        from pathlib import Path
-
         from lstm_dist.train.checkpoints import load_model
 
         self.net = load_model(artifacts["model"])
-        self.manifest = Manifest.load(Path(artifacts["manifest"]).parent)
+        # Read the file directly: the artifact copy has no _SUCCESS marker beside it (Manifest.load wants one).
+        self.manifest = Manifest.model_validate_json(Path(artifacts["manifest"]).read_text())
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         return self.forecast(model_input)
 
     def __getstate__(self) -> dict:
-        # Weights travel as an artifact file, not inside the pickled Python object.
+        # Weights and manifest travel as artifact files, not inside the pickled Python object.
         return {}
 
     @torch.no_grad()
     def forecast(self, history: pd.DataFrame) -> pd.DataFrame:
-        """Forecast the next `horizon` steps after the end of each series in `history`."""
+        """Forecast the `horizon` steps after the last observed row of each series in `history`."""
+        from lstm_dist.data.inference import inverse_targets, make_inference_batch
+
         m = self.manifest
-        batch = make_inference_batch(history, manifest=m)
-        future = torch.from_numpy(batch["future"]) if batch["future"].shape[-1] else None
-        out = self.net.predict(
-            torch.from_numpy(batch["x"]), future=future, series=torch.from_numpy(batch["series"])
-        )  # [S, H, T, P]
-        point = inverse_targets(self.net.point(out).numpy(), batch["series_loc_scale"], m)  # [S, H, T]
+        history, future = split_known_future(history, m)
+        batch = make_inference_batch(history, manifest=m, future=future)
+        fut = torch.from_numpy(batch["future"]) if batch["future"].shape[-1] else None
+        series = torch.from_numpy(np.maximum(batch["series"], 0))  # unknown series (-1): embedding of series 0
+        out = self.net.predict(torch.from_numpy(batch["x"]), future=fut, series=series)  # [S, H, T, P]
+        stats = {"loc": batch["target_loc"], "scale": batch["target_scale"]}
+        point = inverse_targets(self.net.point(out).numpy(), batch["series"], m, **stats)  # [S, H, T]
         num_series, horizon = point.shape[:2]
-        step_ns = np.int64(m.freq_seconds * 1_000_000_000)
-        t0 = np.asarray(batch["t0"], dtype="datetime64[ns]")  # [S] first forecast step
-        times = t0[:, None] + (np.arange(horizon, dtype=np.int64) * step_ns).astype("timedelta64[ns]")
-        frame = {
-            m.series_col: np.repeat(np.asarray(batch["series_names"], dtype=object), horizon),
-            m.timestamp_col: times.reshape(-1),
+        t0 = np.asarray(batch["t0"], dtype=np.int64)  # [S] unix seconds of the first forecast step
+        times = (t0[:, None] + m.freq * np.arange(horizon)).astype("datetime64[s]").astype("datetime64[ns]")
+        cfg = m.data_config
+        frame: dict[str, np.ndarray] = {
+            cfg.get("series_col", "series_id"): np.repeat(np.asarray(batch["series_names"], dtype=object), horizon),
+            cfg.get("timestamp_col", "timestamp"): times.reshape(-1),
             "step": np.tile(np.arange(1, horizon + 1), num_series),
         }
         for t, name in enumerate(m.target_cols):
             frame[name] = point[:, :, t].reshape(-1)
-        interval = self.net.interval(out)
-        for label, values in (interval or {}).items():
-            values = inverse_targets(values.numpy(), batch["series_loc_scale"], m)
+        for label, values in (self.net.interval(out) or {}).items():
+            values = inverse_targets(values.numpy(), batch["series"], m, **stats)  # [S, H, T]
             for t, name in enumerate(m.target_cols):
                 frame[f"{name}_{label}"] = values[:, :, t].reshape(-1)
         return pd.DataFrame(frame)
+
+
+def split_known_future(history: pd.DataFrame, manifest: Manifest) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(history, future): with known-future covariates, the rows after each series' last observed target."""
+    if not manifest.future_cols:
+        return history, None
+    cfg = manifest.data_config
+    series_col, ts_col = cfg.get("series_col", "series_id"), cfg.get("timestamp_col", "timestamp")
+    observed = history[manifest.target_cols].notna().any(axis=1)
+    last_observed = history[ts_col].where(observed).groupby(history[series_col]).transform("max")
+    is_past = (history[ts_col] <= last_observed).to_numpy()
+    past, future = history[is_past], history[~is_past]
+    return past, (future if len(future) else None)
+
+
+def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_rows: int = 0) -> pd.DataFrame:
+    """Raw (unscaled) history, in the input's long layout, of the last rows of the first `num_series` series.
+
+    Rebuilt from the shards and the manifest's scaler stats: the model's input example and the
+    history the forecast plots start from. It holds `lookback` + warm-up + `extra_rows` rows per series.
+    """
+    from lstm_dist.data.features import warmup_rows
+    from lstm_dist.data.shards import open_shard
+
+    m = Manifest.load(shard_dir)
+    cfg = m.data_config
+    need = m.lookback + extra_rows + (m.horizon if m.future_cols else 0)
+    need += warmup_rows(
+        lags=cfg.get("lags") or [], moving_averages=cfg.get("moving_averages") or [], rsi=cfg.get("rsi_period") or 0
+    )
+    raw_cols = [*m.target_cols, *m.covariate_cols, *m.future_cols]
+    col_idx = [m.stored_cols.index(c) for c in raw_cols]
+    loc, scale = m.loc_scale()
+    parts = []
+    for info in m.series[:num_series]:
+        rows_ts, rows_feat = [], []
+        for shard in m.shards:  # a series' segments, in row order, stop at the first one past the end
+            for seg in shard.segments:
+                if seg.series != info.index:
+                    continue
+                opened = open_shard(Path(shard_dir) / shard.file)
+                sl = slice(seg.offset, seg.offset + seg.row_stop - seg.row_start)
+                rows_ts.append(np.asarray(opened.ts[sl]))
+                rows_feat.append(np.asarray(opened.features[sl]))
+        ts = np.concatenate(rows_ts)
+        feats = np.concatenate(rows_feat)
+        ts, first = np.unique(ts, return_index=True)  # halo rows appear in two shards
+        feats, ts = feats[first][-need:], ts[-need:]
+        values = feats[:, col_idx] * scale[info.index, col_idx] + loc[info.index, col_idx]
+        frame = pd.DataFrame(values.astype(np.float64), columns=raw_cols)
+        frame.insert(0, cfg.get("series_col", "series_id"), info.name)
+        frame.insert(0, cfg.get("timestamp_col", "timestamp"), ts.astype("datetime64[s]").astype("datetime64[ns]"))
+        if m.future_cols:  # the last `horizon` rows become the known future: their targets are left empty
+            frame.loc[frame.index[-m.horizon :], m.target_cols] = np.nan
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True)

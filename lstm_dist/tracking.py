@@ -1,13 +1,21 @@
-"""Everything that touches MLflow: runs, metrics, artifacts, the pyfunc model, the registry and aliases.
+"""Everything that touches MLflow: runs, metrics, artifacts, datasets, the pyfunc model and the registry.
 
 Other modules get a `Tracker` (or a `NullTracker` that does nothing) and never import mlflow.
+A pipeline execution is one parent run; each workflow step is a nested run under it, and each
+tune trial a nested run under the tune step. Promotion rules live in `promotion.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +28,8 @@ import lstm_dist
 from lstm_dist.config import PipelineConfig, dump_yaml
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+EVAL_KEY_TAG = "lstm_dist.evaluate_key"  # on a model version: the evaluation it was registered from
+SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "mysql://", "databricks", "file:")
 
 
 class TrackingError(RuntimeError):
@@ -34,6 +44,9 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], *, step: int | None = None) -> None:
         pass
 
+    def log_history(self, history: pd.DataFrame, *, step_col: str = "epoch", prefix: str = "") -> None:
+        pass
+
     def log_params(self, params: dict[str, Any]) -> None:
         pass
 
@@ -45,6 +58,20 @@ class NullTracker:
 
     def log_text(self, text: str, name: str) -> None:
         pass
+
+    def log_table(self, table: pd.DataFrame, name: str) -> None:
+        pass
+
+    def log_datasets(self, shard_dir: str | Path, *, splits: dict[str, str]) -> None:
+        pass
+
+    @property
+    def active_step(self) -> NullTracker:
+        return self
+
+    @contextmanager
+    def system_metrics(self, *, interval_s: float = 5.0) -> Iterator[None]:
+        yield
 
     @contextmanager
     def step(self, name: str, **tags: Any) -> Iterator[NullTracker]:
@@ -59,6 +86,7 @@ class Tracker(NullTracker):
 
         self.uri, self.run_id, self.experiment_id = uri, run_id, experiment_id
         self.client = mlflow.MlflowClient(tracking_uri=uri)
+        self._open_steps: list[Tracker] = []
 
     def log_metrics(self, metrics: dict[str, float], *, step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -68,15 +96,21 @@ class Tracker(NullTracker):
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
-    def log_history(self, history: pd.DataFrame, *, step_col: str = "epoch") -> None:
-        """Per-epoch metrics in one batched call (per-value calls are an order of magnitude slower)."""
+    def log_history(self, history: pd.DataFrame, *, step_col: str = "epoch", prefix: str = "") -> None:
+        """Per-epoch metrics in batched calls (per-value calls are an order of magnitude slower), with the
+        epoch as step; a `timestamp` column (unix seconds), when present, dates each point."""
         from mlflow.entities import Metric
 
         now = _now_ms()
         batch = []
         for row in history.to_dict("records"):
             step = int(row[step_col])
-            batch += [Metric(k, float(v), now, step) for k, v in row.items() if k != step_col and _finite(v)]
+            stamp = int(float(row["timestamp"]) * 1000) if _finite(row.get("timestamp")) else now
+            batch += [
+                Metric(prefix + k, float(v), stamp, step)
+                for k, v in row.items()
+                if k not in (step_col, "timestamp") and _finite(v)
+            ]
         for start in range(0, len(batch), 1000):  # MLflow caps a batch at 1000 metrics
             self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
 
@@ -98,21 +132,70 @@ class Tracker(NullTracker):
     def log_text(self, text: str, name: str) -> None:
         self.client.log_text(self.run_id, text, name)
 
+    def log_table(self, table: pd.DataFrame, name: str) -> None:
+        """A table as `<name>.csv` and `<name>.json` (records) artifacts."""
+        self.log_text(table.to_csv(index=False), f"{name}.csv")
+        self.log_text(table.to_json(orient="records", indent=1, date_format="iso"), f"{name}.json")
+
+    def log_datasets(self, shard_dir: str | Path, *, splits: dict[str, str]) -> None:
+        """Dataset lineage: each split of the shards as an MLflow dataset input ({split: context})."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = []
+        for split, context in splits.items():
+            dataset, tags = shard_dataset(shard_dir, split=split)
+            tags = [InputTag(k, str(v)) for k, v in tags.items()] + [InputTag(MLFLOW_DATASET_CONTEXT, context)]
+            inputs.append(DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags))
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    @property
+    def active_step(self) -> Tracker:
+        """The innermost step run open under this tracker (itself when none): where a step logs its details."""
+        return self._open_steps[-1].active_step if self._open_steps else self
+
+    @contextmanager
+    def system_metrics(self, *, interval_s: float = 5.0) -> Iterator[None]:
+        """MLflow system metrics (CPU, memory, disk, network; GPU with pynvml) on this run while the body runs.
+
+        They are sampled on the driver's node: on a local Ray that is the machine the workers run on."""
+        try:
+            import psutil  # noqa: F401  (mlflow's monitors need it)
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError as exc:
+            warnings.warn(f"no MLflow system metrics: {exc} (pip install psutil)", stacklevel=2)
+            yield
+            return
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
     @contextmanager
     def step(self, name: str, **tags: Any) -> Iterator[Tracker]:
         """A nested run for one pipeline step; FAILED if the body raises."""
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=name,
-            tags={"mlflow.parentRunId": self.run_id, "lstm_dist.step": name, **{k: str(v) for k, v in tags.items()}},
-        )
-        child = Tracker(uri=self.uri, run_id=run.info.run_id, experiment_id=self.experiment_id)
+        child = self.child_run(name, tags={"lstm_dist.step": name, **tags})
+        self._open_steps.append(child)
         try:
             yield child
         except BaseException:
             self.client.set_terminated(child.run_id, status="FAILED")
             raise
+        finally:
+            self._open_steps.pop()
         self.client.set_terminated(child.run_id, status="FINISHED")
+
+    def child_run(self, name: str, *, tags: dict[str, Any], start_time: int | None = None) -> Tracker:
+        """A run nested under this one (the caller ends it)."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            start_time=start_time,
+            tags={"mlflow.parentRunId": self.run_id, **{k: str(v) for k, v in tags.items()}},
+        )
+        return Tracker(uri=self.uri, run_id=run.info.run_id, experiment_id=self.experiment_id)
 
     def finish(self, status: str = "FINISHED") -> None:
         import mlflow
@@ -124,12 +207,53 @@ class Tracker(NullTracker):
             self.client.set_terminated(self.run_id, status=status)
 
 
-def start_pipeline_run(cfg: PipelineConfig, *, run_name: str) -> Tracker:
+# ---------------------------------------------------------------------------------------------
+# The store and the pipeline's parent run
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, with the fix, on a tracking URI that cannot work (MLflow itself retries for minutes)."""
+    where = f"'{uri}' (tracking.uri or MLFLOW_TRACKING_URI)"
+    if not uri.startswith(SCHEMES):
+        raise TrackingError(
+            f"the MLflow tracking URI {where} is not one MLflow can use: use sqlite:///path/mlflow.db for a local "
+            "store or http://host:port for an `mlflow server`"
+        )
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"cannot create the folder of the sqlite store {where}: {exc}") from exc
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"the folder '{folder}' of the sqlite store {where} is not writable")
+    elif uri.startswith("file:"):
+        warnings.warn(
+            f"the file store {uri} is deprecated in MLflow 3 and has no model registry; use sqlite:///…/mlflow.db",
+            stacklevel=2,
+        )
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as reply:
+                reply.read()
+        except urllib.error.HTTPError:
+            pass  # it answered: a server (or a proxy in front of one) is there; MLflow will say more
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"cannot reach the MLflow server at {where}: {reason}. Start one with "
+                "`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db` "
+                "or point tracking.uri at a sqlite:/// store"
+            ) from None
+
+
+def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, Any] | None = None) -> Tracker:
     """Open the pipeline's parent run, creating the experiment (artifacts under work_dir) on first use."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = cfg.tracking_uri()
+    check_tracking_uri(uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     try:
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -151,14 +275,19 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str) -> Tracker:
         ) from exc
     # The parent run is the fluent API's active run, so that log_model lands in it.
     mlflow.set_tracking_uri(uri)
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=_context_tags())
+    run = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name,
+        tags={**context_tags(), **{k: str(v) for k, v in (tags or {}).items()}},
+    )
     tracker = Tracker(uri=uri, run_id=run.info.run_id, experiment_id=experiment_id)
     tracker.log_params(cfg.flat())
     tracker.log_text(dump_yaml(cfg), "config/resolved.yaml")
     return tracker
 
 
-def _context_tags() -> dict[str, str]:
+def context_tags() -> dict[str, str]:
+    """Package version, git commit (when the package runs from a checkout) and the Ray cluster, if connected."""
     tags = {"lstm_dist.version": lstm_dist.__version__}
     try:
         commit = subprocess.run(
@@ -166,9 +295,105 @@ def _context_tags() -> dict[str, str]:
         )
         if commit.returncode == 0:
             tags["git.commit"] = commit.stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            )
+            tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
+    tags.update(ray_tags())
     return tags
+
+
+def ray_tags() -> dict[str, str]:
+    """Size of the connected Ray cluster and its GPU type ({} without Ray started)."""
+    try:
+        import ray
+    except ImportError:
+        return {}
+    if not ray.is_initialized():
+        return {}
+    res = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpu_types = sorted(
+        {k.split(":", 1)[1] for n in nodes for k in n.get("Resources", {}) if k.startswith("accelerator_type:")}
+    )
+    return {
+        "ray.num_nodes": str(len(nodes)),
+        "ray.num_cpus": f"{res.get('CPU', 0):g}",
+        "ray.num_gpus": f"{res.get('GPU', 0):g}",
+        "ray.gpu_type": ",".join(gpu_types) or ("unknown" if res.get("GPU", 0) else "none"),
+    }
+
+
+def shard_fingerprint(shard_dir: str | Path) -> str:
+    """A short hash of the shards' content (their checksums) and of the data config that made them."""
+    from lstm_dist.data.manifest import Manifest
+
+    m = Manifest.load(shard_dir)
+    blob = json.dumps({"shards": [s.sha256 for s in m.shards], "data": m.data_config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def shard_dataset(shard_dir: str | Path, *, split: str):
+    """(MLflow dataset, input tags) for one split of the shards: source, digest, feature schema, window count."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import ColSpec, DataType, Schema
+
+    from lstm_dist.data.manifest import Manifest
+
+    m = Manifest.load(shard_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local path is a local path
+        source = resolve_dataset_source(str(shard_dir))
+    schema = Schema([ColSpec(DataType.float, name) for name in m.x_features])
+    digest = hashlib.sha256(f"{shard_fingerprint(shard_dir)}:{split}".encode()).hexdigest()[:16]
+    tags = {
+        "split": split,
+        "windows": m.totals.windows.get(split, 0),
+        "series": m.num_series,
+        "lookback": m.lookback,
+        "horizon": m.horizon,
+    }
+    return MetaDataset(source, name=f"shards-{split}", digest=digest, schema=schema), tags
+
+
+def log_trials(tune_run: Tracker, trials: pd.DataFrame, *, best_trial: str) -> list[str]:
+    """One nested run per tune trial under the tune step's run: sampled values, per-epoch metrics, outcome."""
+    run_ids = []
+    for _, row in trials.iterrows():
+        history = row.get("history")
+        history = pd.DataFrame(history) if isinstance(history, dict) else pd.DataFrame()
+        started = int(float(history["timestamp"].min()) * 1000) if "timestamp" in history and len(history) else None
+        run = tune_run.child_run(
+            f"trial-{row['trial_id']}",
+            tags={
+                "lstm_dist.step": "tune-trial",
+                "tune.trial_id": row["trial_id"],
+                "tune.stopped": row["stopped"],
+                "tune.best": str(row["trial_id"] == best_trial).lower(),
+            },
+            start_time=started,
+        )
+        run.log_params({k: v for k, v in row.items() if "." in str(k)})
+        if len(history):
+            run.log_history(history)
+        run.log_metrics(
+            {"best_val_loss": row["best_val_loss"], "epochs_run": row["epochs"], "best_epoch": row["best_epoch"]}
+        )
+        if row.get("error"):
+            run.set_tags({"tune.error": str(row["error"])[:500]})
+        ended = int(float(history["timestamp"].max()) * 1000) if "timestamp" in history and len(history) else None
+        tune_run.client.set_terminated(
+            run.run_id, status="FAILED" if row["stopped"] == "error" else "FINISHED", end_time=ended
+        )
+        run_ids.append(run.run_id)
+    return run_ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,15 +407,27 @@ def log_forecaster(
     shard_dir: Path,
     input_example: pd.DataFrame,
     registered_name: str | None,
+    version_tags: dict[str, Any] | None = None,
 ) -> tuple[str, str | None]:
-    """Log the pyfunc forecaster (network + scalers + feature definitions); returns (model URI, version)."""
+    """Log the pyfunc forecaster (network + scalers + feature definitions); returns (model URI, version).
+
+    With `registered_name`, registration is idempotent per evaluation: a version already registered
+    from the same `lstm_dist.evaluate_key` tag is returned instead of registering a duplicate (a rerun
+    after a crash between registration and promotion)."""
     import mlflow
     from mlflow.models import infer_signature
 
     from lstm_dist.serving import ForecastModel
     from lstm_dist.train.checkpoints import MODEL_FILE
 
-    artifacts = {"model": str(checkpoint_dir / MODEL_FILE), "manifest": str(shard_dir / "manifest.json")}
+    version_tags = {k: str(v) for k, v in (version_tags or {}).items()}
+    if registered_name and EVAL_KEY_TAG in version_tags:
+        existing = find_version(tracker.client, registered_name, tag=EVAL_KEY_TAG, value=version_tags[EVAL_KEY_TAG])
+        if existing is not None:
+            return f"models:/{registered_name}/{existing.version}", str(existing.version)
+    checkpoint_dir = Path(checkpoint_dir)
+    model_file = checkpoint_dir / MODEL_FILE if checkpoint_dir.is_dir() else checkpoint_dir
+    artifacts = {"model": str(model_file), "manifest": str(Path(shard_dir) / "manifest.json")}
     python_model = ForecastModel()
     python_model.load_artifacts(artifacts)
     output_example = python_model.forecast(input_example)
@@ -202,11 +439,60 @@ def log_forecaster(
         artifacts=artifacts,
         signature=signature,
         input_example=input_example,
-        registered_model_name=registered_name,
         pip_requirements=_pip_requirements(),
     )
-    version = getattr(info, "registered_model_version", None)
-    return info.model_uri, (str(version) if version is not None else None)
+    if not registered_name:
+        return info.model_uri, None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = mlflow.register_model(info.model_uri, registered_name, tags=version_tags)
+    except MlflowException as exc:
+        raise TrackingError(f"could not register the model as '{registered_name}': {exc.message}") from exc
+    return f"models:/{registered_name}/{version.version}", str(version.version)
+
+
+def assign_alias(
+    tracker: Tracker,
+    *,
+    name: str,
+    version: str,
+    metric: str,
+    score: float,
+    margin: float,
+    shard_dir: str | Path | None = None,
+    season: int = 24,
+) -> str:
+    """Alias for a freshly registered version: `champion` if it beats the champion, else `challenger`.
+
+    With `shard_dir`, the champion is re-scored on those shards' test windows (see promotion.py);
+    without it, compared against the test score recorded on the champion's version (the old rule, kept
+    for callers that have no shards at hand)."""
+    from lstm_dist.promotion import promote_if_better
+
+    decision = promote_if_better(
+        tracker.client,
+        name=name,
+        version=version,
+        metric=metric,
+        margin=margin,
+        challenger_score=score,
+        shard_dir=str(shard_dir) if shard_dir is not None else None,
+        season=season,
+    )
+    return decision.alias
+
+
+def find_version(client, name: str, *, tag: str, value: str):
+    """The newest version of `name` whose tag `tag` equals `value`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    matches = [v for v in versions if v.tags.get(tag) == value]
+    return max(matches, key=lambda v: int(v.version)) if matches else None
 
 
 def _pip_requirements() -> list[str]:
@@ -224,53 +510,11 @@ def _pip_requirements() -> list[str]:
     ]
 
 
-def assign_alias(
-    tracker: Tracker,
-    *,
-    name: str,
-    version: str,
-    metric: str,
-    score: float,
-    margin: float,
-) -> str:
-    """Give a freshly registered version its alias: `champion` when there is none yet, else `challenger`,
-    promoted to `champion` only if it beats the champion's recorded score by the relative `margin`.
-    The decision and both scores are written as tags on the version."""
-    from mlflow.exceptions import MlflowException
-
-    client = tracker.client
-    client.set_model_version_tag(name, version, f"test_{metric}", f"{score:.6g}")
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champion = None
-    if champion is None:
-        client.set_registered_model_alias(name, CHAMPION, version)
-        client.set_model_version_tag(name, version, "promotion", "first model: champion")
-        return CHAMPION
-    client.set_registered_model_alias(name, CHALLENGER, version)
-    champ_score = champion.tags.get(f"test_{metric}")
-    client.set_model_version_tag(name, version, "champion_version", champion.version)
-    if champ_score is None:
-        decision = f"kept champion v{champion.version}: it has no recorded test_{metric}"
-        alias = CHALLENGER
-    elif score < float(champ_score) * (1 - margin):
-        client.set_registered_model_alias(name, CHAMPION, version)
-        decision = f"promoted: {metric} {score:.4g} < champion v{champion.version} {float(champ_score):.4g}"
-        alias = CHAMPION
-    else:
-        decision = f"kept champion v{champion.version}: {metric} {score:.4g} vs {float(champ_score):.4g}"
-        alias = CHALLENGER
-    client.set_model_version_tag(name, version, "champion_score", champ_score or "")
-    client.set_model_version_tag(name, version, "promotion", decision)
-    return alias
-
-
 def ui_command(uri: str) -> str:
     """The one command that opens the MLflow UI on this store."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"lstm-dist ui CONFIG   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)"
 
 
 def write_json(obj: Any, name: str) -> Path:
@@ -293,6 +537,4 @@ def _finite(value: Any) -> bool:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

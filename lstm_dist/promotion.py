@@ -1,0 +1,275 @@
+"""Champion / challenger: a new model version is promoted only when it beats the champion on the same test split.
+
+The rule: a freshly registered version becomes `challenger`; the current `champion` is loaded from the
+registry and scored on the challenger's own test windows (the same WindowDataset, re-scaled into the
+champion's units when its scalers differ); the challenger takes `champion` only if its score is lower
+by the relative margin. The decision and both scores are written as tags on the challenger's version.
+The `champion` alias is moved last, in one call, so a failure anywhere before it (loading, scoring,
+a crash) leaves the champion where it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lstm_dist.tracking import CHALLENGER, CHAMPION
+
+METRICS = ("mae", "rmse")
+
+
+class PromotionError(RuntimeError):
+    """A manual promotion or rollback that cannot be done as asked."""
+
+
+@dataclass
+class Decision:
+    """What promotion decided, and on which numbers."""
+
+    version: str
+    alias: str
+    promoted: bool
+    reason: str
+    metric: str
+    challenger_score: float
+    champion_version: str | None = None
+    champion_score: float | None = None
+
+    def tags(self, *, margin: float) -> dict[str, str]:
+        tags = {
+            "promotion": self.reason,
+            "promotion.promoted": str(self.promoted).lower(),
+            "promotion.metric": f"test_{self.metric}",
+            "promotion.margin": f"{margin:g}",
+            "promotion.challenger_score": f"{self.challenger_score:.6g}",
+            f"test_{self.metric}": f"{self.challenger_score:.6g}",
+        }
+        if self.champion_version is not None:
+            tags["promotion.champion_version"] = self.champion_version
+            score = f"{self.champion_score:.6g}" if self.champion_score is not None else ""
+            tags["promotion.champion_score"] = score
+        return tags
+
+
+def beats(challenger: float, champion: float, *, margin: float) -> bool:
+    """Lower is better: the challenger must be below the champion by the relative `margin` (0.02 = 2%)."""
+    return bool(np.isfinite(challenger)) and challenger < champion * (1 - margin)
+
+
+def promote_if_better(
+    client,
+    *,
+    name: str,
+    version: str,
+    metric: str,
+    margin: float,
+    challenger_score: float,
+    shard_dir: str | None,
+    season: int,
+) -> Decision:
+    """Give a freshly registered version its alias (see the module docstring); returns the decision."""
+    from mlflow.exceptions import MlflowException
+
+    if metric not in METRICS:
+        raise ValueError(f"promotion metric must be one of {METRICS}, got '{metric}'")
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    if champion is None:
+        decision = Decision(version, CHAMPION, True, "first model: champion", metric, challenger_score)
+        _record(client, name, decision, margin=margin)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        return decision
+    if str(champion.version) == str(version):  # a rerun after this version was already promoted
+        return Decision(version, CHAMPION, True, "already champion", metric, challenger_score)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    try:
+        champ_score = score_version(client, name, champion.version, shard_dir=shard_dir, season=season, metric=metric)
+    except Exception as exc:  # the champion stays; the reason is on the challenger for a person to read
+        decision = Decision(
+            version,
+            CHALLENGER,
+            False,
+            f"kept champion v{champion.version}: it could not be scored on this test split ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:300]})",
+            metric,
+            challenger_score,
+            champion_version=str(champion.version),
+        )
+        _record(client, name, decision, margin=margin)
+        return decision
+    promoted = beats(challenger_score, champ_score, margin=margin)
+    need = f" by {margin:.1%}" if margin else ""
+    where = " on the same test windows" if shard_dir is not None else " (the champion's recorded score)"
+    if promoted:
+        reason = (
+            f"promoted: test {metric} {challenger_score:.4g} beats champion v{champion.version} "
+            f"{champ_score:.4g}{need}{where}"
+        )
+    else:
+        reason = (
+            f"kept champion v{champion.version}: test {metric} {challenger_score:.4g} does not beat "
+            f"{champ_score:.4g}{need}{where}"
+        )
+    decision = Decision(
+        version,
+        CHAMPION if promoted else CHALLENGER,
+        promoted,
+        reason,
+        metric,
+        challenger_score,
+        champion_version=str(champion.version),
+        champion_score=champ_score,
+    )
+    _record(client, name, decision, margin=margin)
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, version)  # the one call that moves the champion
+        client.delete_registered_model_alias(name, CHALLENGER)
+    return decision
+
+
+def _record(client, name: str, decision: Decision, *, margin: float) -> None:
+    for key, value in decision.tags(margin=margin).items():
+        client.set_model_version_tag(name, decision.version, key, value)
+
+
+def score_version(client, name: str, version: str, *, shard_dir: str, season: int, metric: str) -> float:
+    """Test `metric` (original units) of a registered version on the test windows of `shard_dir`."""
+    import mlflow
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve against this store
+
+    from lstm_dist.data.windows import WindowDataset
+    from lstm_dist.evaluate import evaluate_model
+
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    python_model = loaded.unwrap_python_model()
+    ds = WindowDataset(shard_dir, split="test")
+    windows = ds if same_scaling(python_model.manifest, ds.manifest) else RescaledWindows(ds, python_model.manifest)
+    evaluation = evaluate_model(python_model.net, windows, season=season)
+    return float(evaluation.metrics[f"model_{metric}"])
+
+
+def same_scaling(a, b) -> bool:
+    """Whether two manifests turn raw values into identical model inputs (features, series, scaler stats)."""
+    if (a.x_features, a.lookback, a.horizon) != (b.x_features, b.lookback, b.horizon):
+        return False
+    if [s.name for s in a.series] != [s.name for s in b.series]:
+        return False
+    (la, sa), (lb, sb) = a.loc_scale(), b.loc_scale()
+    return la.shape == lb.shape and np.allclose(la, lb) and np.allclose(sa, sb)
+
+
+class RescaledWindows:
+    """The test windows of one shard set as another model's inputs: same raw values, that model's scaling.
+
+    Stored columns are un-scaled with the data's stats and re-scaled with the model's (per series, by
+    name); calendar features pass through. Needs the same features and horizon, and a lookback no longer
+    than the data's (a shorter one sees the last steps of each window)."""
+
+    def __init__(self, ds, manifest) -> None:
+        data = ds.manifest
+        if data.stored_cols != manifest.stored_cols or data.x_features != manifest.x_features:
+            raise ValueError(
+                f"the model's features {manifest.x_features} differ from the data's {data.x_features}: "
+                "the scores would not be comparable"
+            )
+        if manifest.horizon != data.horizon:
+            raise ValueError(f"the model forecasts {manifest.horizon} steps, the test windows have {data.horizon}")
+        if manifest.lookback > data.lookback:
+            raise ValueError(
+                f"the model needs a lookback of {manifest.lookback}, the test windows have {data.lookback}"
+            )
+        model_index = manifest.series_index()
+        missing = [s.name for s in data.series if s.name not in model_index]
+        if missing and manifest.scaler_scope != "global":
+            raise ValueError(f"the model does not know series {missing[:5]}")
+        self.ds, self.manifest = ds, manifest
+        self.split, self.horizon, self.lookback = ds.split, ds.horizon, manifest.lookback
+        self.num_targets = ds.num_targets
+        self.num_series = manifest.num_series
+        self._to_model = np.array([model_index.get(s.name, 0) for s in data.series], dtype=np.int64)
+        self._num_stored = len(data.stored_cols)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def window_series(self) -> np.ndarray:
+        return self._to_model[self.ds.window_series()]
+
+    def batch(self, indices: np.ndarray) -> dict[str, Any]:
+        b = dict(self.ds.batch(indices))
+        data_loc, data_scale = self.ds.manifest.loc_scale()  # [S, Fs]
+        model_loc, model_scale = self.manifest.loc_scale()
+        own, theirs = b["series"], self._to_model[b["series"]]
+
+        def rescale(values: np.ndarray, cols: slice) -> np.ndarray:  # [B, *, C] scaled by the data -> by the model
+            raw = values * data_scale[own][:, None, cols] + data_loc[own][:, None, cols]
+            return ((raw - model_loc[theirs][:, None, cols]) / model_scale[theirs][:, None, cols]).astype(np.float32)
+
+        fs, nt = self._num_stored, self.num_targets
+        x = b["x"].copy()
+        x[:, :, :fs] = rescale(x[:, :, :fs], slice(0, fs))
+        b["x"] = x[:, -self.lookback :]
+        b["y"] = rescale(b["y"], slice(0, nt))
+        num_fut = len(self.manifest.future_cols)
+        if num_fut:
+            fut = b["future"].copy()
+            fut[:, :, :num_fut] = rescale(fut[:, :, :num_fut], slice(fs - num_fut, fs))
+            b["future"] = fut
+        b["series"] = theirs
+        return b
+
+
+# ---------------------------------------------------------------------------------------------
+# Manual moves (lstm-dist models promote | rollback)
+
+
+def promote_version(client, *, name: str, version: str, reason: str = "promoted by hand") -> str | None:
+    """Make `version` the champion; returns the previous champion's version (None if there was none)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise PromotionError(f"model '{name}' has no version {version}") from None
+    previous = _alias_version(client, name, CHAMPION)
+    if previous == str(version):
+        return previous
+    client.set_model_version_tag(name, version, "promotion", reason)
+    if previous is not None:
+        client.set_model_version_tag(name, version, "promotion.previous_champion", previous)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    if _alias_version(client, name, CHALLENGER) == str(version):
+        client.delete_registered_model_alias(name, CHALLENGER)
+    return previous
+
+
+def rollback(client, *, name: str) -> tuple[str, str]:
+    """Give `champion` back to the version it had before the current champion; returns (old, new)."""
+    current = _alias_version(client, name, CHAMPION)
+    if current is None:
+        raise PromotionError(f"model '{name}' has no champion to roll back")
+    tags = client.get_model_version(name, current).tags
+    previous = tags.get("promotion.previous_champion") or tags.get("promotion.champion_version")
+    if not previous:
+        raise PromotionError(
+            f"champion v{current} of '{name}' records no previous champion; choose one with "
+            f"`lstm-dist models promote {name} VERSION`"
+        )
+    client.set_model_version_tag(name, previous, "promotion", f"rolled back to from v{current}")
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    return current, previous
+
+
+def _alias_version(client, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
