@@ -48,8 +48,12 @@ def use_gpu(cfg: PipelineConfig) -> bool:
     return cfg.train.use_gpu == "yes"
 
 
-def fit(cfg: PipelineConfig, *, shard_dir: str, storage_dir: str, name: str) -> TrainResult:
-    """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes."""
+def fit(
+    cfg: PipelineConfig, *, shard_dir: str, storage_dir: str, name: str, callbacks: list | None = None
+) -> TrainResult:
+    """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes.
+
+    `callbacks` go to the run's RunConfig (a Tune trial passes TuneReportCallback)."""
     gpu = use_gpu(cfg)
     if not gpu:  # refuse fp16 on CPU here, before any worker starts (and retries max_failures times)
         resolve_precision(cfg.train.precision, torch.device("cpu"))
@@ -75,6 +79,7 @@ def fit(cfg: PipelineConfig, *, shard_dir: str, storage_dir: str, name: str) -> 
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": worker_env} if worker_env else None,
+            callbacks=callbacks,
         ),
     )
     result = trainer.fit()
