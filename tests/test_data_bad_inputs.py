@@ -48,6 +48,15 @@ def _set(col: str, row: int, value: object, *, parquet: bool = False) -> Callabl
     return make
 
 
+def _late_row_group(d: Path) -> Path:
+    """A Parquet file of 4 row groups: the bad value sits in the third, read by its own task."""
+    df = good_frame()
+    df["target"] = df["target"].astype(str)
+    df.loc[250, "target"] = "n/a?"
+    df.to_parquet(d / "in.parquet", index=False, row_group_size=100)
+    return d / "in.parquet"
+
+
 def _drop_rows(rows: list[int]) -> Callable[[Path], Path]:
     return lambda d: write_csv(good_frame().drop(index=rows), d / "in.csv")
 

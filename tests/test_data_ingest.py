@@ -60,6 +60,14 @@ def test_directory_of_csv_and_parquet_equals_one_file(tmp_path):
     assert [s.sha256 for s in m1.shards] == [s.sha256 for s in m2.shards]
     assert m1.series == m2.series and m1.totals == m2.totals
     assert m3.num_series == 2  # the glob picks the s000 and s001 files only
+    # a pyarrow.fs URI reads the same, and a Parquet file split over row groups across 3 read tasks too
+    pq.write_table(raw, tmp_path / "groups.parquet", row_group_size=250)
+    m4, r4 = ingest(
+        DataConfig(path="file://" + str(tmp_path / "groups.parquet"), num_read_tasks=3, **KW),
+        out_dir=str(tmp_path / "uri"),
+    )
+    assert r4.num_tasks["read"] == 3
+    assert [s.sha256 for s in m4.shards] == [s.sha256 for s in m1.shards]
 
 
 def test_output_is_atomic_and_storage_is_small(tmp_path):

@@ -41,7 +41,16 @@ from lstm_dist.data.manifest import (
     ShardInfo,
     Totals,
 )
-from lstm_dist.data.readers import Notes, _filesystem, file_format, list_input_files, normalize, read_raw, value_columns
+from lstm_dist.data.readers import (
+    Notes,
+    Source,
+    _filesystem,
+    file_format,
+    list_input_files,
+    normalize,
+    read_raw,
+    value_columns,
+)
 from lstm_dist.data.shards import SHARD_SCHEMA, ipc_bytes, plan_shards, rows_per_shard, shard_table
 from lstm_dist.data.splits import SPLITS, rows_needed, shortfall, split_bounds, start_range, starts_in
 from lstm_dist.data.synthetic import write_sample
@@ -104,12 +113,16 @@ def read_unit(
 ) -> tuple[list[Part], dict[str, Any]]:
     """Read and validate one file (or some of its row groups) and split its rows into buckets."""
     notes = Notes()
+    source = locator
     if row_groups is None:
         table = read_raw(locator, cfg=cfg)
     else:
         fs, inner, _ = _filesystem(locator)
-        table = pq.ParquetFile(inner, filesystem=fs).read_row_groups(row_groups)
-    names, codes, ts, values = normalize(table, cfg=cfg, source=locator, notes=notes)
+        pf = pq.ParquetFile(inner, filesystem=fs)
+        table = pf.read_row_groups(row_groups)
+        offset = sum(pf.metadata.row_group(g).num_rows for g in range(row_groups[0]))
+        source = Source.part(locator, offset)  # error messages count rows from the start of the file
+    names, codes, ts, values = normalize(table, cfg=cfg, source=source, notes=notes)
     order = np.lexsort((ts, codes))
     sorted_ts, sorted_codes = ts[order], codes[order]
     bounds = np.concatenate([[0], np.cumsum(np.bincount(sorted_codes, minlength=len(names)))])

@@ -114,8 +114,21 @@ def read_raw(locator: str, *, cfg: DataConfig) -> pa.Table:
         raise DataError(f"{locator}: cannot be read as {fmt}: {exc}") from None
 
 
+class Source(str):
+    """A file locator for messages; `row_offset` says where a partial read (Parquet row groups) starts."""
+
+    row_offset: int = 0
+
+    @classmethod
+    def part(cls, locator: str, row_offset: int) -> Source:
+        out = cls(locator)
+        out.row_offset = row_offset
+        return out
+
+
 def _row_hint(source: str, row: int) -> str:
-    """'row 7' (1-based data row), plus the CSV line number where there is one."""
+    """'row 7' (1-based data row of the file), plus the CSV line number where there is one."""
+    row += getattr(source, "row_offset", 0)
     return f"row {row + 1} (line {row + 2})" if source.lower().endswith(CSV_EXT) else f"row {row + 1}"
 
 

@@ -1,0 +1,231 @@
+"""Data-layer benchmark: ingest + shard, the window reader, and the naive materialise-every-window loop.
+
+Run:  .venv/bin/python benchmarks/bench_data.py                      # full size: 1000 series x 10000 steps
+      .venv/bin/python benchmarks/bench_data.py --series 50 --steps 2000   # quick
+Each measured stage runs in its own subprocess so peak RSS is that stage's alone. Prints a markdown block
+for benchmarks/RESULTS.md and writes JSON next to the data (default /tmp/bench_data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+L, H, BATCH = 168, 24, 256
+FEATURES = ["target", "temperature", "c2", "c3", "c4", "c5", "c6", "c7"]  # 8 numeric columns
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_data(root: Path, *, series: int, steps: int) -> Path:
+    """The sample generator's data plus six more covariates: 8 numeric features per row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lstm_dist.data.synthetic import generate_sample
+
+    path = root / f"raw_{series}x{steps}.parquet"
+    if path.exists():
+        return path
+    table = generate_sample(num_series=series, num_steps=steps, seed=0)
+    rng = np.random.default_rng(1)
+    temp = table.column("temperature").to_numpy()
+    for i, name in enumerate(FEATURES[2:]):
+        table = table.append_column(name, pa.array(temp * (0.5 + 0.1 * i) + rng.standard_normal(len(temp))))
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp, row_group_size=1_000_000, use_dictionary=["series_id"])
+    os.replace(tmp, path)
+    return path
+
+
+def stage_ingest(args) -> dict:
+    import ray
+
+    from lstm_dist.config import DataConfig
+    from lstm_dist.data.ingest import ingest
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    cfg = DataConfig(path=str(args.raw), covariate_cols=FEATURES[1:], lookback=L, horizon=H)
+    t = time.perf_counter()
+    manifest, report = ingest(cfg, out_dir=str(args.shards))
+    wall = time.perf_counter() - t
+    ray.shutdown()
+    return {
+        "wall_s": wall,
+        "rows": report.num_rows_read,
+        "rows_per_s": report.num_rows_read / wall,
+        "timings": report.timings,
+        "tasks": report.num_tasks,
+        "shards": report.num_shards,
+        "bytes": report.num_bytes,
+        "raw_numeric_bytes": report.raw_numeric_bytes,
+        "raw_file_bytes": os.path.getsize(args.raw),
+        "windows": report.windows,
+        "driver_peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def stage_reader(args) -> dict:
+    from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
+
+    ds = WindowDataset(str(args.shards), split="train")
+    sampler = DistributedWindowSampler(len(ds), rank=0, world_size=1, seed=0)
+    idx = sampler.indices()
+    n_batches = min(args.batches, len(idx) // BATCH)
+    ds.batch(idx[:BATCH])  # warm-up
+    t = time.perf_counter()
+    for i in range(n_batches):
+        b = ds.batch(idx[i * BATCH : (i + 1) * BATCH])
+    wall = time.perf_counter() - t
+    assert b["x"].shape == (BATCH, L, len(FEATURES))
+    # one shard only: the best case (one gather per batch)
+    one = np.flatnonzero(ds.locate(idx[: 50 * BATCH])[0] == 0)[:BATCH]
+    t1 = time.perf_counter()
+    for _ in range(200):
+        ds.batch(idx[one])
+    single = 200 / (time.perf_counter() - t1)
+    return {
+        "windows": len(ds),
+        "batches_per_s": n_batches / wall,
+        "windows_per_s": n_batches * BATCH / wall,
+        "batches_per_s_single_shard": single,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def stage_naive(args) -> dict:
+    """What a notebook does: per series, scale, then a Python loop copying every window into a list."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(args.raw)
+    df = table.to_pandas()
+    names = sorted(df.series_id.unique())[: args.naive_series]
+    df = df[df.series_id.isin(names)]
+    t = time.perf_counter()
+    xs, ys = [], []
+    for _, g in df.groupby("series_id"):
+        v = g.sort_values("timestamp")[FEATURES].to_numpy(np.float32)
+        n = len(v)
+        val_start = n - 2 * int(round(0.1 * n))
+        v = (v - v[:val_start].mean(0)) / v[:val_start].std(0)
+        for s in range(val_start - L - H + 1):
+            xs.append(v[s : s + L].copy())
+            ys.append(v[s + L : s + L + H, :1].copy())
+    x, y = np.stack(xs), np.stack(ys)
+    wall = time.perf_counter() - t
+    del xs, ys
+    np.save(args.root / "naive_x.npy", x)
+    disk = os.path.getsize(args.root / "naive_x.npy") + y.nbytes
+    os.remove(args.root / "naive_x.npy")
+    # batches from the materialised array, for completeness
+    rng = np.random.default_rng(0)
+    t1 = time.perf_counter()
+    for _ in range(200):
+        i = rng.integers(0, len(x), BATCH)
+        _ = x[i], y[i]
+    in_mem = 200 / (time.perf_counter() - t1)
+    # the pandas .iloc variant, on a tenth of one series
+    g = df[df.series_id == names[0]].sort_values("timestamp")[FEATURES]
+    count = min(2000, len(g) - L - H)
+    t2 = time.perf_counter()
+    out = [g.iloc[s : s + L].to_numpy(np.float32) for s in range(count)]
+    iloc_rate = count / (time.perf_counter() - t2)
+    del out
+    return {
+        "series": len(names),
+        "windows": len(x),
+        "materialise_s": wall,
+        "windows_per_s": len(x) / wall,
+        "in_memory_batches_per_s": in_mem,
+        "iloc_windows_per_s": iloc_rate,
+        "bytes_on_disk": disk,
+        "window_bytes": x.nbytes + y.nbytes,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def run_stage(name: str, args) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--stage",
+        name,
+        "--series",
+        str(args.series),
+        "--steps",
+        str(args.steps),
+        "--root",
+        str(args.root),
+        "--cpus",
+        str(args.cpus),
+        "--naive-series",
+        str(args.naive_series),
+        "--batches",
+        str(args.batches),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--series", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--root", type=Path, default=Path("/tmp/bench_data"))
+    p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="logical CPUs of the local Ray")
+    p.add_argument("--naive-series", type=int, default=20, help="series the naive loop materialises")
+    p.add_argument("--batches", type=int, default=2000)
+    p.add_argument("--stage", choices=["ingest", "reader", "naive"], default=None)
+    args = p.parse_args()
+    args.root.mkdir(parents=True, exist_ok=True)
+    args.raw = make_data(args.root, series=args.series, steps=args.steps)
+    args.shards = args.root / f"shards_{args.series}x{args.steps}"
+    if args.stage:
+        fn = {"ingest": stage_ingest, "reader": stage_reader, "naive": stage_naive}[args.stage]
+        print(json.dumps(fn(args)))
+        return
+
+    ing = run_stage("ingest", args)
+    rd = run_stage("reader", args)
+    nv = run_stage("naive", args)
+    # Scale the naive subset to the full train set: its memory and disk grow with the windows.
+    scale = rd["windows"] / nv["windows"]
+    naive_full_mem_mib = nv["window_bytes"] * scale / 2**20
+    result = {"ingest": ing, "reader": rd, "naive": nv, "naive_full_window_mib": naive_full_mem_mib}
+    (args.root / "bench_data.json").write_text(json.dumps(result, indent=1))
+    rows = ing["rows"]
+    print(f"""## Data
+
+Machine: {platform.node()} — {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()};
+date {time.strftime("%Y-%m-%d")}. Data: {args.series} series x {args.steps} steps = {rows:,} rows x {len(FEATURES)} features
+(float64 Parquet, {ing["raw_file_bytes"] / 2**20:.0f} MiB), lookback {L}, horizon {H}, batch {BATCH}.
+
+| stage | figure |
+|---|---|
+| ingest + shard (Ray, {args.cpus} logical CPUs; tasks {ing["tasks"]}) | {ing["wall_s"]:.1f} s wall, {ing["rows_per_s"]:,.0f} rows/s (read {ing["timings"]["read"]:.1f} s, clean {ing["timings"]["clean"]:.1f} s, write {ing["timings"]["write"]:.1f} s) |
+| shards on disk | {ing["bytes"] / 2**20:.0f} MiB in {ing["shards"]} files = {ing["bytes"] / ing["raw_numeric_bytes"]:.2f}x the raw numeric data |
+| reader, random batches over all shards | {rd["batches_per_s"]:,.0f} batches/s = {rd["windows_per_s"]:,.0f} windows/s, peak RSS {rd["peak_rss_mib"]:.0f} MiB |
+| reader, batch from one shard | {rd["batches_per_s_single_shard"]:,.0f} batches/s |
+| naive loop (numpy slices, {nv["series"]} series) | {nv["windows_per_s"]:,.0f} windows/s to materialise; peak RSS {nv["peak_rss_mib"]:.0f} MiB for {nv["windows"]:,} windows |
+| naive loop (pandas .iloc) | {nv["iloc_windows_per_s"]:,.0f} windows/s |
+| naive, full train set (extrapolated) | {naive_full_mem_mib / 1024:.1f} GiB of windows in memory, {nv["bytes_on_disk"] * scale / 2**30:.1f} GiB on disk |
+
+Ratios (reader vs naive): speed {rd["windows_per_s"] / nv["windows_per_s"]:.0f}x (numpy loop),
+{rd["windows_per_s"] / nv["iloc_windows_per_s"]:.0f}x (pandas .iloc); peak memory 1/{naive_full_mem_mib / rd["peak_rss_mib"]:.0f}
+(full train set); bytes on disk 1/{nv["bytes_on_disk"] * scale / ing["bytes"]:.0f}.
+""")
+
+
+if __name__ == "__main__":
+    main()
