@@ -45,8 +45,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from lstm_dist.data.errors import DataError
     from lstm_dist.tracking import TrackingError
     from lstm_dist.train.precision import PrecisionError
+    from lstm_dist.workflow import WorkflowError
 
-    return (DataError, TrackingError, PrecisionError, ConfigError)
+    return (DataError, TrackingError, PrecisionError, ConfigError, WorkflowError)
 
 
 @app.command()
@@ -57,7 +58,8 @@ def run(
         list[str] | None,
         typer.Option(
             "--force",
-            help="Rerun this step and every later one even if cached (ingest, train, evaluate, register). Repeatable.",
+            help="Rerun this step even if cached, and every step using its output "
+            "(ingest, shard, tune, train, evaluate, register). Repeatable.",
         ),
     ] = None,
     show_config: Annotated[
@@ -303,6 +305,215 @@ def models_rollback(config: ConfigArg, overrides: OverridesArg = None, name: Nam
     except PromotionError as exc:
         _fail(f"error: {exc}", code=1)
     typer.echo(f"{name}: champion is v{new} again (was v{old})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Workflow state, retraining, cluster jobs, schedules, batch prediction
+
+
+@app.command()
+def status(
+    config: Annotated[Path | None, typer.Argument(help="Config whose workflow.work_dir to show.")] = None,
+    overrides: OverridesArg = None,
+    work_dir: Annotated[
+        str | None, typer.Option("--work-dir", help="Work dir (path or URI) instead of a config.")
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", help="How many of the latest runs to show.")] = 3,
+) -> None:
+    """Each step of the latest pipeline runs in a work dir: done, cached, failed, running (or interrupted), with timing."""
+    from lstm_dist.workflow import format_status, read_runs
+
+    if work_dir is None:
+        if config is None:
+            _fail("status: give a CONFIG (its workflow.work_dir is shown) or --work-dir DIR")
+        work_dir = _load(config, overrides).workflow.work_dir
+    typer.echo(f"work dir: {work_dir}")
+    typer.echo(format_status(read_runs(work_dir, limit=runs)))
+
+
+@app.command()
+def retrain(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option("--force", help="Retrain even without new data, rerunning this step and the steps using it."),
+    ] = None,
+) -> None:
+    """Retrain on new data: ends at once when the inputs are those of the champion; else trains a challenger,
+    scores it and the champion on the same, most recent hold-out, and promotes it only if better."""
+    cfg = _load(config, overrides)
+    from pipelines.retrain import run as run_retrain
+
+    work_dir = Path(cfg.workflow.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "last_config.yaml").write_text(dump_yaml(cfg))
+    try:
+        run_retrain(cfg, force=set(force or ()))
+    except _user_errors() as exc:
+        _fail(f"error: {exc}", code=1)
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def submit(
+    args: Annotated[list[str], typer.Argument(help="The lstm-dist command to run, after --: run conf/x.yaml ...")],
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray dashboard address (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, http://127.0.0.1:8265)."
+        ),
+    ] = None,
+    working_dir: Annotated[Path, typer.Option(help="Directory uploaded as the job's working dir.")] = Path("."),
+    env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE set in the job. Repeatable.")] = None,
+    submission_id: Annotated[str | None, typer.Option(help="Id for the job (default: generated).")] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Follow the logs and exit with the job's status.")
+    ] = True,
+) -> None:
+    """Run an lstm-dist command on a Ray cluster as a Ray job, e.g. `lstm-dist submit -- run conf/demo.yaml`.
+
+    Uploads the working dir and this package, follows the job's logs, and exits 0 if it succeeded, 1 if it
+    failed, 3 if it was stopped. Ctrl-C detaches; the job keeps running.
+    """
+    from lstm_dist.jobs import EXIT_CODES, JobError
+    from lstm_dist.jobs import submit as submit_job
+
+    env_vars = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--env '{item}': expected KEY=VALUE")
+        env_vars[key] = value
+    _warn_relative_work_dir(args)
+    try:
+        job_id, final = submit_job(
+            args, address=address, working_dir=working_dir, env_vars=env_vars, submission_id=submission_id, wait=False
+        )
+    except JobError as exc:
+        _fail(f"error: {exc}", code=1)
+    typer.echo(f"submitted job {job_id}: {' '.join(args)}", err=True)
+    if not wait:
+        typer.echo(f"follow it with: ray job logs --follow {job_id}", err=True)
+        return
+    from lstm_dist.jobs import client, follow
+
+    try:
+        final = follow(client(address), job_id)
+    except KeyboardInterrupt:
+        typer.echo(f"\ndetached; job {job_id} keeps running (ray job stop {job_id} to stop it)", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"job {job_id} {final}", err=True)
+    raise typer.Exit(EXIT_CODES.get(final, 1))
+
+
+def _warn_relative_work_dir(args: list[str]) -> None:
+    """A relative work_dir lands in the job's temporary working dir on the cluster: the cache is lost."""
+    if len(args) < 2 or args[0] not in ("run", "retrain") or not args[1].endswith((".yaml", ".yml")):
+        return
+    try:
+        cfg = load_config(args[1], [a for a in args[2:] if "=" in a and not a.startswith("-")])
+    except ConfigError as exc:
+        _fail(str(exc))
+    work_dir = cfg.workflow.work_dir
+    if "://" not in work_dir and not Path(work_dir).is_absolute():
+        typer.secho(
+            f"warning: workflow.work_dir '{work_dir}' is relative: on the cluster it lives in the job's temporary "
+            "working dir, so cached steps, checkpoints and a sqlite MLflow store are lost when the job ends. "
+            "Set an absolute shared path (NFS) or a URI, e.g. workflow.work_dir=/mnt/shared/lstm_dist.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def schedule(
+    args: Annotated[list[str], typer.Argument(help="The lstm-dist command to run, e.g. retrain conf/x.yaml.")],
+    cron: Annotated[str, typer.Option(help="Cron expression, e.g. '0 3 * * *' (a 6th field gives seconds).")],
+    address: Annotated[str | None, typer.Option(help="Ray dashboard address (as for submit).")] = None,
+    working_dir: Annotated[Path, typer.Option(help="Directory uploaded as each job's working dir.")] = Path("."),
+    history: Annotated[
+        Path | None, typer.Option(help="History file (JSON lines); default <work_dir>/schedule-<name>.jsonl.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Schedule name: jobs are tagged with it; one runs at a time.")] = "retrain",
+    max_retries: Annotated[int, typer.Option(help="Retries of a failed job.")] = 2,
+    backoff: Annotated[float, typer.Option(help="Seconds before the first retry; doubles each time.")] = 60.0,
+    poll: Annotated[float, typer.Option(help="Seconds between status checks of a running job.")] = 5.0,
+    max_ticks: Annotated[int | None, typer.Option(help="Stop after this many ticks (default: run forever).")] = None,
+) -> None:
+    """Submit a command (the retrain pipeline) as Ray jobs on a cron schedule; never two at once.
+
+    A tick while a job of this schedule runs is skipped and logged; a failed job is retried with backoff;
+    every tick and outcome goes to the history file.
+    """
+    from lstm_dist.jobs import RayJobRunner
+    from lstm_dist.schedule import ScheduleError, Scheduler
+
+    if history is None:
+        base = Path(".")
+        if len(args) >= 2 and args[1].endswith((".yaml", ".yml")):
+            base = Path(
+                _load(Path(args[1]), [a for a in args[2:] if "=" in a and not a.startswith("-")]).workflow.work_dir
+            )
+        history = base / f"schedule-{name}.jsonl"
+    _warn_relative_work_dir(args)
+    try:
+        scheduler = Scheduler(
+            cron=cron,
+            args=list(args),
+            runner=RayJobRunner(address, working_dir=working_dir),
+            history=history,
+            name=name,
+            max_retries=max_retries,
+            backoff_s=backoff,
+            poll_s=poll,
+            progress=typer.echo,
+        )
+    except ScheduleError as exc:
+        _fail(f"error: {exc}")
+    typer.echo(f"history: {history}")
+    try:
+        scheduler.run(max_ticks=max_ticks)
+    except KeyboardInterrupt:
+        typer.echo("\nschedule stopped; a job already submitted keeps running", err=True)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="Registered model: models:/<name>@<alias> or models:/<name>/<version>.")],
+    input: Annotated[str, typer.Option("--input", help="Raw history: CSV/Parquet file, directory, glob or URI.")],
+    output: Annotated[str, typer.Option(help="Parquet file to write (path or URI).")],
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else the --config's).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Config to take the tracking URI and Ray address from.")] = None,
+    num_tasks: Annotated[int, typer.Option(help="Ray tasks (series groups); 0 = the cluster's CPU count.")] = 0,
+) -> None:
+    """Batch forecasts of every series in the input, spread over Ray tasks, with the model version in the file."""
+    import os
+
+    import ray
+
+    from lstm_dist.predict import PredictError
+    from lstm_dist.predict import predict as batch_predict
+
+    cfg = _load(config, []) if config is not None else None
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri() if cfg else None)
+    if uri is None:
+        _fail("predict: give --tracking-uri (e.g. sqlite:///runs/demo/mlflow.db), set MLFLOW_TRACKING_URI, or --config")
+    if cfg is not None:
+        from lstm_dist.cluster import init_ray
+
+        init_ray(cfg)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(include_dashboard=False)
+    try:
+        batch_predict(
+            model_uri=model, source=input, output=output, tracking_uri=uri, num_tasks=num_tasks, progress=typer.echo
+        )
+    except (PredictError, *_user_errors()) as exc:
+        _fail(f"error: {exc}", code=1)
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -230,6 +230,8 @@ class WorkflowConfig(_Section):
     """Ray cluster address; unset: $RAY_ADDRESS, else a local Ray started for the run."""
     num_cpus: int = Field(0, ge=0)
     """Logical CPUs of a local Ray (0 = the machine's count, at least 4 so 2 workers and a controller fit)."""
+    warm_start: bool = False
+    """Retrain: start the challenger from the champion's weights (same architecture and data shape) instead of fresh."""
 
 
 class PipelineConfig(_Section):

@@ -1,12 +1,22 @@
-"""The training pipeline: ingest -> train (Ray Train, DDP) -> evaluate -> register (MLflow).
+"""The training pipeline: ingest -> shard -> [tune] -> train -> evaluate -> register, as cached workflow steps.
 
 Run it as `lstm-dist run conf/demo.yaml [key=value ...]`, or as a Ray job entrypoint:
 `python -m pipelines.train conf/demo.yaml train.epochs=3`.
+
+  ingest    one Ray task per input file: read, validate (errors name the file, column and row) and keep an
+            Arrow copy; cached per file, by content, so a changed file is the only one read again
+  shard     clean, split, scale and write Arrow shards + manifest.json from the ingested files
+  tune      (tune.enabled) Ray Tune search; the best trial's config is what `train` trains
+  train     Ray Train (DDP); checkpoints every epoch in the step's directory, so a killed run resumes there
+  evaluate  the best checkpoint on the test split, against naive and seasonal-naive baselines
+  register  MLflow model + alias (champion / challenger), tagged with the lineage of its input data
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,8 +27,25 @@ import ray
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, dump_yaml, load_config
-from lstm_dist.tracking import Tracker, assign_alias, log_forecaster, start_pipeline_run, ui_command
-from lstm_dist.workflow import Workflow, fingerprint_inputs, reset_incomplete
+from lstm_dist.tracking import EVAL_KEY_TAG, Tracker, log_forecaster, start_pipeline_run, ui_command
+from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow, data_fingerprint, fingerprint_files
+
+STEPS = ("ingest", "shard", "tune", "train", "evaluate", "register")
+STAGED_FILE = "part.parquet"
+FINGERPRINT_TAG = "lstm_dist.data_fingerprint"  # on a model version: the content hash of its input data
+FILES_TAG = "lstm_dist.data_files"
+# The DataConfig fields that reading and validating one input file depends on (the ingest step's key).
+READ_FIELDS = (
+    "format",
+    "layout",
+    "timestamp_col",
+    "series_col",
+    "target_cols",
+    "covariate_cols",
+    "future_cols",
+    "wide_series_cols",
+    "missing",
+)
 
 
 @dataclass
@@ -42,121 +69,274 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     init_ray(cfg)
     progress(f"[ray] {cluster_summary()}")
     tracker = start_pipeline_run(cfg, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
-    tracker.set_tags({"ray.cluster": cluster_summary()})
-    wf = Workflow(work_dir, tracker=tracker, force=force)
+    tracker.set_tags({"ray.cluster": cluster_summary(), "lstm_dist.pipeline": "train"})
     try:
-        summary = _steps(cfg, wf, tracker, progress)
+        wf = Workflow(work_dir, pipeline="train", steps=STEPS, tracker=tracker, force=force, progress=progress)
     except BaseException:
         tracker.finish("FAILED")
         raise
+    try:
+        summary = _steps(cfg, wf, tracker, progress)
+    except BaseException as exc:
+        wf.finish(FAILED, message=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        tracker.finish("FAILED")
+        raise
     tracker.log_text(json.dumps(wf.summary(), indent=2), "workflow/steps.json")
+    wf.finish(DONE)
     tracker.finish()
     summary.steps = wf.summary()
     return summary
 
 
 def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> PipelineSummary:
-    from lstm_dist.data.ingest import ingest
-
-    work_dir = Path(cfg.workflow.work_dir)
-
-    def ingest_step(out: Path) -> dict[str, Any]:
-        shard_dir = out / "shards"
-        reset_incomplete(shard_dir)  # a killed ingest left a temp dir at most; never a complete-looking one
-        manifest, report = ingest(cfg.data, out_dir=str(shard_dir), work_dir=str(work_dir))
-        progress(report.summary())
-        return {"shard_dir": str(shard_dir), "report": report.summary()}
-
-    ingest_res = wf.step(
-        "ingest",
-        ingest_step,
-        key_parts={"data": cfg.data.model_dump(mode="json"), "inputs": fingerprint_inputs(cfg.data.path)},
-        progress=progress,
-    )
-    shard_dir = Path(ingest_res.outputs["shard_dir"])
+    shard, lineage = data_steps(cfg, wf, progress=progress)
+    shard_dir = shard.path / "shards"
     tracker.log_artifact(shard_dir / "manifest.json", artifact_path="data")
+    tracker.log_text(json.dumps(lineage, indent=2), "data/lineage.json")
 
-    def train_step(out: Path) -> dict[str, Any]:
-        from lstm_dist.train.trainer import fit
+    tune = tune_step(cfg, wf, shard, progress=progress) if cfg.tune.enabled else None
+    train_cfg = PipelineConfig.model_validate(tune.outputs["final_config"]) if tune else cfg
+    train = train_step(train_cfg, wf, shard, tune=tune, progress=progress)
+    tracker.log_history(_history(train))
+    tracker.log_artifact(train.path / "history.csv", artifact_path="train")
 
-        # A rerun after a crash finds Ray Train's checkpoints under the same name and resumes from them.
-        result = fit(cfg, shard_dir=str(shard_dir), storage_dir=str(out), name="ray_train")
-        result.history.to_csv(out / "history.csv", index=False)
-        return {"best_checkpoint": str(result.best_checkpoint), "epochs": int(result.history["epoch"].max())}
-
-    train_res = wf.step(
-        "train",
-        train_step,
-        key_parts={
-            "model": cfg.model.model_dump(mode="json"),
-            "train": cfg.train.model_dump(mode="json"),
-            "ingest": ingest_res.key,
-        },
-        progress=progress,
-    )
-    import pandas as pd
-
-    history = pd.read_csv(train_res.path / "history.csv")
-    tracker.log_history(history)
-    tracker.log_artifact(train_res.path / "history.csv", artifact_path="train")
-    best_ckpt = Path(train_res.outputs["best_checkpoint"])
-
-    def evaluate_step(out: Path) -> dict[str, Any]:
-        evaluation = ray.get(_evaluate_task.remote(str(best_ckpt), str(shard_dir), cfg.data.seasonality))
-        (out / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
-        return evaluation
-
-    eval_res = wf.step("evaluate", evaluate_step, key_parts={"train": train_res.key}, progress=progress)
-    metrics = {f"test_{k}": v for k, v in eval_res.outputs["metrics"].items()}
+    evaluation = evaluate_step(cfg, wf, train=train, shard=shard)
+    metrics = {f"test_{k}": v for k, v in evaluation.outputs["metrics"].items()}
     tracker.log_metrics(metrics)
-    progress(eval_res.outputs["table"])
+    progress(evaluation.outputs["table"])
 
     summary = PipelineSummary(run_id=tracker.run_id, metrics=metrics, tracking_uri=cfg.tracking_uri())
     if not cfg.tracking.register_model:
         return summary
 
-    def register_step(out: Path) -> dict[str, Any]:
-        example = _input_example(shard_dir, lookback=cfg.data.lookback)
-        model_uri, version = log_forecaster(
-            tracker,
-            checkpoint_dir=best_ckpt,
-            shard_dir=shard_dir,
-            input_example=example,
-            registered_name=cfg.tracking.model_name,
-        )
-        metric = cfg.tracking.promotion_metric
-        alias = assign_alias(
-            tracker,
-            name=cfg.tracking.model_name,
-            version=version,
-            metric=metric,
-            score=eval_res.outputs["metrics"][f"model_{metric}"],
-            margin=cfg.tracking.promotion_margin,
-        )
-        return {"model_uri": model_uri, "version": version, "alias": alias}
-
-    # Keyed on the evaluated model: a rerun of a finished pipeline does not register it twice.
-    reg = wf.step(
-        "register",
-        register_step,
-        key_parts={
-            "evaluate": eval_res.key,
-            "tracking": cfg.tracking.model_dump(mode="json"),
-            "uri": cfg.tracking_uri(),
-        },
-        progress=progress,
-    )
+    reg = register_step(cfg, wf, tracker, train=train, shard=shard, evaluation=evaluation, lineage=lineage)
+    progress(f"[register] {reg.outputs['decision']}")
     summary.model_uri = reg.outputs["model_uri"]
     summary.version = reg.outputs["version"]
     summary.alias = reg.outputs["alias"]
     return summary
 
 
+# ---------------------------------------------------------------------------------------------
+# The steps, shared with pipelines/retrain.py
+
+
+def input_files(cfg: PipelineConfig) -> list[str]:
+    """The input files of the config (the sample data set is generated under work_dir first)."""
+    from lstm_dist.data.ingest import resolve_input
+    from lstm_dist.data.readers import list_input_files
+
+    work_dir = cfg.workflow.work_dir
+    return list_input_files(resolve_input(cfg.data, out_dir=Path(work_dir), work_dir=work_dir), fmt=cfg.data.format)
+
+
+def input_lineage(cfg: PipelineConfig) -> dict[str, Any]:
+    """What the data is, by content: {fingerprint, files: {file: sha256}}. Cheap: unchanged files are not re-read."""
+    files = input_files(cfg)
+    prints = fingerprint_files(files, cache=str(Path(cfg.workflow.work_dir) / "_fingerprints.json"))
+    return {"fingerprint": data_fingerprint(prints), "files": {f: p["sha256"] for f, p in prints.items()}}
+
+
+def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[StepResult, dict[str, Any]]:
+    """ingest (per file) -> shard. Returns the shard step and the lineage of the input data."""
+    from lstm_dist.data.ingest import ingest
+
+    lineage = input_lineage(cfg)
+    labels = _labels(list(lineage["files"]))
+    items = {labels[f]: {"file": f, "sha256": sha} for f, sha in lineage["files"].items()}
+    read_cfg = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k in READ_FIELDS}
+
+    def ingest_files(outs: dict[str, str]) -> dict[str, dict[str, Any]]:
+        by_label = {labels[f]: f for f in lineage["files"]}
+        refs = {
+            label: _ingest_file.remote(by_label[label], cfg.data.model_dump(mode="json"), out)
+            for label, out in outs.items()
+        }
+        return dict(zip(refs, _get(list(refs.values())), strict=True))
+
+    staged = wf.map("ingest", items, ingest_files, config=read_cfg)
+
+    def shard_step(out: str) -> dict[str, Any]:
+        # The shard step reads the ingested Arrow copies, listed under one directory by hard links (no copy).
+        inputs = Path(out) / "inputs"
+        inputs.mkdir()
+        for i, (label, res) in enumerate(sorted(staged.items())):
+            _link(res.path / STAGED_FILE, inputs / f"{i:05d}-{Path(label).name.split('.')[0]}.parquet")
+        shard_cfg = cfg.data.model_copy(update={"path": str(inputs), "format": "parquet", "sample": None})
+        _, report = ingest(shard_cfg, out_dir=str(Path(out) / "shards"), work_dir=cfg.workflow.work_dir)
+        shutil.rmtree(inputs)
+        progress(report.summary())
+        return {"shards": "shards", "report": report.summary(), "num_series": report.num_series}
+
+    shard = wf.step("shard", shard_step, config=cfg.data.model_dump(mode="json", exclude={"path", "format"}), inputs={
+        f"ingest:{label}": res for label, res in staged.items()
+    })  # fmt: skip
+    return shard, lineage
+
+
+def tune_step(cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, progress=print) -> StepResult:
+    """Ray Tune search over `tune.space`; its output is the config the final training uses."""
+    from lstm_dist.tune import run_tune
+
+    def search(out: str) -> dict[str, Any]:
+        outcome = run_tune(cfg, shard_dir=str(shard.path / "shards"), out_dir=out, progress=progress)
+        outcome.trials.to_csv(Path(out) / "trials.csv", index=False)
+        progress(outcome.table())
+        return {
+            "best_trial": outcome.best_trial,
+            "best_params": outcome.best_params,
+            "best_val_loss": outcome.best_val_loss,
+            "best_epoch": outcome.best_epoch,
+            "final_config": outcome.final_config.model_dump(mode="json"),
+        }
+
+    return wf.step(
+        "tune", search, config={"model": cfg.model, "train": cfg.train, "tune": cfg.tune}, inputs={"shard": shard}
+    )
+
+
+def train_step(
+    cfg: PipelineConfig,
+    wf: Workflow,
+    shard: StepResult,
+    *,
+    tune: StepResult | None = None,
+    name: str = "train",
+    init_weights: str | None = None,
+    progress=print,
+) -> StepResult:
+    """Ray Train fit; resumable: a killed attempt's checkpoints are where the next attempt starts from."""
+    from lstm_dist.train.trainer import fit
+
+    def train(out: str) -> dict[str, Any]:
+        latest = _latest_checkpoint(Path(out) / "ray_train")
+        if latest is not None:
+            progress(
+                f"[{name}] resuming from checkpoint {latest.name} (epoch {_epochs_in(latest)} of {cfg.train.epochs})"
+            )
+        kwargs = {"init_weights": init_weights} if init_weights else {}
+        result = fit(cfg, shard_dir=str(shard.path / "shards"), storage_dir=out, name="ray_train", **kwargs)
+        result.history.to_csv(Path(out) / "history.csv", index=False)
+        return {
+            "best_checkpoint": os.path.relpath(result.best_checkpoint, out),
+            "latest_checkpoint": os.path.relpath(result.latest_checkpoint, out),
+            "epochs": int(result.history["epoch"].max()),
+            "resumed_from": latest.name if latest is not None else None,
+        }
+
+    inputs = {"shard": shard, **({"tune": tune} if tune else {})}
+    extra = {"init_weights": init_weights} if init_weights else {}
+    return wf.step(
+        name, train, config={"model": cfg.model, "train": cfg.train}, inputs=inputs, extra=extra, resumable=True
+    )
+
+
+def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult) -> StepResult:
+    def evaluate(out: str) -> dict[str, Any]:
+        ckpt, shard_dir = str(train.path / train.outputs["best_checkpoint"]), str(shard.path / "shards")
+        evaluation = ray.get(_evaluate_task.remote(ckpt, shard_dir, cfg.data.seasonality))
+        (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
+        return evaluation
+
+    return wf.step(
+        "evaluate", evaluate, config={"seasonality": cfg.data.seasonality}, inputs={"train": train, "shard": shard}
+    )
+
+
+def register_step(
+    cfg: PipelineConfig,
+    wf: Workflow,
+    tracker: Tracker,
+    *,
+    train: StepResult,
+    shard: StepResult,
+    evaluation: StepResult,
+    lineage: dict[str, Any],
+) -> StepResult:
+    """Log + register the model with its lineage tags, then let the promotion rule give it its alias.
+
+    Keyed on the evaluated model, so a finished model is never registered twice: a rerun is cached, and
+    an attempt killed after the registry call gets the same version back (log_forecaster finds it by its
+    evaluate key). The champion is re-scored on this model's test windows (promotion.promote_if_better),
+    and the `champion` alias moves only in its last call: a failure before leaves the champion as it was.
+    """
+    from lstm_dist.promotion import promote_if_better
+
+    def register(out: str) -> dict[str, Any]:
+        name, metric = cfg.tracking.model_name, cfg.tracking.promotion_metric
+        tags = {EVAL_KEY_TAG: evaluation.key, **lineage_tags(lineage, {"shard": shard.key, "train": train.key})}
+        model_uri, version = log_forecaster(
+            tracker,
+            checkpoint_dir=train.path / train.outputs["best_checkpoint"],
+            shard_dir=shard.path / "shards",
+            input_example=_input_example(cfg, rows=cfg.data.lookback + _warmup(cfg)),
+            registered_name=name,
+            version_tags=tags,
+        )
+        decision = promote_if_better(
+            tracker.client,
+            name=name,
+            version=version,
+            metric=metric,
+            margin=cfg.tracking.promotion_margin,
+            challenger_score=evaluation.outputs["metrics"][f"model_{metric}"],
+            shard_dir=str(shard.path / "shards"),
+            season=cfg.data.seasonality,
+        )
+        (Path(out) / "decision.json").write_text(json.dumps(decision.__dict__, indent=2, default=str))
+        return {
+            "model_uri": model_uri,
+            "version": version,
+            "alias": decision.alias,
+            "promoted": decision.promoted,
+            "decision": decision.reason,
+            "champion_version": decision.champion_version,
+            "champion_score": decision.champion_score,
+            "challenger_score": decision.challenger_score,
+        }
+
+    return wf.step(
+        "register",
+        register,
+        config={"tracking": cfg.tracking, "uri": cfg.tracking_uri()},
+        inputs={"evaluate": evaluation, "train": train, "shard": shard},
+        resumable=True,
+    )
+
+
+def lineage_tags(lineage: dict[str, Any], keys: dict[str, str]) -> dict[str, str]:
+    """Model version tags saying what it was trained on: the inputs' content fingerprint, files, step keys."""
+    tags = {FINGERPRINT_TAG: lineage["fingerprint"], **{f"lstm_dist.{k}_key": v for k, v in keys.items()}}
+    files = json.dumps({f: sha[:16] for f, sha in lineage["files"].items()})
+    if len(files) < 5000:  # MLflow caps tag values; the full list is in the run's data/lineage.json
+        tags[FILES_TAG] = files
+    return tags
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray tasks and helpers
+
+
+@ray.remote(num_cpus=1)
+def _ingest_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, Any]:
+    """Read and validate one input file; keep it as Parquet (same columns) for the shard step."""
+    import pyarrow.parquet as pq
+
+    from lstm_dist.config import DataConfig
+    from lstm_dist.data.readers import Notes, normalize, read_raw
+
+    cfg = DataConfig.model_validate(data_cfg)
+    table = read_raw(locator, cfg=cfg)
+    notes = Notes()
+    names, _, _, _ = normalize(table, cfg=cfg, source=locator, notes=notes)  # raises DataError naming file/col/row
+    pq.write_table(table, str(Path(out) / STAGED_FILE), use_dictionary=False)
+    return {"file": locator, "staged": STAGED_FILE, "num_rows": table.num_rows, "num_series": len(names)}
+
+
 @ray.remote(num_cpus=1)
 def _evaluate_task(checkpoint: str, shard_dir: str, season: int) -> dict[str, Any]:
     """Score the best checkpoint on the test split (a Ray task, so it runs wherever a CPU is free)."""
     from lstm_dist.data.windows import WindowDataset
-
     from lstm_dist.evaluate import evaluate_model
     from lstm_dist.train.checkpoints import load_model
 
@@ -169,11 +349,71 @@ def _evaluate_task(checkpoint: str, shard_dir: str, season: int) -> dict[str, An
     }
 
 
-def _input_example(shard_dir: Path, *, lookback: int):
-    """A small raw-history frame (one series, `lookback` rows) for the model's signature and example."""
-    from lstm_dist.data.inference import example_history
+def _get(refs: list) -> list:
+    """ray.get that re-raises a task's user error (DataError) as itself, without the remote traceback."""
+    from lstm_dist.data.errors import DataError
 
-    return example_history(shard_dir, rows=lookback)
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, DataError):
+            raise DataError(str(cause)) from None
+        raise
+
+
+def _labels(files: list[str]) -> dict[str, str]:
+    """Short, unique display names for input files: their paths below the common directory."""
+    if len(files) == 1:
+        return {files[0]: files[0].rsplit("/", 1)[-1]}
+    common = os.path.commonpath([f.split("://", 1)[-1] for f in files])
+    return {f: os.path.relpath(f.split("://", 1)[-1], common) for f in files}
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed: copy
+        shutil.copyfile(src, dst)
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted(run_dir.glob("checkpoint_*"))  # checkpoint_<timestamp>: names sort by age
+    return ckpts[-1] if ckpts else None
+
+
+def _epochs_in(checkpoint: Path) -> int | str:
+    from lstm_dist.train.checkpoints import load_history
+
+    try:
+        return len(load_history(checkpoint))
+    except (OSError, ValueError):
+        return "?"
+
+
+def _history(train: StepResult):
+    import pandas as pd
+
+    return pd.read_csv(train.path / "history.csv")
+
+
+def _input_example(cfg: PipelineConfig, *, rows: int):
+    """Raw history of one series (its last `rows` rows), for the model's signature and input example."""
+    from lstm_dist.data.ingest import resolve_input
+    from lstm_dist.data.readers import list_input_files, read_raw
+
+    source = resolve_input(cfg.data, out_dir=Path(cfg.workflow.work_dir), work_dir=cfg.workflow.work_dir)
+    table = read_raw(list_input_files(source, fmt=cfg.data.format)[0], cfg=cfg.data)
+    frame = table.to_pandas()
+    first = frame[cfg.data.series_col].iloc[0]
+    return frame[frame[cfg.data.series_col] == first].sort_values(cfg.data.timestamp_col).tail(rows)
+
+
+def _warmup(cfg: PipelineConfig) -> int:
+    from lstm_dist.data.features import warmup_rows
+
+    d = cfg.data
+    return warmup_rows(lags=d.lags, moving_averages=d.moving_averages, rsi=d.rsi_period)
 
 
 def print_summary(summary: PipelineSummary, *, cfg: PipelineConfig, progress=print) -> None:

@@ -1,0 +1,178 @@
+"""Running lstm-dist commands on a Ray cluster as Ray jobs (Ray's Job Submission API).
+
+    lstm-dist submit --address http://127.0.0.1:8265 -- run conf/demo.yaml train.epochs=3
+
+is the same as
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . \\
+        --runtime-env-json '{"py_modules": ["lstm_dist", "pipelines"]}' -- python -m lstm_dist.cli run conf/demo.yaml train.epochs=3
+
+The job gets the current directory as its working dir (so `conf/...` and small local files resolve
+there) and this checkout's `lstm_dist` and `pipelines` packages as py_modules, so the cluster runs the
+code you have here; the cluster's image provides the dependencies (torch, ray, mlflow: see
+ray_cluster.yaml). The address is the dashboard's (port 8265 on the head; `ray dashboard
+ray_cluster.yaml` forwards it to 127.0.0.1). Nothing here starts Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# Never uploaded with the working dir: environments, outputs, caches (Ray refuses working dirs over 500 MiB).
+EXCLUDES = [
+    ".git",
+    ".venv",
+    "venv",
+    "runs",
+    "mlruns",
+    "mlartifacts",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+    "*.egg-info",
+]
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+SCHEDULE_KEY = "lstm_dist.schedule"
+
+
+class JobError(RuntimeError):
+    """The cluster cannot be reached or refuses the job; the message says what to check."""
+
+
+def resolve_address(address: str | None) -> str:
+    """--address, else $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS (as `ray job submit` does), else the local dashboard."""
+    return address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+
+
+def entrypoint(args: Sequence[str]) -> str:
+    """The shell command a job runs for `lstm-dist ARGS` (the module form needs no console script)."""
+    return shlex.join(["python", "-m", "lstm_dist.cli", *args])
+
+
+def runtime_env(
+    *,
+    working_dir: str | os.PathLike = ".",
+    env_vars: dict[str, str] | None = None,
+    excludes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Working dir + this package (py_modules) + environment variables for a job."""
+    import lstm_dist
+    import pipelines
+
+    env = dict(env_vars or {})
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # the store you use here is the one the job should log to
+        env.setdefault("MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
+    return {
+        "working_dir": str(Path(working_dir).resolve()),
+        "py_modules": [str(Path(lstm_dist.__file__).parent), str(Path(pipelines.__file__).parent)],
+        "excludes": [*EXCLUDES, *excludes],
+        "env_vars": env,
+    }
+
+
+def client(address: str | None):
+    """A JobSubmissionClient for the cluster, with an error that says what to check when it is not there."""
+    from ray.job_submission import JobSubmissionClient
+
+    url = resolve_address(address)
+    try:
+        return JobSubmissionClient(url)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise JobError(
+            f"cannot reach the Ray job server at {url}: {str(exc).splitlines()[0]}. Is the cluster up "
+            "(`ray up ray_cluster.yaml`, or `ray start --head` here) and the dashboard forwarded "
+            "(`ray dashboard ray_cluster.yaml`)? Pass --address http://HOST:8265 or set RAY_ADDRESS."
+        ) from None
+
+
+def submit(
+    args: Sequence[str],
+    *,
+    address: str | None = None,
+    working_dir: str | os.PathLike = ".",
+    env_vars: dict[str, str] | None = None,
+    submission_id: str | None = None,
+    metadata: dict[str, str] | None = None,
+    wait: bool = True,
+    out: Callable[[str], None] | None = None,
+) -> tuple[str, str | None]:
+    """Submit `lstm-dist ARGS` as a Ray job; with `wait`, follow its logs to the end.
+
+    Returns (submission id, final status or None when not waiting).
+    """
+    jobs = client(address)
+    job_id = jobs.submit_job(
+        entrypoint=entrypoint(args),
+        runtime_env=runtime_env(working_dir=working_dir, env_vars=env_vars),
+        submission_id=submission_id,
+        metadata={"lstm_dist.args": shlex.join(args), **(metadata or {})},
+    )
+    if not wait:
+        return job_id, None
+    return job_id, follow(jobs, job_id, out=out)
+
+
+def follow(jobs, job_id: str, *, out: Callable[[str], None] | None = None, poll_s: float = 1.0) -> str:
+    """Stream a job's logs until it ends; returns its final status."""
+    write = out or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+
+    async def tail() -> None:
+        async for chunk in jobs.tail_job_logs(job_id):
+            write(chunk)
+
+    try:
+        asyncio.run(tail())
+    except RuntimeError:
+        pass  # the log stream closed early (e.g. a proxy timeout); the status below still tells the outcome
+    status = str(jobs.get_job_status(job_id))
+    while status not in TERMINAL:  # the stream can end a moment before the status flips
+        time.sleep(poll_s)
+        status = str(jobs.get_job_status(job_id))
+    return status
+
+
+class RayJobRunner:
+    """What the scheduler needs from a cluster: submit, status, logs, and the jobs of a schedule still running."""
+
+    def __init__(self, address: str | None = None, *, working_dir: str | os.PathLike = ".") -> None:
+        self.address = resolve_address(address)
+        self.working_dir = working_dir
+        self._client = None
+
+    @property
+    def jobs(self):
+        if self._client is None:
+            self._client = client(self.address)
+        return self._client
+
+    def submit(self, args: Sequence[str], *, metadata: dict[str, str]) -> str:
+        job_id, _ = submit(args, address=self.address, working_dir=self.working_dir, metadata=metadata, wait=False)
+        return job_id
+
+    def status(self, job_id: str) -> str:
+        return str(self.jobs.get_job_status(job_id))
+
+    def logs(self, job_id: str) -> str:
+        return self.jobs.get_job_logs(job_id)
+
+    def active(self, schedule: str) -> list[str]:
+        """Submission ids of this schedule's jobs that are pending or running on the cluster."""
+        return [
+            j.submission_id
+            for j in self.jobs.list_jobs()
+            if (j.metadata or {}).get(SCHEDULE_KEY) == schedule and str(j.status) not in TERMINAL
+        ]
+
+
+def status_name(status: Any) -> str:
+    """'SUCCEEDED' from JobStatus.SUCCEEDED or the string."""
+    return getattr(status, "value", str(status))

@@ -1,0 +1,224 @@
+"""Batch prediction from a registered model: series spread over Ray tasks, forecasts to one Parquet file.
+
+    lstm-dist predict --model models:/lstm_demo@champion --input data/ --output forecasts.parquet
+
+The driver resolves the model URI to a version, downloads its two files (weights, manifest) once and puts
+them in Ray's object store; the input is read with the model's own data config (column names, layout)
+and its series are split into contiguous groups, one Ray task each. Every task runs the same
+`ForecastModel.forecast` as `mlflow.pyfunc.load_model(...).predict(...)`, so the file equals in-process
+prediction on the same rows. The file's metadata records the model name, version, URI and run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+
+import lstm_dist
+
+META_PREFIX = "lstm_dist."
+
+
+class PredictError(ValueError):
+    """A user mistake in a predict call (model URI, input, output); the message says how to fix it."""
+
+
+@dataclass
+class ModelFiles:
+    """A registered model version, downloaded: its weights and manifest as local files."""
+
+    uri: str
+    name: str
+    version: str
+    run_id: str
+    directory: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.directory / "model.pt"
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / "manifest.json"
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "model_uri": self.uri,
+            "model_name": self.name,
+            "model_version": self.version,
+            "model_run_id": self.run_id,
+        }
+
+
+def resolve_version(uri: str, *, tracking_uri: str):
+    """`models:/name@alias` or `models:/name/3` -> the registry's ModelVersion."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not uri.startswith("models:/"):
+        raise PredictError(
+            f"--model '{uri}': give a registered model, models:/<name>@<alias> or models:/<name>/<version>"
+        )
+    ref = uri[len("models:/") :]
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = ref.partition("/")
+        if not version.isdigit():
+            raise PredictError(f"--model '{uri}': the version after the name must be a number or @alias")
+        return client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise PredictError(f"--model '{uri}' not found in the registry at {tracking_uri}: {exc.message}") from None
+
+
+def download_model(uri: str, *, tracking_uri: str, cache_dir: str | os.PathLike | None = None) -> ModelFiles:
+    """Download a registered version's weights and manifest (once: kept under `cache_dir` by version)."""
+    import mlflow
+    import yaml
+
+    mv = resolve_version(uri, tracking_uri=tracking_uri)
+    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lstm_dist_models"
+    dst = base / f"{mv.name}-v{mv.version}"
+    files = ModelFiles(uri=uri, name=mv.name, version=str(mv.version), run_id=mv.run_id or "", directory=dst)
+    if files.weights.exists() and files.manifest.exists():
+        return files
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=base if base.exists() else None))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{mv.name}/{mv.version}", dst_path=str(tmp / "m"), tracking_uri=tracking_uri
+        )
+    )
+    spec = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
+    (local / spec["model"]["path"]).replace(tmp / "model.pt")
+    (local / spec["manifest"]["path"]).replace(tmp / "manifest.json")
+    shutil.rmtree(tmp / "m")
+    base.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)  # whole, or not at all: a concurrent download of the same version is harmless
+    return files
+
+
+def load_forecaster(weights: str | os.PathLike, manifest: str | os.PathLike):
+    """The pyfunc model class, loaded from the two files (what MLflow's loader does with the artifacts)."""
+    from lstm_dist.serving import ForecastModel
+
+    model = ForecastModel()
+    model.load_artifacts({"model": str(weights), "manifest": str(manifest)})
+    return model
+
+
+def read_history(source: str, *, manifest_path: str | os.PathLike) -> pd.DataFrame:
+    """All rows of the input (file, directory, glob or URI) as raw history, read with the model's data config."""
+    from lstm_dist.config import DataConfig
+    from lstm_dist.data.readers import list_input_files, read_raw
+
+    data = json.loads(Path(manifest_path).read_text())["data_config"]
+    cfg = DataConfig.model_validate({**data, "path": source, "sample": None, "format": "auto"})
+    frames = [read_raw(f, cfg=cfg).to_pandas() for f in list_input_files(source)]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def split_series(history: pd.DataFrame, *, series_col: str, num_parts: int) -> list[pd.DataFrame]:
+    """Contiguous groups of whole series (sorted by name), at most `num_parts`, none empty."""
+    names = sorted(history[series_col].astype(str).unique())
+    if not names:
+        return []
+    key = history[series_col].astype(str)
+    parts = []
+    size = -(-len(names) // max(1, min(num_parts, len(names))))
+    for start in range(0, len(names), size):
+        parts.append(history[key.isin(names[start : start + size])])
+    return parts
+
+
+def predict(
+    *,
+    model_uri: str,
+    source: str,
+    output: str,
+    tracking_uri: str,
+    num_tasks: int = 0,
+    progress=print,
+) -> dict[str, Any]:
+    """Forecast every series of `source` with the model; write `output` (Parquet). Ray must be initialised."""
+    started = time.perf_counter()
+    files = download_model(model_uri, tracking_uri=tracking_uri)
+    progress(f"[predict] {model_uri} -> {files.name} v{files.version}")
+    manifest = json.loads(files.manifest.read_text())
+    series_col = manifest["data_config"]["series_col"]
+    history = read_history(source, manifest_path=files.manifest)
+    if manifest["data_config"].get("layout") == "wide":
+        parts = [history]  # one frame holds every series
+    else:
+        wanted = num_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        parts = split_series(history, series_col=series_col, num_parts=wanted)
+    weights = ray.put(files.weights.read_bytes())
+    manifest_text = ray.put(files.manifest.read_text())
+    refs = [_forecast_task.remote(weights, manifest_text, part) for part in parts]
+    frames = ray.get(refs)
+    forecast = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    sort_cols = [c for c in (series_col, "step") if c in forecast.columns]
+    forecast = forecast.sort_values(sort_cols, kind="stable").reset_index(drop=True)
+    meta = {
+        **files.metadata(),
+        "input": source,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "lstm_dist_version": lstm_dist.__version__,
+        "num_series": str(forecast[series_col].nunique() if series_col in forecast else 0),
+    }
+    write_parquet(forecast, output, metadata=meta)
+    seconds = time.perf_counter() - started
+    progress(
+        f"[predict] {meta['num_series']} series x {manifest['horizon']} steps from {len(parts)} task(s) "
+        f"in {seconds:.1f}s -> {output}"
+    )
+    return {"rows": len(forecast), "tasks": len(parts), "seconds": seconds, **meta}
+
+
+@ray.remote(num_cpus=1)
+def _forecast_task(weights: bytes, manifest_text: str, history: pd.DataFrame) -> pd.DataFrame:
+    """Forecast one group of series (the model is rebuilt from the object store's bytes, once per task)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "model.pt").write_bytes(weights)
+        (Path(tmp) / "manifest.json").write_text(manifest_text)
+        model = load_forecaster(Path(tmp) / "model.pt", Path(tmp) / "manifest.json")
+    return model.forecast(history)
+
+
+def write_parquet(frame: pd.DataFrame, output: str, *, metadata: dict[str, str]) -> None:
+    """Write `frame` with `lstm_dist.*` keys in the file's metadata; temp name + rename on local disks."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    extra = {f"{META_PREFIX}{k}".encode(): str(v).encode() for k, v in metadata.items()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
+    if "://" in output:
+        fs, inner = pafs.FileSystem.from_uri(output)
+        pq.write_table(table, inner, filesystem=fs)
+        return
+    path = Path(output).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The `lstm_dist.*` metadata of a forecast file (model version and URI, input, time)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode()[len(META_PREFIX) :]: v.decode() for k, v in meta.items() if k.decode().startswith(META_PREFIX)}

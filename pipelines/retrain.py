@@ -1,0 +1,292 @@
+"""The retraining pipeline: new data? -> ingest -> shard -> train a challenger -> compare with the champion -> decide.
+
+Run it as `lstm-dist retrain conf/demo.yaml [key=value ...]`, on a schedule with
+`lstm-dist schedule --cron "0 3 * * *" retrain conf/demo.yaml`, or as a Ray job entrypoint:
+`python -m pipelines.retrain conf/demo.yaml`.
+
+  1. New data? The inputs' content fingerprint is compared with the one the champion was trained on
+     (a tag on its registered version). Same: it says so and ends, in seconds, without starting Ray.
+  2. ingest/shard as in pipelines/train.py: files read before are cached by content, so only new or
+     changed files are read and validated again; the shard step rebuilds splits and scalers over all.
+  3. train a challenger: fresh, or from the champion's weights with `workflow.warm_start=true`.
+  4. evaluate the challenger on the new, most recent hold-out (the test split of the new shards), and
+     register it: the promotion rule (lstm_dist.promotion) re-scores the champion on the same windows,
+     each model with its own scalers, and moves `champion` only if the challenger beats it by
+     `tracking.promotion_margin`. The decision is tagged on the version, on the MLflow run, and appended
+     to <work_dir>/retrain_decisions.jsonl. A failed retrain never touches the aliases.
+
+Thin registry helpers (`get_champion`, `already_decided`) live here until tracking.py has them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lstm_dist.cluster import cluster_summary, init_ray
+from lstm_dist.config import PipelineConfig, dump_yaml, load_config
+from lstm_dist.tracking import CHALLENGER, CHAMPION, Tracker, start_pipeline_run
+from lstm_dist.workflow import DONE, FAILED, Workflow
+from pipelines.train import (
+    FILES_TAG,
+    FINGERPRINT_TAG,
+    data_steps,
+    evaluate_step,
+    input_lineage,
+    register_step,
+    train_step,
+)
+
+STEPS = ("ingest", "shard", "train", "evaluate", "register")
+DECISIONS_FILE = "retrain_decisions.jsonl"
+NO_NEW_DATA, PROMOTED, KEPT, FIRST = "no new data", "promoted", "kept champion", "first model"
+
+
+@dataclass
+class Champion:
+    """The registered version behind the `champion` alias, with the lineage tags it was registered with."""
+
+    name: str
+    version: str
+    tags: dict[str, str]
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.tags.get(FINGERPRINT_TAG)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass
+class RetrainSummary:
+    """What a retrain did and why; the last line it prints is `retrain: <message>`."""
+
+    decision: str
+    message: str
+    fingerprint: str
+    champion_version: str | None = None
+    challenger_version: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+    seconds: float = 0.0
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -> RetrainSummary:
+    started = time.perf_counter()
+    work_dir = Path(cfg.workflow.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lineage = input_lineage(cfg)
+    champion = get_champion(cfg)
+    seen = already_decided(cfg, lineage["fingerprint"], champion)
+    if seen is not None and not force:
+        summary = RetrainSummary(
+            decision=NO_NEW_DATA,
+            message=f"no new data since {seen} (inputs fingerprint {lineage['fingerprint']}, "
+            f"{len(lineage['files'])} file(s)); nothing to do",
+            fingerprint=lineage["fingerprint"],
+            champion_version=champion.version if champion else None,
+            seconds=time.perf_counter() - started,
+        )
+        _append_decision(work_dir, summary)
+        progress(f"retrain: {summary.message}")
+        return summary
+
+    if champion is None:
+        progress(f"[retrain] no champion of '{cfg.tracking.model_name}' yet: training the first model")
+    else:
+        progress(f"[retrain] {describe_changes(champion, lineage)}; champion is v{champion.version}")
+    progress(cfg.summary())
+    init_ray(cfg)
+    progress(f"[ray] {cluster_summary()}")
+    tracker = start_pipeline_run(cfg, run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}")
+    tracker.set_tags(
+        {
+            "lstm_dist.pipeline": "retrain",
+            "ray.cluster": cluster_summary(),
+            FINGERPRINT_TAG: lineage["fingerprint"],
+            "lstm_dist.champion_before": champion.version if champion else "",
+        }
+    )
+    try:
+        wf = Workflow(work_dir, pipeline="retrain", steps=STEPS, tracker=tracker, force=force, progress=progress)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    try:
+        summary = _steps(cfg, wf, tracker, champion=champion, lineage=lineage, progress=progress)
+    except BaseException as exc:
+        # Nothing was promoted: aliases move only in the last call of the register step.
+        wf.finish(FAILED, message=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        tracker.set_tags({"lstm_dist.retrain.decision": f"failed: {type(exc).__name__}"})
+        tracker.finish("FAILED")
+        raise
+    summary.seconds = time.perf_counter() - started
+    summary.run_id = tracker.run_id
+    summary.steps = wf.summary()
+    tracker.set_tags({"lstm_dist.retrain.decision": summary.decision, "lstm_dist.retrain.message": summary.message})
+    tracker.log_text(json.dumps(asdict(summary), indent=2, default=str), "retrain/decision.json")
+    wf.finish(DONE, message=summary.message)
+    tracker.finish()
+    _append_decision(work_dir, summary)
+    progress(f"retrain: {summary.message}")
+    return summary
+
+
+def _steps(cfg, wf: Workflow, tracker: Tracker, *, champion: Champion | None, lineage, progress) -> RetrainSummary:
+    shard, _ = data_steps(cfg, wf, progress=progress)
+    staged = [r for r in wf.results if r.name == "ingest"]
+    fresh = [r.label for r in staged if not r.cached]
+    progress(f"[retrain] ingest read {len(fresh)} of {len(staged)} file(s) again: {', '.join(fresh) or 'none'}")
+    tracker.log_artifact(shard.path / "shards" / "manifest.json", artifact_path="data")
+    tracker.log_text(json.dumps(lineage, indent=2), "data/lineage.json")
+
+    init_weights = None
+    if cfg.workflow.warm_start and champion is not None:
+        init_weights = _warm_start_weights(cfg, download_model(cfg, champion), shard.path / "shards")
+    challenger = train_step(cfg, wf, shard, init_weights=init_weights, progress=progress)
+    evaluation = evaluate_step(cfg, wf, train=challenger, shard=shard)
+    progress(evaluation.outputs["table"])
+    tracker.log_metrics({f"test_{k}": v for k, v in evaluation.outputs["metrics"].items()})
+    reg = register_step(cfg, wf, tracker, train=challenger, shard=shard, evaluation=evaluation, lineage=lineage)
+    out = reg.outputs
+    kind = FIRST if champion is None else PROMOTED if out["promoted"] else KEPT
+    message = f"v{out['version']} {'stays' if kind == KEPT else 'is'} {out['alias']}: {out['decision']}"
+    if reg.cached:
+        message = f"already decided for this data and config: {message}"
+    scores = {"challenger": out.get("challenger_score"), "champion": out.get("champion_score")}
+    return RetrainSummary(
+        decision=kind,
+        message=message,
+        fingerprint=lineage["fingerprint"],
+        champion_version=champion.version if champion else None,
+        challenger_version=out["version"],
+        scores={k: v for k, v in scores.items() if v is not None},
+    )
+
+
+def describe_changes(champion: Champion, lineage: dict[str, Any]) -> str:
+    """'new data: 1 changed, 2 new, 0 removed file(s) (a.csv, ...)' against the champion's recorded files."""
+    if champion.fingerprint is None:
+        return f"champion v{champion.version} has no recorded data fingerprint: treating the data as new"
+    try:
+        before = json.loads(champion.tags.get(FILES_TAG, ""))
+    except ValueError:
+        return f"new data: inputs fingerprint {lineage['fingerprint']} (champion's: {champion.fingerprint})"
+    now = {f: sha[:16] for f, sha in lineage["files"].items()}
+    changed = sorted(f for f in now if f in before and before[f] != now[f])
+    added = sorted(set(now) - set(before))
+    removed = sorted(set(before) - set(now))
+    names = [Path(f).name for f in changed + added + removed][:5]
+    return f"new data: {len(changed)} changed, {len(added)} new, {len(removed)} removed file(s)" + (
+        f" ({', '.join(names)})" if names else " (same files, different config)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry helpers (thin; candidates for tracking.py)
+
+
+def _client(cfg: PipelineConfig):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=cfg.tracking_uri())
+
+
+def get_champion(cfg: PipelineConfig) -> Champion | None:
+    """The current champion of `tracking.model_name`, or None when there is no such model or alias."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = _client(cfg).get_model_version_by_alias(cfg.tracking.model_name, CHAMPION)
+    except MlflowException:
+        return None
+    return Champion(name=cfg.tracking.model_name, version=str(version.version), tags=dict(version.tags))
+
+
+def already_decided(cfg: PipelineConfig, fingerprint: str, champion: Champion | None) -> str | None:
+    """Which registered version was already trained on exactly this data: the champion, or the challenger
+    that lost to it (so a tick after a kept champion does not retrain on the same data again)."""
+    from mlflow.exceptions import MlflowException
+
+    if champion is None:
+        return None
+    if champion.fingerprint == fingerprint:
+        return f"champion v{champion.version} was trained"
+    try:
+        challenger = _client(cfg).get_model_version_by_alias(champion.name, CHALLENGER)
+    except MlflowException:
+        return None
+    if challenger.tags.get(FINGERPRINT_TAG) == fingerprint:
+        return f"challenger v{challenger.version} was trained and compared with champion v{champion.version}"
+    return None
+
+
+def download_model(cfg: PipelineConfig, champion: Champion) -> Path:
+    """The champion's weights and manifest as local files, under <work_dir>/champions/<name>-v<version>/."""
+    from lstm_dist.predict import download_model as fetch
+
+    cache = Path(cfg.workflow.work_dir) / "champions"
+    return fetch(champion.uri, tracking_uri=cfg.tracking_uri(), cache_dir=cache).directory
+
+
+def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path) -> str | None:
+    """The champion's weights file when the training loop can start from it and the shapes match; else None."""
+    import torch
+
+    from lstm_dist.data.windows import WindowDataset
+    from lstm_dist.train.loop import model_args_for
+    from lstm_dist.train.trainer import fit
+
+    if "init_weights" not in inspect.signature(fit).parameters:
+        warnings.warn(
+            "workflow.warm_start=true does nothing yet: lstm_dist.train.trainer.fit has no init_weights "
+            "argument; the challenger trains from fresh weights",
+            stacklevel=2,
+        )
+        return None
+    saved = torch.load(champion_dir / "model.pt", map_location="cpu", weights_only=False)["model_args"]
+    wanted = {"model": cfg.model.model_dump(), **model_args_for(cfg, WindowDataset(str(shard_dir), split="train"))}
+    if json.dumps(saved, sort_keys=True, default=str) != json.dumps(wanted, sort_keys=True, default=str):
+        warnings.warn(
+            "workflow.warm_start: the champion's architecture or data shape differs from this config's; "
+            "the challenger trains from fresh weights",
+            stacklevel=2,
+        )
+        return None
+    return str(champion_dir / "model.pt")
+
+
+def _append_decision(work_dir: Path, summary: RetrainSummary) -> None:
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(summary)}
+    line.pop("steps", None)
+    with open(work_dir / DECISIONS_FILE, "a") as f:
+        f.write(json.dumps(line, default=str) + "\n")
+
+
+def print_summary(summary: RetrainSummary, *, progress=print) -> None:
+    progress(f"retrain: {summary.message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print("usage: python -m pipelines.retrain CONFIG.yaml [key=value ...]", file=sys.stderr)
+        return 2
+    cfg = load_config(argv[0], argv[1:]).resolved()
+    Path(cfg.workflow.work_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.workflow.work_dir) / "last_config.yaml").write_text(dump_yaml(cfg))
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
