@@ -94,6 +94,9 @@ def download_model(uri: str, *, tracking_uri: str, cache_dir: str | os.PathLike 
     if files.weights.exists() and files.manifest.exists():
         return files
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=base if base.exists() else None))
+    # models:/ URIs resolve against the process-wide registry URI, whatever tracking_uri= says.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     local = Path(
         mlflow.artifacts.download_artifacts(
             f"models:/{mv.name}/{mv.version}", dst_path=str(tmp / "m"), tracking_uri=tracking_uri

@@ -1,0 +1,214 @@
+"""The workflow engine on its own (no Ray, no MLflow): keys, caching, atomic commit, --force, run records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lstm_dist.workflow import (
+    CACHED,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    PARTIAL,
+    RUNS,
+    SUCCESS,
+    Workflow,
+    WorkflowError,
+    cache_key,
+    data_fingerprint,
+    fingerprint_files,
+    format_status,
+    read_runs,
+)
+
+STEPS = ("a", "b", "c")
+
+
+def wf(work: Path, **kw) -> Workflow:
+    return Workflow(work, pipeline="test", steps=STEPS, progress=lambda _: None, **kw)
+
+
+def writer(text: str, calls: list[str], name: str):
+    def fn(out: str) -> dict:
+        calls.append(name)
+        (Path(out) / "data.txt").write_text(text)
+        return {"file": "data.txt", "text": text}
+
+    return fn
+
+
+def three_steps(work: Path, calls: list[str], *, cfg_b: dict | None = None, force=()) -> list:
+    w = wf(work, force=force)
+    a = w.step("a", writer("A", calls, "a"), config={"x": 1})
+    b = w.step("b", writer("B", calls, "b"), config=cfg_b or {"y": 1}, inputs={"a": a})
+    c = w.step("c", writer("C", calls, "c"), inputs={"b": b})
+    w.finish()
+    return [a, b, c]
+
+
+def test_cache_key_depends_on_config_inputs_and_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = cache_key("s", {"config": {"x": 1}, "inputs": {"a": "k1"}})
+    assert base == cache_key("s", {"inputs": {"a": "k1"}, "config": {"x": 1}})  # order-free
+    assert base != cache_key("s", {"config": {"x": 2}, "inputs": {"a": "k1"}})
+    assert base != cache_key("s", {"config": {"x": 1}, "inputs": {"a": "k2"}})
+    assert base != cache_key("t", {"config": {"x": 1}, "inputs": {"a": "k1"}})
+    import lstm_dist
+
+    monkeypatch.setattr(lstm_dist, "__version__", "9.9.9")
+    assert base != cache_key("s", {"config": {"x": 1}, "inputs": {"a": "k1"}})
+
+
+def test_outputs_are_committed_and_a_rerun_is_cached(tmp_path: Path) -> None:
+    calls: list[str] = []
+    a, b, c = three_steps(tmp_path, calls)
+    assert calls == ["a", "b", "c"] and [r.state for r in (a, b, c)] == [DONE] * 3
+    for r in (a, b, c):
+        assert r.path == tmp_path / r.name / r.key
+        assert (r.path / SUCCESS).exists() and (r.path / "data.txt").exists()
+        assert not Path(r.uri + PARTIAL).exists()
+    record = json.loads((b.path / "_STEP.json").read_text())
+    assert record["inputs"] == {"a": a.uri} and record["key_parts"]["config"] == {"y": 1}
+
+    calls.clear()
+    again = three_steps(tmp_path, calls)
+    assert calls == [] and [r.state for r in again] == [CACHED] * 3
+    assert again[2].outputs == {"file": "data.txt", "text": "C"}
+
+
+def test_a_changed_config_reruns_that_step_and_what_depends_on_it(tmp_path: Path) -> None:
+    calls: list[str] = []
+    three_steps(tmp_path, calls)
+    calls.clear()
+    a, b, c = three_steps(tmp_path, calls, cfg_b={"y": 2})
+    assert calls == ["b", "c"] and (a.state, b.state, c.state) == (CACHED, DONE, DONE)
+
+
+def test_force_reruns_the_step_and_its_dependents_only(tmp_path: Path) -> None:
+    calls: list[str] = []
+    first = three_steps(tmp_path, calls)
+    calls.clear()
+    a, b, c = three_steps(tmp_path, calls, force={"b"})
+    assert calls == ["b", "c"] and a.state == CACHED
+    assert (b.key, c.key) == (first[1].key, first[2].key)  # same keys, fresh outputs
+    with pytest.raises(WorkflowError, match="no such step.*steps are a, b, c"):
+        wf(tmp_path, force={"trian"})
+
+
+def test_a_failing_step_leaves_nothing_complete_and_is_recorded(tmp_path: Path) -> None:
+    w = wf(tmp_path)
+
+    def boom(out: str) -> dict:
+        (Path(out) / "half.txt").write_text("half")
+        raise ValueError("bad row 7\nmore detail")
+
+    with pytest.raises(ValueError):
+        w.step("a", boom, config={})
+    w.finish(FAILED, message="ValueError: bad row 7")
+    assert [p.name for p in tmp_path.rglob(SUCCESS)] == []
+    (run,) = read_runs(tmp_path)
+    assert run["status"] == FAILED and run["steps"][0]["state"] == FAILED
+    assert run["steps"][0]["error"] == "ValueError: bad row 7"
+
+    # Not resumable: the next attempt starts from an empty directory.
+    seen = []
+    wf(tmp_path).step("a", lambda out: seen.append(sorted(os.listdir(out))) or {}, config={})
+    assert seen == [[]]
+
+
+def test_a_resumable_step_finds_its_unfinished_attempt(tmp_path: Path) -> None:
+    def killed(out: str) -> dict:
+        (Path(out) / "checkpoint_1").mkdir()
+        raise KeyboardInterrupt  # stands in for a kill: nothing after this line runs
+
+    with pytest.raises(KeyboardInterrupt):
+        wf(tmp_path).step("a", killed, config={}, resumable=True)
+    seen = []
+    result = wf(tmp_path).step("a", lambda out: seen.append(os.listdir(out)) or {"ok": 1}, config={}, resumable=True)
+    assert seen == [["checkpoint_1"]] and (result.path / "checkpoint_1").is_dir()
+    # --force starts afresh even for a resumable step
+    seen.clear()
+    wf(tmp_path, force={"a"}).step("a", lambda out: seen.append(os.listdir(out)) or {}, config={}, resumable=True)
+    assert seen == [[]]
+
+
+def test_map_runs_only_the_items_that_changed(tmp_path: Path) -> None:
+    def run(items: dict) -> tuple[list, dict]:
+        ran: list = []
+
+        def fn(outs: dict) -> dict:
+            ran.extend(sorted(outs))
+            return {label: {"n": len(label)} for label in outs}
+
+        return ran, wf(tmp_path).map("a", items, fn, config={"read": 1})
+
+    ran, first = run({"x.csv": {"sha": "1"}, "y.csv": {"sha": "2"}})
+    assert ran == ["x.csv", "y.csv"] and {r.state for r in first.values()} == {DONE}
+    ran, second = run({"x.csv": {"sha": "1"}, "y.csv": {"sha": "3"}})
+    assert ran == ["y.csv"]
+    assert second["x.csv"].state == CACHED and second["y.csv"].key != first["y.csv"].key
+
+
+def test_status_shows_each_step_with_its_state_and_a_dead_run_as_interrupted(tmp_path: Path) -> None:
+    calls: list[str] = []
+    three_steps(tmp_path, calls)
+    three_steps(tmp_path, calls)
+    # A run whose process died mid-step (its record still says running).
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from lstm_dist.workflow import Workflow
+w = Workflow({str(tmp_path)!r}, pipeline="test", steps=("a", "b", "c"), progress=lambda _: None)
+w.step("a", lambda out: os._exit(9), config={{"x": 99}})
+"""
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 9
+    runs = read_runs(tmp_path, limit=3)
+    assert [r["status"] for r in runs] == [INTERRUPTED, DONE, DONE]
+    assert runs[0]["steps"][0]["state"] == INTERRUPTED
+    assert [s["state"] for s in runs[1]["steps"]] == [CACHED] * 3
+    assert [s["state"] for s in runs[2]["steps"]] == [DONE] * 3
+    text = format_status(runs, now=time.time())
+    assert "interrupted" in text and "cached" in text and text.count("done") >= 4
+    assert len(list((tmp_path / RUNS).glob("*.json"))) == 3
+
+
+def test_a_second_live_run_in_the_same_work_dir_is_refused(tmp_path: Path) -> None:
+    first = wf(tmp_path)
+    record = json.loads((tmp_path / RUNS / f"{first.run_id}.json").read_text())
+    record["pid"] = os.getppid()  # pretend a live process of this host owns it
+    (tmp_path / RUNS / f"{first.run_id}.json").write_text(json.dumps(record))
+    with pytest.raises(WorkflowError, match="is working in"):
+        wf(tmp_path)
+
+
+def test_fingerprints_follow_content_not_mtime(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("t,v\n1,2\n")
+    b.write_text("t,v\n1,3\n")
+    cache = tmp_path / "work" / "_fingerprints.json"
+    first = fingerprint_files([str(a), str(b)], cache=cache)
+    assert cache.exists()
+    os.utime(a, (time.time() + 10, time.time() + 10))  # touched, same content
+    second = fingerprint_files([str(a), str(b)], cache=cache)
+    assert data_fingerprint(first) == data_fingerprint(second)
+    b.write_text("t,v\n1,4\n")
+    third = fingerprint_files([str(a), str(b)], cache=cache)
+    assert third[str(b)]["sha256"] != first[str(b)]["sha256"] and third[str(a)] == second[str(a)]
+    assert data_fingerprint(third) != data_fingerprint(first)
+
+
+def test_work_dir_may_be_a_uri(tmp_path: Path) -> None:
+    calls: list[str] = []
+    uri = (tmp_path / "store").as_uri()  # file:// goes through pyarrow.fs like s3:// would
+    w = Workflow(uri, pipeline="test", steps=STEPS, progress=lambda _: None)
+    r = w.step("a", lambda out: calls.append(out) or {"k": 1}, config={})
+    assert r.uri.startswith("file://") and calls[0].endswith(PARTIAL)
+    assert (tmp_path / "store" / "a" / r.key / SUCCESS).exists()
+    again = Workflow(uri, pipeline="test", steps=STEPS, progress=lambda _: None).step("a", lambda out: {}, config={})
+    assert again.cached and again.outputs == {"k": 1}
