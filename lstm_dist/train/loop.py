@@ -57,9 +57,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"the global batch is {local_batch * world_size}",
             stacklevel=1,
         )
-    sampler = DistributedWindowSampler(
-        len(train_ds), rank=rank, world_size=world_size, seed=tc.seed, weights=train_ds.window_weights(cfg.data.series_weights)
-    )
+    weights = train_ds.window_weights(cfg.data.series_weights)  # per-series sampling weights, or None
+    sampler = DistributedWindowSampler(len(train_ds), rank=rank, world_size=world_size, seed=tc.seed, weights=weights)
     # Every rank takes the same number of steps, or DDP's all-reduce waits forever.
     steps_per_epoch = sampler.min_len // (local_batch * tc.grad_accum)
     if steps_per_epoch < 1:
@@ -129,6 +128,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             **val,
             "best_val_loss": stopper.best,
             "epoch_time_s": time.perf_counter() - t0,
+            "resumed_from_epoch": start_epoch,  # 0: this epoch ran in a fresh start, k: after restoring epoch k
             "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
             "stopped_early": float(stop),
         }

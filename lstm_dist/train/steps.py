@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -96,8 +97,11 @@ def train_epoch(
     lr = optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     for step in range(steps):
-        if step == fail_step:
-            os._exit(1)  # simulated hard crash of this worker process (tests only; see loop.FAIL_ENV)
+        if step == fail_step:  # simulated hard crash of this worker process (tests only; see loop.FAIL_ENV)
+            # Ray Train registers a report when its controller next polls the workers (every 2 s); a
+            # crash right after a report would lose it. Real epochs last longer than that, tiny test ones not.
+            time.sleep(3.0)
+            os._exit(1)
         first = step * grad_accum * local_batch
         micro = [
             to_device(ds.batch(order[first + m * local_batch : first + (m + 1) * local_batch]), device)
@@ -111,7 +115,10 @@ def train_epoch(
         norm_sum += torch.where(finite, norm, 0.0)
         skipped += (~finite).float()
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-        scheduler.step()  # also after a skipped step: the schedule counts steps taken, not updates
+        with warnings.catch_warnings():
+            # After a skipped first step torch warns of "scheduler.step() before optimizer.step()": intended here.
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()  # also after a skipped step: the schedule counts steps taken, not updates
     # One sync per epoch: totals over all ranks (the gradient norm and skips are already global).
     totals = torch.stack([loss_sum, torch.tensor(float(steps * grad_accum * local_batch), device=device)])
     if dist.is_available() and dist.is_initialized():

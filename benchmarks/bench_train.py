@@ -1,0 +1,144 @@
+# Run: .venv/bin/python benchmarks/bench_train.py [--hidden 64] [--batch 256] [--json OUT.json]   (CPU, local Ray)
+"""Training throughput on CPU: our Ray Train loop (1 and 2 workers) against a bare PyTorch loop, in one run.
+
+The bare loop is the textbook step (gather a batch of windows from the same shards, forward, MSE,
+backward, clip, AdamW) in this process, on one thread, with the same model, batch and data. The
+Ray runs report `samples_per_s` measured inside each worker around its training steps (train
+windows per second, summed over workers); the first epoch is a warm-up and is left out. The fixed
+cost of a fit (worker-group start, checkpoints) is reported apart. The bare loop runs before and
+after the Ray fits; its mean is the baseline, and the spread between the two says how noisy the
+machine was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lstm_dist.config import from_dict  # noqa: E402
+from lstm_dist.data.ingest import ingest  # noqa: E402
+from lstm_dist.data.windows import WindowDataset  # noqa: E402
+from lstm_dist.models import build_model  # noqa: E402
+from lstm_dist.train.loop import model_args_for  # noqa: E402
+from lstm_dist.train.trainer import fit  # noqa: E402
+
+
+def bare_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[float]:
+    """Samples/s per epoch of a plain single-process PyTorch loop on the same windows."""
+    torch.set_num_threads(1)  # what one worker with cpus_per_worker=1 gets
+    ds = WindowDataset(shard_dir, split="train")
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, **model_args_for(ds))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    batch = cfg.train.batch_size
+    rates = []
+    for epoch in range(epochs):
+        order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(ds))
+        t0 = time.perf_counter()
+        for step in range(steps):
+            b = ds.batch(order[step * batch : (step + 1) * batch])
+            x, y = torch.from_numpy(b["x"]), torch.from_numpy(b["y"])  # [B, L, F], [B, H, T]
+            loss = torch.nn.functional.mse_loss(model(x)[..., 0], y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        rates.append(steps * batch / (time.perf_counter() - t0))
+    return rates
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lookback", type=int, default=168)
+    p.add_argument("--steps", type=int, default=15, help="optimizer steps per epoch")
+    p.add_argument("--epochs", type=int, default=4, help="the first is a warm-up")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_train-"))
+    ray.init(num_cpus=max(4, max(args.workers) + 2), include_dashboard=False, _temp_dir=str(work / "ray"))
+    tree = {
+        "data": {
+            "sample": {"num_series": 20, "num_steps": 2000},
+            "covariate_cols": ["temperature"],
+            "lookback": args.lookback,
+            "horizon": 24,
+        },
+        "model": {"hidden_size": args.hidden},
+        "train": {
+            "epochs": args.epochs,
+            "batch_size": args.batch,
+            "max_steps_per_epoch": args.steps,
+            "max_val_windows": 512,
+            "patience": 0,
+            "precision": "fp32",
+            "use_gpu": "no",
+        },
+        "workflow": {"work_dir": str(work)},
+    }
+    cfg = from_dict(tree).resolved()
+    shard_dir = str(work / "shards")
+    ingest(cfg.data, out_dir=shard_dir, work_dir=str(work))
+
+    out = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}",
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+    }
+    bare_before = bare_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps)[1:]
+    for workers in args.workers:
+        run_cfg = from_dict({**tree, "train": {**tree["train"], "num_workers": workers}}).resolved()
+        t0 = time.perf_counter()
+        result = fit(run_cfg, shard_dir=shard_dir, storage_dir=str(work / "runs"), name=f"w{workers}")
+        wall = time.perf_counter() - t0
+        rates = list(result.history["samples_per_s"])[1:]
+        train_time = float(result.history["train_time_s"].sum())
+        out[f"ray_{workers}w"] = {"samples_per_s": statistics.median(rates), "all": rates, "fit_wall_s": wall}
+        out[f"ray_{workers}w"]["fixed_cost_s"] = wall - train_time
+        print(f"ray {workers} worker(s): {statistics.median(rates):.0f} samples/s; fit {wall:.1f} s", flush=True)
+    bare_after = bare_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps)[1:]
+    bare = statistics.mean([statistics.median(bare_before), statistics.median(bare_after)])
+    out["bare"] = {"samples_per_s": bare, "before": bare_before, "after": bare_after}
+    one = out["ray_1w"]["samples_per_s"] if "ray_1w" in out else float("nan")
+    out["overhead_1w"] = 1 - one / bare
+
+    print()
+    print(f"{out['machine']}  {out['date']}")
+    print(
+        f"hidden {args.hidden}, lookback {args.lookback}, batch {args.batch}, {args.steps} steps/epoch, "
+        f"{args.epochs - 1} timed epochs"
+    )
+    print(f"bare PyTorch loop (1 thread): {bare:.0f} samples/s (before {bare_before}, after {bare_after})")
+    for workers in args.workers:
+        r = out[f"ray_{workers}w"]
+        print(
+            f"Ray Train, {workers} worker(s): {r['samples_per_s']:.0f} samples/s ({r['samples_per_s'] / bare:.3f} x bare); "
+            f"fit wall {r['fit_wall_s']:.1f} s, of which fixed cost {r['fixed_cost_s']:.1f} s"
+        )
+    print(f"single-worker overhead vs bare: {100 * out['overhead_1w']:.1f}%")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

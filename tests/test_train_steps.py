@@ -1,0 +1,236 @@
+"""The Ray-free parts of training: steps, precision, skipped steps, accumulation, schedule, checkpoints.
+
+Fast unit tests on in-memory windows (no shards, no Ray); `ArrayWindows` is reused by the GPU tests.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from lstm_dist.config import ModelConfig, from_dict
+from lstm_dist.data.windows import DistributedWindowSampler
+from lstm_dist.models import build_model
+from lstm_dist.train.checkpoints import load_model, load_training_state, save_training_state
+from lstm_dist.train.precision import PrecisionError, autocast, grad_scaler, resolve_precision
+from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
+from lstm_dist.train.steps import evaluate, to_device, train_epoch, train_step
+
+CPU = torch.device("cpu")
+
+
+class ArrayWindows:
+    """A stand-in for `WindowDataset` over in-memory noisy sine waves: same `batch()` keys and attributes."""
+
+    def __init__(self, *, n: int = 512, lookback: int = 24, horizon: int = 6, num_series: int = 3, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        t = np.arange(n)[:, None] + np.arange(lookback + horizon)[None, :]  # [N, L + H]
+        wave = np.sin(2 * np.pi * t / 12 + rng.uniform(0, 2 * np.pi, (n, 1))) + 0.1 * rng.normal(size=t.shape)
+        cov = np.cos(2 * np.pi * t / 12)
+        self.x = np.stack([wave, cov], axis=-1)[:, :lookback].astype(np.float32)  # [N, L, 2]
+        self.y = wave[:, lookback:, None].astype(np.float32)  # [N, H, 1]
+        self.series = rng.integers(0, num_series, n).astype(np.int64)
+        self.horizon, self.num_targets, self.num_features, self.num_future = horizon, 1, 2, 0
+        self.num_series = num_series
+        scale = np.full((num_series, 1), 2.0)  # original units = scaled * 2 + 5
+        self.manifest = types.SimpleNamespace(target_loc_scale=lambda idx: (np.full((len(idx), 1), 5.0), scale[idx]))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(indices)
+        return {
+            "x": self.x[indices],
+            "y": self.y[indices],
+            "future": np.zeros((n, self.horizon, 0), np.float32),
+            "series": self.series[indices],
+        }
+
+
+def small_model(ds: ArrayWindows, *, seed: int = 0, **model: object):
+    torch.manual_seed(seed)
+    cfg = ModelConfig.model_validate({"hidden_size": 16, **model})
+    return build_model(cfg, num_features=ds.num_features, num_targets=1, horizon=ds.horizon, num_series=ds.num_series)
+
+
+def run_epochs(ds: ArrayWindows, *, precision: str = "fp32", epochs: int = 3, seed: int = 0, **kw) -> list[dict]:
+    """A bare single-process version of the per-worker loop: what the Ray loop does, minus Ray."""
+    net = small_model(ds, seed=seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=1e-4)
+    sched = warmup_cosine(opt, total_steps=epochs * 8, warmup_steps=2)
+    sampler = DistributedWindowSampler(len(ds), rank=0, world_size=1, seed=seed)
+    out = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        stats = train_epoch(
+            net, net, ds, sampler, optimizer=opt, scheduler=sched, scaler=grad_scaler(precision),
+            precision=precision, device=CPU, steps=8, local_batch=32, grad_clip=1.0, **kw,
+        )  # fmt: skip
+        stats |= evaluate(net, ds, rank=0, world_size=1, precision=precision, device=CPU, batch_size=128)
+        out.append(stats)
+    return out
+
+
+# ------------------------------------------------------------------ precision
+
+
+def test_fp16_on_cpu_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(PrecisionError, match=r"fp16 needs a CUDA GPU.*bf16 or fp32"):
+        resolve_precision("fp16", CPU)
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("bf16", CPU) == "bf16"
+
+
+def test_fit_refuses_fp16_on_cpu_before_starting_workers() -> None:
+    from lstm_dist.train.trainer import fit
+
+    cfg = from_dict({"data": {"sample": {}}, "train": {"precision": "fp16", "use_gpu": "no"}})
+    with pytest.raises(PrecisionError, match="train.precision=fp16"):
+        fit(cfg, shard_dir="/nonexistent", storage_dir="/nonexistent", name="never")
+
+
+def test_bf16_path_runs_on_cpu_and_learns() -> None:
+    ds = ArrayWindows()
+    with autocast("bf16", CPU):
+        out = small_model(ds)(torch.from_numpy(ds.x[:4]))
+    assert out.dtype == torch.bfloat16  # autocast really is on
+    hist = run_epochs(ds, precision="bf16")
+    assert all(math.isfinite(h["train_loss"]) and h["skipped_steps"] == 0 for h in hist)
+    assert hist[-1]["val_loss"] < 0.7 * hist[0]["train_loss"]
+    assert hist[-1]["loss_scale"] == 1.0  # no GradScaler outside fp16
+
+
+# ------------------------------------------------------------------ steps
+
+
+def test_training_is_reproducible_and_reports_every_metric() -> None:
+    a, b = run_epochs(ArrayWindows()), run_epochs(ArrayWindows())
+    assert [h["val_loss"] for h in a] == [h["val_loss"] for h in b]  # bit-identical on CPU
+    assert a[-1]["val_loss"] < a[0]["val_loss"]
+    for key in ("train_loss", "grad_norm", "lr", "skipped_steps", "samples_per_s", "val_mae", "val_rmse"):
+        assert math.isfinite(a[-1][key]), key
+    assert a[-1]["train_samples"] == 8 * 32
+
+
+def test_val_mae_and_rmse_are_in_original_units() -> None:
+    ds = ArrayWindows(n=64)
+    net = small_model(ds)
+    val = evaluate(net, ds, rank=0, world_size=1, precision="fp32", device=CPU, batch_size=40)
+    with torch.no_grad():
+        err = (net(torch.from_numpy(ds.x))[..., 0] - torch.from_numpy(ds.y)).numpy() * 2.0  # scale 2
+    assert val["val_mae"] == pytest.approx(np.abs(err).mean(), rel=1e-5)
+    assert val["val_rmse"] == pytest.approx(np.sqrt((err**2).mean()), rel=1e-5)
+    # Two "ranks" with disjoint halves cover the same windows: their sums add up to the whole.
+    halves = [evaluate(net, ds, rank=r, world_size=2, precision="fp32", device=CPU, batch_size=40) for r in (0, 1)]
+    assert np.mean([h["val_loss"] for h in halves]) == pytest.approx(val["val_loss"], rel=1e-5)
+
+
+def test_a_step_with_nan_gradients_is_skipped_and_counted() -> None:
+    ds = ArrayWindows(n=128)
+    net = small_model(ds)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in net.parameters()]
+    bad = to_device(ds.batch(np.arange(16)), CPU)
+    bad["y"] = bad["y"].clone()
+    bad["y"][0, 0, 0] = float("nan")
+    loss, norm = train_step(net, net, [bad], optimizer=opt, scaler=grad_scaler("fp32"), precision="fp32", grad_clip=1.0)
+    assert not torch.isfinite(norm)
+    assert all(torch.equal(p, q) for p, q in zip(before, net.parameters(), strict=True))  # no update
+    assert not opt.state  # AdamW's moments were not touched either
+    # Through train_epoch: the NaN batch is counted, the good steps still train.
+    ds.y[5, 0, 0] = np.nan
+    sampler = DistributedWindowSampler(len(ds), rank=0, world_size=1, seed=0, shuffle=False)
+    sched = warmup_cosine(opt, total_steps=8, warmup_steps=0)
+    stats = train_epoch(
+        net, net, ds, sampler, optimizer=opt, scheduler=sched, scaler=grad_scaler("fp32"),
+        precision="fp32", device=CPU, steps=8, local_batch=16, grad_clip=1.0,
+    )  # fmt: skip
+    assert stats["skipped_steps"] == 1.0
+    assert math.isfinite(stats["grad_norm"])
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_gradient_accumulation_equals_one_big_batch() -> None:
+    ds = ArrayWindows(n=64)
+    batches = [to_device(ds.batch(np.arange(i, i + 16)), CPU) for i in (0, 16)]
+    whole = to_device(ds.batch(np.arange(32)), CPU)
+    nets = []
+    for micro in (batches, [whole]):
+        net = small_model(ds)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+        train_step(net, net, micro, optimizer=opt, scaler=grad_scaler("fp32"), precision="fp32", grad_clip=0.5)
+        nets.append(net)
+    for p, q in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ schedule and early stopping
+
+
+def test_warmup_then_cosine() -> None:
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=100, warmup_steps=10, min_ratio=0.05)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up to the peak
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # then never rises
+    assert lrs[-1] == pytest.approx(0.05, abs=1e-3)  # down to min_ratio x peak
+    assert lrs[55] == pytest.approx(0.05 + 0.95 * 0.5, abs=0.02)  # half-way: the cosine's midpoint
+
+
+def test_early_stopping_patience_min_delta_and_state() -> None:
+    stop = EarlyStopping(patience=2, min_delta=0.1)
+    assert not stop.update(1.0, 1)
+    assert not stop.update(0.95, 2)  # better, but by less than min_delta: a bad epoch
+    assert stop.update(0.91, 3)  # second bad epoch in a row
+    assert (stop.best, stop.best_epoch, stop.stopped) == (1.0, 1, True)
+    again = EarlyStopping(patience=3)
+    again.load_state_dict(stop.state_dict())
+    assert (again.best, again.bad_epochs, again.patience) == (1.0, 2, 3)  # counters, not the new patience
+    assert not EarlyStopping(patience=0).update(5.0, 1)  # 0 disables
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_round_trip_restores_everything(tmp_path) -> None:
+    ds = ArrayWindows(n=64)
+    net = small_model(ds)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    sched = warmup_cosine(opt, total_steps=10, warmup_steps=2)
+    stop = EarlyStopping(patience=3)
+    batch = to_device(ds.batch(np.arange(16)), CPU)
+    train_step(net, net, [batch], optimizer=opt, scaler=grad_scaler("fp32"), precision="fp32", grad_clip=1.0)
+    sched.step()
+    stop.update(0.5, 1)
+    args = {"model": net.cfg.model_dump(mode="json"), **net.build_args}
+    history = [{"epoch": 1, "val_loss": 0.5}]
+    save_training_state(
+        tmp_path, model=net, optimizer=opt, scheduler=sched, scaler=grad_scaler("fp32"), stopper=stop,
+        epoch=1, history=history, model_args=args,
+    )  # fmt: skip
+    expected_draw = torch.rand(3)  # the RNG state saved above, drawn from
+
+    fresh = small_model(ds, seed=1)
+    opt2 = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    sched2 = warmup_cosine(opt2, total_steps=10, warmup_steps=2)
+    stop2 = EarlyStopping(patience=3)
+    epoch, hist = load_training_state(
+        tmp_path, model=fresh, optimizer=opt2, scheduler=sched2, scaler=grad_scaler("fp32"), stopper=stop2
+    )
+    assert (epoch, hist, stop2.best) == (1, history, 0.5)
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert sched2.last_epoch == sched.last_epoch and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    for p, q in zip(net.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p, q) and torch.equal(opt.state[p]["exp_avg"], opt2.state[q]["exp_avg"])
+    served = load_model(tmp_path)
+    x = torch.from_numpy(ds.x[:4])
+    assert torch.equal(served(x), net.eval()(x))
