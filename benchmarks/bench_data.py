@@ -155,6 +155,36 @@ def stage_naive(args) -> dict:
     }
 
 
+def stage_gpu_step(args) -> dict:
+    """Time of one LSTM training step on a GPU (fp16 autocast), to say what window rate the reader must feed."""
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    out = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu"}
+    for hidden, layers in ((64, 1), (128, 2), (256, 2)):
+        lstm = torch.nn.LSTM(len(FEATURES), hidden, num_layers=layers, batch_first=True).to(dev)
+        head = torch.nn.Linear(hidden, H).to(dev)
+        opt = torch.optim.AdamW([*lstm.parameters(), *head.parameters()], lr=1e-3)
+        scaler = torch.amp.GradScaler(dev, enabled=dev == "cuda")
+        x = torch.randn(BATCH, L, len(FEATURES), device=dev)  # [B, L, F]
+        y = torch.randn(BATCH, H, device=dev)
+        for i in range(60):
+            if i == 10:
+                torch.cuda.synchronize() if dev == "cuda" else None
+                t = time.perf_counter()
+            with torch.autocast(dev, dtype=torch.float16, enabled=dev == "cuda"):
+                h, _ = lstm(x)
+                loss = torch.nn.functional.mse_loss(head(h[:, -1]), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        torch.cuda.synchronize() if dev == "cuda" else None
+        step = (time.perf_counter() - t) / 50
+        out[f"h{hidden}x{layers}"] = {"step_ms": step * 1e3, "windows_per_s": BATCH / step}
+    return out
+
+
 def run_stage(name: str, args) -> dict:
     cmd = [
         sys.executable,
@@ -186,9 +216,12 @@ def main() -> None:
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="logical CPUs of the local Ray")
     p.add_argument("--naive-series", type=int, default=20, help="series the naive loop materialises")
     p.add_argument("--batches", type=int, default=2000)
-    p.add_argument("--stage", choices=["ingest", "reader", "naive"], default=None)
+    p.add_argument("--stage", choices=["ingest", "reader", "naive", "gpu_step"], default=None)
     args = p.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
+    if args.stage == "gpu_step":  # needs torch only; run it on the GPU machine
+        print(json.dumps(stage_gpu_step(args)))
+        return
     args.raw = make_data(args.root, series=args.series, steps=args.steps)
     args.shards = args.root / f"shards_{args.series}x{args.steps}"
     if args.stage:

@@ -162,7 +162,11 @@ class WindowDataset:
         return per_series[self.window_series()]
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Gather windows `indices` into a batch (see the class docstring for keys and shapes)."""
+        """Gather windows `indices` into a batch (see the class docstring for keys and shapes), in that order.
+
+        Batches drawn across many shards are a little cheaper with sorted indices (`np.sort` a sampler's
+        batch: order within a batch does not matter to training).
+        """
         shard, rows, series = self.locate(indices)
         lookback, num_stored = self._lookback, self._num_stored
         kinds = np.unique(shard)
@@ -175,19 +179,7 @@ class WindowDataset:
             t0 = self._shards[k].ts[rows + lookback] if len(rows) else np.empty(0, np.int64)
             ts = self._ts_views[k][rows] if self._calendar and len(rows) else None
         else:
-            b = len(rows)
-            win_x = np.empty((b, lookback, num_stored), dtype=np.float32)  # [B, L, Fs]
-            win_h = np.empty((b, self._horizon, num_stored), dtype=np.float32)  # [B, H, Fs]
-            t0 = np.empty(b, dtype=np.int64)
-            ts = np.empty((b, lookback + self._horizon), dtype=np.int64) if self._calendar else None
-            for k in kinds:
-                sel = shard == k
-                r = rows[sel]
-                win_x[sel] = self._x_views[k][r]
-                win_h[sel] = self._h_views[k][r + lookback]
-                t0[sel] = self._shards[k].ts[r + lookback]
-                if ts is not None:
-                    ts[sel] = self._ts_views[k][r]
+            win_x, win_h, t0, ts = self._gather_many(shard, rows)
         num_fut = self._num_future_cols
         fut = win_h[:, :, num_stored - num_fut :]  # [B, H, Fu]
         if self._calendar:
@@ -205,6 +197,29 @@ class WindowDataset:
             "series": series,
             "t0": t0,
         }
+
+    def _gather_many(self, shard: np.ndarray, rows: np.ndarray) -> tuple:
+        """Windows spread over several shards: rows are grouped by shard and each group is one gather,
+        written straight to its places in the batch (measured faster than gathering sorted and reordering)."""
+        lookback, num_stored = self._lookback, self._num_stored
+        b = len(rows)
+        in_order = bool(np.all(shard[1:] >= shard[:-1]))  # sorted indices: groups are contiguous slices
+        order = np.arange(b) if in_order else np.argsort(shard, kind="stable")
+        s_sorted, r_sorted = shard[order], rows[order]
+        cuts = np.concatenate([[0], np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1, [b]])
+        win_x = np.empty((b, lookback, num_stored), dtype=np.float32)  # [B, L, Fs]
+        win_h = np.empty((b, self._horizon, num_stored), dtype=np.float32)  # [B, H, Fs]
+        t0 = np.empty(b, dtype=np.int64)
+        ts = np.empty((b, lookback + self._horizon), dtype=np.int64) if self._calendar else None
+        for a, e in zip(cuts[:-1], cuts[1:], strict=True):
+            k, r = int(s_sorted[a]), r_sorted[a:e]
+            at = slice(a, e) if in_order else order[a:e]
+            win_x[at] = self._x_views[k][r]
+            win_h[at] = self._h_views[k][r + lookback]
+            t0[at] = self._shards[k].ts[r + lookback]
+            if ts is not None:
+                ts[at] = self._ts_views[k][r]
+        return win_x, win_h, t0, ts
 
 
 class DistributedWindowSampler:
