@@ -221,6 +221,8 @@ class TrackingConfig(_Section):
     """Test metric compared against the champion (lower is better)."""
     promotion_margin: float = Field(0.0, ge=0)
     """Relative improvement a challenger needs over the champion to be promoted (0.02 = 2%)."""
+    system_metrics_interval_s: float = Field(5.0, gt=0)
+    """Seconds between samples of MLflow system metrics (CPU, memory, GPU) on the training run."""
 
 
 class WorkflowConfig(_Section):

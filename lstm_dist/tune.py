@@ -17,7 +17,9 @@ and values the config would refuse are reported with the key and what would be v
 from __future__ import annotations
 
 import difflib
+import functools
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,8 @@ class TuneOutcome:
     best_val_loss: float
     best_epoch: int
     final_config: PipelineConfig
+    trainval_dir: Path
+    """Shards whose train split is train + validation: what the final training reads."""
 
     def table(self) -> str:
         return format_trials(self.trials)
@@ -232,7 +236,7 @@ def max_concurrent(cfg: PipelineConfig, resources: dict[str, float], *, gpu: boo
     return max(1, min(fit, cfg.tune.num_samples))
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], shard_dir: str, storage_dir: str) -> None:
+def _trial(params: dict[str, Any], *, base: dict[str, Any], shard_dir: str, storage_dir: str, groups) -> None:
     """One Tune trial: build this trial's config and run a full Ray Train fit with it."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -246,12 +250,87 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], shard_dir: str, stor
         shard_dir=shard_dir,
         storage_dir=storage_dir,
         name=f"trial_{trial_id}",
-        callbacks=[TuneReportCallback()],  # Ray: forward rank 0's epoch reports to Tune (and ASHA)
+        callbacks=[
+            TuneReportCallback(),  # Ray: forward rank 0's epoch reports to Tune (and ASHA)
+            _worker_group_recorder(groups, trial_id),
+        ],
     )
 
 
-def run_tune(cfg: PipelineConfig, *, shard_dir: str, out_dir: str | Path, progress=print) -> TuneOutcome:
-    """Run the search on the connected Ray cluster; returns the trials table and the best config."""
+# Ray 2.60: the placement group a Train run reserves for its workers lives as long as the job, not as long
+# as the Train controller that made it. A Tune trial's controller is killed with the trial (always when
+# ASHA stops it, and often right after a normal finish), before it removes that group: each trial would
+# leave its workers' CPUs/GPUs reserved, and later trials wait for them forever. So every trial reports
+# its groups to a small actor, and the search removes them when the trial ends.
+
+
+@functools.cache
+def _group_registry_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class PlacementGroupRegistry:
+        def __init__(self) -> None:
+            self.groups: dict[str, list[str]] = {}
+
+        def add(self, trial_id: str, group_hex: str) -> None:
+            self.groups.setdefault(trial_id, []).append(group_hex)
+
+        def pop(self, trial_id: str | None = None) -> list[str]:
+            if trial_id is None:
+                every = [g for groups in self.groups.values() for g in groups]
+                self.groups.clear()
+                return every
+            return self.groups.pop(trial_id, [])
+
+    return PlacementGroupRegistry
+
+
+def _worker_group_recorder(groups, trial_id: str):
+    """A Train (internal) worker-group callback that reports each worker group's placement group."""
+    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+    class WorkerGroupRecorder(WorkerGroupCallback):
+        def after_worker_group_start(self, worker_group) -> None:
+            state = getattr(worker_group, "_worker_group_state", None)
+            handle = getattr(state, "placement_group_handle", None)
+            group = getattr(handle, "placement_group", None)
+            if group is not None:
+                groups.add.remote(trial_id, group.id.hex())
+
+    return WorkerGroupRecorder()
+
+
+def _remove_groups(hex_ids: list[str]) -> None:
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    for hex_id in hex_ids:
+        try:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id))))
+        except Exception:  # already removed by its controller
+            pass
+
+
+def _cleanup_callback(groups):
+    from ray.tune import Callback
+
+    class RemoveTrialGroups(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            import ray
+
+            _remove_groups(ray.get(groups.pop.remote(trial.trial_id)))
+
+        on_trial_error = on_trial_complete
+
+    return RemoveTrialGroups()
+
+
+def run_tune(cfg: PipelineConfig, *, shard_dir: str, out_dir: str | Path, tracker=None, progress=print) -> TuneOutcome:
+    """Run the search on the connected Ray cluster; returns the trials table and the best config.
+
+    With a `tracker` (the tune step's run), each trial becomes a nested run under it, and the trials
+    table (CSV/JSON) and a plot of every trial's validation loss are logged there."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -263,16 +342,22 @@ def run_tune(cfg: PipelineConfig, *, shard_dir: str, out_dir: str | Path, progre
     gpu = use_gpu(cfg)
     concurrent = max_concurrent(cfg, ray.cluster_resources(), gpu=gpu)
     if cfg.tune.scheduler == "asha":
-        scheduler = ASHAScheduler(
+        scheduler = _recording(ASHAScheduler)(
+            max_epochs=cfg.train.epochs,
             time_attr="epoch",
             max_t=cfg.train.epochs,
             grace_period=cfg.tune.grace_period,
             reduction_factor=cfg.tune.reduction_factor,
         )
     else:
-        scheduler = FIFOScheduler()
+        scheduler = _recording(FIFOScheduler)(max_epochs=cfg.train.epochs)
+    groups = _group_registry_class().remote()
     trainable = tune.with_parameters(
-        _trial, base=cfg.model_dump(mode="json"), shard_dir=shard_dir, storage_dir=str(out_dir / "train")
+        _trial,
+        base=cfg.model_dump(mode="json"),
+        shard_dir=shard_dir,
+        storage_dir=str(out_dir / "train"),
+        groups=groups,
     )
     progress(
         f"[tune] {cfg.tune.num_samples} trials, {cfg.tune.search} search, scheduler {cfg.tune.scheduler}, "
@@ -293,27 +378,60 @@ def run_tune(cfg: PipelineConfig, *, shard_dir: str, out_dir: str | Path, progre
             time_budget_s=cfg.tune.time_budget_s or None,
             trial_dirname_creator=lambda trial: trial.trial_id,  # short paths: no config values in names
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str(out_dir), verbose=1),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=str(out_dir), verbose=1, callbacks=[_cleanup_callback(groups)]
+        ),
     )
-    grid = tuner.fit()
-    trials = trials_table(grid, params=params, max_epochs=cfg.train.epochs)
+    try:
+        grid = tuner.fit()
+    finally:
+        _remove_groups(ray.get(groups.pop.remote()))
+        ray.kill(groups)
+    trials = trials_table(grid, params=params, max_epochs=cfg.train.epochs, stopped_at=scheduler.stopped_at)
     budget_hit = bool(cfg.tune.time_budget_s) and time.time() - started >= cfg.tune.time_budget_s
     if budget_hit:
         progress(f"[tune] time budget of {cfg.tune.time_budget_s:.0f}s reached; trials still running were stopped")
     ok = trials[trials["best_val_loss"].notna()]
     if ok.empty:
-        errors = "; ".join(str(e).splitlines()[0] for e in grid.errors[:3])
+        errors = "; ".join(_last_line(e) for e in grid.errors[:3])
         raise RuntimeError(f"no tune trial reported a validation loss ({len(trials)} trials). First errors: {errors}")
     best = ok.sort_values("best_val_loss").iloc[0]
     best_params = {p.key: _plain(best[p.key]) for p in params}
     best_epoch = int(best["best_epoch"])
-    return TuneOutcome(
+    outcome = TuneOutcome(
         trials=trials,
         best_trial=str(best["trial_id"]),
         best_params=best_params,
         best_val_loss=float(best["best_val_loss"]),
         best_epoch=best_epoch,
         final_config=final_config(cfg, best_params, epochs=best_epoch),
+        trainval_dir=trainval_view(shard_dir, out_dir / "trainval_shards"),
+    )
+    table = trials.drop(columns=["history"], errors="ignore")
+    table.to_csv(out_dir / "trials.csv", index=False)
+    if tracker is not None:
+        _log(tracker, outcome, out_dir=out_dir, budget_hit=budget_hit)
+    return outcome
+
+
+def _log(tracker, outcome: TuneOutcome, *, out_dir: Path, budget_hit: bool) -> None:
+    from lstm_dist import plots
+    from lstm_dist.tracking import log_trials
+
+    log_trials(tracker, outcome.trials, best_trial=outcome.best_trial)
+    tracker.log_table(outcome.trials.drop(columns=["history"], errors="ignore"), "tune/trials")
+    tracker.log_artifact(plots.tune_trials(outcome.trials, out_dir / "tune_trials.png"), artifact_path="plots")
+    tracker.log_params({f"best.{k}": v for k, v in outcome.best_params.items()})
+    tracker.log_metrics({"best_val_loss": outcome.best_val_loss, "best_epoch": outcome.best_epoch})
+    stopped = outcome.trials["stopped"]
+    tracker.set_tags(
+        {
+            "tune.best_trial": outcome.best_trial,
+            "tune.num_trials": len(outcome.trials),
+            "tune.stopped_by_scheduler": int((stopped == "scheduler").sum()),
+            "tune.errors": int((stopped == "error").sum()),
+            "tune.time_budget_hit": str(budget_hit).lower(),
+        }
     )
 
 
@@ -325,8 +443,59 @@ def final_config(cfg: PipelineConfig, params: dict[str, Any], *, epochs: int) ->
     final = apply_params(cfg, params)
     final.train.epochs = max(1, epochs)
     final.train.patience = 0
+    # Without validation every epoch scores alike; keep them all so the last one (the model) is never pruned.
+    final.train.keep_checkpoints = max(final.train.keep_checkpoints, final.train.epochs)
     final.tune.enabled = False
     return final
+
+
+def trainval_view(shard_dir: str | Path, out_dir: str | Path) -> Path:
+    """A shard directory whose `train` split is train + validation of `shard_dir`, for the final training.
+
+    The shard files are hard-linked (copied across filesystems); only the manifest changes: each series'
+    validation part starts where its test part starts, so `train` windows reach up to the test part
+    (windows straddling the old boundary included) and `val` is empty. Scaler stats stay as fitted on
+    the train part, so the model's inputs mean the same as during the search; `test` is unchanged."""
+    import shutil
+
+    from lstm_dist.data.manifest import SUCCESS_FILE, Manifest
+    from lstm_dist.data.splits import SPLITS, start_range, starts_in
+
+    src, out = Path(shard_dir), Path(out_dir)
+    m = Manifest.load(src)
+    out.mkdir(parents=True, exist_ok=True)
+    for shard in m.shards:
+        target = out / shard.file
+        if not target.exists():
+            try:
+                os.link(src / shard.file, target)
+            except OSError:
+                shutil.copyfile(src / shard.file, target)
+    view = m.model_copy(deep=True)
+    for info in view.series:
+        info.val_start = info.test_start
+    totals = dict.fromkeys(SPLITS, 0)
+    for shard in view.shards:
+        shard.windows = dict.fromkeys(SPLITS, 0)
+        for seg in shard.segments:
+            info = view.series[seg.series]
+            for split in SPLITS:
+                lo, hi = start_range(
+                    split,
+                    num_rows=info.num_rows,
+                    val_start=info.val_start,
+                    test_start=info.test_start,
+                    lookback=view.lookback,
+                    horizon=view.horizon,
+                )
+                count = starts_in(lo, hi, stride=view.stride, begin=seg.row_start, end=seg.core_stop)[1]
+                seg.windows[split] = count
+                shard.windows[split] += count
+                totals[split] += count
+    view.totals.windows = totals
+    view.save(out)
+    (out / SUCCESS_FILE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return out
 
 
 def _search_alg(cfg: PipelineConfig):
@@ -347,17 +516,55 @@ def _search_alg(cfg: PipelineConfig):
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
 
 
-def trials_table(grid, *, params: list[Param], max_epochs: int) -> pd.DataFrame:
-    """One row per trial: sampled values, best val loss (and its epoch), epochs run, why it stopped."""
+def _recording(scheduler_cls):
+    """The scheduler class, noting the epoch at which it stopped each trial (`stopped_at`).
+
+    A stopped trial's Train run may finish an epoch or two already under way before the trial is killed,
+    so the epochs it ran do not tell by themselves whether the scheduler stopped it."""
+    from ray.tune.schedulers import TrialScheduler
+
+    class Recording(scheduler_cls):
+        def __init__(self, *args, max_epochs: int, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.max_epochs = max_epochs
+            self.stopped_at: dict[str, int] = {}
+
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            # ASHA also says STOP at max_t: that is the end of the budget, not an early stop.
+            early = int(result.get("epoch", 0)) < self.max_epochs
+            if decision == TrialScheduler.STOP and early and trial.trial_id not in self.stopped_at:
+                self.stopped_at[trial.trial_id] = int(result.get("epoch", 0))
+            return decision
+
+    Recording.__name__ = Recording.__qualname__ = scheduler_cls.__name__
+    return Recording
+
+
+def trials_table(
+    grid, *, params: list[Param], max_epochs: int, stopped_at: dict[str, int] | None = None
+) -> pd.DataFrame:
+    """One row per trial: sampled values, best val loss (and its epoch), epochs run, why it stopped.
+
+    `stopped`: "scheduler" (ASHA stopped it, or the time budget ended it), "patience" (its own early
+    stopping), "error", or "no" (it ran train.epochs); `stopped_at` is the epoch of the scheduler's decision."""
+    stopped_at = stopped_at or {}
     rows = []
     for result in grid:
         history = result.metrics_dataframe
         config = result.config or {}
-        row: dict[str, Any] = {"trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name}
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        row: dict[str, Any] = {"trial_id": trial_id}
         row.update({p.key: _plain(config.get(p.key)) for p in params})
         if history is None or history.empty or METRIC not in history:
-            row.update(best_val_loss=float("nan"), best_epoch=0, epochs=0, stopped="error" if result.error else "no")
-            row["error"] = str(result.error).splitlines()[0] if result.error else ""
+            row.update(
+                best_val_loss=float("nan"),
+                best_epoch=0,
+                epochs=0,
+                stopped="error" if result.error else "no",
+                stopped_at=0,
+            )
+            row["error"] = _last_line(result.error) if result.error else ""
             rows.append(row)
             continue
         history = history.sort_values("epoch")
@@ -366,10 +573,10 @@ def trials_table(grid, *, params: list[Param], max_epochs: int) -> pd.DataFrame:
         patience_stop = bool(history["stopped_early"].iloc[-1]) if "stopped_early" in history else False
         if result.error:
             stopped = "error"
+        elif trial_id in stopped_at or (epochs < max_epochs and not patience_stop):
+            stopped = "scheduler"  # ASHA's decision (or the time budget)
         elif patience_stop:
             stopped = "patience"
-        elif epochs < max_epochs:
-            stopped = "scheduler"  # ASHA (or the time budget) ended it
         else:
             stopped = "no"
         row.update(
@@ -377,12 +584,19 @@ def trials_table(grid, *, params: list[Param], max_epochs: int) -> pd.DataFrame:
             best_epoch=int(history.loc[best_idx, "epoch"]),
             epochs=epochs,
             stopped=stopped,
-            error=str(result.error).splitlines()[0] if result.error else "",
+            stopped_at=stopped_at.get(trial_id, 0),
+            error=_last_line(result.error) if result.error else "",
         )
         row["history"] = history[[c for c in history.columns if _is_epoch_metric(c)]].to_dict("list")
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values("best_val_loss", na_position="last").reset_index(drop=True)
+
+
+def _last_line(error: BaseException) -> str:
+    """The line of a (remote) traceback that says what went wrong: its last non-empty one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _is_epoch_metric(column: str) -> bool:
