@@ -1,4 +1,4 @@
-# Run: .venv/bin/python benchmarks/bench_train.py [--hidden 64] [--batch 256] [--json OUT.json]   (CPU, local Ray)
+# Run: .venv/bin/python benchmarks/bench_train.py [--hidden 64] [--batch 256] [--rounds 2] [--json OUT.json]   (CPU, local Ray)
 """Training throughput on CPU: our Ray Train loop (1 and 2 workers) against a bare PyTorch loop, in one run.
 
 The bare loop is the textbook step (gather a batch of windows from the same shards, forward, MSE,
@@ -6,8 +6,8 @@ backward, clip, AdamW) in this process, on one thread, with the same model, batc
 Ray runs report `samples_per_s` measured inside each worker around its training steps (train
 windows per second, summed over workers); the first epoch is a warm-up and is left out. The fixed
 cost of a fit (worker-group start, checkpoints) is reported apart. The bare loop runs before and
-after the Ray fits; its mean is the baseline, and the spread between the two says how noisy the
-machine was.
+after every Ray fit, and each fit is set against the mean of those two: on a shared machine the
+load drifts between minutes.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def bare_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[float]:
     torch.set_num_threads(1)  # what one worker with cpus_per_worker=1 gets
     ds = WindowDataset(shard_dir, split="train")
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, **model_args_for(ds))
+    model = build_model(cfg.model, **model_args_for(cfg, ds))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     batch = cfg.train.batch_size
     rates = []
@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=15, help="optimizer steps per epoch")
     p.add_argument("--epochs", type=int, default=4, help="the first is a warm-up")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=2, help="Ray fits per worker count, bare runs in between")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -103,37 +104,51 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}",
         "config": {k: v for k, v in vars(args).items() if k != "json"},
     }
-    bare_before = bare_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps)[1:]
-    for workers in args.workers:
-        run_cfg = from_dict({**tree, "train": {**tree["train"], "num_workers": workers}}).resolved()
-        t0 = time.perf_counter()
-        result = fit(run_cfg, shard_dir=shard_dir, storage_dir=str(work / "runs"), name=f"w{workers}")
-        wall = time.perf_counter() - t0
-        rates = list(result.history["samples_per_s"])[1:]
-        train_time = float(result.history["train_time_s"].sum())
-        out[f"ray_{workers}w"] = {"samples_per_s": statistics.median(rates), "all": rates, "fit_wall_s": wall}
-        out[f"ray_{workers}w"]["fixed_cost_s"] = wall - train_time
-        print(f"ray {workers} worker(s): {statistics.median(rates):.0f} samples/s; fit {wall:.1f} s", flush=True)
-    bare_after = bare_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps)[1:]
-    bare = statistics.mean([statistics.median(bare_before), statistics.median(bare_after)])
-    out["bare"] = {"samples_per_s": bare, "before": bare_before, "after": bare_after}
-    one = out["ray_1w"]["samples_per_s"] if "ray_1w" in out else float("nan")
-    out["overhead_1w"] = 1 - one / bare
+    bare = lambda: statistics.median(bare_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps)[1:])  # noqa: E731
+    # The machine is shared: a bare run before and after every Ray fit, each fit compared with the mean of its two.
+    bares, fits = [bare()], []
+    for _ in range(args.rounds):
+        for workers in args.workers:
+            run_cfg = from_dict({**tree, "train": {**tree["train"], "num_workers": workers}}).resolved()
+            t0 = time.perf_counter()
+            name = f"w{workers}-{len(fits)}"
+            result = fit(run_cfg, shard_dir=shard_dir, storage_dir=str(work / "runs"), name=name)
+            wall = time.perf_counter() - t0
+            rate = statistics.median(list(result.history["samples_per_s"])[1:])
+            bares.append(bare())
+            baseline = (bares[-2] + bares[-1]) / 2
+            fits.append(
+                {
+                    "workers": workers,
+                    "samples_per_s": rate,
+                    "bare_samples_per_s": baseline,
+                    "ratio": rate / baseline,
+                    "fit_wall_s": wall,
+                    "fixed_cost_s": wall - float(result.history["train_time_s"].sum()),
+                    "final_val_loss": float(result.history["val_loss"].iloc[-1]),
+                }
+            )
+            print(f"ray {workers} worker(s): {rate:.0f} samples/s, bare around it {baseline:.0f}", flush=True)
+    out["bare_runs"], out["fits"] = bares, fits
+    ratio = {w: statistics.median(f["ratio"] for f in fits if f["workers"] == w) for w in args.workers}
+    out["median_ratio"] = ratio
 
     print()
     print(f"{out['machine']}  {out['date']}")
     print(
         f"hidden {args.hidden}, lookback {args.lookback}, batch {args.batch}, {args.steps} steps/epoch, "
-        f"{args.epochs - 1} timed epochs"
+        f"{args.epochs - 1} timed epochs per run; samples/s"
     )
-    print(f"bare PyTorch loop (1 thread): {bare:.0f} samples/s (before {bare_before}, after {bare_after})")
-    for workers in args.workers:
-        r = out[f"ray_{workers}w"]
+    print(
+        f"{'workers':>7} {'Ray Train':>10} {'bare':>8} {'ratio':>6} {'fit wall s':>10} {'fixed s':>8} {'val_loss':>9}"
+    )
+    for f in fits:
         print(
-            f"Ray Train, {workers} worker(s): {r['samples_per_s']:.0f} samples/s ({r['samples_per_s'] / bare:.3f} x bare); "
-            f"fit wall {r['fit_wall_s']:.1f} s, of which fixed cost {r['fixed_cost_s']:.1f} s"
+            f"{f['workers']:>7} {f['samples_per_s']:>10.0f} {f['bare_samples_per_s']:>8.0f} {f['ratio']:>6.3f} "
+            f"{f['fit_wall_s']:>10.1f} {f['fixed_cost_s']:>8.1f} {f['final_val_loss']:>9.5f}"
         )
-    print(f"single-worker overhead vs bare: {100 * out['overhead_1w']:.1f}%")
+    for w in args.workers:
+        print(f"median Ray Train / bare with {w} worker(s): {ratio[w]:.3f}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     ray.shutdown()

@@ -15,7 +15,7 @@ import torch
 from lstm_dist.config import ModelConfig, from_dict
 from lstm_dist.data.windows import DistributedWindowSampler
 from lstm_dist.models import build_model
-from lstm_dist.train.checkpoints import load_model, load_training_state, save_training_state
+from lstm_dist.train.checkpoints import load_model, load_training_state, load_weights, save_training_state
 from lstm_dist.train.precision import PrecisionError, autocast, grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, to_device, train_epoch, train_step
@@ -234,3 +234,6 @@ def test_checkpoint_round_trip_restores_everything(tmp_path) -> None:
     served = load_model(tmp_path)
     x = torch.from_numpy(ds.x[:4])
     assert torch.equal(served(x), net.eval()(x))
+    warm = small_model(ds, seed=2)  # warm start (fit's init_weights): weights only, from the dir or model.pt
+    load_weights(warm, tmp_path / "model.pt")
+    assert torch.equal(warm.eval()(x), net(x))

@@ -86,6 +86,13 @@ def load_history(path: str | Path) -> list[dict[str, float]]:
     return json.loads((Path(path) / HISTORY_FILE).read_text())
 
 
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load the weights of a checkpoint directory or model.pt into `model` (same architecture and sizes)."""
+    path = Path(path)
+    weights = torch.load(path / MODEL_FILE if path.is_dir() else path, map_location="cpu", weights_only=False)
+    model.load_state_dict(weights["state_dict"])
+
+
 def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:
     """Rebuild the trained network from a checkpoint directory (or a copy of its model.pt)."""
     path = Path(path)

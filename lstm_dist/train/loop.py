@@ -8,6 +8,7 @@ checkpoint every epoch. Lines that exist only because of Ray are marked `# Ray:`
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -23,7 +24,7 @@ import torch
 from lstm_dist.config import PipelineConfig
 from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
 from lstm_dist.models import Forecaster, build_model
-from lstm_dist.train.checkpoints import load_training_state, save_training_state
+from lstm_dist.train.checkpoints import load_training_state, load_weights, save_training_state
 from lstm_dist.train.precision import grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
@@ -45,10 +46,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     train_ds = WindowDataset(config["shard_dir"], split="train")  # the shards' own lookback, horizon, stride
     val_ds = WindowDataset(config["shard_dir"], split="val")
-    model_args = model_args_for(train_ds)
+    if len(val_ds) == 0 and rank == 0:
+        warnings.warn(
+            "the shards hold no validation windows: no early stopping, val metrics are NaN, keep the latest checkpoint",
+            stacklevel=1,
+        )
+    model_args = model_args_for(cfg, train_ds)
     torch.manual_seed(tc.seed)  # same seed on every rank: identical initial weights (DDP broadcasts them too)
-    model = ray.train.torch.prepare_model(build_model(cfg.model, **model_args))  # Ray: to device, DDP if >1 worker
-    net: Forecaster = model.module if hasattr(model, "module") else model
+    net: Forecaster = build_model(cfg.model, **model_args)
+    if config.get("init_weights"):  # warm start, e.g. from the champion; a checkpoint below takes precedence
+        load_weights(net, config["init_weights"])
+    model = ray.train.torch.prepare_model(net)  # Ray: move to the device, wrap in DDP when world_size > 1
+    net = model.module if hasattr(model, "module") else model
 
     local_batch = max(1, tc.batch_size // world_size)
     if rank == 0 and local_batch * world_size != tc.batch_size:
@@ -111,17 +120,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             grad_clip=tc.grad_clip,
             fail_step=_fail_step(epoch, rank),
         )
-        val = evaluate(
-            net,
-            val_ds,
-            rank=rank,
-            world_size=world_size,
-            precision=precision,
-            device=device,
-            batch_size=max(local_batch, 256),
-            max_windows=tc.max_val_windows,
-        )
-        stop = stopper.update(val["val_loss"], epoch + 1)  # every rank sees the same all-reduced val_loss
+        val = dict.fromkeys(("val_loss", "val_mae", "val_rmse"), math.nan)
+        if len(val_ds):
+            val = evaluate(
+                net,
+                val_ds,
+                rank=rank,
+                world_size=world_size,
+                precision=precision,
+                device=device,
+                batch_size=max(local_batch, 256),
+                max_windows=tc.max_val_windows,
+            )
+        # Every rank sees the same all-reduced val_loss, so all stop together.
+        stop = stopper.update(val["val_loss"], epoch + 1) if len(val_ds) else False
         metrics = {
             "epoch": epoch + 1,
             **train,
@@ -160,8 +172,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
 
 
-def model_args_for(ds: WindowDataset) -> dict[str, int]:
-    """The data-dependent sizes `build_model` needs; saved in every checkpoint to rebuild the network."""
+def model_args_for(cfg: PipelineConfig, ds: WindowDataset) -> dict[str, int]:
+    """The data-dependent sizes `build_model` needs; saved in every checkpoint to rebuild the network.
+
+    They come from the shards alone (`cfg` is accepted so callers need not care where they come from).
+    """
     return {
         "num_features": ds.num_features,
         "num_targets": ds.num_targets,

@@ -49,11 +49,19 @@ def use_gpu(cfg: PipelineConfig) -> bool:
 
 
 def fit(
-    cfg: PipelineConfig, *, shard_dir: str, storage_dir: str, name: str, callbacks: list | None = None
+    cfg: PipelineConfig,
+    *,
+    shard_dir: str,
+    storage_dir: str,
+    name: str,
+    callbacks: list | None = None,
+    init_weights: str | None = None,
 ) -> TrainResult:
     """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes.
 
-    `callbacks` go to the run's RunConfig (a Tune trial passes TuneReportCallback)."""
+    `callbacks` go to the run's RunConfig (a Tune trial passes TuneReportCallback).
+    `init_weights`: a checkpoint directory or model.pt to start from instead of fresh weights (warm
+    start; same architecture and data shape); once the run has a checkpoint of its own, that wins."""
     gpu = use_gpu(cfg)
     if not gpu:  # refuse fp16 on CPU here, before any worker starts (and retries max_failures times)
         resolve_precision(cfg.train.precision, torch.device("cpu"))
@@ -61,7 +69,11 @@ def fit(
     worker_env = {FAIL_ENV: os.environ[FAIL_ENV]} if os.environ.get(FAIL_ENV) else {}
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={"pipeline": cfg.model_dump(mode="json"), "shard_dir": str(shard_dir)},
+        train_loop_config={
+            "pipeline": cfg.model_dump(mode="json"),
+            "shard_dir": str(shard_dir),
+            "init_weights": str(init_weights) if init_weights else None,
+        },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
