@@ -209,11 +209,9 @@ def train_step(
     from lstm_dist.train.trainer import fit
 
     def train(out: str) -> dict[str, Any]:
-        latest = _latest_checkpoint(Path(out) / "ray_train")
-        if latest is not None:
-            progress(
-                f"[{name}] resuming from checkpoint {latest.name} (epoch {_epochs_in(latest)} of {cfg.train.epochs})"
-            )
+        resume = _resume_point(Path(out) / "ray_train")
+        if resume is not None:
+            progress(f"[{name}] resuming from checkpoint {resume[0]} (epoch {resume[1]} of {cfg.train.epochs})")
         kwargs = {"init_weights": init_weights} if init_weights else {}
         result = fit(cfg, shard_dir=str(shard.path / "shards"), storage_dir=out, name="ray_train", **kwargs)
         result.history.to_csv(Path(out) / "history.csv", index=False)
@@ -221,7 +219,7 @@ def train_step(
             "best_checkpoint": os.path.relpath(result.best_checkpoint, out),
             "latest_checkpoint": os.path.relpath(result.latest_checkpoint, out),
             "epochs": int(result.history["epoch"].max()),
-            "resumed_from": latest.name if latest is not None else None,
+            "resumed_from": resume[0] if resume is not None else None,
         }
 
     inputs = {"shard": shard, **({"tune": tune} if tune else {})}
@@ -377,18 +375,17 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted(run_dir.glob("checkpoint_*"))  # checkpoint_<timestamp>: names sort by age
-    return ckpts[-1] if ckpts else None
-
-
-def _epochs_in(checkpoint: Path) -> int | str:
-    from lstm_dist.train.checkpoints import load_history
+def _resume_point(run_dir: Path) -> tuple[str, int | str] | None:
+    """(checkpoint name, epochs done) that Ray Train will resume `run_dir` from, read from its snapshot."""
+    from lstm_dist.train.trainer import SNAPSHOT_FILE
 
     try:
-        return len(load_history(checkpoint))
-    except (OSError, ValueError):
-        return "?"
+        latest = json.loads((run_dir / SNAPSHOT_FILE).read_text())["latest_checkpoint_result"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if not latest:
+        return None
+    return latest["checkpoint_dir_name"], int(latest.get("metrics", {}).get("epoch", 0)) or "?"
 
 
 def _history(train: StepResult):

@@ -1,0 +1,121 @@
+"""A pipeline killed during training (SIGKILL to its whole process group: driver, Ray, workers) and run again.
+
+The rerun reports ingest and shard as cached, resumes training from the killed run's checkpoint instead
+of epoch 1, and registers the result exactly once; `status` shows the killed run as interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lstm_dist.workflow import CACHED, DONE, INTERRUPTED, read_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "lstm_dist.cli"]
+EPOCHS = 8
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def ray_tmp():
+    # Short: Ray's socket paths under it must stay below the OS limit of 107 bytes.
+    path = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def env_for(ray_tmp: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": ray_tmp}
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(key, None)
+    return env
+
+
+def test_killed_during_training_resumes_from_its_checkpoint_and_registers_once(tmp_path: Path, ray_tmp: str) -> None:
+    work = tmp_path / "w"
+    args = [
+        "run",
+        str(ROOT / "conf/debug.yaml"),
+        f"workflow.work_dir={work}",
+        f"train.epochs={EPOCHS}",
+        "train.max_steps_per_epoch=10",
+        "train.patience=0",
+    ]
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen(
+            [*CLI, *args],
+            cwd=tmp_path,
+            env=env_for(ray_tmp),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            # Wait until Ray Train has recorded a checkpoint of the run, then kill everything at once.
+            deadline = time.time() + 300
+            while not list(work.glob("train/*.partial/ray_train/checkpoint_manager_snapshot.json")):
+                assert first.poll() is None, f"the pipeline ended before it could be killed:\n{log.read_text()[-3000:]}"
+                assert time.time() < deadline, f"no checkpoint after 300 s:\n{log.read_text()[-3000:]}"
+                time.sleep(0.1)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)  # the driver, its local Ray and the training workers
+            first.wait()
+    killed_at = max(int(m) for m in re.findall(rf"\[train\] epoch (\d+)/{EPOCHS}", log.read_text()) or ["0"])
+    assert killed_at < EPOCHS, "training had finished before the kill"
+    assert not list(work.glob("train/*/_SUCCESS"))
+
+    second = subprocess.run(
+        [*CLI, *args], cwd=tmp_path, env=env_for(ray_tmp), capture_output=True, text=True, timeout=600
+    )
+    out = second.stdout + second.stderr
+    (tmp_path / "second.log").write_text(out)
+    assert second.returncode == 0, out[-4000:]
+    assert re.search(r"\[ingest\[[^\]]+\]\] cached", out) and "[shard] cached" in out, out[-4000:]
+    resumed = re.search(rf"\[train\] resuming from checkpoint checkpoint_\S+ \(epoch (\d+) of {EPOCHS}\)", out)
+    assert resumed, out[-4000:]
+    epochs_run = [int(m) for m in re.findall(rf"\[train\] epoch (\d+)/{EPOCHS}", out)]
+    assert epochs_run and min(epochs_run) == int(resumed.group(1)) + 1 > 1  # continued, not from epoch 1
+    assert max(epochs_run) == EPOCHS
+    assert "[register] done" in out and "alias: champion" in out
+
+    (train_dir,) = [p for p in work.glob("train/*") if not p.name.endswith(".partial")]
+    history = pd.read_csv(train_dir / "history.csv")
+    assert list(history["epoch"]) == list(range(1, EPOCHS + 1))  # one history across the kill
+
+    script = f"""
+import json, mlflow
+c = mlflow.MlflowClient(tracking_uri="sqlite:///{work / "mlflow.db"}")
+print(json.dumps(sorted(str(v.version) for v in c.search_model_versions("name='lstm_debug'"))))
+"""
+    versions = json.loads(
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()[
+            -1
+        ]
+    )
+    assert versions == ["1"]  # registered once
+
+    runs = read_runs(work)
+    assert [r["status"] for r in runs] == [DONE, INTERRUPTED]
+    killed_steps = {s["name"]: s["state"] for s in runs[1]["steps"]}
+    assert killed_steps["train"] == INTERRUPTED and killed_steps["shard"] == DONE
+    states = {s["name"]: s["state"] for s in runs[0]["steps"]}
+    assert states == {"ingest": CACHED, "shard": CACHED, "train": DONE, "evaluate": DONE, "register": DONE}
+    status = subprocess.run(
+        [*CLI, "status", "--work-dir", str(work)], capture_output=True, text=True, env=env_for(ray_tmp)
+    )
+    assert status.returncode == 0 and "interrupted" in status.stdout and "cached" in status.stdout
