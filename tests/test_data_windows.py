@@ -170,3 +170,27 @@ def test_incomplete_dir_is_refused(tmp_path):
 
     with pytest.raises(DataError, match="not complete"):
         WindowDataset(str(tmp_path), split="train")
+
+
+def test_t0_and_calendar_on_an_irregular_grid(tmp_path):
+    """missing=drop leaves holes: t0 and calendar features must come from the real timestamps."""
+    df = generate_sample(num_series=2, num_steps=200, seed=3).to_pandas()
+    df.loc[[5, 6, 50, 230], "target"] = np.nan
+    df.to_csv(tmp_path / "in.csv", index=False)
+    cfg = DataConfig(
+        path=str(tmp_path / "in.csv"),
+        lookback=8,
+        horizon=3,
+        missing="drop",
+        calendar_features=["hour"],
+        rows_per_shard=60,
+    )
+    manifest, report = ingest(cfg, out_dir=str(tmp_path / "s"))
+    assert report.counts["missing_rows_dropped"] == 4
+    for split in ("train", "val", "test"):
+        ds = WindowDataset(str(tmp_path / "s"), split=split)
+        b = ds.batch(np.random.default_rng(0).permutation(len(ds)))
+        hour = (b["t0"] % 86400) / 3600
+        np.testing.assert_allclose(b["future"][:, 0, 0], np.sin(2 * np.pi * hour / 24), atol=1e-6)
+        single = ds.batch(np.arange(min(3, len(ds))))  # the one-shard path
+        np.testing.assert_array_equal(single["t0"], ds.batch(np.arange(min(3, len(ds))))["t0"])

@@ -52,6 +52,7 @@ class WindowDataset:
         seg_shard, seg_first, seg_count, seg_series = [], [], [], []
         self._x_views: list[np.ndarray | None] = []
         self._h_views: list[np.ndarray | None] = []
+        self._w_views: list[np.ndarray | None] = []
         self._ts_views: list[np.ndarray | None] = []
         self._shards = []
         for k, info in enumerate(m.shards):
@@ -62,13 +63,15 @@ class WindowDataset:
                 )
             self._shards.append(shard)
             ok = info.num_rows >= window
-            # Views, no copy: [N-L+1, L, Fs] inputs, [N-H+1, H, Fs] horizons, [N-W+1, W] timestamps.
+            # Views, no copy: [N-L+1, L, Fs] inputs, [N-H+1, H, Fs] horizons, [N-W+1, W, Fs] whole windows,
+            # [N-W+1, W] timestamps.
             self._x_views.append(
                 sliding_window_view(shard.features, (m.lookback, self._num_stored))[:, 0] if ok else None
             )
             self._h_views.append(
                 sliding_window_view(shard.features, (m.horizon, self._num_stored))[:, 0] if ok else None
             )
+            self._w_views.append(sliding_window_view(shard.features, (window, self._num_stored))[:, 0] if ok else None)
             self._ts_views.append(sliding_window_view(shard.ts, window) if ok else None)
             for seg in info.segments:
                 s = m.series[seg.series]
@@ -88,6 +91,12 @@ class WindowDataset:
                     seg_series.append(seg.series)
         self._seg_shard = np.asarray(seg_shard, dtype=np.int64)
         self._seg_first = np.asarray(seg_first, dtype=np.int64)
+        # On a regular grid (every ingest except missing=drop) t0 follows from the segment's first window.
+        self._regular = m.data_config.get("missing") != "drop"
+        self._step_s = self.stride * m.freq
+        self._seg_t0 = np.asarray(
+            [self._shards[k].ts[r + m.lookback] for k, r in zip(seg_shard, seg_first, strict=True)], dtype=np.int64
+        )
         self._seg_series = np.asarray(seg_series, dtype=np.int64)
         self._seg_cum = np.concatenate([[0], np.cumsum(seg_count, dtype=np.int64)])
 
@@ -128,14 +137,19 @@ class WindowDataset:
 
     def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shard [B], first input row in the shard file [B], series [B]) of window indices."""
+        shard, rows, series, _, _ = self._locate(indices)
+        return shard, rows, series
+
+    def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n = len(self)
         if idx.size and (idx.min() < -n or idx.max() >= n):
             raise IndexError(f"window index out of range for {n} {self.split} windows")
         idx = np.where(idx < 0, idx + n, idx)
         seg = np.searchsorted(self._seg_cum, idx, side="right") - 1
-        rows = self._seg_first[seg] + (idx - self._seg_cum[seg]) * self.stride
-        return self._seg_shard[seg], rows, self._seg_series[seg]
+        step = idx - self._seg_cum[seg]  # position of the window inside its segment
+        rows = self._seg_first[seg] + step * self.stride
+        return self._seg_shard[seg], rows, self._seg_series[seg], seg, step
 
     def window_series(self) -> np.ndarray:
         """int64 [len] series index of every window (for per-series sampling weights)."""
@@ -167,19 +181,24 @@ class WindowDataset:
         Batches drawn across many shards are a little cheaper with sorted indices (`np.sort` a sampler's
         batch: order within a batch does not matter to training).
         """
-        shard, rows, series = self.locate(indices)
+        shard, rows, series, seg, step = self._locate(indices)
         lookback, num_stored = self._lookback, self._num_stored
-        kinds = np.unique(shard)
-        if len(kinds) == 1:  # the common case: one gather for the inputs, one for the horizon
-            k = int(kinds[0]) if len(kinds) else 0
-            win_x = self._x_views[k][rows] if len(rows) else np.empty((0, lookback, num_stored), np.float32)
-            win_h = (
-                self._h_views[k][rows + lookback] if len(rows) else np.empty((0, self._horizon, num_stored), np.float32)
-            )
-            t0 = self._shards[k].ts[rows + lookback] if len(rows) else np.empty(0, np.int64)
+        if len(rows) == 0 or shard.min() == shard.max():  # one shard: one gather for inputs, one for horizons
+            k = int(shard[0]) if len(rows) else 0
+            views = self._x_views[k], self._h_views[k]
+            if views[0] is None:  # no windows in this shard (only possible for an empty batch)
+                views = (
+                    np.empty((0, lookback, num_stored), np.float32),
+                    np.empty((0, self._horizon, num_stored), np.float32),
+                )
+            win_x = views[0][rows]  # [B, L, Fs]
+            win_h = views[1][rows + lookback] if len(rows) else views[1][rows]  # [B, H, Fs]
             ts = self._ts_views[k][rows] if self._calendar and len(rows) else None
+            t0 = None if self._regular else self._shards[k].ts[rows + lookback]
         else:
-            win_x, win_h, t0, ts = self._gather_many(shard, rows)
+            win_x, win_h, ts, t0 = self._gather_many(shard, rows)
+        if t0 is None:
+            t0 = self._seg_t0[seg] + step * self._step_s  # [B], no gather needed on a regular grid
         num_fut = self._num_future_cols
         fut = win_h[:, :, num_stored - num_fut :]  # [B, H, Fu]
         if self._calendar:
@@ -199,27 +218,26 @@ class WindowDataset:
         }
 
     def _gather_many(self, shard: np.ndarray, rows: np.ndarray) -> tuple:
-        """Windows spread over several shards: rows are grouped by shard and each group is one gather,
-        written straight to its places in the batch (measured faster than gathering sorted and reordering)."""
-        lookback, num_stored = self._lookback, self._num_stored
+        """Windows spread over several shards: rows are grouped by shard and each group is one gather of
+        whole windows (inputs and horizon together), written straight to its places in the batch."""
+        lookback, num_stored, window = self._lookback, self._num_stored, self._lookback + self._horizon
         b = len(rows)
         in_order = bool(np.all(shard[1:] >= shard[:-1]))  # sorted indices: groups are contiguous slices
         order = np.arange(b) if in_order else np.argsort(shard, kind="stable")
         s_sorted, r_sorted = shard[order], rows[order]
         cuts = np.concatenate([[0], np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1, [b]])
-        win_x = np.empty((b, lookback, num_stored), dtype=np.float32)  # [B, L, Fs]
-        win_h = np.empty((b, self._horizon, num_stored), dtype=np.float32)  # [B, H, Fs]
-        t0 = np.empty(b, dtype=np.int64)
-        ts = np.empty((b, lookback + self._horizon), dtype=np.int64) if self._calendar else None
+        win = np.empty((b, window, num_stored), dtype=np.float32)  # [B, L+H, Fs]
+        ts = np.empty((b, window), dtype=np.int64) if self._calendar else None
+        t0 = None if self._regular else np.empty(b, dtype=np.int64)
         for a, e in zip(cuts[:-1], cuts[1:], strict=True):
             k, r = int(s_sorted[a]), r_sorted[a:e]
             at = slice(a, e) if in_order else order[a:e]
-            win_x[at] = self._x_views[k][r]
-            win_h[at] = self._h_views[k][r + lookback]
-            t0[at] = self._shards[k].ts[r + lookback]
+            win[at] = self._w_views[k][r]
             if ts is not None:
                 ts[at] = self._ts_views[k][r]
-        return win_x, win_h, t0, ts
+            if t0 is not None:
+                t0[at] = self._shards[k].ts[r + lookback]
+        return np.ascontiguousarray(win[:, :lookback]), win[:, lookback:], ts, t0
 
 
 class DistributedWindowSampler:
