@@ -27,7 +27,15 @@ import ray
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, dump_yaml, load_config
-from lstm_dist.tracking import EVAL_KEY_TAG, Tracker, log_forecaster, start_pipeline_run, ui_command
+from lstm_dist.tracking import (
+    EVAL_KEY_TAG,
+    Tracker,
+    check_tracking_uri,
+    log_forecaster,
+    shard_fingerprint,
+    start_pipeline_run,
+    ui_command,
+)
 from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow, data_fingerprint, fingerprint_files
 
 STEPS = ("ingest", "shard", "tune", "train", "evaluate", "register")
@@ -66,6 +74,7 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     work_dir = Path(cfg.workflow.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     progress(cfg.summary())
+    check_tracking_uri(cfg.tracking_uri())  # a store that cannot work fails here, before Ray starts
     init_ray(cfg)
     progress(f"[ray] {cluster_summary()}")
     tracker = start_pipeline_run(cfg, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -93,6 +102,10 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
     shard_dir = shard.path / "shards"
     tracker.log_artifact(shard_dir / "manifest.json", artifact_path="data")
     tracker.log_text(json.dumps(lineage, indent=2), "data/lineage.json")
+    tracker.set_tags(
+        {"data.fingerprint": lineage["fingerprint"], "data.shard_fingerprint": shard_fingerprint(shard_dir)}
+    )
+    tracker.log_datasets(shard_dir, splits={"train": "training", "val": "validation", "test": "testing"})
 
     tune = tune_step(cfg, wf, shard, progress=progress) if cfg.tune.enabled else None
     train_cfg = PipelineConfig.model_validate(tune.outputs["final_config"]) if tune else cfg
@@ -104,12 +117,18 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
     metrics = {f"test_{k}": v for k, v in evaluation.outputs["metrics"].items()}
     tracker.log_metrics(metrics)
     progress(evaluation.outputs["table"])
+    log_report(tracker, train=train, evaluation=evaluation, shard_dir=shard_dir)
 
     summary = PipelineSummary(run_id=tracker.run_id, metrics=metrics, tracking_uri=cfg.tracking_uri())
     if not cfg.tracking.register_model:
         return summary
 
     reg = register_step(cfg, wf, tracker, train=train, shard=shard, evaluation=evaluation, lineage=lineage)
+    if tune:  # which trial the registered model comes from
+        found = {"tune.best_trial": tune.outputs["best_trial"], "tune.best_val_loss": tune.outputs["best_val_loss"]}
+        tracker.set_tags(found)
+        for key, value in found.items():
+            tracker.client.set_model_version_tag(cfg.tracking.model_name, reg.outputs["version"], key, str(value))
     progress(f"[register] {reg.outputs['decision']}")
     summary.model_uri = reg.outputs["model_uri"]
     summary.version = reg.outputs["version"]
@@ -179,7 +198,10 @@ def tune_step(cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, progress=
     from lstm_dist.tune import run_tune
 
     def search(out: str) -> dict[str, Any]:
-        outcome = run_tune(cfg, shard_dir=str(shard.path / "shards"), out_dir=out, progress=progress)
+        # Each trial becomes a nested run under this step's run (wf.tracker.active_step).
+        outcome = run_tune(
+            cfg, shard_dir=str(shard.path / "shards"), out_dir=out, tracker=wf.tracker.active_step, progress=progress
+        )
         outcome.trials.to_csv(Path(out) / "trials.csv", index=False)
         progress(outcome.table())
         return {
@@ -188,6 +210,7 @@ def tune_step(cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, progress=
             "best_val_loss": outcome.best_val_loss,
             "best_epoch": outcome.best_epoch,
             "final_config": outcome.final_config.model_dump(mode="json"),
+            "trainval_shards": os.path.relpath(outcome.trainval_dir, out),
         }
 
     return wf.step(
@@ -208,15 +231,26 @@ def train_step(
     """Ray Train fit; resumable: a killed attempt's checkpoints are where the next attempt starts from."""
     from lstm_dist.train.trainer import fit
 
+    # After a search the final model trains on train + validation (tune.trainval_view): no validation is
+    # left to pick an epoch by, so the model is the last epoch (the best trial's best epoch count).
+    shard_dir = tune.path / tune.outputs["trainval_shards"] if tune else shard.path / "shards"
+
     def train(out: str) -> dict[str, Any]:
+        run = wf.tracker.active_step
+        run.log_params(cfg.flat())
+        run.log_datasets(
+            shard_dir, splits={"train": "training"} if tune else {"train": "training", "val": "validation"}
+        )
         resume = _resume_point(Path(out) / "ray_train")
         if resume is not None:
             progress(f"[{name}] resuming from checkpoint {resume[0]} (epoch {resume[1]} of {cfg.train.epochs})")
         kwargs = {"init_weights": init_weights} if init_weights else {}
-        result = fit(cfg, shard_dir=str(shard.path / "shards"), storage_dir=out, name="ray_train", **kwargs)
+        with run.system_metrics(interval_s=cfg.tracking.system_metrics_interval_s):
+            result = fit(cfg, shard_dir=str(shard_dir), storage_dir=out, name="ray_train", **kwargs)
         result.history.to_csv(Path(out) / "history.csv", index=False)
+        best = result.latest_checkpoint if tune else result.best_checkpoint
         return {
-            "best_checkpoint": os.path.relpath(result.best_checkpoint, out),
+            "best_checkpoint": os.path.relpath(best, out),
             "latest_checkpoint": os.path.relpath(result.latest_checkpoint, out),
             "epochs": int(result.history["epoch"].max()),
             "resumed_from": resume[0] if resume is not None else None,
@@ -231,6 +265,7 @@ def train_step(
 
 def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult) -> StepResult:
     def evaluate(out: str) -> dict[str, Any]:
+        wf.tracker.active_step.log_datasets(shard.path / "shards", splits={"test": "testing"})
         ckpt, shard_dir = str(train.path / train.outputs["best_checkpoint"]), str(shard.path / "shards")
         evaluation = ray.get(_evaluate_task.remote(ckpt, shard_dir, cfg.data.seasonality))
         (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
@@ -300,6 +335,37 @@ def register_step(
         inputs={"evaluate": evaluation, "train": train, "shard": shard},
         resumable=True,
     )
+
+
+def log_report(tracker: Tracker, *, train: StepResult, evaluation: StepResult, shard_dir: Path) -> None:
+    """The run's pictures and tables: loss curves, forecast vs actual, error by horizon step, gate heat map
+    (PNGs under plots/), and the test metrics as a table (metrics/test_metrics.csv|json, by_step.csv)."""
+    import tempfile
+
+    import pandas as pd
+
+    from lstm_dist import plots
+
+    outputs = evaluation.outputs
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [plots.loss_curves(_history(train), Path(tmp) / "loss_curves.png")]
+        paths += plots.evaluation_plots(
+            train.path / train.outputs["best_checkpoint"], shard_dir, evaluation=outputs, out_dir=tmp
+        )
+        for path in paths:
+            tracker.log_artifact(path, artifact_path="plots")
+    m = outputs["metrics"]
+    rows = [(label, key) for label, key in (("model", "model"), ("naive", "naive"), ("seasonal_naive", "snaive"))]
+    table = pd.DataFrame(
+        [
+            {"forecaster": label, **{metric: m[f"{key}_{metric}"] for metric in ("mae", "rmse", "smape")}}
+            for label, key in rows
+            if f"{key}_mae" in m
+        ]
+    )
+    tracker.log_table(table, "metrics/test_metrics")
+    by_step = pd.DataFrame({"step": range(1, len(outputs["by_step"]) + 1), "model_mae": outputs["by_step"]})
+    tracker.log_text(by_step.to_csv(index=False), "metrics/test_mae_by_step.csv")
 
 
 def lineage_tags(lineage: dict[str, Any], keys: dict[str, str]) -> dict[str, str]:
