@@ -56,7 +56,9 @@ def stage_ingest(args) -> dict:
     from lstm_dist.data.ingest import ingest
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    cfg = DataConfig(path=str(args.raw), covariate_cols=FEATURES[1:], lookback=L, horizon=H)
+    cfg = DataConfig(
+        path=str(args.raw), covariate_cols=FEATURES[1:], lookback=L, horizon=H, shard_size_mib=args.shard_mib
+    )
     t = time.perf_counter()
     manifest, report = ingest(cfg, out_dir=str(args.shards))
     wall = time.perf_counter() - t
@@ -212,6 +214,8 @@ def run_stage(name: str, args) -> dict:
         str(args.naive_series),
         "--batches",
         str(args.batches),
+        "--shard-mib",
+        str(args.shard_mib),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -225,6 +229,7 @@ def main() -> None:
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="logical CPUs of the local Ray")
     p.add_argument("--naive-series", type=int, default=20, help="series the naive loop materialises")
     p.add_argument("--batches", type=int, default=2000)
+    p.add_argument("--shard-mib", type=float, default=0, help="data.shard_size_mib (0: rows_per_shard default)")
     p.add_argument("--stage", choices=["ingest", "reader", "naive", "gpu_step"], default=None)
     args = p.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
@@ -232,7 +237,7 @@ def main() -> None:
         print(json.dumps(stage_gpu_step(args)))
         return
     args.raw = make_data(args.root, series=args.series, steps=args.steps)
-    args.shards = args.root / f"shards_{args.series}x{args.steps}"
+    args.shards = args.root / f"shards_{args.series}x{args.steps}_{args.shard_mib:g}mib"
     if args.stage:
         fn = {"ingest": stage_ingest, "reader": stage_reader, "naive": stage_naive}[args.stage]
         print(json.dumps(fn(args)))
@@ -240,11 +245,22 @@ def main() -> None:
 
     ing = run_stage("ingest", args)
     rd = run_stage("reader", args)
+    # The same data in large shards (batches then touch one or two shards, not ~40).
+    big = argparse.Namespace(**{**vars(args), "shard_mib": 512.0})
+    ing_big = run_stage("ingest", big)
+    rd_big = run_stage("reader", big)
     nv = run_stage("naive", args)
     # Scale the naive subset to the full train set: its memory and disk grow with the windows.
     scale = rd["windows"] / nv["windows"]
     naive_full_mem_mib = nv["window_bytes"] * scale / 2**20
-    result = {"ingest": ing, "reader": rd, "naive": nv, "naive_full_window_mib": naive_full_mem_mib}
+    result = {
+        "ingest": ing,
+        "reader": rd,
+        "ingest_512mib": ing_big,
+        "reader_512mib": rd_big,
+        "naive": nv,
+        "naive_full_window_mib": naive_full_mem_mib,
+    }
     (args.root / "bench_data.json").write_text(json.dumps(result, indent=1))
     rows = ing["rows"]
     print(f"""## Data
@@ -261,13 +277,16 @@ date {time.strftime("%Y-%m-%d")}. Data: {args.series} series x {args.steps} step
 | reader, per CPU-second of the reader (robust to other load; load avg {rd["load_avg"]:.1f}) | {rd["batches_per_cpu_s"]:,.0f} batches/s = {rd["batches_per_cpu_s"] * BATCH:,.0f} windows/s |
 | reader, indices sorted within each batch | {rd["batches_per_s_sorted"]:,.0f} batches/s |
 | reader, batch from one shard | {rd["batches_per_s_single_shard"]:,.0f} batches/s |
+| same data in {ing_big["shards"]} shards of <= 512 MiB: ingest | {ing_big["wall_s"]:.1f} s wall, {ing_big["rows_per_s"]:,.0f} rows/s |
+| reader on them, random batches | {rd_big["batches_per_s"]:,.0f} batches/s = {rd_big["windows_per_s"]:,.0f} windows/s ({rd_big["batches_per_cpu_s"] * BATCH:,.0f} per CPU-second), peak RSS {rd_big["peak_rss_mib"]:.0f} MiB |
 | naive loop (numpy slices, {nv["series"]} series) | {nv["windows_per_s"]:,.0f} windows/s to materialise; peak RSS {nv["peak_rss_mib"]:.0f} MiB for {nv["windows"]:,} windows |
 | naive loop (pandas .iloc) | {nv["iloc_windows_per_s"]:,.0f} windows/s |
 | naive, full train set (extrapolated) | {naive_full_mem_mib / 1024:.1f} GiB of windows in memory, {nv["bytes_on_disk"] * scale / 2**30:.1f} GiB on disk |
 
 Per CPU-second (both sides measured with process time): reader {rd["batches_per_cpu_s"] * BATCH:,.0f} windows/s vs naive
 {nv["windows_per_cpu_s"]:,.0f} windows/s = {rd["batches_per_cpu_s"] * BATCH / nv["windows_per_cpu_s"]:.0f}x.
-Ratios (reader vs naive): speed {rd["windows_per_s"] / nv["windows_per_s"]:.0f}x (numpy loop),
+Large shards, per CPU-second: {rd_big["batches_per_cpu_s"] * BATCH / nv["windows_per_cpu_s"]:.0f}x; wall: {rd_big["windows_per_s"] / nv["windows_per_s"]:.0f}x.
+Ratios (reader on default shards vs naive): speed {rd["windows_per_s"] / nv["windows_per_s"]:.0f}x (numpy loop),
 {rd["windows_per_s"] / nv["iloc_windows_per_s"]:.0f}x (pandas .iloc); peak memory 1/{naive_full_mem_mib / rd["peak_rss_mib"]:.0f}
 (full train set); bytes on disk 1/{nv["bytes_on_disk"] * scale / ing["bytes"]:.0f}.
 """)
