@@ -81,11 +81,18 @@ def runtime_env(
 
 def client(address: str | None):
     """A JobSubmissionClient for the cluster, with an error that says what to check when it is not there."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     url = resolve_address(address)
     try:
         return JobSubmissionClient(url)
+    except AuthenticationError as exc:
+        raise JobError(
+            f"the Ray cluster at {url} wants a token ({str(exc).splitlines()[0]}). Ray 2.60 clusters use token "
+            "authentication by default: set RAY_AUTH_MODE=token here, with the cluster's token in "
+            "~/.ray/auth_token or RAY_AUTH_TOKEN (see https://docs.ray.io/en/latest/ray-security/token-auth.html)."
+        ) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise JobError(
             f"cannot reach the Ray job server at {url}: {str(exc).splitlines()[0]}. Is the cluster up "

@@ -100,6 +100,9 @@ class Scheduler:
                 if status in TERMINAL:
                     retry = self._finished(active, status, now)
                     active = None
+            if max_runs is not None and len(self.outcomes) >= max_runs and active is None and retry is None:
+                self._log("stopped", message=f"{ticks} tick(s), {len(self.outcomes)} run(s)")
+                return self.outcomes
             if retry is not None and now >= retry[0]:
                 failed = retry[1]
                 active = self._submit(failed.tick, number=failed.number + 1)
@@ -114,8 +117,7 @@ class Scheduler:
                     self._log("skipped", tick=tick, message=busy)
                 else:
                     active = self._submit(tick, number=1)
-            done = len(self.outcomes) >= max_runs if max_runs is not None else False
-            if active is None and retry is None and (done or (max_ticks is not None and ticks >= max_ticks)):
+            if active is None and retry is None and max_ticks is not None and ticks >= max_ticks:
                 self._log("stopped", message=f"{ticks} tick(s), {len(self.outcomes)} run(s)")
                 return self.outcomes
             wake = [next_tick] + ([retry[0]] if retry else [])

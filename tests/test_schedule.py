@@ -59,8 +59,7 @@ def scheduler(tmp_path: Path, clock: FakeClock, runner: FakeRunner, **kw) -> Sch
         clock=clock.time,
         sleep=clock.sleep,
         progress=lambda _: None,
-        poll_s=30,
-        **kw,
+        **{"poll_s": 30, **kw},
     )
 
 
@@ -136,3 +135,13 @@ def test_bad_cron_expressions_are_refused_with_an_example(tmp_path: Path) -> Non
     clock = FakeClock()
     with pytest.raises(ScheduleError, match="0 3 \\* \\* \\*"):
         scheduler(tmp_path, clock, FakeRunner(clock, durations=[], results=[]), cron="every night")
+
+
+def test_the_loop_stops_after_max_runs_even_when_a_tick_coincides(tmp_path: Path) -> None:
+    clock = FakeClock()
+    # job0 ends exactly at the next tick (03:10): the loop sees the outcome and the tick together.
+    runner = FakeRunner(clock, durations=[10 * 60, 60], results=["SUCCEEDED", "SUCCEEDED"])
+    s = scheduler(tmp_path, clock, runner, poll_s=600)
+    s.sleep = lambda seconds: setattr(clock, "t", clock.t + seconds)  # land exactly on the tick
+    s.run(max_runs=1)
+    assert len(runner.jobs) == 1 and events(tmp_path / "history.jsonl")[-2:] == ["succeeded", "stopped"]
