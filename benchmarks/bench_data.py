@@ -229,7 +229,7 @@ def main() -> None:
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="logical CPUs of the local Ray")
     p.add_argument("--naive-series", type=int, default=20, help="series the naive loop materialises")
     p.add_argument("--batches", type=int, default=2000)
-    p.add_argument("--shard-mib", type=float, default=0, help="data.shard_size_mib (0: rows_per_shard default)")
+    p.add_argument("--shard-mib", type=float, default=64, help="data.shard_size_mib (the default shard size)")
     p.add_argument("--stage", choices=["ingest", "reader", "naive", "gpu_step"], default=None)
     args = p.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,56 @@ def train(
     typer.echo(f"resume with:       lstm-dist train {config} --resume {result.run_dir.name} [train.epochs=N]")
 
 
+data_app = typer.Typer(
+    help="Ingest raw data into Arrow shards and inspect shard sets (no training).",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("ingest")
+def data_ingest(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Shard directory to write (default: <work_dir>/data/shards).")
+    ] = None,
+) -> None:
+    """Read, validate and clean the config's input with Ray tasks, write Arrow shards + manifest.json, print the report.
+
+    The raw input is never modified; the shard directory appears complete (with _SUCCESS) only when all is written.
+    """
+    cfg = _load(config, overrides)
+    from lstm_dist.cluster import init_ray
+    from lstm_dist.data.commands import ingest_command
+
+    init_ray(cfg)
+    try:
+        _, _, text = ingest_command(cfg, out_dir=str(out) if out else None)
+    except _user_errors() as exc:
+        _fail(f"error: {exc}", code=1)
+    typer.echo(text)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    shard_dir: Annotated[Path, typer.Argument(help="A shard directory (holds manifest.json and _SUCCESS).")],
+    verify: Annotated[bool, typer.Option("--verify", help="Recompute every shard's sha256 against the manifest.")] = False,
+    max_series: Annotated[int, typer.Option("--max-series", help="Series shown in the per-series table.")] = 10,
+) -> None:
+    """Show a shard set's manifest: series, rows, windows per split, scaler stats, storage and issues found."""
+    try:
+        typer.echo(inspect_command_text(shard_dir, verify=verify, max_series=max_series))
+    except _user_errors() as exc:
+        _fail(f"error: {exc}", code=1)
+
+
+def inspect_command_text(shard_dir: Path, *, verify: bool, max_series: int) -> str:
+    from lstm_dist.data.commands import inspect_command
+
+    return inspect_command(str(shard_dir), verify=verify, max_series=max_series)
+
+
 @app.command()
 def sample(
     output: Annotated[Path, typer.Argument(help="Parquet file to write.")],

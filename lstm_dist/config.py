@@ -78,8 +78,8 @@ class DataConfig(_Section):
     """What to do with missing (null/NaN) values."""
     short_series: Literal["error", "skip"] = "error"
     """What to do with a series too short for lookback + horizon + hold-out."""
-    rows_per_shard: int = Field(262_144, ge=16)
-    """Target number of rows per Arrow shard (before the halo)."""
+    rows_per_shard: int = Field(0, ge=0)
+    """Rows per Arrow shard (before the halo); 0 = derive it from shard_size_mib."""
     num_read_tasks: int = Field(0, ge=0)
     """Ray tasks used to read and process the input; 0 = one per file, at most the CPU count."""
     seasonality: int = Field(24, ge=1)
@@ -94,8 +94,8 @@ class DataConfig(_Section):
     """Trailing moving-average windows of each target (in steps) added as past-only features."""
     rsi_period: int = Field(0, ge=0)
     """RSI of each target over this many steps as a past-only feature; 0 disables it."""
-    shard_size_mib: float = Field(0, ge=0)
-    """Target shard file size in MiB; 0 = use rows_per_shard."""
+    shard_size_mib: float = Field(64, gt=0)
+    """Target shard file size in MiB (used unless rows_per_shard is set)."""
     series_weights: dict[str, float] = Field(default_factory=dict)
     """Sampling weight per series name for training windows (others weigh 1); empty = uniform."""
 

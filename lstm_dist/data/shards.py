@@ -29,10 +29,10 @@ class Piece:
 
 
 def rows_per_shard(*, rows: int, size_mib: float, num_features: int) -> int:
-    """Target rows per shard: from a size in MiB when given (12 bytes of index + 4 per feature per row)."""
-    if size_mib > 0:
-        return max(16, int(size_mib * 2**20 / (12 + 4 * num_features)))
-    return rows
+    """Target rows per shard: `rows` when set, else from a size in MiB (12 bytes of index + 4 per feature per row)."""
+    if rows > 0:
+        return max(16, rows)
+    return max(16, int(size_mib * 2**20 / (12 + 4 * num_features)))
 
 
 def plan_shards(lengths: list[int] | np.ndarray, *, rows_per_shard: int, window: int) -> list[list[Piece]]:
