@@ -279,7 +279,9 @@ def main() -> None:
             for name in variants:
                 row[f"{name}_s"] = statistics.median(times[name])
             model = models[1]
+            del models, ddp, variants  # peak memory of one model's step, not of all four variants alive
             if device.type == "cuda":
+                torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 our_step(model, model, batches, precision)()
                 sync(device)
@@ -293,7 +295,7 @@ def main() -> None:
             row["frac_of_peak"] = row["tflops"] / peak if peak else math.nan
             rows.append(row)
             print(json.dumps(row), flush=True)
-            del model, models, ddp, variants
+            del model
             torch.backends.cudnn.allow_tf32 = True
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -7,7 +7,8 @@ Ray runs report `samples_per_s` measured inside each worker around its training 
 windows per second, summed over workers); the first epoch is a warm-up and is left out. The fixed
 cost of a fit (worker-group start, checkpoints) is reported apart. The bare loop runs before and
 after every Ray fit, and each fit is set against the mean of those two: on a shared machine the
-load drifts between minutes.
+load drifts between minutes. After each 1-worker fit, our `train_epoch` also runs in this process
+without Ray, which splits the gap into the cost of our step code and the cost of running under Ray.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lstm_dist.config import from_dict  # noqa: E402
 from lstm_dist.data.ingest import ingest  # noqa: E402
-from lstm_dist.data.windows import WindowDataset  # noqa: E402
+from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset  # noqa: E402
 from lstm_dist.models import build_model  # noqa: E402
 from lstm_dist.train.loop import model_args_for  # noqa: E402
+from lstm_dist.train.precision import grad_scaler  # noqa: E402
+from lstm_dist.train.schedule import warmup_cosine  # noqa: E402
+from lstm_dist.train.steps import train_epoch  # noqa: E402
 from lstm_dist.train.trainer import fit  # noqa: E402
 
 
@@ -59,6 +63,26 @@ def bare_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[float]:
             opt.step()
             opt.zero_grad(set_to_none=True)
         rates.append(steps * batch / (time.perf_counter() - t0))
+    return rates
+
+
+def our_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[float]:
+    """Samples/s per epoch of our `train_epoch` in this process, without Ray: the code's own cost."""
+    torch.set_num_threads(1)
+    ds = WindowDataset(shard_dir, split="train")
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, **model_args_for(cfg, ds))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sched = warmup_cosine(opt, total_steps=epochs * steps, warmup_steps=1)
+    sampler = DistributedWindowSampler(len(ds), rank=0, world_size=1, seed=cfg.train.seed)
+    rates = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        stats = train_epoch(
+            model, model, ds, sampler, optimizer=opt, scheduler=sched, scaler=grad_scaler("fp32"), precision="fp32",
+            device=torch.device("cpu"), steps=steps, local_batch=cfg.train.batch_size, grad_clip=cfg.train.grad_clip,
+        )  # fmt: skip
+        rates.append(stats["samples_per_s"])
     return rates
 
 
@@ -106,7 +130,8 @@ def main() -> None:
     }
     bare = lambda: statistics.median(bare_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps)[1:])  # noqa: E731
     # The machine is shared: a bare run before and after every Ray fit, each fit compared with the mean of its two.
-    bares, fits = [bare()], []
+    ours = lambda: statistics.median(our_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps)[1:])  # noqa: E731
+    bares, fits, in_process = [bare()], [], []
     for _ in range(args.rounds):
         for workers in args.workers:
             run_cfg = from_dict({**tree, "train": {**tree["train"], "num_workers": workers}}).resolved()
@@ -129,7 +154,13 @@ def main() -> None:
                 }
             )
             print(f"ray {workers} worker(s): {rate:.0f} samples/s, bare around it {baseline:.0f}", flush=True)
-    out["bare_runs"], out["fits"] = bares, fits
+            if workers == 1:  # our loop without Ray, between the same kind of bare runs
+                in_process.append(ours())
+                bares.append(bare())
+                fits[-1]["ours_no_ray_samples_per_s"] = in_process[-1]
+                fits[-1]["ours_no_ray_ratio"] = in_process[-1] / ((bares[-2] + bares[-1]) / 2)
+                print(f"our train_epoch without Ray: {in_process[-1]:.0f} samples/s", flush=True)
+    out["bare_runs"], out["fits"], out["ours_no_ray"] = bares, fits, in_process
     ratio = {w: statistics.median(f["ratio"] for f in fits if f["workers"] == w) for w in args.workers}
     out["median_ratio"] = ratio
 
@@ -149,6 +180,10 @@ def main() -> None:
         )
     for w in args.workers:
         print(f"median Ray Train / bare with {w} worker(s): {ratio[w]:.3f}")
+    if in_process:
+        no_ray = statistics.median(f["ours_no_ray_ratio"] for f in fits if "ours_no_ray_ratio" in f)
+        out["median_ours_no_ray_ratio"] = no_ray
+        print(f"median (our train_epoch, no Ray) / bare: {no_ray:.3f}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     ray.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,12 @@ def fit(
     `init_weights`: a checkpoint directory or model.pt to start from instead of fresh weights (warm
     start; same architecture and data shape); once the run has a checkpoint of its own, that wins."""
     gpu = use_gpu(cfg)
+    if gpu and ray.cluster_resources().get("GPU", 0) < cfg.train.num_workers:
+        warnings.warn(
+            f"train.use_gpu=yes: the cluster has {ray.cluster_resources().get('GPU', 0):.0f} GPU(s) for "
+            f"{cfg.train.num_workers} workers; the run waits until enough GPUs join (e.g. from an autoscaler)",
+            stacklevel=2,
+        )
     if not gpu:  # refuse fp16 on CPU here, before any worker starts (and retries max_failures times)
         resolve_precision(cfg.train.precision, torch.device("cpu"))
     # Test-only fault injection travels from the driver's environment to the workers (see loop.FAIL_ENV).
