@@ -280,7 +280,10 @@ class Workflow:
                 self.progress(f"[{_title(name, label)}] resuming an unfinished attempt in {attempt}")
             self.store.mkdir(attempt)
             todo[label] = (key, final, attempt, parts)
+        many = list(items) != [None]  # a map over labelled items (not a single step) also gets a summary line
         if not todo:
+            if many:
+                self.progress(f"[{name}] cached ({len(results)} item(s))")
             return results
 
         started = time.time()
@@ -326,6 +329,8 @@ class Workflow:
         for label in todo:
             self.progress(f"[{_title(name, label)}] done in {seconds:.1f}s -> {results[label].uri}")
             self.results.append(results[label])
+        if many:
+            self.progress(f"[{name}] done in {seconds:.1f}s: {len(todo)} ran, {len(items) - len(todo)} cached")
         return {label: results[label] for label in items}
 
     def finish(self, status: str = DONE, *, message: str = "") -> None:

@@ -58,7 +58,8 @@ arts = [a.path for a in c.list_artifacts(parent.info.run_id)]
 sub = [a.path for p in ("config", "data") for a in c.list_artifacts(parent.info.run_id, p)]
 v = c.get_model_version_by_alias("lstm_debug", "champion")
 print(json.dumps(dict(params=parent.data.params, steps=steps, epochs=[m.step for m in hist], arts=arts + sub,
-                      metrics=parent.data.metrics, version=v.version, tags=v.tags)))
+                      metrics=parent.data.metrics, version=v.version, tags=v.tags,
+                      model_run=v.run_id, run_id=parent.info.run_id)))
 """
     info = json.loads(
         subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=work)
@@ -66,10 +67,10 @@ print(json.dumps(dict(params=parent.data.params, steps=steps, epochs=[m.step for
         .splitlines()[-1]
     )
     assert info["params"]["train.epochs"] == "2" and info["params"]["data.lookback"] == "48"
-    assert info["steps"] == ["evaluate", "ingest", "register", "train"]
+    assert info["steps"] == ["evaluate", "ingest", "register", "shard", "train"]
     assert sorted(info["epochs"]) == [1, 2]
     assert "config/resolved.yaml" in info["arts"] and "data/manifest.json" in info["arts"]
-    assert "model" in info["arts"] or any(a.startswith("model") for a in info["arts"]) or info["version"] == "1"
+    assert str(info["version"]) == "1" and info["model_run"] == info["run_id"]  # the champion came from this run
     assert info["metrics"]["test_model_mae"] > 0 and info["metrics"]["test_naive_mae"] > 0
     assert info["tags"]["promotion"].startswith("first model")
 
@@ -101,7 +102,7 @@ def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:
     work, _ = finished_run
     proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for step in ("ingest", "train", "evaluate", "register"):
+    for step in ("ingest", "shard", "train", "evaluate", "register"):
         assert f"[{step}] cached" in proc.stdout
     assert "models:/lstm_debug/1 " in proc.stdout  # still version 1: no duplicate registration
 
