@@ -203,19 +203,36 @@ def ui(
     host: Annotated[
         str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you know you need more.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
+    port: Annotated[int, typer.Option(help="Port of the UI; 0 picks a free one.")] = 5000,
 ) -> None:
     """Start the MLflow UI on the config's tracking store and print its address."""
-    import subprocess
+    import os
+    import socket
+
+    from lstm_dist.tracking import TrackingError, check_tracking_uri
 
     cfg = _load(config, overrides)
     uri = cfg.tracking_uri()
     if uri.startswith(("http://", "https://")):
         typer.echo(f"the store is an MLflow server already: open {uri}")
         return
+    try:
+        check_tracking_uri(uri)
+    except TrackingError as exc:
+        _fail(f"error: {exc}", code=1)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        typer.echo(f"note: {uri} does not exist yet; it fills once a pipeline has run (lstm-dist run {config})")
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
     typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    # The UI server is started by name (uvicorn/gunicorn): this environment's bin directory goes first on PATH.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd))
+    sys.stdout.flush()
+    # Become the UI process (no child left behind when this one is stopped).
+    os.execve(sys.executable, cmd, env)
 
 
 @app.command()

@@ -514,7 +514,7 @@ def ui_command(uri: str) -> str:
     """The one command that opens the MLflow UI on this store."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    return f"lstm-dist ui CONFIG   (or: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000)"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   (or: lstm-dist ui <config>)"
 
 
 def write_json(obj: Any, name: str) -> Path:

@@ -1,0 +1,67 @@
+"""`lstm-dist ui`: the MLflow UI on the config's store, on 127.0.0.1, at the address it prints."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ui_serves_the_configured_store_at_the_printed_address(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # No venv on PATH here on purpose: the command must find the UI server of its own environment.
+    env["PATH"] = "/usr/bin:/bin"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lstm_dist.cli",
+        "ui",
+        str(ROOT / "conf" / "debug.yaml"),
+        f"tracking.uri=sqlite:///{db}",
+    ]
+    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        address = None
+        deadline = time.time() + 60
+        while address is None and time.time() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(lines)
+            lines.append(line)
+            match = re.search(r"at (http://127\.0\.0\.1:\d+)", line)
+            address = match.group(1) if match else None
+        assert address, "".join(lines)
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/health", timeout=5) as reply:
+                    assert reply.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "".join(lines)
+                time.sleep(1)
+        with urllib.request.urlopen(f"{address}/", timeout=10) as reply:
+            assert reply.status == 200 and b"<html" in reply.read(2000).lower()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_ui_refuses_a_store_it_cannot_use(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lstm_dist.cli", "ui", str(ROOT / "conf" / "debug.yaml"), "tracking.uri=nosuch://x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "not one MLflow can use" in proc.stderr
