@@ -110,7 +110,8 @@ def test_four_trials_run_and_asha_stops_the_weak_ones_early(tuned) -> None:
     for t in stopped:  # stopped early: fewer epochs than the budget, in the metric history too
         epochs = [m.step for m in client.get_metric_history(t.info.run_id, "val_loss")]
         assert t.data.metrics["epochs_run"] < MAX_EPOCHS and max(epochs) < MAX_EPOCHS
-        assert t.data.params["train.lr"] == "1e-06"
+    # The hopeless learning rate never survives the first rung: the good trials it is compared with ran first.
+    assert all(t.data.tags["tune.stopped"] == "scheduler" for t in trials if t.data.params["train.lr"] == "1e-06")
     for t in full:
         assert t.data.metrics["epochs_run"] == MAX_EPOCHS
         assert sorted(m.step for m in client.get_metric_history(t.info.run_id, "val_loss")) == [1, 2, 3]
