@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 100
 
@@ -48,6 +49,7 @@ def loss_curves(history: pd.DataFrame, path: str | Path, *, title: str = "traini
         best = int(history["val_loss"].to_numpy().argmin())
         ax.axvline(epochs[best], color="grey", linestyle=":", label=f"best epoch {epochs[best]}")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (scaled units)")
     ax.set_title(f"{title}: loss" + ("" if has_val else " (validation folded into training)"))
     ax.legend()
@@ -58,6 +60,7 @@ def loss_curves(history: pd.DataFrame, path: str | Path, *, title: str = "traini
         if "val_rmse" in history:
             ax.plot(epochs, history["val_rmse"], marker="o", color="tab:red", label="validation RMSE")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("error (original units)")
         ax.set_title(f"{title}: validation error")
         ax.legend()
@@ -192,6 +195,7 @@ def tune_trials(trials: pd.DataFrame, path: str | Path, *, metric: str = "val_lo
             label=f"{row['trial_id']} ({row['stopped']})" if row["stopped"] != "no" else str(row["trial_id"]),
         )
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{metric} (scaled units)")
     ax.set_title(
         f"tune: {len(trials)} trials ({int((trials['stopped'] == 'scheduler').sum())} stopped by the scheduler)"

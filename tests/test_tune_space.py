@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lstm_dist.config import ConfigError, load_config
@@ -130,3 +131,49 @@ def test_cli_refuses_a_bad_space_before_starting_ray(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "'model.hiden_size' is not a config key. Did you mean 'model.hidden_size'?" in proc.stderr
     assert "[ray]" not in proc.stdout and not (tmp_path / "w").exists()
+
+
+def test_trainval_view_folds_validation_into_train(ray_local, tmp_path: Path) -> None:
+    """The final training's shards: train + validation (and the windows across their boundary), same test."""
+    from lstm_dist.data.ingest import ingest
+    from lstm_dist.data.windows import WindowDataset
+    from lstm_dist.tune import trainval_view
+
+    cfg = load_config(DEBUG, [f"workflow.work_dir={tmp_path}"]).resolved()
+    ingest(cfg.data, out_dir=str(tmp_path / "shards"), work_dir=str(tmp_path))
+    view = trainval_view(tmp_path / "shards", tmp_path / "view")
+    splits = ("train", "val", "test")
+    sizes = {d: {s: len(WindowDataset(str(tmp_path / d), split=s)) for s in splits} for d in ("shards", "view")}
+    before, after = sizes["shards"], sizes["view"]
+    assert after["val"] == 0 and after["test"] == before["test"]
+    assert after["train"] > before["train"] + before["val"]  # plus the windows that straddled the boundary
+    own, viewed = WindowDataset(str(tmp_path / "shards"), split="test"), WindowDataset(str(view), split="test")
+    idx = np.arange(len(own))
+    np.testing.assert_array_equal(own.batch(idx)["x"], viewed.batch(idx)["x"])  # same scaling, same windows
+    assert (view / "shard-00000.arrow").stat().st_ino == (tmp_path / "shards" / "shard-00000.arrow").stat().st_ino
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from lstm_dist import plots
+
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.7], "val_loss": [1.1, 0.9, 0.95]})
+    history["val_mae"], history["val_rmse"] = [3.0, 2.0, 2.1], [4.0, 3.0, 3.2]
+    folded = history.assign(val_loss=float("nan"))  # the final training after a search has no validation
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["a", "b"],
+            "best_val_loss": [0.9, 1.3],
+            "stopped": ["no", "scheduler"],
+            "history": [{"epoch": [1, 2, 3], "val_loss": [1.1, 1.0, 0.9]}, {"epoch": [1], "val_loss": [1.3]}],
+        }
+    )
+    paths = [
+        plots.loss_curves(history, tmp_path / "a.png"),
+        plots.loss_curves(folded, tmp_path / "b.png"),
+        plots.error_by_horizon(np.linspace(1, 2, 12), tmp_path / "c.png", metrics={"naive_mae": 2.5, "model_mae": 1.5}),
+        plots.tune_trials(trials, tmp_path / "d.png"),
+    ]
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
