@@ -42,8 +42,8 @@ from lstm_dist.train.steps import train_epoch  # noqa: E402
 from lstm_dist.train.trainer import fit  # noqa: E402
 
 
-def bare_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[float]:
-    """Samples/s per epoch of a plain single-process PyTorch loop on the same windows."""
+def bare_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[tuple[float, float]]:
+    """(samples/s, samples per CPU-second) per epoch of a plain single-process PyTorch loop on the same windows."""
     torch.set_num_threads(1)  # what one worker with cpus_per_worker=1 gets
     ds = WindowDataset(shard_dir, split="train")
     torch.manual_seed(cfg.train.seed)
@@ -53,7 +53,7 @@ def bare_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[float]:
     rates = []
     for epoch in range(epochs):
         order = np.random.default_rng([cfg.train.seed, epoch]).permutation(len(ds))
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         for step in range(steps):
             b = ds.batch(order[step * batch : (step + 1) * batch])
             x, y = torch.from_numpy(b["x"]), torch.from_numpy(b["y"])  # [B, L, F], [B, H, T]
@@ -62,11 +62,11 @@ def bare_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[float]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        rates.append(steps * batch / (time.perf_counter() - t0))
+        rates.append((steps * batch / (time.perf_counter() - t0), steps * batch / (time.process_time() - cpu0)))
     return rates
 
 
-def our_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[float]:
+def our_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[tuple[float, float]]:
     """Samples/s per epoch of our `train_epoch` in this process, without Ray: the code's own cost."""
     torch.set_num_threads(1)
     ds = WindowDataset(shard_dir, split="train")
@@ -82,7 +82,7 @@ def our_loop(cfg, shard_dir: str, *, epochs: int, steps: int) -> list[float]:
             model, model, ds, sampler, optimizer=opt, scheduler=sched, scaler=grad_scaler("fp32"), precision="fp32",
             device=torch.device("cpu"), steps=steps, local_batch=cfg.train.batch_size, grad_clip=cfg.train.grad_clip,
         )  # fmt: skip
-        rates.append(stats["samples_per_s"])
+        rates.append((stats["samples_per_s"], stats["samples_per_cpu_s"]))
     return rates
 
 
@@ -128,62 +128,80 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}",
         "config": {k: v for k, v in vars(args).items() if k != "json"},
     }
-    bare = lambda: statistics.median(bare_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps)[1:])  # noqa: E731
-    # The machine is shared: a bare run before and after every Ray fit, each fit compared with the mean of its two.
-    ours = lambda: statistics.median(our_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps)[1:])  # noqa: E731
-    bares, fits, in_process = [bare()], [], []
+
+    def median_pair(runs: list[tuple[float, float]]) -> tuple[float, float]:
+        return statistics.median(r[0] for r in runs[1:]), statistics.median(r[1] for r in runs[1:])
+
+    def bare() -> tuple[float, float]:
+        return median_pair(bare_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps))
+
+    def around(i: int) -> tuple[float, float]:  # mean of the bare runs just before and after
+        return (bares[i - 1][0] + bares[i][0]) / 2, (bares[i - 1][1] + bares[i][1]) / 2
+
+    # The machine is shared: a bare run before and after every measured run, each set against the mean of its
+    # two; wall-clock rates move with other people's load, rates per CPU-second of the process much less.
+    bares, rows = [bare()], []
     for _ in range(args.rounds):
         for workers in args.workers:
             run_cfg = from_dict({**tree, "train": {**tree["train"], "num_workers": workers}}).resolved()
             t0 = time.perf_counter()
-            name = f"w{workers}-{len(fits)}"
-            result = fit(run_cfg, shard_dir=shard_dir, storage_dir=str(work / "runs"), name=name)
+            result = fit(run_cfg, shard_dir=shard_dir, storage_dir=str(work / "runs"), name=f"w{workers}-{len(rows)}")
             wall = time.perf_counter() - t0
-            rate = statistics.median(list(result.history["samples_per_s"])[1:])
+            h = result.history.iloc[1:]
             bares.append(bare())
-            baseline = (bares[-2] + bares[-1]) / 2
-            fits.append(
+            base = around(len(bares) - 1)
+            rows.append(
                 {
+                    "run": f"Ray Train, {workers} worker(s)",
                     "workers": workers,
-                    "samples_per_s": rate,
-                    "bare_samples_per_s": baseline,
-                    "ratio": rate / baseline,
+                    "samples_per_s": float(h["samples_per_s"].median()),
+                    "samples_per_cpu_s": float(h["samples_per_cpu_s"].median()),  # per worker
+                    "bare": base,
                     "fit_wall_s": wall,
                     "fixed_cost_s": wall - float(result.history["train_time_s"].sum()),
                     "final_val_loss": float(result.history["val_loss"].iloc[-1]),
                 }
             )
-            print(f"ray {workers} worker(s): {rate:.0f} samples/s, bare around it {baseline:.0f}", flush=True)
-            if workers == 1:  # our loop without Ray, between the same kind of bare runs
-                in_process.append(ours())
+            if workers == 1:  # our loop without Ray, between bare runs too
+                mine = median_pair(our_loop(cfg, shard_dir, epochs=args.epochs, steps=args.steps))
                 bares.append(bare())
-                fits[-1]["ours_no_ray_samples_per_s"] = in_process[-1]
-                fits[-1]["ours_no_ray_ratio"] = in_process[-1] / ((bares[-2] + bares[-1]) / 2)
-                print(f"our train_epoch without Ray: {in_process[-1]:.0f} samples/s", flush=True)
-    out["bare_runs"], out["fits"], out["ours_no_ray"] = bares, fits, in_process
-    ratio = {w: statistics.median(f["ratio"] for f in fits if f["workers"] == w) for w in args.workers}
-    out["median_ratio"] = ratio
+                rows.append(
+                    {
+                        "run": "our train_epoch, no Ray",
+                        "workers": 0,
+                        "samples_per_s": mine[0],
+                        "samples_per_cpu_s": mine[1],
+                        "bare": around(len(bares) - 1),
+                    }
+                )
+            for r in rows[-2:] if workers == 1 else rows[-1:]:
+                print(f"{r['run']}: {r['samples_per_s']:.0f} samples/s, bare around it {r['bare'][0]:.0f}", flush=True)
+    out["bare_runs"], out["runs"] = bares, rows
 
     print()
     print(f"{out['machine']}  {out['date']}")
     print(
         f"hidden {args.hidden}, lookback {args.lookback}, batch {args.batch}, {args.steps} steps/epoch, "
-        f"{args.epochs - 1} timed epochs per run; samples/s"
+        f"{args.epochs - 1} timed epochs per run"
     )
     print(
-        f"{'workers':>7} {'Ray Train':>10} {'bare':>8} {'ratio':>6} {'fit wall s':>10} {'fixed s':>8} {'val_loss':>9}"
+        f"{'run':<26} {'samples/s':>9} {'bare':>6} {'ratio':>6} {'/CPU-s':>7} {'bare':>6} {'ratio':>6} {'fit s':>6} {'fixed s':>7}"
     )
-    for f in fits:
+    for r in rows:
         print(
-            f"{f['workers']:>7} {f['samples_per_s']:>10.0f} {f['bare_samples_per_s']:>8.0f} {f['ratio']:>6.3f} "
-            f"{f['fit_wall_s']:>10.1f} {f['fixed_cost_s']:>8.1f} {f['final_val_loss']:>9.5f}"
+            f"{r['run']:<26} {r['samples_per_s']:>9.0f} {r['bare'][0]:>6.0f} {r['samples_per_s'] / r['bare'][0]:>6.3f} "
+            f"{r['samples_per_cpu_s']:>7.0f} {r['bare'][1]:>6.0f} {r['samples_per_cpu_s'] / r['bare'][1]:>6.3f} "
+            f"{r.get('fit_wall_s', float('nan')):>6.1f} {r.get('fixed_cost_s', float('nan')):>7.1f}"
         )
-    for w in args.workers:
-        print(f"median Ray Train / bare with {w} worker(s): {ratio[w]:.3f}")
-    if in_process:
-        no_ray = statistics.median(f["ours_no_ray_ratio"] for f in fits if "ours_no_ray_ratio" in f)
-        out["median_ours_no_ray_ratio"] = no_ray
-        print(f"median (our train_epoch, no Ray) / bare: {no_ray:.3f}")
+    for name in dict.fromkeys(r["run"] for r in rows):
+        mine = [r for r in rows if r["run"] == name]
+        wall = statistics.median(r["samples_per_s"] / r["bare"][0] for r in mine)
+        cpu = statistics.median(r["samples_per_cpu_s"] / r["bare"][1] for r in mine)
+        out[f"median_ratio {name}"] = {"wall": wall, "cpu": cpu}
+        print(f"median {name} / bare: {wall:.3f} wall, {cpu:.3f} per CPU-second")
+    print(
+        f"final val_loss of every Ray fit: {sorted({round(r['final_val_loss'], 6) for r in rows if 'final_val_loss' in r})}"
+    )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     ray.shutdown()

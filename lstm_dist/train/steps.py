@@ -95,7 +95,7 @@ def train_epoch(
     norm_sum = torch.zeros((), device=device)
     skipped = torch.zeros((), device=device)
     lr = optimizer.param_groups[0]["lr"]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for step in range(steps):
         if step == fail_step:  # simulated hard crash of this worker process (tests only; see loop.FAIL_ENV)
             # Ray Train registers a report when its controller next polls the workers (every 2 s); a
@@ -124,7 +124,7 @@ def train_epoch(
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    train_time = time.perf_counter() - t0
+    train_time, cpu_time = time.perf_counter() - t0, time.process_time() - cpu0
     num_skipped = int(skipped.item())
     samples = float(totals[1])
     return {
@@ -136,6 +136,8 @@ def train_epoch(
         "train_samples": samples,
         "train_time_s": train_time,
         "samples_per_s": samples / train_time,
+        # This worker's windows per second of its own CPU time: unlike samples_per_s, not slowed by other load.
+        "samples_per_cpu_s": steps * grad_accum * local_batch / max(cpu_time, 1e-9),
     }
 
 
