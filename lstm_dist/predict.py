@@ -26,6 +26,15 @@ import ray
 import lstm_dist
 
 META_PREFIX = "lstm_dist."
+READ_FIELDS = (
+    "layout",
+    "timestamp_col",
+    "series_col",
+    "target_cols",
+    "covariate_cols",
+    "future_cols",
+    "wide_series_cols",
+)
 
 
 class PredictError(ValueError):
@@ -127,7 +136,8 @@ def read_history(source: str, *, manifest_path: str | os.PathLike) -> pd.DataFra
     from lstm_dist.data.readers import list_input_files, read_raw
 
     data = json.loads(Path(manifest_path).read_text())["data_config"]
-    cfg = DataConfig.model_validate({**data, "path": source, "sample": None, "format": "auto"})
+    # Only what reading needs (column names, layout): the rest of an older model's config need not validate today.
+    cfg = DataConfig.model_validate({**{k: data[k] for k in READ_FIELDS if k in data}, "path": source})
     frames = [read_raw(f, cfg=cfg).to_pandas() for f in list_input_files(source)]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 

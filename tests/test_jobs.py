@@ -92,13 +92,13 @@ def head():
                 time.sleep(1)
         yield address
     finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its own processes on SIGTERM
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes (after draining up to 30 s)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             pass
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of ours is left (jobs, workers): same group
+            os.killpg(proc.pid, signal.SIGKILL)  # everything of this head (GCS, raylet, jobs, workers): one group
         except ProcessLookupError:
             pass
         log.close()
