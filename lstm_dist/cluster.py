@@ -19,6 +19,9 @@ def init_ray(cfg: PipelineConfig) -> dict[str, float]:
     address = cfg.workflow.ray_address or os.environ.get("RAY_ADDRESS")
     # Workers import the package from the driver's environment; keep their logs readable.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray Train patches print() into its logger, which echoes every worker line twice on the driver.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if address:
         ray.init(address=address, log_to_driver=True)
