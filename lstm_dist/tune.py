@@ -232,7 +232,8 @@ def max_concurrent(cfg: PipelineConfig, resources: dict[str, float], *, gpu: boo
     workers = cfg.tune.workers_per_trial
     fit = int(resources.get("CPU", 1) // (workers * cfg.train.cpus_per_worker))
     if gpu:
-        fit = min(fit, int(resources.get("GPU", 0) // workers))
+        gpus_per_worker = getattr(cfg.train, "gpus_per_worker", 1.0)  # a fraction lets trials share a GPU
+        fit = min(fit, int(resources.get("GPU", 0) // (workers * gpus_per_worker)))
     return max(1, min(fit, cfg.tune.num_samples))
 
 
