@@ -153,6 +153,8 @@ class TrainConfig(_Section):
     """Put workers on GPUs: `auto` uses them when the cluster has any."""
     cpus_per_worker: float = Field(1.0, gt=0)
     """Logical CPUs reserved per worker."""
+    gpus_per_worker: float = Field(1.0, gt=0, le=1)
+    """GPUs reserved per worker on GPU; a fraction lets a 1-worker run share a GPU (NCCL needs a GPU per rank)."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     """`auto`: fp16 autocast + GradScaler on CUDA, fp32 on CPU. fp16 on CPU is refused."""
     epochs: int = Field(10, ge=1)

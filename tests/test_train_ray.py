@@ -111,7 +111,7 @@ def test_pinned_final_loss_of_a_fixed_single_worker_run(single) -> None:
 def test_metrics_and_checkpoints_of_a_run(reference) -> None:
     h = reference.history
     for key in ("train_loss", "val_loss", "val_mae", "val_rmse", "lr", "grad_norm", "loss_scale", "skipped_steps",
-                "samples_per_s", "epoch_time_s", "peak_gpu_mem_mb", "best_val_loss"):  # fmt: skip
+                "samples_per_s", "samples_per_cpu_s", "epoch_time_s", "peak_gpu_mem_mb", "best_val_loss"):  # fmt: skip
         assert key in h and h[key].notna().all(), key
     assert (h["skipped_steps"] == 0).all() and (h["loss_scale"] == 1.0).all()  # fp32 on CPU
     # keep_checkpoints=1: the best by val_loss plus the latest (kept for resuming), no more.

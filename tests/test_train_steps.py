@@ -94,6 +94,15 @@ def test_fit_refuses_fp16_on_cpu_before_starting_workers() -> None:
         fit(cfg, shard_dir="/nonexistent", storage_dir="/nonexistent", name="never")
 
 
+def test_fit_refuses_fractional_gpus_with_several_workers() -> None:
+    from lstm_dist.config import ConfigError
+    from lstm_dist.train.trainer import fit
+
+    cfg = from_dict({"data": {"sample": {}}, "train": {"use_gpu": "yes", "gpus_per_worker": 0.5, "num_workers": 2}})
+    with pytest.raises(ConfigError, match="a whole GPU per worker"):
+        fit(cfg, shard_dir="/nonexistent", storage_dir="/nonexistent", name="never")
+
+
 def test_bf16_path_runs_on_cpu_and_learns() -> None:
     ds = ArrayWindows()
     with autocast("bf16", CPU):

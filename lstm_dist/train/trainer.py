@@ -64,7 +64,12 @@ def fit(
     `init_weights`: a checkpoint directory or model.pt to start from instead of fresh weights (warm
     start; same architecture and data shape); once the run has a checkpoint of its own, that wins."""
     gpu = use_gpu(cfg)
-    if gpu and ray.cluster_resources().get("GPU", 0) < cfg.train.num_workers:
+    if gpu and cfg.train.gpus_per_worker < 1 and cfg.train.num_workers > 1:
+        raise ConfigError(
+            f"train.gpus_per_worker={cfg.train.gpus_per_worker} with train.num_workers={cfg.train.num_workers}: "
+            "DDP over NCCL needs a whole GPU per worker; use gpus_per_worker=1, or 1 worker to share a GPU"
+        )
+    if gpu and ray.cluster_resources().get("GPU", 0) < cfg.train.num_workers * cfg.train.gpus_per_worker:
         warnings.warn(
             f"train.use_gpu=yes: the cluster has {ray.cluster_resources().get('GPU', 0):.0f} GPU(s) for "
             f"{cfg.train.num_workers} workers; the run waits until enough GPUs join (e.g. from an autoscaler)",
@@ -85,7 +90,10 @@ def fit(
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+            resources_per_worker={
+                "CPU": cfg.train.cpus_per_worker,
+                **({"GPU": cfg.train.gpus_per_worker} if gpu else {}),
+            },
         ),
         run_config=ray.train.RunConfig(
             name=name,
