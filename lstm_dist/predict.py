@@ -11,6 +11,7 @@ prediction on the same rows. The file's metadata records the model name, version
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -98,7 +99,9 @@ def download_model(uri: str, *, tracking_uri: str, cache_dir: str | os.PathLike 
 
     mv = resolve_version(uri, tracking_uri=tracking_uri)
     base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lstm_dist_models"
-    dst = base / f"{mv.name}-v{mv.version}"
+    # Name and version are only unique within one registry: the store and the run are part of the cache key.
+    tag = hashlib.sha256(f"{tracking_uri}|{mv.run_id}|{mv.source}".encode()).hexdigest()[:10]
+    dst = base / f"{mv.name}-v{mv.version}-{tag}"
     files = ModelFiles(uri=uri, name=mv.name, version=str(mv.version), run_id=mv.run_id or "", directory=dst)
     if files.weights.exists() and files.manifest.exists():
         return files
