@@ -201,7 +201,9 @@ class Workflow:
             )
         self.progress = progress
         self.results: list[StepResult] = []
-        self.run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{pipeline}-{uuid.uuid4().hex[:6]}"
+        now = time.time()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        self.run_id = f"{stamp}-{pipeline}-{uuid.uuid4().hex[:6]}"  # names sort by start time
         self._check_not_busy()
         self.record: dict[str, Any] = {
             "run_id": self.run_id,
@@ -271,7 +273,7 @@ class Workflow:
             key = cache_key(name, parts)
             final = self.store.join(name, key)
             if not forced and self.store.exists(f"{final}/{SUCCESS}"):
-                results[label] = self._cached(name, label, key, final, inputs)
+                results[label] = self._cached(name, label, key, final)
                 continue
             attempt = final + PARTIAL
             if forced or not resumable:
@@ -281,6 +283,11 @@ class Workflow:
             self.store.mkdir(attempt)
             todo[label] = (key, final, attempt, parts)
         many = list(items) != [None]  # a map over labelled items (not a single step) also gets a summary line
+        if results:  # one nested MLflow run for everything this step took from the cache
+            cached = {label: (r.key, r.uri, r.uri, {}) for label, r in results.items()}
+            with self.tracker.step(name, **{"lstm_dist.key": ",".join(r.key for r in results.values())}) as run:
+                outputs = {label: r.outputs for label, r in results.items()}
+                self._log_step(run, name, cached, inputs, outputs, seconds=0.0, cached=True)
         if not todo:
             if many:
                 self.progress(f"[{name}] cached ({len(results)} item(s))")
@@ -321,8 +328,9 @@ class Workflow:
                     entries[label].update(state=DONE, seconds=seconds, uri=final)
                 self._log_step(run, name, todo, inputs, outputs, seconds=seconds, cached=False)
         except BaseException as exc:
+            state = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else FAILED
             for entry in entries.values():
-                entry.update(state=FAILED, seconds=time.perf_counter() - t0, error=_one_line(exc))
+                entry.update(state=state, seconds=time.perf_counter() - t0, error=_one_line(exc))
             self._save_record()
             raise
         self._save_record()
@@ -347,7 +355,7 @@ class Workflow:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _cached(self, name: str, label: Any, key: str, final: str, inputs: dict[str, StepResult]) -> StepResult:
+    def _cached(self, name: str, label: Any, key: str, final: str) -> StepResult:
         record = json.loads(self.store.read_text(f"{final}/{RECORD}"))
         result = StepResult(
             name=name, key=key, uri=final, state=CACHED, seconds=0.0, outputs=record["outputs"], label=label
@@ -355,11 +363,6 @@ class Workflow:
         self.progress(f"[{_title(name, label)}] cached ({key}) -> {final}")
         self._add_entry(name, label, key, state=CACHED, uri=final, started=time.time(), seconds=0.0)
         self._save_record()
-        with self.tracker.step(name, **{"lstm_dist.key": key, "lstm_dist.cached": True}) as run:
-            self._log_step(
-                run, name, {label: (key, final, final, record.get("key_parts", {}))}, inputs,
-                {label: record["outputs"]}, seconds=0.0, cached=True,
-            )  # fmt: skip
         self.results.append(result)
         return result
 
@@ -440,7 +443,7 @@ def read_runs(work_dir: str | os.PathLike, *, limit: int = 5) -> list[dict[str, 
     store = Store(work_dir)
     names = [n for n in store.listdir(store.join(RUNS)) if n.endswith(".json")]
     runs = []
-    for name in sorted(names, reverse=True)[:limit]:
+    for name in sorted(names, reverse=True)[: limit + 5]:  # a few more: runs started in the same millisecond
         try:
             run = json.loads(store.read_text(store.join(RUNS, name)))
         except (OSError, ValueError):
@@ -451,7 +454,7 @@ def read_runs(work_dir: str | os.PathLike, *, limit: int = 5) -> list[dict[str, 
                 if step["state"] == RUNNING:
                     step["state"] = INTERRUPTED
         runs.append(run)
-    return runs
+    return sorted(runs, key=lambda r: r["started_at"], reverse=True)[:limit]
 
 
 def format_status(runs: list[dict[str, Any]], *, now: float | None = None) -> str:
