@@ -66,9 +66,10 @@ def run(
         bool, typer.Option("--show-config", help="Print the full resolved config and exit.")
     ] = False,
 ) -> None:
-    """Run the training pipeline: ingest -> train (Ray Train DDP) -> evaluate -> register in MLflow.
+    """Run the training pipeline: ingest -> shard -> [tune] -> train (Ray Train DDP) -> evaluate -> register.
 
-    Completed steps are cached under workflow.work_dir and reused; a run that died resumes where it stopped.
+    Completed steps are cached under workflow.work_dir and reused; a run that died resumes where it stopped
+    (training from its latest checkpoint). `lstm-dist status` shows the steps of the latest runs.
     """
     cfg = _load(config, overrides)
     if show_config:
@@ -408,8 +409,12 @@ def retrain(
         typer.Option("--force", help="Retrain even without new data, rerunning this step and the steps using it."),
     ] = None,
 ) -> None:
-    """Retrain on new data: ends at once when the inputs are those of the champion; else trains a challenger,
-    scores it and the champion on the same, most recent hold-out, and promotes it only if better."""
+    """Retrain on new data, promoting the challenger only if it beats the champion on the same hold-out.
+
+    Ends at once when the inputs are those the champion was trained on. Otherwise ingests only the new or
+    changed files, trains a challenger (warm-started with workflow.warm_start=true), scores it and the
+    champion on the same, most recent hold-out, and moves the champion alias only if it is better.
+    """
     cfg = _load(config, overrides)
     from pipelines.retrain import run as run_retrain
 

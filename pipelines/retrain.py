@@ -152,6 +152,8 @@ def _steps(cfg, wf: Workflow, tracker: Tracker, *, champion: Champion | None, li
     init_weights = None
     if cfg.workflow.warm_start and champion is not None:
         init_weights = _warm_start_weights(cfg, download_model(cfg, champion), shard.path / "shards")
+        if init_weights:
+            progress(f"[retrain] warm start: the challenger starts from champion v{champion.version}'s weights")
     challenger = train_step(cfg, wf, shard, init_weights=init_weights, progress=progress)
     evaluation = evaluate_step(cfg, wf, train=challenger, shard=shard)
     progress(evaluation.outputs["table"])

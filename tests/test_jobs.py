@@ -194,10 +194,11 @@ def test_scheduled_retrain_decides_on_new_data_then_says_there_is_none(head: str
     pd.concat([frame, tail]).sort_values(["series_id", "timestamp"]).to_parquet(path, index=False)
 
     history = project / "schedule.jsonl"
+    runner = RayJobRunner(head, working_dir=project)
     scheduler = Scheduler(
         cron="* * * * * */3",  # every 3 seconds: ticks fall while the first retrain runs
-        args=["retrain", "conf/debug.yaml", *pipeline_args(project)],
-        runner=RayJobRunner(head, working_dir=project),
+        args=["retrain", "conf/debug.yaml", *pipeline_args(project), "workflow.warm_start=true"],
+        runner=runner,
         history=history,
         poll_s=1.0,
         max_retries=0,
@@ -209,6 +210,9 @@ def test_scheduled_retrain_decides_on_new_data_then_says_there_is_none(head: str
     first, second = (o["message"] for o in outcomes)
     assert first.startswith("retrain: v2 ") and ("is champion" in first or "stays challenger" in first), first
     assert second.startswith("retrain: no new data since"), second
+    logs = runner.logs(outcomes[0]["job_id"])
+    assert "ingest read 1 of 2 file(s) again: part-1.parquet" in logs  # the unchanged file stayed cached
+    assert "warm start: the challenger starts from champion v1's weights" in logs
     # Never two at once: each submission is followed by its outcome before the next one.
     submitted = [i for i, e in enumerate(events) if e == "submitted"]
     assert len(submitted) == 2 and "succeeded" in events[submitted[0] : submitted[1]]
