@@ -166,6 +166,10 @@ class Tracker(NullTracker):
             warnings.warn(f"no MLflow system metrics: {exc} (pip install psutil)", stacklevel=2)
             yield
             return
+        import logging
+
+        # Its start/stop INFO lines would interleave with the pipeline's progress lines.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, tracking_uri=self.uri)
         monitor.start()
         try:
@@ -431,16 +435,18 @@ def log_forecaster(
     python_model = ForecastModel()
     python_model.load_artifacts(artifacts)
     output_example = python_model.forecast(input_example)
-    signature = infer_signature(input_example, output_example)
+    with _quiet_model_logging():
+        signature = infer_signature(input_example, output_example)
     # Logged into the active (pipeline) run, which start_pipeline_run opened with the fluent API.
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=python_model,
-        artifacts=artifacts,
-        signature=signature,
-        input_example=input_example,
-        pip_requirements=_pip_requirements(),
-    )
+    with _quiet_model_logging():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            artifacts=artifacts,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=_pip_requirements(),
+        )
     if not registered_name:
         return info.model_uri, None
     from mlflow.exceptions import MlflowException
@@ -493,6 +499,23 @@ def find_version(client, name: str, *, tag: str, value: str):
         return None
     matches = [v for v in versions if v.tags.get(tag) == value]
     return max(matches, key=lambda v: int(v.version)) if matches else None
+
+
+@contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """Silence log_model's generic advice that does not apply here: the integer `step` column of the output
+    never holds missing values, and the pickled PythonModel is a class of this package (weights are files)."""
+    import logging
+
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
+            yield
+    finally:
+        pyfunc_logger.setLevel(level)
 
 
 def _pip_requirements() -> list[str]:

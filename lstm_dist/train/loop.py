@@ -37,6 +37,7 @@ FAIL_ENV = "LSTM_DIST_FAIL_AT"
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = PipelineConfig.model_validate(config["pipeline"])
+    _quiet_report_logs()
     tc = cfg.train
     ctx = ray.train.get_context()  # Ray: this worker's place in the group
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -200,3 +201,15 @@ def _fail_step(epoch: int, rank: int) -> int:
         return -1
     Path(marker).touch()
     return int(fail_step)
+
+
+def _quiet_report_logs() -> None:
+    """Ray 2.60 logs every report with all its metrics at INFO, under a logger named by its file path,
+    which RunConfig's LoggingConfig does not reach; our own epoch line says what matters."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: leave its logging alone
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)

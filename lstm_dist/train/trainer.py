@@ -105,6 +105,8 @@ def fit(
                 checkpoint_score_order="min",
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            # Ray Train's INFO lines (every report, every checkpoint) drown the one progress line per epoch.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             worker_runtime_env={"env_vars": worker_env} if worker_env else None,
             callbacks=callbacks,
         ),
