@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml, load_config
+from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml, load_config, save_resolved
 
 app = typer.Typer(
     help=(
@@ -78,9 +78,7 @@ def run(
     from pipelines.train import print_summary
     from pipelines.train import run as run_pipeline
 
-    work_dir = Path(cfg.workflow.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "last_config.yaml").write_text(dump_yaml(cfg))
+    save_resolved(cfg)
     try:
         summary = run_pipeline(cfg, force=set(force or ()))
     except _user_errors() as exc:
@@ -167,7 +165,9 @@ def data_ingest(
 @data_app.command("inspect")
 def data_inspect(
     shard_dir: Annotated[Path, typer.Argument(help="A shard directory (holds manifest.json and _SUCCESS).")],
-    verify: Annotated[bool, typer.Option("--verify", help="Recompute every shard's sha256 against the manifest.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Recompute every shard's sha256 against the manifest.")
+    ] = False,
     max_series: Annotated[int, typer.Option("--max-series", help="Series shown in the per-series table.")] = 10,
 ) -> None:
     """Show a shard set's manifest: series, rows, windows per split, scaler stats, storage and issues found."""
@@ -418,9 +418,7 @@ def retrain(
     cfg = _load(config, overrides)
     from pipelines.retrain import run as run_retrain
 
-    work_dir = Path(cfg.workflow.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "last_config.yaml").write_text(dump_yaml(cfg))
+    save_resolved(cfg)
     try:
         run_retrain(cfg, force=set(force or ()))
     except _user_errors() as exc:

@@ -208,6 +208,8 @@ class TuneConfig(_Section):
     """Ray Train workers inside each trial."""
     space: dict[str, Any] = Field(default_factory=dict)
     """Search space: dotted config key -> {choice|uniform|loguniform|randint|quniform: ...}."""
+    start_from: list[dict[str, Any]] = Field(default_factory=list)
+    """Configurations tried first (dotted key -> value, keys of `space`), e.g. today's champion; they count in num_samples."""
 
 
 class TrackingConfig(_Section):
@@ -267,6 +269,9 @@ class PipelineConfig(_Section):
         cfg.workflow.work_dir = str((base / cfg.workflow.work_dir).resolve())
         if cfg.data.path and "://" not in cfg.data.path:
             cfg.data.path = str((base / cfg.data.path).resolve())
+        # Pinned now: mlflow.set_tracking_uri later writes MLFLOW_TRACKING_URI into this process's
+        # environment, which must not redirect another config resolved afterwards.
+        cfg.tracking.uri = cfg.tracking_uri()
         return cfg
 
     def flat(self) -> dict[str, Any]:
@@ -421,3 +426,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 def dump_yaml(cfg: PipelineConfig) -> str:
     """The config as YAML, as saved with a run."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_resolved(cfg: PipelineConfig) -> Path:
+    """Create the work dir and save the resolved config there as last_config.yaml (what a run was started with)."""
+    work_dir = Path(cfg.workflow.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "last_config.yaml"
+    path.write_text(dump_yaml(cfg))
+    return path

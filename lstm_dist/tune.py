@@ -145,6 +145,21 @@ def parse_space(cfg: PipelineConfig) -> list[Param]:
                 break
         else:
             params.append(param)
+    for n, point in enumerate(cfg.tune.start_from):
+        unknown = sorted(set(point) - set(cfg.tune.space))
+        if unknown:
+            errors.append(f"tune.start_from[{n}]: {unknown} not in tune.space (its keys: {sorted(cfg.tune.space)})")
+            continue
+        try:
+            apply_params(cfg, point)
+        except ConfigError as exc:
+            errors.append(
+                f"tune.start_from[{n}] = {point!r} makes an invalid config: {str(exc).splitlines()[-1].strip(' -')}"
+            )
+    if len(cfg.tune.start_from) > cfg.tune.num_samples:
+        errors.append(
+            f"tune.start_from has {len(cfg.tune.start_from)} points but tune.num_samples is {cfg.tune.num_samples}"
+        )
     if not cfg.tune.space:
         errors.append("tune.space is empty: add at least one key, e.g. model.hidden_size: {choice: [32, 64]}")
     if cfg.tune.scheduler == "asha" and cfg.tune.grace_period > cfg.train.epochs:
@@ -502,9 +517,10 @@ def trainval_view(shard_dir: str | Path, out_dir: str | Path) -> Path:
 def _search_alg(cfg: PipelineConfig):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    points = [dict(p) for p in cfg.tune.start_from] or None
     if cfg.tune.search == "random":
         # Seeded, so the same config samples the same trials.
-        return BasicVariantGenerator(random_state=cfg.train.seed)
+        return BasicVariantGenerator(random_state=cfg.train.seed, points_to_evaluate=points)
     try:
         import optuna
     except ImportError:
@@ -514,7 +530,7 @@ def _search_alg(cfg: PipelineConfig):
         ) from None
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.train.seed), points_to_evaluate=points)
 
 
 def _recording(scheduler_cls):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lstm_dist.cluster import cluster_summary, init_ray
-from lstm_dist.config import PipelineConfig, dump_yaml, load_config
+from lstm_dist.config import PipelineConfig, load_config, save_resolved
 from lstm_dist.tracking import CHALLENGER, CHAMPION, Tracker, start_pipeline_run
 from lstm_dist.workflow import DONE, FAILED, Workflow
 from pipelines.train import (
@@ -284,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pipelines.retrain CONFIG.yaml [key=value ...]", file=sys.stderr)
         return 2
     cfg = load_config(argv[0], argv[1:]).resolved()
-    Path(cfg.workflow.work_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.workflow.work_dir) / "last_config.yaml").write_text(dump_yaml(cfg))
+    save_resolved(cfg)
     run(cfg)
     return 0
 

@@ -26,7 +26,7 @@ from typing import Any
 import ray
 
 from lstm_dist.cluster import cluster_summary, init_ray
-from lstm_dist.config import PipelineConfig, dump_yaml, load_config
+from lstm_dist.config import PipelineConfig, load_config, save_resolved
 from lstm_dist.tracking import (
     EVAL_KEY_TAG,
     Tracker,
@@ -158,7 +158,7 @@ def input_lineage(cfg: PipelineConfig) -> dict[str, Any]:
 
 def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[StepResult, dict[str, Any]]:
     """ingest (per file) -> shard. Returns the shard step and the lineage of the input data."""
-    from lstm_dist.data.ingest import ingest
+    from lstm_dist.data.ingest import get_or_raise, ingest
 
     lineage = input_lineage(cfg)
     labels = _labels(list(lineage["files"]))
@@ -171,7 +171,7 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
             label: _ingest_file.remote(by_label[label], cfg.data.model_dump(mode="json"), out)
             for label, out in outs.items()
         }
-        return dict(zip(refs, _get(list(refs.values())), strict=True))
+        return dict(zip(refs, get_or_raise(list(refs.values())), strict=True))
 
     staged = wf.map("ingest", items, ingest_files, config=read_cfg)
 
@@ -413,19 +413,6 @@ def _evaluate_task(checkpoint: str, shard_dir: str, season: int) -> dict[str, An
     }
 
 
-def _get(refs: list) -> list:
-    """ray.get that re-raises a task's user error (DataError) as itself, without the remote traceback."""
-    from lstm_dist.data.errors import DataError
-
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayTaskError as err:
-        cause = getattr(err, "cause", None)
-        if isinstance(cause, DataError):
-            raise DataError(str(cause)) from None
-        raise
-
-
 def _labels(files: list[str]) -> dict[str, str]:
     """Short, unique display names for input files: their paths below the common directory."""
     if len(files) == 1:
@@ -501,8 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pipelines.train CONFIG.yaml [key=value ...]", file=sys.stderr)
         return 2
     cfg = load_config(argv[0], argv[1:]).resolved()
-    Path(cfg.workflow.work_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.workflow.work_dir) / "last_config.yaml").write_text(dump_yaml(cfg))
+    save_resolved(cfg)
     summary = run(cfg)
     print_summary(summary, cfg=cfg)
     return 0

@@ -46,7 +46,8 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
     assert parse_overrides(["a.b.c=1", "a.b.d=x"]) == {"a": {"b": {"c": 1, "d": "x"}}}
 
 
-def test_resolved_paths_are_absolute(tmp_path: Path) -> None:
+def test_resolved_paths_are_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri in earlier tests sets it
     cfg = load_config(write(tmp_path, {"data": {"path": "in.csv"}, "workflow": {"work_dir": "w"}})).resolved(
         base_dir=tmp_path
     )

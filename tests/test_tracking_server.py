@@ -126,9 +126,10 @@ def test_the_registered_model_comes_from_the_best_trial(tuned) -> None:
     import mlflow
 
     client, trials, cfg = tuned["client"], tuned["trials"], tuned["cfg"]
-    best = min(trials, key=lambda t: t.data.metrics["best_val_loss"])
-    assert best.data.tags["tune.best"] == "true"
-    assert sum(t.data.tags["tune.best"] == "true" for t in trials) == 1
+    tagged = [t for t in trials if t.data.tags["tune.best"] == "true"]
+    assert len(tagged) == 1
+    best = tagged[0]  # two trials may tie (the same sampled values train identically); any of them may be best
+    assert best.data.metrics["best_val_loss"] == min(t.data.metrics["best_val_loss"] for t in trials)
     version = client.get_model_version(cfg.tracking.model_name, tuned["summary"].version)
     assert version.tags["tune.best_trial"] == best.data.tags["tune.trial_id"]
     assert tuned["summary"].alias == "champion" and version.tags["promotion"].startswith("first model")

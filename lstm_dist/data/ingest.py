@@ -284,7 +284,7 @@ _write_remote = ray.remote(_write_task)
 # ---------------------------------------------------------------- driver
 
 
-def _get(refs: Any) -> Any:
+def get_or_raise(refs: Any) -> Any:
     """ray.get that re-raises a task's DataError as itself, without the remote traceback noise."""
     try:
         return ray.get(refs)
@@ -351,7 +351,7 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
     read_refs = [
         _read_remote.options(num_returns=num_buckets + 1).remote(loc, rg, cfg, num_buckets) for loc, rg in units
     ]
-    infos = _get([refs[-1] for refs in read_refs])
+    infos = get_or_raise([refs[-1] for refs in read_refs])
     report.num_rows_read = sum(i["rows"] for i in infos)
     notes = Notes()
     for i in infos:
@@ -376,7 +376,7 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
     bucket_parts = [[refs[b] for refs in read_refs] for b in range(num_buckets)]
     clean_out = [_clean_remote.remote(cfg, freq, *parts) for parts in bucket_parts]
     block_refs = [c[0] for c in clean_out]
-    summaries = _get([c[1] for c in clean_out])
+    summaries = get_or_raise([c[1] for c in clean_out])
     for s in summaries:
         notes.merge(s["notes"])
         report.skipped_series += s["skipped"]
@@ -444,7 +444,7 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             k = pending.pop(done[0])
-            data, digest, num_rows = _get(done[0])
+            data, digest, num_rows = get_or_raise(done[0])
             name = f"shard-{k:05d}.arrow"
             with open(tmp / name, "wb") as f:
                 f.write(memoryview(data))
