@@ -66,7 +66,7 @@ def run(
         bool, typer.Option("--show-config", help="Print the full resolved config and exit.")
     ] = False,
 ) -> None:
-    """Run the training pipeline: ingest -> shard -> [tune] -> train (Ray Train DDP) -> evaluate -> register.
+    """Run the training pipeline: ingest -> shard -> (tune, when enabled) -> train (Ray Train DDP) -> evaluate -> register.
 
     Completed steps are cached under workflow.work_dir and reused; a run that died resumes where it stopped
     (training from its latest checkpoint). `lstm-dist status` shows the steps of the latest runs.
