@@ -245,7 +245,7 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
     import torch
 
     from lstm_dist.data.windows import WindowDataset
-    from lstm_dist.train.loop import model_args_for
+    from lstm_dist.train.checkpoints import model_args_for
     from lstm_dist.train.trainer import fit
 
     if "init_weights" not in inspect.signature(fit).parameters:
@@ -256,7 +256,7 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
         )
         return None
     saved = torch.load(champion_dir / "model.pt", map_location="cpu", weights_only=False)["model_args"]
-    wanted = {"model": cfg.model.model_dump(), **model_args_for(cfg, WindowDataset(str(shard_dir), split="train"))}
+    wanted = {"model": cfg.model.model_dump(), **model_args_for(WindowDataset(str(shard_dir), split="train"))}
     if json.dumps(saved, sort_keys=True, default=str) != json.dumps(wanted, sort_keys=True, default=str):
         warnings.warn(
             "workflow.warm_start: the champion's architecture or data shape differs from this config's; "

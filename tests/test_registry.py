@@ -30,7 +30,7 @@ from lstm_dist.tracking import (
     log_forecaster,
     start_pipeline_run,
 )
-from lstm_dist.train.checkpoints import MODEL_FILE, load_model
+from lstm_dist.train.checkpoints import MODEL_FILE, load_model, model_args_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "conf" / "debug.yaml"
@@ -60,17 +60,6 @@ def _write_config(work: Path, cfg) -> Path:
     path = work / "registry.yaml"
     path.write_text("# Run: lstm-dist models list registry.yaml\n" + dump_yaml(cfg))
     return path
-
-
-def model_args_for(ds: WindowDataset) -> dict[str, int]:
-    """The data-dependent sizes of `build_model`, as the training loop saves them in a checkpoint."""
-    return {
-        "num_features": ds.num_features,
-        "num_targets": ds.num_targets,
-        "horizon": ds.horizon,
-        "num_future": ds.num_future,
-        "num_series": ds.num_series,
-    }
 
 
 def save_net(shards: Path, path: Path, *, bias: float) -> Path:

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,27 +15,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from http_wait import wait_until_up
 
 from lstm_dist.config import load_config
 from lstm_dist.data.windows import WindowDataset
 from lstm_dist.models import build_model
 from lstm_dist.serving import ForecastModel, history_from_shards
 from lstm_dist.tracking import log_forecaster, start_pipeline_run
-from lstm_dist.train.checkpoints import MODEL_FILE
+from lstm_dist.train.checkpoints import MODEL_FILE, model_args_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "conf" / "debug.yaml"
 NAME = "serving_test"
-
-
-def model_args_for(ds: WindowDataset) -> dict[str, int]:
-    return {
-        "num_features": ds.num_features,
-        "num_targets": ds.num_targets,
-        "horizon": ds.horizon,
-        "num_future": ds.num_future,
-        "num_series": ds.num_series,
-    }
 
 
 def make_model(work: Path, overrides: list[str]) -> tuple[object, Path, Path]:
@@ -134,19 +124,7 @@ def test_mlflow_models_serve_answers_like_predict(registered, tmp_path: Path) ->
     server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.time() < deadline, (
-                "mlflow models serve did not come up: " + (tmp_path / "serve.log").read_text()[-3000:]
-            )
-            time.sleep(1)
+        wait_until_up(f"{base}/ping", process=server, log=(tmp_path / "serve.log").read_text, timeout=180)
         history = registered["history"].copy()
         history["timestamp"] = history["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")  # JSON has no datetimes
         body = json.dumps({"dataframe_split": history.to_dict(orient="split")}).encode()

@@ -11,11 +11,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from http_wait import wait_until_up
 
 from lstm_dist.config import load_config
 
@@ -46,17 +45,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     log = open(root / "server.log", "w")
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=5) as reply:
-                if reply.status == 200:
-                    break
-        except OSError:
-            pass
-        assert server.poll() is None, (root / "server.log").read_text()[-3000:]
-        assert time.time() < deadline, "mlflow server did not start: " + (root / "server.log").read_text()[-3000:]
-        time.sleep(1)
+    wait_until_up(f"{uri}/health", process=server, log=(root / "server.log").read_text, timeout=120)
     try:
         yield uri
     finally:

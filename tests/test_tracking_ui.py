@@ -10,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from http_wait import wait_until_up
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,15 +40,7 @@ def test_ui_serves_the_configured_store_at_the_printed_address(tmp_path: Path) -
             match = re.search(r"at (http://127\.0\.0\.1:\d+)", line)
             address = match.group(1) if match else None
         assert address, "".join(lines)
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/health", timeout=5) as reply:
-                    assert reply.status == 200
-                    break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "".join(lines)
-                time.sleep(1)
+        wait_until_up(f"{address}/health", process=proc, log=lambda: "".join(lines), timeout=120)
         with urllib.request.urlopen(f"{address}/", timeout=10) as reply:
             assert reply.status == 200 and b"<html" in reply.read(2000).lower()
     finally:

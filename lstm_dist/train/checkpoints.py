@@ -101,3 +101,14 @@ def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:
     model = build_model(ModelConfig.model_validate(args.pop("model")), **args)
     model.load_state_dict(weights["state_dict"])
     return model.to(device).eval()
+
+
+def model_args_for(ds) -> dict[str, int]:
+    """The data-dependent sizes `build_model` needs (from a WindowDataset); saved in every checkpoint."""
+    return {
+        "num_features": ds.num_features,
+        "num_targets": ds.num_targets,
+        "horizon": ds.horizon,
+        "num_future": ds.num_future,
+        "num_series": ds.num_series,
+    }

@@ -24,7 +24,7 @@ import torch
 from lstm_dist.config import PipelineConfig
 from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
 from lstm_dist.models import Forecaster, build_model
-from lstm_dist.train.checkpoints import load_training_state, load_weights, save_training_state
+from lstm_dist.train.checkpoints import load_training_state, load_weights, model_args_for, save_training_state
 from lstm_dist.train.precision import grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
@@ -52,7 +52,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "the shards hold no validation windows: no early stopping, val metrics are NaN, keep the latest checkpoint",
             stacklevel=1,
         )
-    model_args = model_args_for(cfg, train_ds)
+    model_args = model_args_for(train_ds)
     torch.manual_seed(tc.seed)  # same seed on every rank: identical initial weights (DDP broadcasts them too)
     net: Forecaster = build_model(cfg.model, **model_args)
     if config.get("init_weights"):  # warm start, e.g. from the champion; a checkpoint below takes precedence
@@ -68,7 +68,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stacklevel=1,
         )
     weights = train_ds.window_weights(cfg.data.series_weights)  # per-series sampling weights, or None
-    sampler = DistributedWindowSampler(len(train_ds), rank=rank, world_size=world_size, seed=tc.seed, weights=weights)
+    shard_local = cfg.data.batch_locality == "shard"  # every batch from one shard: one gather, fewer series mixed
+    sampler = DistributedWindowSampler(
+        len(train_ds),
+        rank=rank,
+        world_size=world_size,
+        seed=tc.seed,
+        weights=weights,
+        block=local_batch if shard_local else 0,
+        groups=train_ds.window_shards() if shard_local else None,
+    )
     # Every rank takes the same number of steps, or DDP's all-reduce waits forever.
     steps_per_epoch = sampler.min_len // (local_batch * tc.grad_accum)
     if steps_per_epoch < 1:
@@ -171,20 +180,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
         if stop:
             break
-
-
-def model_args_for(cfg: PipelineConfig, ds: WindowDataset) -> dict[str, int]:
-    """The data-dependent sizes `build_model` needs; saved in every checkpoint to rebuild the network.
-
-    They come from the shards alone (`cfg` is accepted so callers need not care where they come from).
-    """
-    return {
-        "num_features": ds.num_features,
-        "num_targets": ds.num_targets,
-        "horizon": ds.horizon,
-        "num_future": ds.num_future,
-        "num_series": ds.num_series,
-    }
 
 
 def epoch_seed(seed: int, *, rank: int, epoch: int) -> int:
