@@ -82,9 +82,19 @@ def stage_reader(args) -> dict:
     from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
 
     ds = WindowDataset(str(args.shards), split="train")
-    sampler = DistributedWindowSampler(len(ds), rank=0, world_size=1, seed=0)
+    shard_local = args.locality == "shard"  # data.batch_locality=shard: every batch from one shard
+    t_order = time.perf_counter()
+    sampler = DistributedWindowSampler(
+        len(ds),
+        rank=0,
+        world_size=1,
+        seed=0,
+        block=BATCH if shard_local else 0,
+        groups=ds.window_shards() if shard_local else None,
+    )
     idx = sampler.indices()
-    n_batches = min(args.batches, len(idx) // BATCH)
+    order_s = time.perf_counter() - t_order  # building the epoch's order (once per epoch)
+    n_batches = min(args.batches, sampler.min_len // BATCH)
     ds.batch(idx[:BATCH])  # warm-up
     t, c = time.perf_counter(), time.process_time()
     for i in range(n_batches):
@@ -103,6 +113,8 @@ def stage_reader(args) -> dict:
         ds.batch(idx[one])
     single = 500 / (time.perf_counter() - t2)
     return {
+        "locality": args.locality,
+        "epoch_order_s": order_s,
         "windows": len(ds),
         "batches_per_s": n_batches / wall,
         "windows_per_s": n_batches * BATCH / wall,
@@ -216,6 +228,8 @@ def run_stage(name: str, args) -> dict:
         str(args.batches),
         "--shard-mib",
         str(args.shard_mib),
+        "--locality",
+        args.locality,
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -230,6 +244,9 @@ def main() -> None:
     p.add_argument("--naive-series", type=int, default=20, help="series the naive loop materialises")
     p.add_argument("--batches", type=int, default=2000)
     p.add_argument("--shard-mib", type=float, default=64, help="data.shard_size_mib (the default shard size)")
+    p.add_argument(
+        "--locality", choices=["global", "shard"], default="global", help="reader batches: random, or one shard each"
+    )
     p.add_argument("--stage", choices=["ingest", "reader", "naive", "gpu_step"], default=None)
     args = p.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)

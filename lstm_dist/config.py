@@ -96,6 +96,8 @@ class DataConfig(_Section):
     """RSI of each target over this many steps as a past-only feature; 0 disables it."""
     shard_size_mib: float = Field(64, gt=0)
     """Target shard file size in MiB (used unless rows_per_shard is set)."""
+    batch_locality: Literal["global", "shard"] = "global"
+    """Training batches drawn from all windows (`global`) or each from one shard (`shard`: faster reads, fewer series mixed)."""
     series_weights: dict[str, float] = Field(default_factory=dict)
     """Sampling weight per series name for training windows (others weigh 1); empty = uniform."""
 

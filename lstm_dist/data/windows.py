@@ -155,6 +155,10 @@ class WindowDataset:
         """int64 [len] series index of every window (for per-series sampling weights)."""
         return np.repeat(self._seg_series, np.diff(self._seg_cum))
 
+    def window_shards(self) -> np.ndarray:
+        """int64 [len] shard of every window (for shard-local batches: `DistributedWindowSampler(groups=...)`)."""
+        return np.repeat(self._seg_shard, np.diff(self._seg_cum))
+
     def window_weights(self, series_weights: dict[str, float] | None = None) -> np.ndarray | None:
         """float64 [len] sampling weight of each window from per-series weights (unnamed series weigh 1).
 
@@ -251,6 +255,14 @@ class DistributedWindowSampler:
     With `weights` [num_windows] the epoch is `num_windows` draws with replacement, with probability
     proportional to the weights (same draw on all ranks, then split as above): disjoint positions, not
     unique windows.
+
+    With `block` = B > 0 (shard-local batches, i.e. block shuffling) and `groups` [num_windows] (the shard of
+    each window, `WindowDataset.window_shards()`; None = one group): each epoch the windows are shuffled
+    within their group, each group's order is cut into chunks of B, and whole chunks are dealt to ranks
+    round-robin in a shuffled order, full chunks first and each group's last, partial chunk after them.
+    Ranks stay disjoint and together complete, and get the same number of chunks to within one. Every rank
+    starts with at least `min_len` = (full chunks // world_size) * B indices made of full chunks, so each
+    aligned run of B indices there comes from one group (one gather per batch). Not combined with weights.
     """
 
     def __init__(
@@ -262,6 +274,8 @@ class DistributedWindowSampler:
         seed: int,
         shuffle: bool = True,
         weights: np.ndarray | None = None,
+        block: int = 0,
+        groups: np.ndarray | None = None,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
@@ -281,10 +295,55 @@ class DistributedWindowSampler:
             if w.shape != (num_windows,) or (w < 0).any() or not np.isfinite(w).all() or (num_windows and w.sum() <= 0):
                 raise ValueError(f"weights must be {num_windows} finite non-negative numbers with a positive sum")
             self._p = w / w.sum() if num_windows else w
+        if block < 0:
+            raise ValueError(f"block must be >= 0, got {block}")
+        if block and weights is not None:
+            raise ValueError(
+                "block > 0 (shard-local batches, data.batch_locality=shard) cannot be combined with sampling weights"
+            )
+        self.block = block
+        self._cache: tuple[int, np.ndarray] | None = None
+        if block:
+            g = np.zeros(num_windows, np.int64) if groups is None else np.asarray(groups).astype(np.int64)
+            if g.shape != (num_windows,):
+                raise ValueError(f"groups must have one entry per window ({num_windows}), got shape {g.shape}")
+            # Group sizes -> chunk table (start in the group-sorted order, size), fixed across epochs.
+            dense = np.unique(g, return_inverse=True)[1].reshape(-1)  # 0 .. groups-1
+            # the smallest unsigned dtype: numpy's stable argsort is then a radix sort (fast per epoch)
+            self._dense = dense.astype(np.min_scalar_type(max(int(dense.max(initial=0)), 0)))
+            self._by_group = np.argsort(self._dense, kind="stable")
+            sizes = np.bincount(g - g.min()) if num_windows else np.zeros(0, np.int64)
+            sizes = sizes[sizes > 0]
+            n_chunks = -(-sizes // block)
+            first = (np.cumsum(sizes) - sizes).astype(np.int64)
+            j = np.arange(n_chunks.sum()) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks)
+            self._chunk_start = np.repeat(first, n_chunks) + j * block
+            self._chunk_size = np.minimum(block, np.repeat(sizes, n_chunks) - j * block)
+            self._group_first, self._group_size = first, sizes
+            self._full = np.flatnonzero(self._chunk_size == block)
+            self._partial = np.flatnonzero(self._chunk_size < block)
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for `epoch` (call on every rank with the same value)."""
         self.epoch = epoch
+
+    def _block_indices(self) -> np.ndarray:
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        within = self._by_group  # windows sorted by group; shuffled within each group below
+        full, partial = self._full, self._partial
+        if self.shuffle:
+            perm = rng.permutation(self.num_windows)
+            within = perm[np.argsort(self._dense[perm], kind="stable")]
+            full, partial = rng.permutation(full), rng.permutation(partial)
+        mine = np.concatenate([full, partial])[self.rank :: self.world_size]
+        size, start = self._chunk_size[mine], self._chunk_start[mine]
+        total = int(size.sum())
+        pos = np.arange(total) + np.repeat(start - (np.cumsum(size) - size), size)
+        out = within[pos]
+        self._cache = (self.epoch, out)
+        return out
 
     def _order(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -296,15 +355,25 @@ class DistributedWindowSampler:
 
     def indices(self) -> np.ndarray:
         """This rank's indices for the current epoch, int64 [len(self)]."""
+        if self.block:
+            return self._block_indices()
         return self._order()[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
+        if self.block:
+            return len(self._block_indices())
         return max(0, -(-(self.num_windows - self.rank) // self.world_size))
 
     @property
     def min_len(self) -> int:
-        """Length of the shortest rank: the number of indices every rank can take in lockstep."""
+        """Length of the shortest rank: the number of indices every rank can take in lockstep.
+
+        With `block`: the full chunks every rank is sure to get, (full chunks // world_size) * block, the
+        same in every epoch (a lower bound; partial chunks come after them).
+        """
+        if self.block:
+            return len(self._full) // self.world_size * self.block
         return self.num_windows // self.world_size
