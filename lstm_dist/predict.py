@@ -25,17 +25,9 @@ import pandas as pd
 import ray
 
 import lstm_dist
+from lstm_dist.data.readers import COLUMN_FIELDS
 
 META_PREFIX = "lstm_dist."
-READ_FIELDS = (
-    "layout",
-    "timestamp_col",
-    "series_col",
-    "target_cols",
-    "covariate_cols",
-    "future_cols",
-    "wide_series_cols",
-)
 
 
 class PredictError(ValueError):
@@ -140,7 +132,7 @@ def read_history(source: str, *, manifest_path: str | os.PathLike) -> pd.DataFra
 
     data = json.loads(Path(manifest_path).read_text())["data_config"]
     # Only what reading needs (column names, layout): the rest of an older model's config need not validate today.
-    cfg = DataConfig.model_validate({**{k: data[k] for k in READ_FIELDS if k in data}, "path": source})
+    cfg = DataConfig.model_validate({**{k: data[k] for k in COLUMN_FIELDS if k in data}, "path": source})
     frames = [read_raw(f, cfg=cfg).to_pandas() for f in list_input_files(source)]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 

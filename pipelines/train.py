@@ -27,6 +27,7 @@ import ray
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, load_config, save_resolved
+from lstm_dist.data.readers import COLUMN_FIELDS
 from lstm_dist.tracking import (
     EVAL_KEY_TAG,
     Tracker,
@@ -43,17 +44,7 @@ STAGED_FILE = "part.parquet"
 FINGERPRINT_TAG = "lstm_dist.data_fingerprint"  # on a model version: the content hash of its input data
 FILES_TAG = "lstm_dist.data_files"
 # The DataConfig fields that reading and validating one input file depends on (the ingest step's key).
-READ_FIELDS = (
-    "format",
-    "layout",
-    "timestamp_col",
-    "series_col",
-    "target_cols",
-    "covariate_cols",
-    "future_cols",
-    "wide_series_cols",
-    "missing",
-)
+READ_FIELDS = ("format", *COLUMN_FIELDS, "missing")
 
 
 @dataclass

@@ -26,6 +26,18 @@ PARQUET_EXT = (".parquet", ".pq", ".parq")
 NA_TOKENS = {"", "na", "n/a", "nan", "null", "none", "-nan", "#n/a"}
 
 
+# The DataConfig fields that say how to find the columns of an input file (names, roles, layout).
+COLUMN_FIELDS = (
+    "layout",
+    "timestamp_col",
+    "series_col",
+    "target_cols",
+    "covariate_cols",
+    "future_cols",
+    "wide_series_cols",
+)
+
+
 @dataclass
 class Notes:
     """Counted events and warnings of one task, merged into the step's report."""
