@@ -16,9 +16,18 @@ for finished. A complete step is skipped on re-run; `force` reruns the named ste
 outputs and timing.
 
 All bookkeeping goes through `pyarrow.fs`, so `work_dir` may be a local path, an NFS mount or an object
-store URI (`s3://…`, `gs://…`). On an object store the rename is a copy, and `_SUCCESS` still comes last.
-The engine runs steps in the driver, one after the other; a step's heavy work is Ray tasks, Ray Train or
-Ray Tune. Nothing here starts Ray.
+store URI (`s3://…`, `gs://…`; for an S3-compatible store other than AWS, `AWS_ENDPOINT_URL` names its
+endpoint, which pyarrow honours). Steps write with local file APIs and memory-map Arrow files, so on an
+object store a step gets a node-local staging directory instead, and its outputs are read back through a
+node-local copy (`StepResult.path`, `localize`):
+
+    <cache>/work/<hash of work_dir>/train/3f9c0a1d2e4b5c6d.partial/   the attempt, on the driver's machine
+    <work_dir>/train/3f9c0a1d2e4b5c6d/                               committed: uploaded, `_SUCCESS` last
+    <cache>/work/<hash of work_dir>/train/3f9c0a1d2e4b5c6d/          the local copy of a committed output
+
+`<cache>` is `$LSTM_DIST_CACHE`, else `$XDG_CACHE_HOME/lstm_dist`, else `~/.cache/lstm_dist`; it can be
+deleted whenever no run is using it. The engine runs steps in the driver, one after the other; a step's
+heavy work is Ray tasks, Ray Train or Ray Tune. Nothing here starts Ray.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -43,6 +53,7 @@ SUCCESS = "_SUCCESS"
 RECORD = "_STEP.json"
 RUNS = "_runs"
 PARTIAL = ".partial"
+CACHE_ENV = "LSTM_DIST_CACHE"  # the node-local cache's root (staging and local copies for URI work dirs)
 
 # States of a step in a run record. `interrupted` is what `status` shows for a `running` step (or run)
 # whose process is gone (killed, or its machine lost) without having written an outcome.
@@ -116,6 +127,93 @@ class Store:
             )
             self.fs.delete_dir(self._inner(src))
 
+    def upload(self, local: str | os.PathLike, loc: str) -> None:
+        """Copy a local file or directory (recursively) to `loc`."""
+        pafs.copy_files(
+            str(local), self._inner(loc), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
+        )
+
+    def download(self, loc: str, local: str | os.PathLike) -> None:
+        """Copy the file or directory (recursively) at `loc` to a local path."""
+        pafs.copy_files(
+            self._inner(loc), str(local), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem()
+        )
+
+
+def cache_root() -> Path:
+    """The node-local cache: `$LSTM_DIST_CACHE`, else `$XDG_CACHE_HOME/lstm_dist`, else `~/.cache/lstm_dist`."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser().resolve()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser().resolve() / "lstm_dist"
+
+
+def work_cache(work_dir: str | os.PathLike | Store) -> Path:
+    """The local directory standing for a work dir on this machine: the work dir itself when it is local
+    (or mounted); for a URI, `<cache>/work/<hash of the URI>/` (staging dirs, local copies of outputs,
+    anything a pipeline must have as local files)."""
+    store = work_dir if isinstance(work_dir, Store) else Store(work_dir)
+    if store.local:
+        return Path(store.root)
+    return cache_root() / "work" / hashlib.sha256(store.root.encode()).hexdigest()[:16]
+
+
+def localize(uri: str | os.PathLike, *, store: Store | None = None) -> Path:
+    """A committed step output `<work_dir>/<step>/<key>` as a local directory; for Ray tasks too.
+
+    A local (or mounted) output is returned as it is. A URI is downloaded once per machine into
+    `work_cache(work_dir)/<step>/<key>/` (into a temp dir, then renamed, so a reader never sees half a
+    copy) and reused while the output's `_SUCCESS` stays the same (a forced rerun writes a new one).
+    Each call reads the remote `_SUCCESS` (one small GET). `store`: the work dir's `Store`, when the URI
+    alone cannot say how to reach it (e.g. a work dir given with an `?endpoint_override=` query).
+    """
+    uri = str(uri)
+    if "://" not in uri:
+        return Path(uri)
+    root, name, key = uri.rstrip("/").rsplit("/", 2)
+    store = store or Store(root)
+    final = store.join(name, key)
+    try:
+        stamp = store.read_text(f"{final}/{SUCCESS}")
+    except (FileNotFoundError, OSError) as exc:
+        raise WorkflowError(f"{final} is not a complete step output (no {SUCCESS}): {exc}") from exc
+    local = work_cache(store) / name / key
+    if _read_local(local / SUCCESS) == stamp:
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f"{key}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        store.download(final, tmp)
+        tmp.mkdir(exist_ok=True)  # an output with no files but the markers still gets its directory
+        (tmp / SUCCESS).write_text(stamp)
+        _swap_in(tmp, local, stamp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def _read_local(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _swap_in(new: Path, local: Path, stamp: str) -> None:
+    """Rename `new` to `local`, replacing an outdated copy; a copy with `stamp` that got there first wins."""
+    old = None
+    if local.exists():
+        if _read_local(local / SUCCESS) == stamp:
+            return  # another process on this machine downloaded the same output meanwhile
+        old = local.with_name(f"{local.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(local, old)  # readers that hold files open (memory maps) keep them
+    try:
+        os.rename(new, local)
+    except OSError:
+        if _read_local(local / SUCCESS) != stamp:
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
 
 # ---------------------------------------------------------------------------------------------
 # Keys
@@ -153,13 +251,14 @@ class StepResult:
     label: str | None = None
     forced: bool = False
     """It ran because of --force (its own or an input's), so every step using it must run again too."""
+    store: Store | None = field(default=None, repr=False, compare=False)
+    """The work dir's store (how to reach a URI output); None: made from the URI."""
 
     @property
     def path(self) -> Path:
-        """The output directory as a local path (the work dir is a local path or a mount)."""
-        if "://" in self.uri:
-            raise WorkflowError(f"step '{self.name}' lives at {self.uri}; this step needs a local or mounted work dir")
-        return Path(self.uri)
+        """The output directory as a local path: itself for a local or mounted work dir; for a URI, a copy
+        in the node-local cache, downloaded on first use (`localize`)."""
+        return localize(self.uri, store=self.store)
 
     @property
     def cached(self) -> bool:
@@ -190,7 +289,11 @@ class Workflow:
         force: Iterable[str] | None = None,
         progress: Callable[[str], None] = print,
     ) -> None:
+        self.work_dir = str(work_dir)
         self.store = Store(work_dir)
+        # Where attempts are written: in the work dir itself when it is local (committed by a rename), on
+        # this machine's disk for a URI (committed by an upload), so that steps can use local file APIs.
+        self.stage = self.store if self.store.local else Store(work_cache(self.store))
         self.pipeline = pipeline
         self.tracker = tracker or NullTracker()
         self.force = set(force or ())
@@ -234,11 +337,15 @@ class Workflow:
     ) -> StepResult:
         """Run `fn(out)` unless this step's output for these dependencies is already complete.
 
-        `out` is the attempt directory (a locator; a local path for a local work dir). `fn` writes its files
-        there and returns a JSON-able dict of outputs, which later runs get back from the cache. Paths among
-        the outputs should be relative to `out`: the directory is renamed when the step commits.
+        `out` is the attempt directory, always a local path: `<work_dir>/<step>/<key>.partial` for a local
+        work dir, a staging dir in this machine's cache (`work_cache`) for a URI one, uploaded to
+        `<work_dir>/<step>/<key>/` when `fn` returns. `fn` writes its files there and returns a JSON-able
+        dict of outputs, which later runs get back from the cache. Paths among the outputs should be
+        relative to `out`: the directory moves when the step commits. Ray tasks that write into `out` must
+        run on the driver's machine when the work dir is a URI (a local Ray does).
         `resumable`: a killed attempt's files are left for `fn` to continue from (training checkpoints);
-        otherwise they are deleted before `fn` starts.
+        otherwise they are deleted before `fn` starts. With a URI work dir the attempt lives on the machine
+        that ran it: a run on another machine does not see it and starts the step afresh.
         """
         return self.map(
             name,
@@ -272,15 +379,17 @@ class Workflow:
             parts = {"config": config, "inputs": {k: r.key for k, r in inputs.items()}, **facts}
             key = cache_key(name, parts)
             final = self.store.join(name, key)
+            attempt = self.stage.join(name, key + PARTIAL)
             if not forced and self.store.exists(f"{final}/{SUCCESS}"):
+                if not self.store.local:
+                    self.stage.rmtree(attempt)  # an attempt here that another machine finished meanwhile
                 results[label] = self._cached(name, label, key, final)
                 continue
-            attempt = final + PARTIAL
             if forced or not resumable:
-                self.store.rmtree(attempt)  # a forced rerun starts afresh; a non-resumable attempt cannot continue
-            elif self.store.exists(attempt):
+                self.stage.rmtree(attempt)  # a forced rerun starts afresh; a non-resumable attempt cannot continue
+            elif self.stage.exists(attempt):
                 self.progress(f"[{_title(name, label)}] resuming an unfinished attempt in {attempt}")
-            self.store.mkdir(attempt)
+            self.stage.mkdir(attempt)
             todo[label] = (key, final, attempt, parts)
         many = list(items) != [None]  # a map over labelled items (not a single step) also gets a summary line
         if results:  # one nested MLflow run for everything this step took from the cache
@@ -318,12 +427,11 @@ class Workflow:
                         "seconds": seconds,
                         "finished_at": time.time(),
                     }
-                    self.store.write_text(f"{attempt}/{RECORD}", json.dumps(record, indent=2, default=str))
-                    self.store.commit_dir(attempt, final)
-                    self.store.write_text(f"{final}/{SUCCESS}", time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+                    self.stage.write_text(f"{attempt}/{RECORD}", json.dumps(record, indent=2, default=str))
+                    self._commit(attempt, final)
                     results[label] = StepResult(
                         name=name, key=key, uri=final, state=DONE, seconds=seconds, outputs=outputs[label],
-                        label=label, forced=forced,
+                        label=label, forced=forced, store=self.store,
                     )  # fmt: skip
                     entries[label].update(state=DONE, seconds=seconds, uri=final)
                 self._log_step(run, name, todo, inputs, outputs, seconds=seconds, cached=False)
@@ -355,11 +463,33 @@ class Workflow:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _commit(self, attempt: str, final: str) -> None:
+        """Put a finished attempt (with its _STEP.json) in place, then write `_SUCCESS`, last.
+
+        Locally a rename. For a URI an upload of the staging dir; the staging dir then becomes this
+        machine's local copy of the output, so `StepResult.path` needs no download here.
+        """
+        # Unique per commit: a local copy made before a forced rerun no longer matches and is replaced.
+        stamp = f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {self.run_id}\n"
+        if self.store.local:
+            self.store.commit_dir(attempt, final)
+            self.store.write_text(f"{final}/{SUCCESS}", stamp)
+            return
+        self.store.rmtree(final)  # a forced rerun replaces the old output; it was already no longer complete
+        self.store.upload(attempt, final)
+        self.store.write_text(f"{final}/{SUCCESS}", stamp)
+        Path(attempt, SUCCESS).write_text(stamp)
+        _, name, key = final.rsplit("/", 2)
+        local = work_cache(self.store) / name / key
+        _swap_in(Path(attempt), local, stamp)
+        shutil.rmtree(attempt, ignore_errors=True)  # left only when a copy with this stamp was already there
+
     def _cached(self, name: str, label: Any, key: str, final: str) -> StepResult:
         record = json.loads(self.store.read_text(f"{final}/{RECORD}"))
         result = StepResult(
-            name=name, key=key, uri=final, state=CACHED, seconds=0.0, outputs=record["outputs"], label=label
-        )
+            name=name, key=key, uri=final, state=CACHED, seconds=0.0, outputs=record["outputs"], label=label,
+            store=self.store,
+        )  # fmt: skip
         self.progress(f"[{_title(name, label)}] cached ({key}) -> {final}")
         self._add_entry(name, label, key, state=CACHED, uri=final, started=time.time(), seconds=0.0)
         self._save_record()
@@ -403,7 +533,7 @@ class Workflow:
 
     def _check_not_busy(self) -> None:
         """Refuse to start while another live run of this machine works in the same work dir."""
-        for run in read_runs(self.store.root, limit=20):
+        for run in read_runs(self.work_dir, limit=20):
             if run["status"] == RUNNING and run.get("host") == socket.gethostname() and _alive(run.get("pid")):
                 if run.get("pid") == os.getpid():
                     continue
