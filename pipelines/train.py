@@ -165,6 +165,7 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
         return dict(zip(refs, get_or_raise(list(refs.values())), strict=True))
 
     staged = wf.map("ingest", items, ingest_files, config=read_cfg)
+    shard_cfg_key = cfg.data.model_dump(mode="json", exclude={"path", "format"})
 
     def shard_step(out: str) -> dict[str, Any]:
         # The shard step reads the ingested Arrow copies, listed under one directory by hard links (no copy).
@@ -173,12 +174,18 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
         for i, (label, res) in enumerate(sorted(staged.items())):
             _link(res.path / STAGED_FILE, inputs / f"{i:05d}-{Path(label).name.split('.')[0]}.parquet")
         shard_cfg = cfg.data.model_copy(update={"path": str(inputs), "format": "parquet", "sample": None})
-        _, report = ingest(shard_cfg, out_dir=str(Path(out) / "shards"), work_dir=cfg.workflow.work_dir)
+        # Shards holding only unchanged series are hard-linked from the newest earlier shard set of this data
+        # config (other input files); a forced rerun rebuilds everything.
+        forced = "shard" in wf.force or any(r.forced for r in staged.values())
+        previous = None if forced else _previous_shards(Path(out).parent, config=shard_cfg_key)
+        _, report = ingest(
+            shard_cfg, out_dir=str(Path(out) / "shards"), work_dir=cfg.workflow.work_dir, previous=previous
+        )
         shutil.rmtree(inputs)
         progress(report.summary())
         return {"shards": "shards", "report": report.summary(), "num_series": report.num_series}
 
-    shard = wf.step("shard", shard_step, config=cfg.data.model_dump(mode="json", exclude={"path", "format"}), inputs={
+    shard = wf.step("shard", shard_step, config=shard_cfg_key, inputs={
         f"ingest:{label}": res for label, res in staged.items()
     })  # fmt: skip
     return shard, lineage
@@ -417,6 +424,26 @@ def _link(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:  # another filesystem, or links not allowed: copy
         shutil.copyfile(src, dst)
+
+
+def _previous_shards(steps_dir: Path, *, config: dict[str, Any]) -> str | None:
+    """The shard dir of the newest complete shard step in `steps_dir` made with this data config, if any."""
+    from lstm_dist.workflow import RECORD, SUCCESS
+
+    best: tuple[float, Path] | None = None
+    for record_file in steps_dir.glob(f"*/{RECORD}"):
+        step_dir = record_file.parent
+        if "." in step_dir.name or not (step_dir / SUCCESS).exists():  # attempts, temp copies, unfinished steps
+            continue
+        try:
+            record = json.loads(record_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("key_parts", {}).get("config") != config or not (step_dir / "shards" / SUCCESS).exists():
+            continue
+        if best is None or record.get("finished_at", 0) > best[0]:
+            best = (record.get("finished_at", 0), step_dir / "shards")
+    return str(best[1]) if best else None
 
 
 def _resume_point(run_dir: Path) -> tuple[str, int | str] | None:

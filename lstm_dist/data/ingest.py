@@ -8,6 +8,9 @@ Three waves of Ray tasks (nothing starts at import; the caller runs `ray.init`):
   write  one task per shard: scale to float32 and serialise an Arrow IPC file.
 The driver writes everything into `<out_dir>.tmp-<uuid>`, renames it to `out_dir` and writes `_SUCCESS`
 last, so a failed ingest never leaves a directory that looks complete. The input is only read.
+
+Given a `previous` shard set of the same data config, only the shards holding a changed, new or removed
+series are written; the others are hard-linked from it (see `shards.plan_around` and `_reusable`).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from lstm_dist.data.readers import (
     read_raw,
     value_columns,
 )
-from lstm_dist.data.shards import SHARD_SCHEMA, ipc_bytes, plan_shards, rows_per_shard, shard_table
+from lstm_dist.data.shards import SHARD_SCHEMA, Piece, ipc_bytes, plan_around, rows_per_shard, shard_table
 from lstm_dist.data.splits import SPLITS, rows_needed, shortfall, split_bounds, start_range, starts_in
 from lstm_dist.data.synthetic import write_sample
 
@@ -77,13 +80,28 @@ class IngestReport:
     windows: dict[str, int] = field(default_factory=dict)
     num_tasks: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    num_reused_shards: int = 0
+    """Shards hard-linked (or copied) from the previous shard set instead of written."""
+    num_changed_series: int | None = None
+    """Series new, removed or with other rows or scaler stats than in the previous set; None: no previous set."""
+    num_rewritten_series: int = 0
+    """Unchanged series written again: they share a shard with a changed one, or their index moved."""
+    rebuild_reason: str = ""
+    """Why a previous shard set was given but nothing could be reused from it."""
 
     def summary(self) -> str:
         """A few human-readable lines."""
+        shards = f"wrote {self.num_shards} shard(s)"
+        if self.num_changed_series is not None and not self.rebuild_reason:
+            also = f"; {self.num_rewritten_series} unchanged series rewritten" if self.num_rewritten_series else ""
+            shards = (
+                f"reused {self.num_reused_shards} of {self.num_shards} shards ({self.num_changed_series} series "
+                f"changed{also}), wrote {self.num_shards - self.num_reused_shards}"
+            )
         lines = [
             f"read {self.num_rows_read:,} rows from {self.num_files} file(s); kept {self.num_series} series, "
             f"{self.num_rows:,} rows; freq {self.freq} s{' (inferred)' if self.freq_inferred else ''}",
-            f"wrote {self.num_shards} shard(s), {self.num_bytes / 2**20:.1f} MiB "
+            f"{shards}, {self.num_bytes / 2**20:.1f} MiB "
             f"({self.num_bytes / max(self.raw_numeric_bytes, 1):.2f}x the raw numeric data); windows "
             + ", ".join(f"{k} {v:,}" for k, v in self.windows.items()),
             "tasks: "
@@ -91,6 +109,8 @@ class IngestReport:
             + "; time: "
             + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
+        if self.rebuild_reason:
+            lines.append(f"full rebuild: {self.rebuild_reason}")
         if self.counts:
             lines.append("cleaning: " + ", ".join(f"{k}={v:,}" for k, v in sorted(self.counts.items())))
         if self.skipped_series:
@@ -185,6 +205,14 @@ def fit_series_stats(
     return loc, scale
 
 
+def series_digest(ts: np.ndarray, stored: np.ndarray) -> str:
+    """sha256 of one series' cleaned rows: timestamps int64 [n] and stored columns float64 [n, Fs], unscaled."""
+    h = hashlib.sha256(np.asarray(stored.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(ts, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(stored, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
 def _check_feature_config(cfg: DataConfig) -> None:
     for key in ("lags", "moving_averages"):
         bad = [k for k in getattr(cfg, key) if k < 1]
@@ -231,6 +259,9 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict
         "notes": notes,
         "skipped": skipped,
     }
+    summary["sha256"] = [
+        series_digest(block.ts[a:b], stored[a:b]) for a, b in zip(block.offsets[:-1], block.offsets[1:], strict=True)
+    ]
     if cfg.scaler_scope == "series":
         summary["loc"], summary["scale"] = fit_series_stats(stored, block.offsets, val_start, kind=cfg.scaler)
     else:
@@ -330,11 +361,114 @@ def _segment_windows(*, piece_start: int, core_stop: int, info: dict[str, int], 
     return out
 
 
-def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tuple[Manifest, IngestReport]:
+# DataConfig fields that say where the input is and how many tasks read it, not what the shards hold.
+_SOURCE_FIELDS = ("path", "format", "sample", "num_read_tasks")
+
+
+@dataclass
+class _Reuse:
+    """What an ingest takes over from a previous shard set."""
+
+    directory: Path | None = None
+    shards: list[ShardInfo] = field(default_factory=list)
+    """Previous shards to keep, whole groups of shards sharing a series, in their previous order."""
+    num_changed: int | None = None
+    unchanged: set[str] = field(default_factory=set)
+    """Names of the series whose rows and scaler stats are as before (their index may have moved)."""
+    reason: str = ""
+
+
+def _reusable(
+    previous: str | None, *, cfg: DataConfig, freq: int, stored_cols: list[str], series: list[SeriesInfo]
+) -> _Reuse:
+    """The shards of `previous` that hold only unchanged series, so that they can be kept as they are.
+
+    A series is unchanged when its name, index, rows (`SeriesInfo.sha256`), split points and scaler stats
+    all equal the previous ones; a shard's bytes depend on nothing else. Shards that share a series (a long
+    series cut in pieces) are kept or rewritten together. A global scaler ties every shard to every series,
+    so then, or when the data config, frequency or stored columns differ, nothing is reused.
+    """
+    if previous is None:
+        return _Reuse()
+    directory = Path(previous).resolve()
+    if cfg.scaler_scope == "global":
+        return _Reuse(reason="data.scaler_scope=global scales every series with stats of all series")
+    try:
+        prev = Manifest.load(directory)
+    except (DataError, ValueError) as err:  # ValueError: a manifest pydantic cannot read
+        return _Reuse(reason=f"the previous shard set {directory} cannot be read ({str(err).splitlines()[0]})")
+    now = cfg.model_dump(mode="json", exclude=set(_SOURCE_FIELDS))
+    before = {k: v for k, v in prev.data_config.items() if k not in _SOURCE_FIELDS}
+    differ = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if differ:
+        keys = ", ".join(f"data.{k}" for k in differ)
+        return _Reuse(reason=f"the data config differs from that of the previous shard set {directory} ({keys})")
+    if prev.freq != freq or prev.stored_cols != stored_cols:
+        return _Reuse(reason=f"the frequency or stored columns differ from the previous shard set {directory}")
+
+    by_name = {s.name: s for s in series}
+    same_rows = {  # content as before (index aside)
+        s.name
+        for s in prev.series
+        if s.sha256 is not None
+        and s.name in by_name
+        and s.model_dump(exclude={"index"}) == by_name[s.name].model_dump(exclude={"index"})
+    }
+    num_changed = len(by_name.keys() - same_rows) + len({s.name for s in prev.series} - by_name.keys())
+    in_place = {s.name for s in prev.series if s.name in same_rows and s.index == by_name[s.name].index}
+
+    # Groups of shards that share a series: union-find over the previous shards.
+    parent = list(range(len(prev.shards)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    first_shard: dict[int, int] = {}
+    for k, info in enumerate(prev.shards):
+        for seg in info.segments:
+            parent[root(k)] = root(first_shard.setdefault(seg.series, k))
+    groups: dict[int, list[int]] = {}
+    for k in range(len(prev.shards)):
+        groups.setdefault(root(k), []).append(k)
+
+    def intact(info: ShardInfo) -> bool:
+        try:
+            return (directory / info.file).stat().st_size == info.num_bytes
+        except OSError:
+            return False
+
+    keep = sorted(
+        k
+        for members in groups.values()
+        if all(prev.series[seg.series].name in in_place for k in members for seg in prev.shards[k].segments)
+        and all(intact(prev.shards[k]) for k in members)
+        for k in members
+    )
+    return _Reuse(
+        directory=directory, shards=[prev.shards[k] for k in keep], num_changed=num_changed, unchanged=same_rows
+    )
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A previous shard file under a new name: a hard link (no bytes written), a copy where links fail."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def ingest(
+    cfg: DataConfig, *, out_dir: str, work_dir: str | None = None, previous: str | None = None
+) -> tuple[Manifest, IngestReport]:
     """Turn the input named by `cfg` into shards + manifest.json under `out_dir` (atomically).
 
     `cfg.path` unset: the sample `cfg.sample` is generated under `work_dir` first. Raises `DataError` for bad
-    input; then nothing complete-looking is left at `out_dir`.
+    input; then nothing complete-looking is left at `out_dir`. `previous`: a complete shard set of the same
+    data config (another input), whose shards holding only unchanged series are hard-linked, not rewritten;
+    the manifest describes the new set completely either way (see `IngestReport.summary` for what was kept).
     """
     t_start = time.perf_counter()
     _check_feature_config(cfg)
@@ -420,27 +554,37 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
                     c: ColumnStats(loc=float(loc[idx, j]), scale=float(scale[idx, j]))
                     for j, c in enumerate(stored_cols)
                 },
+                sha256=s["sha256"][i],
             )
         )
         lengths.append(int(s["lengths"][i]))
         where.append((b, i))
 
-    # write: plan shards from lengths only (so the same data in any file layout gives the same shards).
+    # write: plan shards from lengths only (so the same data in any file layout gives the same shards),
+    # around the shards kept from a previous set.
     window = cfg.lookback + cfg.horizon
     target_rows = rows_per_shard(rows=cfg.rows_per_shard, size_mib=cfg.shard_size_mib, num_features=width)
-    plan = plan_shards(lengths, rows_per_shard=target_rows, window=window)
+    reuse = _reusable(previous, cfg=cfg, freq=freq, stored_cols=stored_cols, series=series_infos)
+    kept = [[Piece(g.series, g.row_start, g.row_stop, g.core_stop) for g in info.segments] for info in reuse.shards]
+    plan = plan_around(lengths, kept=kept, rows_per_shard=target_rows, window=window)
     tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:12]}")
     tmp.mkdir(parents=True)
     try:
         pending = {}
-        for k, pieces in enumerate(plan):
+        results: dict[int, tuple[str, int, int]] = {}
+        for k, (pieces, source) in enumerate(plan):
+            if source is not None:
+                prev = reuse.shards[source]
+                assert reuse.directory is not None
+                _link_or_copy(reuse.directory / prev.file, tmp / f"shard-{k:05d}.arrow")
+                results[k] = (prev.sha256, prev.num_rows, prev.num_bytes)
+                continue
             needed = sorted({where[p.series][0] for p in pieces})
             pos = {b: j for j, b in enumerate(needed)}
             args = [(pos[where[p.series][0]], where[p.series][1], p.row_start, p.row_stop, p.series) for p in pieces]
             sel = [p.series for p in pieces]
             ref = _write_remote.remote(args, loc[sel], scale[sel], stored_cols, *[block_refs[b] for b in needed])
             pending[ref] = k
-        results: dict[int, tuple[str, int, int]] = {}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             k = pending.pop(done[0])
@@ -451,7 +595,7 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
             results[k] = (digest, num_rows, len(data))
             del data
         shards = []
-        for k, pieces in enumerate(plan):
+        for k, (pieces, _) in enumerate(plan):
             digest, num_rows, num_bytes = results[k]
             segments, offset = [], 0
             for p in pieces:
@@ -530,7 +674,12 @@ def ingest(cfg: DataConfig, *, out_dir: str, work_dir: str | None = None) -> tup
     report.num_bytes = totals.num_bytes
     report.raw_numeric_bytes = totals.raw_numeric_bytes
     report.windows = dict(totals.windows)
-    report.num_tasks = {"read": len(units), "clean": num_buckets, "write": len(plan)}
+    report.num_tasks = {"read": len(units), "clean": num_buckets, "write": len(plan) - len(kept)}
+    report.num_reused_shards = len(kept)
+    report.num_changed_series = reuse.num_changed
+    report.rebuild_reason = reuse.reason
+    written = {series_infos[p.series].name for pieces, source in plan if source is None for p in pieces}
+    report.num_rewritten_series = len(written & reuse.unchanged)
     report.timings = {
         "read": t_read - t_start,
         "clean": t_clean - t_read,

@@ -50,6 +50,10 @@ class SeriesInfo(_Model):
     """Row position where the test part starts."""
     scaler: dict[str, ColumnStats]
     """Scaler stats per stored column, fitted on rows [0, val_start) only."""
+    sha256: str | None = None
+    """Checksum of the series' cleaned rows (timestamps + stored columns, before scaling): an incremental
+    ingest keeps a shard only where every series in it has the same checksum as before. None in manifests
+    written before it existed (those are never reused)."""
 
 
 class Segment(_Model):

@@ -36,38 +36,86 @@ def rows_per_shard(*, rows: int, size_mib: float, num_features: int) -> int:
 
 
 def plan_shards(lengths: list[int] | np.ndarray, *, rows_per_shard: int, window: int) -> list[list[Piece]]:
-    """Pack series (in index order) into shards of about `rows_per_shard` stored rows.
+    """Pack series (in index order) into shards of at most about `rows_per_shard` stored rows.
 
-    Short series share a shard whole; a long one is cut into pieces, each storing `window - 1` extra rows
-    after its core (the halo) so every window starting in the core lies inside the piece. The shard size
-    is raised where needed so the halo stays under ~5% of it.
+    A series that fits in a shard is stored whole: it joins the current shard if there is room left, else
+    it starts the next one. A longer series gets shards of its own, cut into near-equal pieces, each storing
+    `window - 1` extra rows after its core (the halo) so every window starting in the core lies inside the
+    piece. The shard size is raised where needed so the halo stays under ~5% of it.
+
+    No shard mixes part of a series with another series, so a shard's contents depend only on the series
+    it holds: an incremental ingest can keep a shard when those are unchanged (`plan_around`). The price
+    is a shard left part-empty where the next series does not fit in it.
     """
     halo = window - 1
     cap = max(rows_per_shard, int(np.ceil(halo / HALO_SHARE)))
-    min_core = max(1, int(np.ceil(halo * (1 - HALO_SHARE) / HALO_SHARE)))
     shards: list[list[Piece]] = []
     current: list[Piece] = []
     used = 0
     for series, n in enumerate(int(x) for x in lengths):
-        pos = 0
-        while pos < n:
-            room = cap - used
-            if n - pos <= room:
-                current.append(Piece(series, pos, n, n))
-                used += n - pos
-                pos = n
-            elif room - halo >= min_core:
-                core_stop = pos + room - halo
-                current.append(Piece(series, pos, core_stop + halo, core_stop))
-                pos = core_stop
+        if n <= cap:
+            if used + n > cap:
                 shards.append(current)
                 current, used = [], 0
-            else:
-                shards.append(current)
-                current, used = [], 0
+            current.append(Piece(series, 0, n, n))
+            used += n
+            continue
+        if current:
+            shards.append(current)
+            current, used = [], 0
+        # Cores of at most cap - halo rows each tile [0, n); each piece but the last adds the halo.
+        num_pieces = int(np.ceil(n / (cap - halo)))
+        bounds = np.linspace(0, n, num_pieces + 1).round().astype(np.int64)
+        for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            shards.append([Piece(series, int(start), min(int(stop) + halo, n), int(stop))])
     if current:
         shards.append(current)
     return shards
+
+
+def plan_around(
+    lengths: list[int] | np.ndarray, *, kept: list[list[Piece]], rows_per_shard: int, window: int
+) -> list[tuple[list[Piece], int | None]]:
+    """Plan shards for all series while keeping the `kept` shards of a previous shard set exactly as they were.
+
+    Returns (pieces, k) per shard: k indexes `kept` for a shard to reuse, None for one to write. The kept
+    shards must hold whole series (every piece of each of their series). The others are packed by
+    `plan_shards`, one run of consecutive series indices at a time (a run ends at a kept shard), so a
+    changed series never moves a series of another run. Shards are ordered by their first (series, row),
+    which puts every window at the same dense index as in a full rebuild; only the cut between shards may
+    differ (at most one partly filled shard per run).
+
+    Why so simple: packing all series afresh in index order (`plan_shards`) lets a change in one series
+    shift the cut of every later shard, so nothing could be reused; keeping a previous shard only when all
+    its series are unchanged needs no other bookkeeping, and a series changed again next time only ever
+    rewrites the shards of its own run.
+    """
+    num_series = len(lengths)
+    covered: dict[int, list[Piece]] = {}
+    for pieces in kept:
+        for p in pieces:
+            covered.setdefault(p.series, []).append(p)
+    for series, pieces in covered.items():  # whole series only: their cores tile [0, length)
+        cores = sorted((p.row_start, p.core_stop) for p in pieces)
+        assert cores[0][0] == 0 and cores[-1][1] == int(lengths[series]), (series, cores)
+        assert all(a[1] == b[0] for a, b in zip(cores, cores[1:], strict=False)), (series, cores)
+
+    planned: list[tuple[list[Piece], int | None]] = [(pieces, k) for k, pieces in enumerate(kept)]
+
+    def pack(run: list[int]) -> None:
+        for shard in plan_shards([lengths[i] for i in run], rows_per_shard=rows_per_shard, window=window):
+            planned.append(([Piece(run[p.series], p.row_start, p.row_stop, p.core_stop) for p in shard], None))
+
+    run: list[int] = []
+    for series in range(num_series):
+        if series in covered:
+            pack(run)
+            run = []
+        else:
+            run.append(series)
+    pack(run)
+    planned.sort(key=lambda item: (item[0][0].series, item[0][0].row_start))
+    return planned
 
 
 def shard_table(series: np.ndarray, ts: np.ndarray, features: np.ndarray, *, stored_cols: list[str]) -> pa.Table:
