@@ -233,7 +233,8 @@ class TrackingConfig(_Section):
 
 class WorkflowConfig(_Section):
     work_dir: str = "runs"
-    """Directory for shards, checkpoints, the MLflow store and run records (resolved to absolute)."""
+    """Directory for shards, checkpoints, the MLflow store and run records (resolved to absolute), or an
+    object store URI (s3://bucket/prefix; steps then stage in a node-local cache, see lstm_dist.workflow)."""
     ray_address: str | None = None
     """Ray cluster address; unset: $RAY_ADDRESS, else a local Ray started for the run."""
     num_cpus: int = Field(0, ge=0)
@@ -262,13 +263,20 @@ class PipelineConfig(_Section):
             return self.tracking.uri
         if os.environ.get("MLFLOW_TRACKING_URI"):
             return os.environ["MLFLOW_TRACKING_URI"]
+        if "://" in self.workflow.work_dir:
+            raise ConfigError(
+                f"tracking.uri: unset, and the default sqlite:///<work_dir>/mlflow.db needs a local work dir, not "
+                f"workflow.work_dir={self.workflow.work_dir}; set tracking.uri (or MLFLOW_TRACKING_URI) to an "
+                "MLflow server (http://host:5000) or a local sqlite:////path/mlflow.db"
+            )
         return f"sqlite:///{Path(self.workflow.work_dir) / 'mlflow.db'}"
 
     def resolved(self, *, base_dir: Path | None = None) -> PipelineConfig:
         """A copy with every path made absolute (relative ones are taken from `base_dir` or the cwd)."""
         base = Path(base_dir or Path.cwd())
         cfg = self.model_copy(deep=True)
-        cfg.workflow.work_dir = str((base / cfg.workflow.work_dir).resolve())
+        if "://" not in cfg.workflow.work_dir:
+            cfg.workflow.work_dir = str((base / cfg.workflow.work_dir).resolve())
         if cfg.data.path and "://" not in cfg.data.path:
             cfg.data.path = str((base / cfg.data.path).resolve())
         # Pinned now: mlflow.set_tracking_uri later writes MLFLOW_TRACKING_URI into this process's
@@ -430,10 +438,14 @@ def dump_yaml(cfg: PipelineConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def save_resolved(cfg: PipelineConfig) -> Path:
-    """Create the work dir and save the resolved config there as last_config.yaml (what a run was started with)."""
-    work_dir = Path(cfg.workflow.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / "last_config.yaml"
-    path.write_text(dump_yaml(cfg))
-    return path
+def save_resolved(cfg: PipelineConfig) -> Path | str:
+    """Create the work dir and save the resolved config there as last_config.yaml (what a run was started with).
+
+    Returns its locator: a path, or a URI for an object-store work dir."""
+    from lstm_dist.workflow import Store  # here: the workflow module imports this one
+
+    store = Store(cfg.workflow.work_dir)
+    store.mkdir(store.root)
+    path = store.join("last_config.yaml")
+    store.write_text(path, dump_yaml(cfg))
+    return Path(path) if store.local else path

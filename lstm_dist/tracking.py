@@ -264,7 +264,12 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
         if experiment is None:
             location = None
             if uri.startswith("sqlite:"):
-                location = Path(cfg.workflow.work_dir, "mlartifacts").resolve().as_uri()
+                work_dir = cfg.workflow.work_dir  # a URI one (s3://...) takes the artifacts too (MLflow needs boto3)
+                location = (
+                    f"{work_dir.rstrip('/')}/mlartifacts"
+                    if "://" in work_dir
+                    else Path(work_dir, "mlartifacts").resolve().as_uri()
+                )
             experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id

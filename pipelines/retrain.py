@@ -32,7 +32,7 @@ from typing import Any
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, load_config, save_resolved
 from lstm_dist.tracking import CHALLENGER, CHAMPION, Tracker, start_pipeline_run
-from lstm_dist.workflow import DONE, FAILED, Workflow
+from lstm_dist.workflow import DONE, FAILED, Store, Workflow, work_cache
 from pipelines.train import (
     FILES_TAG,
     FINGERPRINT_TAG,
@@ -82,8 +82,9 @@ class RetrainSummary:
 
 def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -> RetrainSummary:
     started = time.perf_counter()
-    work_dir = Path(cfg.workflow.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = cfg.workflow.work_dir  # a path or a URI (s3://...)
+    store = Store(work_dir)
+    store.mkdir(store.root)
     lineage = input_lineage(cfg)
     champion = get_champion(cfg)
     seen = already_decided(cfg, lineage["fingerprint"], champion)
@@ -233,10 +234,11 @@ def already_decided(cfg: PipelineConfig, fingerprint: str, champion: Champion | 
 
 
 def download_model(cfg: PipelineConfig, champion: Champion) -> Path:
-    """The champion's weights and manifest as local files, under <work_dir>/champions/<name>-v<version>/."""
+    """The champion's weights and manifest as local files, under <work_dir>/champions/<name>-v<version>/
+    (in this machine's cache when the work dir is a URI)."""
     from lstm_dist.predict import download_model as fetch
 
-    cache = Path(cfg.workflow.work_dir) / "champions"
+    cache = work_cache(cfg.workflow.work_dir) / "champions"
     return fetch(champion.uri, tracking_uri=cfg.tracking_uri(), cache_dir=cache).directory
 
 
@@ -267,11 +269,18 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
     return str(champion_dir / "model.pt")
 
 
-def _append_decision(work_dir: Path, summary: RetrainSummary) -> None:
+def _append_decision(work_dir: str, summary: RetrainSummary) -> None:
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **asdict(summary)}
     line.pop("steps", None)
-    with open(work_dir / DECISIONS_FILE, "a") as f:
-        f.write(json.dumps(line, default=str) + "\n")
+    store = Store(work_dir)
+    if store.local:
+        with open(Path(store.join(DECISIONS_FILE)), "a") as f:
+            f.write(json.dumps(line, default=str) + "\n")
+        return
+    # Object stores cannot append: read and rewrite (two retrains ending at the same moment could lose a line).
+    path = store.join(DECISIONS_FILE)
+    before = store.read_text(path) if store.exists(path) else ""
+    store.write_text(path, before + json.dumps(line, default=str) + "\n")
 
 
 def print_summary(summary: RetrainSummary, *, progress=print) -> None:

@@ -37,7 +37,16 @@ from lstm_dist.tracking import (
     start_pipeline_run,
     ui_command,
 )
-from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow, data_fingerprint, fingerprint_files
+from lstm_dist.workflow import (
+    DONE,
+    FAILED,
+    StepResult,
+    Store,
+    Workflow,
+    data_fingerprint,
+    fingerprint_files,
+    work_cache,
+)
 
 STEPS = ("ingest", "shard", "tune", "train", "evaluate", "register")
 STAGED_FILE = "part.parquet"
@@ -62,8 +71,9 @@ class PipelineSummary:
 
 def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -> PipelineSummary:
     """Run every step of the pipeline; complete steps are reused from the work dir."""
-    work_dir = Path(cfg.workflow.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = cfg.workflow.work_dir  # a path or a URI (s3://...): the workflow engine handles both
+    store = Store(work_dir)
+    store.mkdir(store.root)
     progress(cfg.summary())
     check_tracking_uri(cfg.tracking_uri())  # a store that cannot work fails here, before Ray starts
     init_ray(cfg)
@@ -133,17 +143,32 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
 
 def input_files(cfg: PipelineConfig) -> list[str]:
     """The input files of the config (the sample data set is generated under work_dir first)."""
-    from lstm_dist.data.ingest import resolve_input
     from lstm_dist.data.readers import list_input_files
 
+    return list_input_files(_input_source(cfg), fmt=cfg.data.format)
+
+
+def _input_source(cfg: PipelineConfig) -> str:
+    """`data.path`, or the sample data set under `<work_dir>/sample/`: generated there once; for a URI work
+    dir generated in this machine's cache and uploaded, so every machine reads the same file by one name."""
+    from lstm_dist.data.ingest import resolve_input
+
     work_dir = cfg.workflow.work_dir
-    return list_input_files(resolve_input(cfg.data, out_dir=Path(work_dir), work_dir=work_dir), fmt=cfg.data.format)
+    store = Store(work_dir)
+    if cfg.data.path is not None or store.local:
+        return resolve_input(cfg.data, out_dir=Path(work_dir), work_dir=work_dir)
+    cache = work_cache(store)
+    local = Path(resolve_input(cfg.data, out_dir=cache, work_dir=str(cache)))
+    remote = store.join(*local.relative_to(cache).parts)
+    if not store.exists(remote):  # the same seed gives the same file: a race uploads the same bytes twice
+        store.upload(local, remote)
+    return remote
 
 
 def input_lineage(cfg: PipelineConfig) -> dict[str, Any]:
     """What the data is, by content: {fingerprint, files: {file: sha256}}. Cheap: unchanged files are not re-read."""
     files = input_files(cfg)
-    prints = fingerprint_files(files, cache=str(Path(cfg.workflow.work_dir) / "_fingerprints.json"))
+    prints = fingerprint_files(files, cache=Store(cfg.workflow.work_dir).join("_fingerprints.json"))
     return {"fingerprint": data_fingerprint(prints), "files": {f: p["sha256"] for f, p in prints.items()}}
 
 
@@ -467,11 +492,9 @@ def _history(train: StepResult):
 
 def _input_example(cfg: PipelineConfig, *, rows: int):
     """Raw history of one series (its last `rows` rows), for the model's signature and input example."""
-    from lstm_dist.data.ingest import resolve_input
-    from lstm_dist.data.readers import list_input_files, read_raw
+    from lstm_dist.data.readers import read_raw
 
-    source = resolve_input(cfg.data, out_dir=Path(cfg.workflow.work_dir), work_dir=cfg.workflow.work_dir)
-    table = read_raw(list_input_files(source, fmt=cfg.data.format)[0], cfg=cfg.data)
+    table = read_raw(input_files(cfg)[0], cfg=cfg.data)
     frame = table.to_pandas()
     first = frame[cfg.data.series_col].iloc[0]
     return frame[frame[cfg.data.series_col] == first].sort_values(cfg.data.timestamp_col).tail(rows)
