@@ -214,13 +214,15 @@ def test_training_pipeline_on_an_s3_work_dir_runs_then_is_all_cached(s3, tmp_pat
     script = f"""
 import json
 from lstm_dist.config import load_config, save_resolved
+from pipelines import retrain
 from pipelines.train import run
 cfg = load_config({str(ROOT / "conf/debug.yaml")!r}, [
     "workflow.work_dir={work}", "train.epochs=1", "tracking.uri=sqlite:///{tmp_path / "mlflow.db"}",
 ]).resolved()
 save_resolved(cfg)
 runs = [run(cfg, progress=lambda _: None) for _ in range(2)]
-print(json.dumps([{{"steps": r.steps, "version": r.version, "mae": r.metrics["test_model_mae"]}} for r in runs]))
+out = [{{"steps": r.steps, "version": r.version, "mae": r.metrics["test_model_mae"]}} for r in runs]
+print(json.dumps(out + [retrain.run(cfg, progress=lambda _: None).decision]))
 """
     # Ray's socket paths must stay under 108 bytes: a short temp dir, not pytest's long tmp_path.
     run_env = {
@@ -233,17 +235,18 @@ print(json.dumps([{{"steps": r.steps, "version": r.version, "mae": r.metrics["te
         [sys.executable, "-c", script], cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    first, second = json.loads(proc.stdout.strip().splitlines()[-1])
+    first, second, decision = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {s["name"] for s in first["steps"]} == {"ingest", "shard", "train", "evaluate", "register"}
     assert all(s["state"] == DONE and s["uri"].startswith(work) for s in first["steps"])
     assert all(s["state"] == CACHED for s in second["steps"]) and second["version"] == first["version"] == "1"
     assert second["mae"] == first["mae"]
+    assert decision == "no new data"  # the retrain reads the same fingerprint back from the bucket
 
     files = files_under(fs, work)
     for s in first["steps"]:
         assert f"{s['name']}/{s['key']}/{SUCCESS}" in files, s
     assert any(k.startswith("sample/") and k.endswith(".parquet") for k in files)  # generated into the bucket
-    assert "_fingerprints.json" in files and "last_config.yaml" in files
+    assert {"_fingerprints.json", "last_config.yaml", "retrain_decisions.jsonl"} <= set(files)
     assert any(k.startswith("mlartifacts/") and "/model" in k for k in files)  # sqlite store, artifacts in the bucket
     assert len([k for k in files if k.startswith("_runs/")]) == 2
     assert not [k for k in files if ".partial" in k]
