@@ -174,7 +174,7 @@ def localize(uri: str | os.PathLike, *, store: Store | None = None) -> Path:
     final = store.join(name, key)
     try:
         stamp = store.read_text(f"{final}/{SUCCESS}")
-    except (FileNotFoundError, OSError) as exc:
+    except OSError as exc:  # FileNotFoundError among them
         raise WorkflowError(f"{final} is not a complete step output (no {SUCCESS}): {exc}") from exc
     local = work_cache(store) / name / key
     if _read_local(local / SUCCESS) == stamp:
