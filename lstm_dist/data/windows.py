@@ -1,17 +1,23 @@
 """Window reader over memory-mapped Arrow shards, and the distributed sampler that deals out window indices.
 
-Nothing here materialises windows: each shard's [N, F] float32 matrix is a memory-mapped view, a
-`sliding_window_view` over it is a view of all its windows, and a batch is one fancy-index gather per shard
-touched (one in total when the batch comes from a single shard).
+Nothing here materialises windows: each shard's [N, F] float32 matrix is a memory-mapped view, a strided
+view over it (`torch.as_strided`) is a view of all its windows, and a batch is one gather per shard touched
+(one in total when the batch comes from a single shard).
+
+The gathers run in torch (`index_select` over strided views of the same memory-mapped matrices): it copies
+each window as one contiguous block and uses torch's intra-op threads, 2-3x faster than numpy fancy
+indexing here (benchmarks/RESULTS.md). Batches are still returned as numpy arrays (views of the tensors).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from lstm_dist.data.errors import DataError
@@ -50,11 +56,12 @@ class WindowDataset:
 
         # Window starts per segment form an arithmetic progression: keep (shard, first row, count) only.
         seg_shard, seg_first, seg_count, seg_series = [], [], [], []
-        self._x_views: list[np.ndarray | None] = []
-        self._h_views: list[np.ndarray | None] = []
-        self._w_views: list[np.ndarray | None] = []
         self._ts_views: list[np.ndarray | None] = []
         self._shards = []
+        # The same windows as torch views (gathers run in torch): [N-L+1, L, Fs], [N-H+1, H, Fs], [N-W+1, W, Fs].
+        self._x_t: list[torch.Tensor | None] = []
+        self._h_t: list[torch.Tensor | None] = []
+        self._w_t: list[torch.Tensor | None] = []
         for k, info in enumerate(m.shards):
             shard = open_shard(self.shard_dir / info.file)
             if shard.features.shape != (info.num_rows, self._num_stored):
@@ -63,16 +70,10 @@ class WindowDataset:
                 )
             self._shards.append(shard)
             ok = info.num_rows >= window
-            # Views, no copy: [N-L+1, L, Fs] inputs, [N-H+1, H, Fs] horizons, [N-W+1, W, Fs] whole windows,
-            # [N-W+1, W] timestamps.
-            self._x_views.append(
-                sliding_window_view(shard.features, (m.lookback, self._num_stored))[:, 0] if ok else None
-            )
-            self._h_views.append(
-                sliding_window_view(shard.features, (m.horizon, self._num_stored))[:, 0] if ok else None
-            )
-            self._w_views.append(sliding_window_view(shard.features, (window, self._num_stored))[:, 0] if ok else None)
+            # Views, no copy: [N-W+1, W] timestamps.
             self._ts_views.append(sliding_window_view(shard.ts, window) if ok else None)
+            for views, length in ((self._x_t, m.lookback), (self._h_t, m.horizon), (self._w_t, window)):
+                views.append(_window_tensor(shard.features, length) if ok else None)
             for seg in info.segments:
                 s = m.series[seg.series]
                 lo, hi = start_range(
@@ -189,14 +190,12 @@ class WindowDataset:
         lookback, num_stored = self._lookback, self._num_stored
         if len(rows) == 0 or shard.min() == shard.max():  # one shard: one gather for inputs, one for horizons
             k = int(shard[0]) if len(rows) else 0
-            views = self._x_views[k], self._h_views[k]
-            if views[0] is None:  # no windows in this shard (only possible for an empty batch)
-                views = (
-                    np.empty((0, lookback, num_stored), np.float32),
-                    np.empty((0, self._horizon, num_stored), np.float32),
-                )
-            win_x = views[0][rows]  # [B, L, Fs]
-            win_h = views[1][rows + lookback] if len(rows) else views[1][rows]  # [B, H, Fs]
+            if len(rows):  # one gather each: [B, L, Fs] inputs, [B, H, Fs] horizons
+                win_x = self._x_t[k].index_select(0, torch.from_numpy(rows)).numpy()
+                win_h = self._h_t[k].index_select(0, torch.from_numpy(rows + lookback)).numpy()
+            else:
+                win_x = np.empty((0, lookback, num_stored), np.float32)
+                win_h = np.empty((0, self._horizon, num_stored), np.float32)
             ts = self._ts_views[k][rows] if self._calendar and len(rows) else None
             t0 = None if self._regular else self._shards[k].ts[rows + lookback]
         else:
@@ -231,17 +230,33 @@ class WindowDataset:
         s_sorted, r_sorted = shard[order], rows[order]
         cuts = np.concatenate([[0], np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1, [b]])
         win = np.empty((b, window, num_stored), dtype=np.float32)  # [B, L+H, Fs]
+        win_t = torch.from_numpy(win)
         ts = np.empty((b, window), dtype=np.int64) if self._calendar else None
         t0 = None if self._regular else np.empty(b, dtype=np.int64)
         for a, e in zip(cuts[:-1], cuts[1:], strict=True):
             k, r = int(s_sorted[a]), r_sorted[a:e]
             at = slice(a, e) if in_order else order[a:e]
-            win[at] = self._w_views[k][r]
+            if in_order:  # gathered straight into its slice of the batch
+                torch.index_select(self._w_t[k], 0, torch.from_numpy(r), out=win_t[a:e])
+            else:
+                win[at] = self._w_t[k].index_select(0, torch.from_numpy(r)).numpy()
             if ts is not None:
                 ts[at] = self._ts_views[k][r]
             if t0 is not None:
                 t0[at] = self._shards[k].ts[r + lookback]
         return np.ascontiguousarray(win[:, :lookback]), win[:, lookback:], ts, t0
+
+
+def _window_tensor(features: np.ndarray, length: int) -> torch.Tensor:
+    """All windows of `length` rows of a C-contiguous [N, F] matrix as a strided [N-length+1, length, F] tensor
+    view (no copy). The matrix is a read-only memory map; torch warns about that, but nothing writes to it."""
+    num_rows, width = features.shape
+    if not features.flags.c_contiguous:
+        raise DataError(f"shard features must be C-contiguous, got strides {features.strides}; re-run ingest")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        base = torch.from_numpy(features)
+    return base.as_strided((num_rows - length + 1, length, width), (width, width, 1))
 
 
 class DistributedWindowSampler:
@@ -259,8 +274,9 @@ class DistributedWindowSampler:
     With `block` = B > 0 (shard-local batches, i.e. block shuffling) and `groups` [num_windows] (the shard of
     each window, `WindowDataset.window_shards()`; None = one group): each epoch the windows are shuffled
     within their group, each group's order is cut into chunks of B, and whole chunks are dealt to ranks
-    round-robin in a shuffled order, full chunks first and each group's last, partial chunk after them.
-    Ranks stay disjoint and together complete, and get the same number of chunks to within one. Every rank
+    round-robin in a shuffled order, full chunks first; each group's last, partial chunk comes after them and
+    goes to the rank holding the fewest windows so far. Ranks stay disjoint and together complete, and their
+    lengths differ by at most B. Every rank
     starts with at least `min_len` = (full chunks // world_size) * B indices made of full chunks, so each
     aligned run of B indices there comes from one group (one gather per batch). Not combined with weights.
     """
@@ -337,13 +353,23 @@ class DistributedWindowSampler:
             perm = rng.permutation(self.num_windows)
             within = perm[np.argsort(self._dense[perm], kind="stable")]
             full, partial = rng.permutation(full), rng.permutation(partial)
-        mine = np.concatenate([full, partial])[self.rank :: self.world_size]
+        mine = np.concatenate([full[self.rank :: self.world_size], self._deal_partial(full, partial)])
         size, start = self._chunk_size[mine], self._chunk_start[mine]
         total = int(size.sum())
         pos = np.arange(total) + np.repeat(start - (np.cumsum(size) - size), size)
         out = within[pos]
         self._cache = (self.epoch, out)
         return out
+
+    def _deal_partial(self, full: np.ndarray, partial: np.ndarray) -> np.ndarray:
+        """This rank's partial chunks: each in turn (the same order on every rank) goes to the rank that
+        holds the fewest windows so far (lowest rank on ties), so rank lengths end within one block."""
+        held = np.bincount(np.arange(len(full)) % self.world_size, minlength=self.world_size) * self.block
+        owner = np.empty(len(partial), dtype=np.int64)
+        for i, size in enumerate(self._chunk_size[partial].tolist()):
+            owner[i] = r = int(np.argmin(held))
+            held[r] += size
+        return partial[owner == self.rank]
 
     def _order(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
