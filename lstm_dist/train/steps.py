@@ -89,7 +89,7 @@ def train_epoch(
 ) -> dict[str, float]:
     """`steps` optimizer steps over this rank's share of the windows; metrics summed over all ranks."""
     model.train()
-    order = np.fromiter(iter(sampler), dtype=np.int64)
+    order = sampler.indices()
     assert len(order) >= steps * grad_accum * local_batch, "steps_per_epoch must fit the sampler's share"
     loss_sum = torch.zeros((), device=device)
     norm_sum = torch.zeros((), device=device)
@@ -104,7 +104,9 @@ def train_epoch(
             os._exit(1)
         first = step * grad_accum * local_batch
         micro = [
-            to_device(ds.batch(order[first + m * local_batch : first + (m + 1) * local_batch]), device)
+            # Sorted within the micro-batch (the loss is a mean, order does not matter): neighbouring windows
+            # are gathered one after the other, which is up to 1.4x faster (benchmarks/RESULTS.md).
+            to_device(ds.batch(np.sort(order[first + m * local_batch : first + (m + 1) * local_batch])), device)
             for m in range(grad_accum)
         ]
         loss, norm = train_step(
