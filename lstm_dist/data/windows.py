@@ -58,10 +58,9 @@ class WindowDataset:
         seg_shard, seg_first, seg_count, seg_series = [], [], [], []
         self._ts_views: list[np.ndarray | None] = []
         self._shards = []
-        # The same windows as torch views (gathers run in torch): [N-L+1, L, Fs], [N-H+1, H, Fs], [N-W+1, W, Fs].
+        # Inputs and horizons as torch views (gathers run in torch): [N-L+1, L, Fs], [N-H+1, H, Fs].
         self._x_t: list[torch.Tensor | None] = []
         self._h_t: list[torch.Tensor | None] = []
-        self._w_t: list[torch.Tensor | None] = []
         for k, info in enumerate(m.shards):
             shard = open_shard(self.shard_dir / info.file)
             if shard.features.shape != (info.num_rows, self._num_stored):
@@ -72,7 +71,7 @@ class WindowDataset:
             ok = info.num_rows >= window
             # Views, no copy: [N-W+1, W] timestamps.
             self._ts_views.append(sliding_window_view(shard.ts, window) if ok else None)
-            for views, length in ((self._x_t, m.lookback), (self._h_t, m.horizon), (self._w_t, window)):
+            for views, length in ((self._x_t, m.lookback), (self._h_t, m.horizon)):
                 views.append(_window_tensor(shard.features, length) if ok else None)
             for seg in info.segments:
                 s = m.series[seg.series]
@@ -221,30 +220,34 @@ class WindowDataset:
         }
 
     def _gather_many(self, shard: np.ndarray, rows: np.ndarray) -> tuple:
-        """Windows spread over several shards: rows are grouped by shard and each group is one gather of
-        whole windows (inputs and horizon together), written straight to its places in the batch."""
-        lookback, num_stored, window = self._lookback, self._num_stored, self._lookback + self._horizon
+        """Windows spread over several shards: rows are grouped by shard; per group one gather of inputs and
+        one of horizons, each written straight to its places in the batch (no second copy)."""
+        lookback, horizon, num_stored = self._lookback, self._horizon, self._num_stored
         b = len(rows)
         in_order = bool(np.all(shard[1:] >= shard[:-1]))  # sorted indices: groups are contiguous slices
         order = np.arange(b) if in_order else np.argsort(shard, kind="stable")
         s_sorted, r_sorted = shard[order], rows[order]
         cuts = np.concatenate([[0], np.flatnonzero(s_sorted[1:] != s_sorted[:-1]) + 1, [b]])
-        win = np.empty((b, window, num_stored), dtype=np.float32)  # [B, L+H, Fs]
-        win_t = torch.from_numpy(win)
-        ts = np.empty((b, window), dtype=np.int64) if self._calendar else None
+        win_x = torch.empty((b, lookback, num_stored), dtype=torch.float32)  # [B, L, Fs]
+        win_h = torch.empty((b, horizon, num_stored), dtype=torch.float32)  # [B, H, Fs]
+        ts = np.empty((b, lookback + horizon), dtype=np.int64) if self._calendar else None
         t0 = None if self._regular else np.empty(b, dtype=np.int64)
         for a, e in zip(cuts[:-1], cuts[1:], strict=True):
             k, r = int(s_sorted[a]), r_sorted[a:e]
             at = slice(a, e) if in_order else order[a:e]
+            r_t, r_h = torch.from_numpy(r), torch.from_numpy(r + lookback)
             if in_order:  # gathered straight into its slice of the batch
-                torch.index_select(self._w_t[k], 0, torch.from_numpy(r), out=win_t[a:e])
+                torch.index_select(self._x_t[k], 0, r_t, out=win_x[a:e])
+                torch.index_select(self._h_t[k], 0, r_h, out=win_h[a:e])
             else:
-                win[at] = self._w_t[k].index_select(0, torch.from_numpy(r)).numpy()
+                at_t = torch.from_numpy(at)
+                win_x.index_copy_(0, at_t, self._x_t[k].index_select(0, r_t))
+                win_h.index_copy_(0, at_t, self._h_t[k].index_select(0, r_h))
             if ts is not None:
                 ts[at] = self._ts_views[k][r]
             if t0 is not None:
                 t0[at] = self._shards[k].ts[r + lookback]
-        return np.ascontiguousarray(win[:, :lookback]), win[:, lookback:], ts, t0
+        return win_x.numpy(), win_h.numpy(), ts, t0
 
 
 def _window_tensor(features: np.ndarray, length: int) -> torch.Tensor:
