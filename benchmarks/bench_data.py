@@ -96,16 +96,19 @@ def stage_reader(args) -> dict:
     order_s = time.perf_counter() - t_order  # building the epoch's order (once per epoch)
     n_batches = min(args.batches, sampler.min_len // BATCH)
     ds.batch(idx[:BATCH])  # warm-up
-    t, c = time.perf_counter(), time.process_time()
-    for i in range(n_batches):
-        b = ds.batch(idx[i * BATCH : (i + 1) * BATCH])
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
-    assert b["x"].shape == (BATCH, L, len(FEATURES))
-    # the same batches with indices sorted inside each batch (order within a batch is irrelevant to training)
-    t1 = time.perf_counter()
-    for i in range(n_batches):
-        ds.batch(np.sort(idx[i * BATCH : (i + 1) * BATCH]))
-    sorted_rate = n_batches / (time.perf_counter() - t1)
+
+    def timed(prepare) -> tuple[float, float]:
+        t, c = time.perf_counter(), time.process_time()
+        for i in range(n_batches):
+            b = ds.batch(prepare(idx[i * BATCH : (i + 1) * BATCH]))
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        assert b["x"].shape == (BATCH, L, len(FEATURES))
+        return wall, cpu
+
+    # As the training loop draws them (train/steps.py): indices sorted within each batch.
+    wall, cpu = timed(np.sort)
+    # The same batches in the sampler's order.
+    wall_unsorted, cpu_unsorted = timed(lambda i: i)
     # one shard only: the best case (one gather per batch)
     one = np.flatnonzero(ds.locate(idx[: 50 * BATCH])[0] == 0)[:BATCH]
     t2 = time.perf_counter()
@@ -119,7 +122,9 @@ def stage_reader(args) -> dict:
         "batches_per_s": n_batches / wall,
         "windows_per_s": n_batches * BATCH / wall,
         "batches_per_cpu_s": n_batches / cpu,
-        "batches_per_s_sorted": sorted_rate,
+        "batches_per_s_unsorted": n_batches / wall_unsorted,
+        "batches_per_cpu_s_unsorted": n_batches / cpu_unsorted,
+        "torch_threads": __import__("torch").get_num_threads(),
         "load_avg": os.getloadavg()[0],
         "batches_per_s_single_shard": single,
         "peak_rss_mib": peak_rss_mib(),
@@ -261,7 +266,8 @@ def main() -> None:
         return
 
     ing = run_stage("ingest", args)
-    rd = run_stage("reader", args)
+    rd = run_stage("reader", argparse.Namespace(**{**vars(args), "locality": "global"}))
+    rd_local = run_stage("reader", argparse.Namespace(**{**vars(args), "locality": "shard"}))
     # The same data in large shards (batches then touch one or two shards, not ~40).
     big = argparse.Namespace(**{**vars(args), "shard_mib": 512.0})
     ing_big = run_stage("ingest", big)
@@ -273,6 +279,7 @@ def main() -> None:
     result = {
         "ingest": ing,
         "reader": rd,
+        "reader_shard_local": rd_local,
         "ingest_512mib": ing_big,
         "reader_512mib": rd_big,
         "naive": nv,
@@ -290,22 +297,22 @@ date {time.strftime("%Y-%m-%d")}. Data: {args.series} series x {args.steps} step
 |---|---|
 | ingest + shard (Ray, {args.cpus} logical CPUs; tasks {ing["tasks"]}) | {ing["wall_s"]:.1f} s wall, {ing["rows_per_s"]:,.0f} rows/s (read {ing["timings"]["read"]:.1f} s, clean {ing["timings"]["clean"]:.1f} s, write {ing["timings"]["write"]:.1f} s) |
 | shards on disk | {ing["bytes"] / 2**20:.0f} MiB in {ing["shards"]} files = {ing["bytes"] / ing["raw_numeric_bytes"]:.2f}x the raw numeric data |
-| reader, random batches over all shards | {rd["batches_per_s"]:,.0f} batches/s = {rd["windows_per_s"]:,.0f} windows/s, peak RSS {rd["peak_rss_mib"]:.0f} MiB |
-| reader, per CPU-second of the reader (robust to other load; load avg {rd["load_avg"]:.1f}) | {rd["batches_per_cpu_s"]:,.0f} batches/s = {rd["batches_per_cpu_s"] * BATCH:,.0f} windows/s |
-| reader, indices sorted within each batch | {rd["batches_per_s_sorted"]:,.0f} batches/s |
-| reader, batch from one shard | {rd["batches_per_s_single_shard"]:,.0f} batches/s |
+| reader, random batches over all shards (as training draws them: sorted within a batch; torch {rd["torch_threads"]} threads) | {rd["batches_per_s"]:,.0f} batches/s = {rd["windows_per_s"]:,.0f} windows/s, peak RSS {rd["peak_rss_mib"]:.0f} MiB |
+| the same, per CPU-second of the reader (load avg {rd["load_avg"]:.1f}) | {rd["batches_per_cpu_s"]:,.0f} batches/s = {rd["batches_per_cpu_s"] * BATCH:,.0f} windows/s |
+| the same batches unsorted | {rd["batches_per_s_unsorted"]:,.0f} batches/s wall, {rd["batches_per_cpu_s_unsorted"]:,.0f} per CPU-second |
+| reader, shard-local batches (`data.batch_locality: shard`) | {rd_local["batches_per_s"]:,.0f} batches/s = {rd_local["windows_per_s"]:,.0f} windows/s ({rd_local["batches_per_cpu_s"] * BATCH:,.0f} per CPU-second); epoch order {rd_local["epoch_order_s"]:.2f} s |
+| reader, one fixed batch from one shard (cache-hot upper bound) | {rd["batches_per_s_single_shard"]:,.0f} batches/s |
 | same data in {ing_big["shards"]} shards of <= 512 MiB: ingest | {ing_big["wall_s"]:.1f} s wall, {ing_big["rows_per_s"]:,.0f} rows/s |
 | reader on them, random batches | {rd_big["batches_per_s"]:,.0f} batches/s = {rd_big["windows_per_s"]:,.0f} windows/s ({rd_big["batches_per_cpu_s"] * BATCH:,.0f} per CPU-second), peak RSS {rd_big["peak_rss_mib"]:.0f} MiB |
 | naive loop (numpy slices, {nv["series"]} series) | {nv["windows_per_s"]:,.0f} windows/s to materialise; peak RSS {nv["peak_rss_mib"]:.0f} MiB for {nv["windows"]:,} windows |
 | naive loop (pandas .iloc) | {nv["iloc_windows_per_s"]:,.0f} windows/s |
 | naive, full train set (extrapolated) | {naive_full_mem_mib / 1024:.1f} GiB of windows in memory, {nv["bytes_on_disk"] * scale / 2**30:.1f} GiB on disk |
 
-Per CPU-second (both sides measured with process time): reader {rd["batches_per_cpu_s"] * BATCH:,.0f} windows/s vs naive
-{nv["windows_per_cpu_s"]:,.0f} windows/s = {rd["batches_per_cpu_s"] * BATCH / nv["windows_per_cpu_s"]:.0f}x.
-Large shards, per CPU-second: {rd_big["batches_per_cpu_s"] * BATCH / nv["windows_per_cpu_s"]:.0f}x; wall: {rd_big["windows_per_s"] / nv["windows_per_s"]:.0f}x.
-Ratios (reader on default shards vs naive): speed {rd["windows_per_s"] / nv["windows_per_s"]:.0f}x (numpy loop),
-{rd["windows_per_s"] / nv["iloc_windows_per_s"]:.0f}x (pandas .iloc); peak memory 1/{naive_full_mem_mib / rd["peak_rss_mib"]:.0f}
-(full train set); bytes on disk 1/{nv["bytes_on_disk"] * scale / ing["bytes"]:.0f}.
+Speed vs the naive numpy loop ({nv["windows_per_s"]:,.0f} windows/s wall, {nv["windows_per_cpu_s"]:,.0f} per CPU-second):
+random batches {rd["windows_per_s"] / nv["windows_per_s"]:.0f}x wall, {rd["batches_per_cpu_s"] * BATCH / nv["windows_per_cpu_s"]:.0f}x per CPU-second;
+shard-local batches {rd_local["windows_per_s"] / nv["windows_per_s"]:.0f}x wall, {rd_local["batches_per_cpu_s"] * BATCH / nv["windows_per_cpu_s"]:.0f}x per CPU-second;
+large shards, random batches {rd_big["windows_per_s"] / nv["windows_per_s"]:.0f}x wall, {rd_big["batches_per_cpu_s"] * BATCH / nv["windows_per_cpu_s"]:.0f}x per CPU-second.
+Peak memory 1/{naive_full_mem_mib / rd["peak_rss_mib"]:.0f} of the naive loop's (full train set); bytes on disk 1/{nv["bytes_on_disk"] * scale / ing["bytes"]:.0f}.
 """)
 
 

@@ -71,8 +71,8 @@ class Sampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
-        return iter(np.random.default_rng(self.epoch).permutation(self.n).tolist())
+    def indices(self) -> np.ndarray:  # what train_epoch takes, as from DistributedWindowSampler
+        return np.random.default_rng(self.epoch).permutation(self.n)
 
 
 def lstm_train_flops(*, batch: int, lookback: int, hidden: int) -> float:
