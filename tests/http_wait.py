@@ -1,11 +1,20 @@
-"""Waiting for a server the tests started (mlflow server, mlflow models serve, the UI) to answer."""
+"""Servers the tests start (mlflow server, mlflow models serve, the UI, moto, a Ray head): a free loopback port,
+and waiting for one to answer."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that the OS reports free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until_up(url: str, *, process: subprocess.Popen, log: Callable[[], str], timeout: float) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from http_wait import wait_until_up
+from http_wait import free_port, wait_until_up
 
 from lstm_dist.config import load_config
 from lstm_dist.data.windows import WindowDataset
@@ -107,14 +106,8 @@ model.predict(pd.read_parquet("history.parquet")).to_parquet("pred.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "pred.parquet"), expected, check_dtype=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_like_predict(registered, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     # `mlflow models serve` runs `uvicorn` by name: the environment's bin directory must be on PATH.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": registered["cfg"].tracking_uri()}

@@ -9,13 +9,12 @@ with good scores at ASHA's first rung.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from http_wait import wait_until_up
+from http_wait import free_port, wait_until_up
 
 from lstm_dist.config import load_config
 
@@ -26,17 +25,11 @@ MAX_EPOCHS = 3  # train.epochs of tune_debug.yaml: ASHA's budget
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """`mlflow server` on 127.0.0.1 (a port the OS picked), sqlite backend, artifacts proxied by the server."""
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")]
     cmd += ["--workers", "1"]

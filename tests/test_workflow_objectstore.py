@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from http_wait import wait_until_up
+from http_wait import free_port, wait_until_up
 
 from lstm_dist.workflow import (
     CACHE_ENV,
@@ -42,16 +41,10 @@ STEPS = ("a", "b")
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory):
     """A moto S3 server on a free loopback port; the endpoint and fake credentials in the environment."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
