@@ -342,9 +342,20 @@ def _cleanup_callback(groups):
     return RemoveTrialGroups()
 
 
-def run_tune(cfg: PipelineConfig, *, shard_dir: str, out_dir: str | Path, tracker=None, progress=print) -> TuneOutcome:
+def run_tune(
+    cfg: PipelineConfig,
+    *,
+    shard_dir: str,
+    out_dir: str | Path,
+    tracker=None,
+    progress=print,
+    trial_shards: str | None = None,
+) -> TuneOutcome:
     """Run the search on the connected Ray cluster; returns the trials table and the best config.
 
+    `trial_shards`: what the trials' workers open instead of the driver's `shard_dir`, e.g. the shards'
+    locator in an object-store work dir (`StepResult.file("shards")`), which each node reads through its
+    own copy (`workflow.local_path`).
     With a `tracker` (the tune step's run), each trial becomes a nested run under it, and the trials
     table (CSV/JSON) and a plot of every trial's validation loss are logged there."""
     import ray
@@ -371,7 +382,7 @@ def run_tune(cfg: PipelineConfig, *, shard_dir: str, out_dir: str | Path, tracke
     trainable = tune.with_parameters(
         _trial,
         base=cfg.model_dump(mode="json"),
-        shard_dir=shard_dir,
+        shard_dir=trial_shards or shard_dir,
         storage_dir=str(out_dir / "train"),
         groups=groups,
     )

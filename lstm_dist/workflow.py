@@ -28,6 +28,12 @@ node-local copy (`StepResult.path`, `localize`):
 `<cache>` is `$LSTM_DIST_CACHE`, else `$XDG_CACHE_HOME/lstm_dist`, else `~/.cache/lstm_dist`; it can be
 deleted whenever no run is using it. The engine runs steps in the driver, one after the other; a step's
 heavy work is Ray tasks, Ray Train or Ray Tune. Nothing here starts Ray.
+
+On a multi-node cluster with a URI work dir no node sees another's disk, so: tasks and workers that read
+an output get its locator (`StepResult.file(...)`) and open `local_path(locator)`, their own node's copy;
+writers that may run on any node (Ray Train's checkpoints) write into the store at `Workflow.shared_dir`
+(`<work_dir>/<step>/<key>.partial/`, deleted once the step commits); tasks that write into the staging
+dir must run on the driver's node.
 """
 
 from __future__ import annotations
@@ -191,6 +197,30 @@ def localize(uri: str | os.PathLike, *, store: Store | None = None) -> Path:
     return local
 
 
+def local_path(locator: str | os.PathLike, *, levels: int = 4) -> Path:
+    """Any path inside a committed step output as a local path on this machine; for Ray tasks and workers.
+
+    A local (or mounted) path is returned as it is. For a URI `<work_dir>/<step>/<key>/<relative>` the
+    nearest enclosing directory with a `_STEP.json` (at most `levels` up) is the step output: it is
+    `localize`d (downloaded once into this machine's cache) and `<relative>` is joined to the copy. So a
+    driver hands tasks on any node the same string (e.g. `StepResult.file("shards")`), and each node reads
+    its own copy: nothing depends on the driver's disk being visible elsewhere.
+    """
+    locator = str(locator)
+    if "://" not in locator:
+        return Path(locator)
+    base, relative = locator.rstrip("/"), []
+    store = Store(base)
+    for _ in range(levels + 1):
+        if store.exists(f"{base}/{RECORD}"):  # not _SUCCESS: a shard set inside an output has its own
+            return localize(base).joinpath(*reversed(relative))
+        base, _, name = base.rpartition("/")
+        relative.append(name)
+        if "://" not in base or base.endswith(":/"):
+            break
+    raise WorkflowError(f"{locator} is not inside a step output (no {RECORD} above it)")
+
+
 def _read_local(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -341,11 +371,14 @@ class Workflow:
         work dir, a staging dir in this machine's cache (`work_cache`) for a URI one, uploaded to
         `<work_dir>/<step>/<key>/` when `fn` returns. `fn` writes its files there and returns a JSON-able
         dict of outputs, which later runs get back from the cache. Paths among the outputs should be
-        relative to `out`: the directory moves when the step commits. Ray tasks that write into `out` must
-        run on the driver's machine when the work dir is a URI (a local Ray does).
+        relative to `out`: the directory moves when the step commits. With a URI work dir `out` is on the
+        driver's disk only: Ray tasks that write into it must run on the driver's node (pin them with
+        `NodeAffinitySchedulingStrategy(node_id=<driver node>, soft=False)`), and writers that may run on
+        any node (Ray Train workers) write under `shared_dir(out)` instead.
         `resumable`: a killed attempt's files are left for `fn` to continue from (training checkpoints);
         otherwise they are deleted before `fn` starts. With a URI work dir the attempt lives on the machine
-        that ran it: a run on another machine does not see it and starts the step afresh.
+        that ran it: a run on another machine does not see it and starts the step afresh (except for what
+        the step keeps under `shared_dir(out)`, e.g. Ray Train's checkpoints, which any machine resumes from).
         """
         return self.map(
             name,
@@ -387,6 +420,8 @@ class Workflow:
                 continue
             if forced or not resumable:
                 self.stage.rmtree(attempt)  # a forced rerun starts afresh; a non-resumable attempt cannot continue
+                if not self.store.local:
+                    self.store.rmtree(self.store.join(name, key + PARTIAL))  # and so does its shared part
             elif self.stage.exists(attempt):
                 self.progress(f"[{_title(name, label)}] resuming an unfinished attempt in {attempt}")
             self.stage.mkdir(attempt)
@@ -449,6 +484,15 @@ class Workflow:
             self.progress(f"[{name}] done in {seconds:.1f}s: {len(todo)} ran, {len(items) - len(todo)} cached")
         return {label: results[label] for label in items}
 
+    def shared_dir(self, out: str) -> str:
+        """Where writers on any node put files of the attempt `out`: `out` itself for a local (or mounted)
+        work dir; for a URI the attempt's place in the store, `<work_dir>/<step>/<key>.partial`, which
+        survives a killed run (any machine can resume from it) and is deleted once the step commits. What
+        the step's output should hold from there, `fn` copies into `out` before it returns."""
+        if self.store.local:
+            return out
+        return self.store.join(*Path(out).relative_to(self.stage.root).parts)
+
     def finish(self, status: str = DONE, *, message: str = "") -> None:
         """Close the run record: `done`, or `failed` with the error's first line."""
         self.record.update(status=status, ended_at=time.time(), message=message)
@@ -478,6 +522,7 @@ class Workflow:
         self.store.rmtree(final)  # a forced rerun replaces the old output; it was already no longer complete
         self.store.upload(attempt, final)
         self.store.write_text(f"{final}/{SUCCESS}", stamp)
+        self.store.rmtree(f"{final}{PARTIAL}")  # the attempt's shared part (`shared_dir`), if it had one
         Path(attempt, SUCCESS).write_text(stamp)
         _, name, key = final.rsplit("/", 2)
         local = work_cache(self.store) / name / key

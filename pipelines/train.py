@@ -45,6 +45,7 @@ from lstm_dist.workflow import (
     Workflow,
     data_fingerprint,
     fingerprint_files,
+    local_path,
     work_cache,
 )
 
@@ -183,9 +184,9 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
 
     def ingest_files(outs: dict[str, str]) -> dict[str, dict[str, Any]]:
         by_label = {labels[f]: f for f in lineage["files"]}
+        task = _ingest_file.options(**on_driver_node(wf))  # writes into `out`, on the driver's disk
         refs = {
-            label: _ingest_file.remote(by_label[label], cfg.data.model_dump(mode="json"), out)
-            for label, out in outs.items()
+            label: task.remote(by_label[label], cfg.data.model_dump(mode="json"), out) for label, out in outs.items()
         }
         return dict(zip(refs, get_or_raise(list(refs.values())), strict=True))
 
@@ -204,7 +205,11 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
         forced = "shard" in wf.force or any(r.forced for r in staged.values())
         previous = None if forced else _previous_shards(Path(out).parent, config=shard_cfg_key)
         _, report = ingest(
-            shard_cfg, out_dir=str(Path(out) / "shards"), work_dir=cfg.workflow.work_dir, previous=previous
+            shard_cfg,
+            out_dir=str(Path(out) / "shards"),
+            work_dir=cfg.workflow.work_dir,
+            previous=previous,
+            task_options=on_driver_node(wf),  # its tasks read `inputs` and write shards on the driver's disk
         )
         shutil.rmtree(inputs)
         progress(report.summary())
@@ -223,7 +228,12 @@ def tune_step(cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, progress=
     def search(out: str) -> dict[str, Any]:
         # Each trial becomes a nested run under this step's run (wf.tracker.active_step).
         outcome = run_tune(
-            cfg, shard_dir=str(shard.path / "shards"), out_dir=out, tracker=wf.tracker.active_step, progress=progress
+            cfg,
+            shard_dir=str(shard.path / "shards"),
+            trial_shards=shard.file("shards"),  # trials on any node read their own node's copy
+            out_dir=out,
+            tracker=wf.tracker.active_step,
+            progress=progress,
         )
         outcome.trials.to_csv(Path(out) / "trials.csv", index=False)
         progress(outcome.table())
@@ -256,20 +266,25 @@ def train_step(
 
     # After a search the final model trains on train + validation (tune.trainval_view): no validation is
     # left to pick an epoch by, so the model is the last epoch (the best trial's best epoch count).
-    shard_dir = tune.path / tune.outputs["trainval_shards"] if tune else shard.path / "shards"
+    # Workers get the shards' locator and read their own node's copy (`workflow.local_path`).
+    shard_loc = tune.file(tune.outputs["trainval_shards"]) if tune else shard.file("shards")
 
     def train(out: str) -> dict[str, Any]:
+        shard_dir = local_path(shard_loc)  # the driver's copy, for the dataset logging
+        # Checkpoints go where workers on any node can write them and a rerun on any machine finds them:
+        # the attempt itself for a local / mounted work dir, its place in the store for a URI one.
+        storage = wf.shared_dir(out)
         run = wf.tracker.active_step
         run.log_params(cfg.flat())
         run.log_datasets(
             shard_dir, splits={"train": "training"} if tune else {"train": "training", "val": "validation"}
         )
-        resume = _resume_point(Path(out) / "ray_train")
+        resume = _resume_point(storage, "ray_train")
         if resume is not None:
             progress(f"[{name}] resuming from checkpoint {resume[0]} (epoch {resume[1]} of {cfg.train.epochs})")
         kwargs = {"init_weights": init_weights} if init_weights else {}
         with run.system_metrics(interval_s=cfg.tracking.system_metrics_interval_s):
-            result = fit(cfg, shard_dir=str(shard_dir), storage_dir=out, name="ray_train", **kwargs)
+            result = fit(cfg, shard_dir=shard_loc, storage_dir=storage, local_dir=out, name="ray_train", **kwargs)
         result.history.to_csv(Path(out) / "history.csv", index=False)
         best = result.latest_checkpoint if tune else result.best_checkpoint
         return {
@@ -289,7 +304,8 @@ def train_step(
 def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult) -> StepResult:
     def evaluate(out: str) -> dict[str, Any]:
         wf.tracker.active_step.log_datasets(shard.path / "shards", splits={"test": "testing"})
-        ckpt, shard_dir = str(train.path / train.outputs["best_checkpoint"]), str(shard.path / "shards")
+        # Locators, not driver paths: the task may run on any node and reads that node's copies.
+        ckpt, shard_dir = train.file(train.outputs["best_checkpoint"]), shard.file("shards")
         evaluation = ray.get(_evaluate_task.remote(ckpt, shard_dir, cfg.data.seasonality))
         (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
         return evaluation
@@ -427,13 +443,25 @@ def _evaluate_task(checkpoint: str, shard_dir: str, season: int) -> dict[str, An
     from lstm_dist.evaluate import evaluate_model
     from lstm_dist.train.checkpoints import load_model
 
-    evaluation = evaluate_model(load_model(checkpoint), WindowDataset(shard_dir, split="test"), season=season)
+    model, test = load_model(local_path(checkpoint)), WindowDataset(local_path(shard_dir), split="test")
+    evaluation = evaluate_model(model, test, season=season)
     return {
         "metrics": evaluation.metrics,
         "by_step": evaluation.by_step.tolist(),
         "num_windows": evaluation.num_windows,
         "table": evaluation.table(),
     }
+
+
+def on_driver_node(wf: Workflow) -> dict[str, Any]:
+    """Ray task options for tasks that write into a step's attempt dir: none for a local or mounted work
+    dir; for a URI one the attempt is on the driver's disk only, so they run on the driver's node."""
+    if wf.store.local:
+        return {}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
 
 
 def _labels(files: list[str]) -> dict[str, str]:
@@ -471,12 +499,14 @@ def _previous_shards(steps_dir: Path, *, config: dict[str, Any]) -> str | None:
     return str(best[1]) if best else None
 
 
-def _resume_point(run_dir: Path) -> tuple[str, int | str] | None:
-    """(checkpoint name, epochs done) that Ray Train will resume `run_dir` from, read from its snapshot."""
+def _resume_point(storage: str, name: str) -> tuple[str, int | str] | None:
+    """(checkpoint name, epochs done) that Ray Train will resume `<storage>/<name>` from (a path or a URI),
+    read from its snapshot."""
     from lstm_dist.train.trainer import SNAPSHOT_FILE
 
+    store = Store(storage)
     try:
-        latest = json.loads((run_dir / SNAPSHOT_FILE).read_text())["latest_checkpoint_result"]
+        latest = json.loads(store.read_text(store.join(name, SNAPSHOT_FILE)))["latest_checkpoint_result"]
     except (OSError, ValueError, KeyError):
         return None
     if not latest:

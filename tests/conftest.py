@@ -1,11 +1,16 @@
-"""Shared fixtures. One local Ray per test session: starting Ray costs seconds, tests share it."""
+"""Shared fixtures. One local Ray per test session: starting Ray costs seconds, tests share it.
+An S3 API (moto's server) on loopback for the object-store work dir tests."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
+
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +29,33 @@ def ray_local():
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A moto S3 server on a free loopback port; the endpoint and fake credentials in the environment."""
+    import pyarrow.fs as pafs
+    from http_wait import free_port, wait_until_up
+
+    pytest.importorskip("moto", reason="moto[server] (the dev extra) serves the S3 API these tests use")
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
+        )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/moto-api/", process=proc, log=log.read_text, timeout=60)
+        env = {**AWS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}  # pyarrow's S3 client honours it
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            fs = pafs.S3FileSystem(
+                endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="testing", secret_key="testing",
+                region="us-east-1", allow_bucket_creation=True,
+            )  # fmt: skip
+            fs.create_dir("lstm-dist")
+            yield fs, env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

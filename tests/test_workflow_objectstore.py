@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from http_wait import free_port, wait_until_up
 
 from lstm_dist.workflow import (
     CACHE_ENV,
@@ -38,33 +37,6 @@ pytest.importorskip("moto", reason="moto[server] (the dev extra) serves the S3 A
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("a", "b")
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory):
-    """A moto S3 server on a free loopback port; the endpoint and fake credentials in the environment."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out
-        )
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/moto-api/", process=proc, log=log.read_text, timeout=60)
-        env = {**AWS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}  # pyarrow's S3 client honours it
-        with pytest.MonkeyPatch.context() as mp:
-            for key, value in env.items():
-                mp.setenv(key, value)
-            fs = pafs.S3FileSystem(
-                endpoint_override=f"127.0.0.1:{port}", scheme="http", access_key="testing", secret_key="testing",
-                region="us-east-1", allow_bucket_creation=True,
-            )  # fmt: skip
-            fs.create_dir("lstm-dist")
-            yield fs, env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture

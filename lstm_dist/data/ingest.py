@@ -461,7 +461,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def ingest(
-    cfg: DataConfig, *, out_dir: str, work_dir: str | None = None, previous: str | None = None
+    cfg: DataConfig,
+    *,
+    out_dir: str,
+    work_dir: str | None = None,
+    previous: str | None = None,
+    task_options: dict[str, Any] | None = None,
 ) -> tuple[Manifest, IngestReport]:
     """Turn the input named by `cfg` into shards + manifest.json under `out_dir` (atomically).
 
@@ -469,7 +474,10 @@ def ingest(
     input; then nothing complete-looking is left at `out_dir`. `previous`: a complete shard set of the same
     data config (another input), whose shards holding only unchanged series are hard-linked, not rewritten;
     the manifest describes the new set completely either way (see `IngestReport.summary` for what was kept).
+    `task_options`: Ray options for every read, clean and write task, e.g. a scheduling strategy that keeps
+    them on the node whose disk holds the input and `out_dir` (a URI work dir's staging dir).
     """
+    opts = task_options or {}
     t_start = time.perf_counter()
     _check_feature_config(cfg)
     report = IngestReport()
@@ -483,7 +491,7 @@ def ingest(
 
     # read: one task per unit; each returns one part per bucket plus an info dict.
     read_refs = [
-        _read_remote.options(num_returns=num_buckets + 1).remote(loc, rg, cfg, num_buckets) for loc, rg in units
+        _read_remote.options(num_returns=num_buckets + 1, **opts).remote(loc, rg, cfg, num_buckets) for loc, rg in units
     ]
     infos = get_or_raise([refs[-1] for refs in read_refs])
     report.num_rows_read = sum(i["rows"] for i in infos)
@@ -508,7 +516,7 @@ def ingest(
 
     # clean: one task per bucket; the cleaned arrays stay in the object store for the writers.
     bucket_parts = [[refs[b] for refs in read_refs] for b in range(num_buckets)]
-    clean_out = [_clean_remote.remote(cfg, freq, *parts) for parts in bucket_parts]
+    clean_out = [_clean_remote.options(**opts).remote(cfg, freq, *parts) for parts in bucket_parts]
     block_refs = [c[0] for c in clean_out]
     summaries = get_or_raise([c[1] for c in clean_out])
     for s in summaries:
@@ -583,7 +591,9 @@ def ingest(
             pos = {b: j for j, b in enumerate(needed)}
             args = [(pos[where[p.series][0]], where[p.series][1], p.row_start, p.row_stop, p.series) for p in pieces]
             sel = [p.series for p in pieces]
-            ref = _write_remote.remote(args, loc[sel], scale[sel], stored_cols, *[block_refs[b] for b in needed])
+            ref = _write_remote.options(**opts).remote(
+                args, loc[sel], scale[sel], stored_cols, *[block_refs[b] for b in needed]
+            )
             pending[ref] = k
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

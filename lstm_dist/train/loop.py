@@ -28,6 +28,7 @@ from lstm_dist.train.checkpoints import load_training_state, load_weights, model
 from lstm_dist.train.precision import grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
+from lstm_dist.workflow import local_path
 
 # Test-only fault injection: "EPOCH:STEP:RANK:MARKER_FILE" makes that rank's process die
 # (os._exit, like an OOM kill) at that step of that 0-based epoch; the marker file makes it
@@ -45,8 +46,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
     precision = resolve_precision(tc.precision, device)
 
-    train_ds = WindowDataset(config["shard_dir"], split="train")  # the shards' own lookback, horizon, stride
-    val_ds = WindowDataset(config["shard_dir"], split="val")
+    # A shard dir on an object store is downloaded once per node, into that node's cache.
+    shard_dir = local_path(config["shard_dir"])
+    train_ds = WindowDataset(shard_dir, split="train")  # the shards' own lookback, horizon, stride
+    val_ds = WindowDataset(shard_dir, split="val")
     if len(val_ds) == 0 and rank == 0:
         warnings.warn(
             "the shards hold no validation windows: no early stopping, val metrics are NaN, keep the latest checkpoint",
@@ -56,7 +59,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)  # same seed on every rank: identical initial weights (DDP broadcasts them too)
     net: Forecaster = build_model(cfg.model, **model_args)
     if config.get("init_weights"):  # warm start, e.g. from the champion; a checkpoint below takes precedence
-        load_weights(net, config["init_weights"])
+        _load_init_weights(net, config["init_weights"])
     model = ray.train.torch.prepare_model(net)  # Ray: move to the device, wrap in DDP when world_size > 1
     net = model.module if hasattr(model, "module") else model
 
@@ -180,6 +183,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
         if stop:
             break
+
+
+def _load_init_weights(net: Forecaster, init: str | bytes) -> None:
+    """A model.pt / checkpoint dir path, or a model.pt's bytes (sent by `fit` when the driver's disk is not
+    shared with this node)."""
+    if isinstance(init, str):
+        load_weights(net, init)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "model.pt").write_bytes(init)
+        load_weights(net, Path(tmp) / "model.pt")
 
 
 def epoch_seed(seed: int, *, rank: int, epoch: int) -> int:

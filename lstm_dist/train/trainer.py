@@ -8,6 +8,7 @@ Calling `fit` again with the same storage dir and name continues that run from i
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml
-from lstm_dist.train.checkpoints import load_history
+from lstm_dist.train.checkpoints import MODEL_FILE, load_history
 from lstm_dist.train.loop import FAIL_ENV, train_loop_per_worker
 from lstm_dist.train.precision import resolve_precision
+from lstm_dist.workflow import Store
 
 RUN_CONFIG_FILE = "lstm_dist_config.yaml"  # the config a run was started with, beside Ray's files
 RUN_SHARDS_FILE = "lstm_dist_shards.txt"  # the shard directory it trains on
@@ -57,8 +59,15 @@ def fit(
     name: str,
     callbacks: list | None = None,
     init_weights: str | None = None,
+    local_dir: str | None = None,
 ) -> TrainResult:
     """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes.
+
+    `shard_dir` may be a path inside a step output on an object store (`StepResult.file("shards")`):
+    each worker reads its node's copy (`workflow.local_path`). `storage_dir` may be a URI too: workers
+    on any node then write checkpoints there (Ray Train with a pyarrow filesystem), a rerun resumes from
+    there on any machine, and once training ends the run is downloaded to `<local_dir>/<name>/`, so the
+    returned paths are local ones; `init_weights` (a driver path) then travels to the workers as bytes.
 
     `callbacks` go to the run's RunConfig (a Tune trial passes TuneReportCallback).
     `init_weights`: a checkpoint directory or model.pt to start from instead of fresh weights (warm
@@ -79,12 +88,18 @@ def fit(
         resolve_precision(cfg.train.precision, torch.device("cpu"))
     # Test-only fault injection travels from the driver's environment to the workers (see loop.FAIL_ENV).
     worker_env = {FAIL_ENV: os.environ[FAIL_ENV]} if os.environ.get(FAIL_ENV) else {}
+    store = Store(storage_dir)
+    if not store.local and local_dir is None:
+        raise ValueError(f"fit: storage_dir={storage_dir} is a URI; give local_dir for the local copy of the run")
+    init = str(init_weights) if init_weights else None
+    if init and not store.local:  # workers on other nodes cannot open a driver path: send the weights along
+        init = Path(init, MODEL_FILE).read_bytes() if Path(init).is_dir() else Path(init).read_bytes()
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
         train_loop_config={
             "pipeline": cfg.model_dump(mode="json"),
             "shard_dir": str(shard_dir),
-            "init_weights": str(init_weights) if init_weights else None,
+            "init_weights": init,
         },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -97,7 +112,9 @@ def fit(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=str(storage_dir),
+            # A URI goes with its filesystem (Ray's own from_uri would miss e.g. an endpoint_override).
+            storage_path=store._inner(store.root) if not store.local else str(storage_dir),
+            storage_filesystem=None if store.local else store.fs,
             # Ray keeps the best `num_to_keep` by the score and, on top, always the latest checkpoint.
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
@@ -114,16 +131,25 @@ def fit(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run '{name}' under {storage_dir} reported no checkpoint")
+    run_dir = Path(result.path)
+    if not store.local:  # the finished run as local files: the caller (and MLflow logging) reads them
+        run_dir = Path(local_dir) / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        store.download(store.join(name), run_dir)
+
+    def local(ckpt: ray.train.Checkpoint) -> Path:
+        return run_dir / Path(ckpt.path).name
+
     kept = sorted(
-        (Path(c.path) for c, _ in result.best_checkpoints or []), key=lambda p: p.name
+        (local(c) for c, _ in result.best_checkpoints or []), key=lambda p: p.name
     )  # checkpoint_<timestamp> names sort by age
     best = result.get_best_checkpoint("val_loss", "min") or result.checkpoint
-    history = pd.DataFrame(load_history(result.checkpoint.path))
+    history = pd.DataFrame(load_history(local(result.checkpoint)))
     return TrainResult(
-        best_checkpoint=Path(best.path),
-        latest_checkpoint=Path(result.checkpoint.path),
+        best_checkpoint=local(best),
+        latest_checkpoint=local(result.checkpoint),
         history=history,
-        run_dir=Path(result.path),
+        run_dir=run_dir,
         checkpoints=kept,
     )
 

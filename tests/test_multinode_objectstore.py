@@ -1,0 +1,182 @@
+"""An object-store work dir on a 2-node Ray cluster: nothing may depend on the driver's disk.
+
+Two `ray start` nodes on 127.0.0.1 (a head and a second node), each raylet with its own `LSTM_DIST_CACHE`,
+which its worker processes inherit: each node has its own node-local cache, as on separate machines. The
+driver has a third one. The debug pipeline runs against the cluster with an `s3://` work dir (moto's S3
+server): training workers and the evaluate task read the shards and checkpoints through their own node's
+copy (`workflow.local_path`), Ray Train writes checkpoints into the bucket. A second run is all cached.
+
+The head gets 1 CPU and the second node 2, so the two training workers (1 CPU each, packed) cannot both
+sit on the head. All processes share one file system here, so a driver path leaking to a worker would
+still open; the test shows instead that the second node's workers downloaded their own copies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from http_wait import free_port
+
+from lstm_dist.workflow import CACHE_ENV, CACHED, DONE, SUCCESS
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """As in test_jobs: no token auth for a head on 127.0.0.1, no tracking server or cluster of the caller."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **extra}
+    env["RAY_AUTH_MODE"] = "disabled"
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(key, None)
+    return env
+
+
+def start_node(args: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`ray start --block` in its own process group (stopped by signalling the group)."""
+    ports = {
+        name: free_port()
+        for name in (
+            "node-manager-port",
+            "object-manager-port",
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    }
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+        *args, *(f"--{name}={port}" for name, port in ports.items()),
+    ]  # fmt: skip
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the node's raylet, workers, ...: one process group
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    """A head (1 CPU) and a second node (2 CPUs) on 127.0.0.1; {address, caches, temp_dir, env}."""
+    _, s3_env = s3
+    temp_dir = tempfile.mkdtemp(prefix="raym-", dir="/tmp")  # short: socket paths must stay < 107 bytes
+    caches = {name: Path(temp_dir) / f"cache-{name}" for name in ("head", "node2", "driver")}
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    procs = []
+    try:
+        procs.append(
+            start_node(
+                ["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
+                env=clean_env(**s3_env, **{CACHE_ENV: str(caches["head"])}),
+                log=Path(temp_dir) / "head.log",
+            )
+        )
+        procs.append(
+            start_node(
+                [f"--address={address}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
+                env=clean_env(**s3_env, **{CACHE_ENV: str(caches["node2"])}),
+                log=Path(temp_dir) / "node2.log",
+            )
+        )
+        yield {"address": address, "caches": caches, "temp_dir": temp_dir, "env": s3_env}
+    finally:
+        for proc in reversed(procs):
+            stop_node(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+SCRIPT = """
+import json, os, sys, time
+import ray
+from lstm_dist.cluster import init_ray
+from lstm_dist.config import load_config, save_resolved
+from pipelines.train import run
+
+cfg = load_config({conf!r}, {overrides!r}).resolved()
+save_resolved(cfg)
+init_ray(cfg)
+deadline = time.time() + 90
+while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+    assert time.time() < deadline, ray.nodes()
+    time.sleep(0.5)
+
+@ray.remote(num_cpus=0)
+def where():
+    return ray.get_runtime_context().get_node_id(), os.environ.get({cache_env!r})
+
+# One probe per node: each worker process sees its own raylet's cache dir.
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+probe = dict(ray.get([where.options(scheduling_strategy=On(n, soft=False)).remote() for n in nodes]))
+driver = ray.get_runtime_context().get_node_id()
+runs = [run(cfg, progress=lambda _: None) for _ in range(2)]
+out = [{{"steps": r.steps, "version": r.version, "mae": r.metrics["test_model_mae"]}} for r in runs]
+print(json.dumps({{"runs": out, "probe": probe, "driver": driver}}))
+"""
+
+
+def test_debug_pipeline_on_two_nodes_with_an_s3_work_dir(s3, cluster, tmp_path: Path) -> None:
+    fs, _ = s3
+    work = f"s3://lstm-dist/{uuid.uuid4().hex[:8]}/w"
+    caches = cluster["caches"]
+    overrides = [
+        f"workflow.work_dir={work}",
+        f"workflow.ray_address={cluster['address']}",
+        "train.epochs=1",
+        "train.num_workers=2",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+    script = SCRIPT.format(conf=str(ROOT / "conf/debug.yaml"), overrides=overrides, cache_env=CACHE_ENV)
+    env = clean_env(**cluster["env"], **{CACHE_ENV: str(caches["driver"]), "RAY_TMPDIR": cluster["temp_dir"]})
+    t0 = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    first, second = report["runs"]
+
+    # Each node's workers inherit their raylet's cache dir: two nodes, two node-local caches.
+    assert sorted(report["probe"].values()) == sorted([str(caches["head"]), str(caches["node2"])])
+    assert {s["name"] for s in first["steps"]} == {"ingest", "shard", "train", "evaluate", "register"}
+    assert all(s["state"] == DONE and s["uri"].startswith(work) for s in first["steps"])
+    assert all(s["state"] == CACHED for s in second["steps"]) and second["version"] == first["version"] == "1"
+    assert second["mae"] == first["mae"]
+
+    # The second node's processes read the shards through their own copy, downloaded from the bucket.
+    node2_shards = list(caches["node2"].glob("work/*/shard/*/shards/manifest.json"))
+    assert node2_shards, sorted(str(p) for p in caches["node2"].rglob("*"))[:50]
+    assert (node2_shards[0].parent.parent / SUCCESS).exists()
+    # Ray Train wrote the checkpoints into the bucket; the committed train step holds them, no attempt is left.
+    train = next(s for s in first["steps"] if s["name"] == "train")
+    inner = train["uri"].split("://", 1)[1]
+    import pyarrow.fs as pafs
+
+    files = [i.path for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True)) if i.type == pafs.FileType.File]
+    assert any("/ray_train/checkpoint_" in f and f.endswith("model.pt") for f in files), files
+    parent = inner.rsplit("/", 1)[0]
+    assert not [i for i in fs.get_file_info(pafs.FileSelector(parent)) if i.base_name.endswith(".partial")]
+    print(f"2-node pipeline (two runs) took {time.time() - t0:.0f}s; driver node {report['driver'][:8]}")
