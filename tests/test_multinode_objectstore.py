@@ -8,7 +8,8 @@ copy (`workflow.local_path`), Ray Train writes checkpoints into the bucket. A se
 
 The head gets 1 CPU and the second node 2, so the two training workers (1 CPU each, packed) cannot both
 sit on the head. All processes share one file system here, so a driver path leaking to a worker would
-still open; the test shows instead that the second node's workers downloaded their own copies.
+still open; the test shows instead that the second node's workers downloaded their own copies. Two quick
+tests before it pin down the pieces: `local_path` and `Workflow.shared_dir`.
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ import time
 import uuid
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 from http_wait import free_port
 
-from lstm_dist.workflow import CACHE_ENV, CACHED, DONE, SUCCESS
+from lstm_dist.workflow import CACHE_ENV, CACHED, DONE, PARTIAL, SUCCESS, Workflow, WorkflowError, local_path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-
-pytestmark = pytest.mark.slow
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -138,6 +138,63 @@ print(json.dumps({{"runs": out, "probe": probe, "driver": driver}}))
 """
 
 
+def test_local_path_finds_the_step_output_above_a_locator(s3, tmp_path: Path, monkeypatch) -> None:
+    """A locator inside an output (here a sub-dir with its own `_SUCCESS`, like a shard set) is read through
+    this machine's copy of the whole output; a local path stays as it is."""
+    work = f"s3://lstm-dist/{uuid.uuid4().hex[:8]}/w"
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "driver"))
+
+    def shards(out: str) -> dict:
+        (Path(out) / "shards" / "train").mkdir(parents=True)
+        (Path(out) / "shards" / "train" / "part-0.arrow").write_text("rows")
+        (Path(out) / "shards" / SUCCESS).write_text("")
+        return {}
+
+    r = Workflow(work, pipeline="t", steps=["shard"], progress=lambda _: None).step("shard", shards)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "node2"))  # another node: an empty cache
+    local = local_path(r.file("shards/train"))
+    assert local.is_relative_to(tmp_path / "node2") and (local / "part-0.arrow").read_text() == "rows"
+    assert (local.parent.parent / SUCCESS).exists() and local == local_path(r.file("shards") + "/train")
+    assert local_path(tmp_path / "x") == tmp_path / "x"
+    with pytest.raises(WorkflowError, match="not inside a step output"):
+        local_path(f"{work}/shard/0000000000000000/shards")
+
+
+def test_shared_dir_is_in_the_bucket_survives_a_kill_and_goes_at_commit(s3, tmp_path: Path, monkeypatch) -> None:
+    """What workers write under `shared_dir(out)` (Ray Train's checkpoints) is in the store: a run on another
+    machine finds it and resumes; the step's commit deletes it."""
+    fs, _ = s3
+    work = f"s3://lstm-dist/{uuid.uuid4().hex[:8]}/w"
+    seen: list[bool] = []
+
+    def train(wf: Workflow):
+        def fn(out: str) -> dict:
+            shared = wf.shared_dir(out)
+            assert shared.startswith(f"{work}/train/") and shared.endswith(PARTIAL)
+            ckpt = shared.split("://", 1)[1] + "/ckpt.txt"
+            seen.append(fs.get_file_info(ckpt).is_file)
+            if not seen[-1]:
+                with fs.open_output_stream(ckpt) as f:
+                    f.write(b"epoch 1")
+                raise KeyboardInterrupt  # killed after the first checkpoint
+            (Path(out) / "model.txt").write_text(fs.open_input_stream(ckpt).read().decode())
+            return {}
+
+        return fn
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "a"))
+    wf = Workflow(work, pipeline="t", steps=["train"], progress=lambda _: None)
+    with pytest.raises(KeyboardInterrupt):
+        wf.step("train", train(wf), resumable=True)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "b"))  # another machine: no local attempt, the shared part is there
+    wf = Workflow(work, pipeline="t", steps=["train"], progress=lambda _: None)
+    r = wf.step("train", train(wf), resumable=True)
+    assert seen == [False, True] and (r.path / "model.txt").read_text() == "epoch 1"
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{work[5:]}/train"))]
+    assert names == [r.key]  # the .partial prefix is gone
+
+
+@pytest.mark.slow
 def test_debug_pipeline_on_two_nodes_with_an_s3_work_dir(s3, cluster, tmp_path: Path) -> None:
     fs, _ = s3
     work = f"s3://lstm-dist/{uuid.uuid4().hex[:8]}/w"
@@ -173,8 +230,6 @@ def test_debug_pipeline_on_two_nodes_with_an_s3_work_dir(s3, cluster, tmp_path: 
     # Ray Train wrote the checkpoints into the bucket; the committed train step holds them, no attempt is left.
     train = next(s for s in first["steps"] if s["name"] == "train")
     inner = train["uri"].split("://", 1)[1]
-    import pyarrow.fs as pafs
-
     files = [i.path for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True)) if i.type == pafs.FileType.File]
     assert any("/ray_train/checkpoint_" in f and f.endswith("model.pt") for f in files), files
     parent = inner.rsplit("/", 1)[0]
