@@ -3,11 +3,29 @@ and waiting for one to answer."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Environment for a `ray start` head, its jobs and CLI clients started by a test: the venv's bin first on
+    PATH, unbuffered output, no token auth, and none of the caller's tracking server or cluster address.
+
+    Ray 2.60 turns token auth on for a new head when ~/.ray/auth_token exists (any earlier local Ray leaves
+    one); these heads listen on 127.0.0.1 only, so the tests run them, their jobs and the clients without."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **extra}
+    env["RAY_AUTH_MODE"] = "disabled"
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(key, None)
+    return env
 
 
 def free_port() -> int:

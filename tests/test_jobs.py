@@ -19,23 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from http_wait import free_port
+from http_wait import VENV_BIN, clean_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
 CLI = [sys.executable, "-m", "lstm_dist.cli"]
 
 pytestmark = pytest.mark.slow
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **extra}
-    # Ray 2.60 turns token auth on for a new head when ~/.ray/auth_token exists (any earlier local Ray leaves
-    # one); this head listens on 127.0.0.1 only, so the test runs it, its jobs and the clients without.
-    env["RAY_AUTH_MODE"] = "disabled"
-    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
-        env.pop(key, None)
-    return env
 
 
 @pytest.fixture(scope="module")

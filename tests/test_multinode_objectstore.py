@@ -27,21 +27,11 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
-from http_wait import free_port
+from http_wait import VENV_BIN, clean_env, free_port
 
 from lstm_dist.workflow import CACHE_ENV, CACHED, DONE, PARTIAL, SUCCESS, Workflow, WorkflowError, local_path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """As in test_jobs: no token auth for a head on 127.0.0.1, no tracking server or cluster of the caller."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **extra}
-    env["RAY_AUTH_MODE"] = "disabled"
-    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
-        env.pop(key, None)
-    return env
 
 
 def start_node(args: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen:
