@@ -400,8 +400,10 @@ def run_tune(
             mode=MODE,
             num_samples=cfg.tune.num_samples,
             scheduler=scheduler,
-            search_alg=_search_alg(cfg),
-            max_concurrent_trials=concurrent,
+            # The random search's generator limits concurrency itself: Tune ignores max_concurrent_trials
+            # for it (it only wraps a Searcher such as Optuna's in a ConcurrencyLimiter).
+            search_alg=_search_alg(cfg, max_concurrent=concurrent),
+            max_concurrent_trials=None if cfg.tune.search == "random" else concurrent,
             time_budget_s=cfg.tune.time_budget_s or None,
             trial_dirname_creator=lambda trial: trial.trial_id,  # short paths: no config values in names
         ),
@@ -525,13 +527,15 @@ def trainval_view(shard_dir: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-def _search_alg(cfg: PipelineConfig):
+def _search_alg(cfg: PipelineConfig, *, max_concurrent: int):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     points = [dict(p) for p in cfg.tune.start_from] or None
     if cfg.tune.search == "random":
-        # Seeded, so the same config samples the same trials.
-        return BasicVariantGenerator(random_state=cfg.train.seed, points_to_evaluate=points)
+        # Seeded, so the same config samples the same trials; at most `max_concurrent` trials run at once.
+        return BasicVariantGenerator(
+            random_state=cfg.train.seed, points_to_evaluate=points, max_concurrent=max_concurrent
+        )
     try:
         import optuna
     except ImportError:
@@ -575,7 +579,8 @@ def trials_table(
     """One row per trial: sampled values, best val loss (and its epoch), epochs run, why it stopped.
 
     `stopped`: "scheduler" (ASHA stopped it, or the time budget ended it), "patience" (its own early
-    stopping), "error", or "no" (it ran train.epochs); `stopped_at` is the epoch of the scheduler's decision."""
+    stopping), "error", or "no" (it ran train.epochs); `stopped_at` is the epoch of the scheduler's decision;
+    `started_at`, `ended_at`: when the trial ran (unix seconds, from its reports)."""
     stopped_at = stopped_at or {}
     rows = []
     for result in grid:
@@ -615,6 +620,9 @@ def trials_table(
             stopped_at=stopped_at.get(trial_id, 0),
             error=_last_line(result.error) if result.error else "",
         )
+        if {"timestamp", "time_total_s"} <= set(history.columns):  # when it ran (unix seconds)
+            row["ended_at"] = float(history["timestamp"].max())
+            row["started_at"] = row["ended_at"] - float(history["time_total_s"].max())
         row["history"] = history[[c for c in history.columns if _is_epoch_metric(c)]].to_dict("list")
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from http_wait import free_port, wait_until_up
 
@@ -82,7 +84,7 @@ def tuned(ray_local, mlflow_server: str, tmp_path_factory: pytest.TempPathFactor
     }
 
 
-def test_four_trials_run_and_asha_stops_the_weak_ones_early(tuned) -> None:
+def test_four_trials_run_and_asha_stops_the_weak_ones_early(tuned, tmp_path: Path) -> None:
     client, trials = tuned["client"], tuned["trials"]
     assert len(trials) == 4 and all(t.info.status == "FINISHED" for t in trials)
     tune_run = tuned["steps"]["tune"]
@@ -101,9 +103,17 @@ def test_four_trials_run_and_asha_stops_the_weak_ones_early(tuned) -> None:
         assert sorted(m.step for m in client.get_metric_history(t.info.run_id, "val_loss")) == [1, 2, 3]
     # The summary table: one row per trial, as CSV and JSON on the tune run, and printed.
     assert {"tune/trials.csv", "tune/trials.json"} <= _artifacts(client, tune_run.info.run_id)
-    table = next(line for line in tuned["lines"] if "best_val_loss" in line)
+    # tune.max_concurrent_trials (2) held: never more than two trials ran at once. (Tune ignores its own
+    # max_concurrent_trials for the random search; all four once ran together and ASHA stopped nothing.)
+    table = pd.read_csv(client.download_artifacts(tune_run.info.run_id, "tune/trials.csv", str(tmp_path)))
+    assert len(table) == 4 and (table["ended_at"] > table["started_at"]).all()
+    # Tune's report timestamps are whole seconds: a start estimated from them may be up to 1 s early.
+    edges = sorted([(t + 1.0, 1) for t in table["started_at"]] + [(t, -1) for t in table["ended_at"]])
+    running = np.cumsum([step for _, step in edges])
+    assert running.max() <= tuned["cfg"].tune.max_concurrent_trials == 2, table[["trial_id", "started_at", "ended_at"]]
+    printed = next(line for line in tuned["lines"] if "best_val_loss" in line)
     for column in ("trial_id", "train.lr", "model.hidden_size", "best_val_loss", "epochs", "stopped"):
-        assert column in table
+        assert column in printed
 
 
 def test_the_registered_model_comes_from_the_best_trial(tuned) -> None:

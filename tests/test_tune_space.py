@@ -106,7 +106,7 @@ def test_optuna_search_builds_when_installed() -> None:
     pytest.importorskip("optuna")
     from lstm_dist.tune import _search_alg
 
-    searcher = _search_alg(load_config(DEBUG, ["tune.search=optuna"]))
+    searcher = _search_alg(load_config(DEBUG, ["tune.search=optuna"]), max_concurrent=2)
     assert type(searcher).__name__ == "OptunaSearch"
 
 
