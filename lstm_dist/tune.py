@@ -488,7 +488,7 @@ def trainval_view(shard_dir: str | Path, out_dir: str | Path) -> Path:
     import shutil
 
     from lstm_dist.data.manifest import SUCCESS_FILE, Manifest
-    from lstm_dist.data.splits import SPLITS, start_range, starts_in
+    from lstm_dist.data.splits import SPLITS
 
     src, out = Path(shard_dir), Path(out_dir)
     m = Manifest.load(src)
@@ -507,17 +507,8 @@ def trainval_view(shard_dir: str | Path, out_dir: str | Path) -> Path:
     for shard in view.shards:
         shard.windows = dict.fromkeys(SPLITS, 0)
         for seg in shard.segments:
-            info = view.series[seg.series]
             for split in SPLITS:
-                lo, hi = start_range(
-                    split,
-                    num_rows=info.num_rows,
-                    val_start=info.val_start,
-                    test_start=info.test_start,
-                    lookback=view.lookback,
-                    horizon=view.horizon,
-                )
-                count = starts_in(lo, hi, stride=view.stride, begin=seg.row_start, end=seg.core_stop)[1]
+                count = view.segment_starts(seg, split)[1]
                 seg.windows[split] = count
                 shard.windows[split] += count
                 totals[split] += count

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from lstm_dist.data.errors import DataError
+from lstm_dist.data.splits import Split, start_range, starts_in
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -154,6 +155,20 @@ class Manifest(_Model):
     @property
     def num_series(self) -> int:
         return len(self.series)
+
+    def segment_starts(self, seg: Segment, split: Split, *, stride: int | None = None) -> tuple[int, int]:
+        """(first, count) of the window starts of `split` owned by `seg` (rows of its series), at `stride`
+        (default: the manifest's)."""
+        info = self.series[seg.series]
+        lo, hi = start_range(
+            split,
+            num_rows=info.num_rows,
+            val_start=info.val_start,
+            test_start=info.test_start,
+            lookback=self.lookback,
+            horizon=self.horizon,
+        )
+        return starts_in(lo, hi, stride=stride or self.stride, begin=seg.row_start, end=seg.core_stop)
 
     def series_index(self) -> dict[str, int]:
         """Series name -> index."""

@@ -24,7 +24,7 @@ from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_features
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.shards import open_shard
-from lstm_dist.data.splits import SPLITS, start_range, starts_in
+from lstm_dist.data.splits import SPLITS
 
 
 class WindowDataset:
@@ -74,16 +74,7 @@ class WindowDataset:
             for views, length in ((self._x_t, m.lookback), (self._h_t, m.horizon)):
                 views.append(_window_tensor(shard.features, length) if ok else None)
             for seg in info.segments:
-                s = m.series[seg.series]
-                lo, hi = start_range(
-                    split,
-                    num_rows=s.num_rows,
-                    val_start=s.val_start,
-                    test_start=s.test_start,
-                    lookback=m.lookback,
-                    horizon=m.horizon,
-                )
-                first, count = starts_in(lo, hi, stride=self.stride, begin=seg.row_start, end=seg.core_stop)
+                first, count = m.segment_starts(seg, split, stride=self.stride)
                 if count:
                     seg_shard.append(k)
                     seg_first.append(seg.offset + first - seg.row_start)  # row in the shard file
