@@ -48,3 +48,14 @@ def wait_until_up(url: str, *, process: subprocess.Popen, log: Callable[[], str]
         assert process.poll() is None, f"the server exited:\n{log()[-3000:]}"
         assert time.time() < deadline, f"{url} did not answer within {timeout:.0f}s:\n{log()[-3000:]}"
         time.sleep(1)
+
+
+def stop_server(process: subprocess.Popen, log=None) -> None:
+    """Terminate a server the test started (kill it if it does not exit within 30 s), then close its log."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    if log is not None:
+        log.close()

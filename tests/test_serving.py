@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from http_wait import free_port, wait_until_up
+from http_wait import free_port, stop_server, wait_until_up
 
 from lstm_dist.config import load_config
 from lstm_dist.data.windows import WindowDataset
@@ -127,12 +127,7 @@ def test_mlflow_models_serve_answers_like_predict(registered, tmp_path: Path) ->
         with urllib.request.urlopen(request, timeout=60) as reply:
             answer = pd.DataFrame(json.loads(reply.read())["predictions"])
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        stop_server(server, log)
     expected = registered["local"].forecast(registered["history"])
     assert list(answer["series_id"]) == list(expected["series_id"])
     assert list(pd.to_datetime(answer["timestamp"])) == list(expected["timestamp"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from http_wait import free_port, wait_until_up
+from http_wait import free_port, stop_server, wait_until_up
 
 from lstm_dist.config import load_config
 
@@ -45,12 +45,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield uri
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        stop_server(server, log)
 
 
 @pytest.fixture(scope="module")

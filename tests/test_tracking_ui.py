@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from http_wait import wait_until_up
+from http_wait import stop_server, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,11 +44,7 @@ def test_ui_serves_the_configured_store_at_the_printed_address(tmp_path: Path) -
         with urllib.request.urlopen(f"{address}/", timeout=10) as reply:
             assert reply.status == 200 and b"<html" in reply.read(2000).lower()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 def test_ui_refuses_a_store_it_cannot_use(tmp_path: Path) -> None:
