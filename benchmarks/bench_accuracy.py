@@ -7,7 +7,8 @@ downloaded at run time). The protocol is fixed per set: a rolling origin over th
 horizon long and one horizon apart, so the last window is the classic "last horizon of each series held out".
 Every method forecasts the same (series, cutoff) windows from the same history:
 
-- statsforecast refits every model at every cutoff (its `cross_validation`);
+- statsforecast refits every model at every cutoff (its `cross_validation`); ETS/Theta fall back to naive
+  on a series too short for them;
 - neuralforecast's LSTM and this project train one model on the data up to the first cutoff and forecast
   all three windows from their own cutoffs (neuralforecast's `cross_validation` default, refit=False);
 - this project runs its own pipeline (`pipelines.train.run`: Ray ingest, Ray Train, evaluate, register)
@@ -139,7 +140,8 @@ def run_statsforecast(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, dict[
     frames, walls = [], {}
     for alias, model in models.items():
         start = time.perf_counter()
-        sf = StatsForecast(models=[model], freq=spec.freq, n_jobs=1)
+        # ETS and Theta refuse a handful of points ("tiny datasets"): those series get the naive forecast.
+        sf = StatsForecast(models=[model], freq=spec.freq, n_jobs=1, fallback_model=Naive())
         cv = sf.cross_validation(df=df, h=spec.horizon, n_windows=NUM_WINDOWS, step_size=spec.horizon)
         walls[alias] = time.perf_counter() - start
         frames.append(cv.set_index(["unique_id", "ds", "cutoff"])[[alias]])
