@@ -100,6 +100,8 @@ class DataConfig(_Section):
     """Training batches drawn from all windows (`global`) or each from one shard (`shard`: faster reads, fewer series mixed)."""
     series_weights: dict[str, float] = Field(default_factory=dict)
     """Sampling weight per series name for training windows (others weigh 1); empty = uniform."""
+    start_padding: bool = True
+    """A series too short for lookback + horizon + hold-out but with >= horizon + 1 rows is left-padded (mask feature `is_pad`) and trains; short_series applies below that."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

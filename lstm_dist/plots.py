@@ -87,7 +87,9 @@ def forecast_windows(model, ds, *, num_series: int = 4) -> dict[str, Any]:
         "names": [m.series[int(s)].name for s in batch["series"]],
         "t0": batch["t0"],
         "freq": m.freq,
-        "history": batch["x"][:, :, : ds.num_targets] * scale + loc,  # [S, L, T]
+        "history": np.where(  # [S, L, T]; start padding is no history: NaN leaves a gap in the plot
+            m.real_steps(batch["x"])[..., None], batch["x"][:, :, : ds.num_targets] * scale + loc, np.nan
+        ),
         "actual": batch["y"] * scale + loc,  # [S, H, T]
         "forecast": model.point(out).numpy() * scale + loc,  # [S, H, T]
         "targets": list(m.target_cols),

@@ -113,7 +113,8 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
                 if seg.series != info.index:
                     continue
                 opened = open_shard(Path(shard_dir) / shard.file)
-                sl = slice(seg.offset, seg.offset + seg.row_stop - seg.row_start)
+                skip = max(0, -seg.row_start)  # start-padding rows (row positions < 0) are no history
+                sl = slice(seg.offset + skip, seg.offset + seg.row_stop - seg.row_start)
                 rows_ts.append(np.asarray(opened.ts[sl]))
                 rows_feat.append(np.asarray(opened.features[sl]))
         ts = np.concatenate(rows_ts)

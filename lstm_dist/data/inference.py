@@ -41,13 +41,19 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     names, codes, ts, values = normalize(table, cfg=cfg, source="history", notes=notes)
     block = clean_block(names, codes, ts, values, cfg=cfg, freq=freq, notes=notes)
     stored = with_features(block, cfg=cfg)  # [N, Fs] unscaled, exactly as ingest computes it
+    if manifest.pad_col is not None:  # the mask column, 0 on real rows, where ingest stores it
+        stored = np.insert(stored, manifest.stored_cols.index(manifest.pad_col), 0.0, axis=1)
     need = lookback + warmup_rows(lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period)
     for name, n in zip(block.names, block.lengths, strict=True):
-        if n < need:
+        # With a start-padding mask the model has seen series that begin inside a window: a shorter history
+        # is taken as the whole series (derived features start from what it has, as ingest computes them).
+        if n < need and manifest.pad_col is None:
             raise DataError(
                 f"series '{name}' has {n} rows of history after cleaning; inference needs its last {need} rows "
                 f"(lookback {lookback}"
                 + (f" + {need - lookback} for lags/moving averages/RSI)" if need > lookback else ")")
+                + "; this model was trained without start padding (no series of its data needed it), so it "
+                "cannot take a shorter history"
             )
     known = manifest.series_index()
     all_loc, all_scale = manifest.loc_scale()
@@ -68,13 +74,19 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
             warnings.warn(msg, stacklevel=2)
             messages.append(msg)
     ends = block.offsets[1:]  # [S]
-    rows = ends[:, None] - lookback + np.arange(lookback)  # [S, L]
+    wanted = ends[:, None] - lookback + np.arange(lookback)  # [S, L]
+    rows = np.maximum(wanted, block.offsets[:-1, None])  # steps before a series' first row read that row ...
     x = scalers.transform(stored[rows], loc[:, None, :], scale[:, None, :]).astype(np.float32)  # [S, L, Fs]
+    if manifest.pad_col is not None:  # ... and become padding as ingest stores it: values 0 (scaled), mask 1
+        padding = wanted < rows  # [S, L]
+        x[padding] = 0.0
+        x[:, :, manifest.stored_cols.index(manifest.pad_col)] = padding
+    ts_in = block.ts[rows] + freq * (wanted - rows)  # [S, L]: the grid continued backwards over padding
     t0 = block.ts[ends - 1] + freq  # [S]
     horizon_ts = t0[:, None] + freq * np.arange(horizon)  # [S, H]
     calendar = list(manifest.calendar_features)
     if calendar:
-        x = np.concatenate([x, calendar_features(block.ts[rows], calendar)], axis=2)  # [S, L, F]
+        x = np.concatenate([x, calendar_features(ts_in, calendar)], axis=2)  # [S, L, F]
     num_fut = len(manifest.future_cols)
     fut = np.zeros((num_s, horizon, 0), dtype=np.float32)
     if num_fut:

@@ -55,10 +55,20 @@ from lstm_dist.data.readers import (
     value_columns,
 )
 from lstm_dist.data.shards import SHARD_SCHEMA, Piece, ipc_bytes, plan_around, rows_per_shard, shard_table
-from lstm_dist.data.splits import SPLITS, rows_needed, shortfall, split_bounds, start_range, starts_in
+from lstm_dist.data.splits import (
+    SPLITS,
+    needs_padding,
+    padded_bounds,
+    rows_needed,
+    shortfall,
+    split_bounds,
+    start_range,
+    starts_in,
+)
 from lstm_dist.data.synthetic import write_sample
 
 Part = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # (names, codes [N], ts [N], values [N, V])
+PAD_COL = "is_pad"  # the stored 0/1 start-padding mask column (data.start_padding), before the future covariates
 
 
 @dataclass
@@ -88,6 +98,10 @@ class IngestReport:
     """Unchanged series written again: they share a shard with a changed one, or their index moved."""
     rebuild_reason: str = ""
     """Why a previous shard set was given but nothing could be reused from it."""
+    series_per_split: dict[str, int] = field(default_factory=dict)
+    """Series with at least one window per split."""
+    num_padded_series: int = 0
+    """Series stored with start padding (data.start_padding)."""
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -109,6 +123,8 @@ class IngestReport:
             + "; time: "
             + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
+        if self.series_per_split:
+            lines.append(split_coverage(self.series_per_split, num_padded=self.num_padded_series))
         if self.rebuild_reason:
             lines.append(f"full rebuild: {self.rebuild_reason}")
         if self.counts:
@@ -118,6 +134,12 @@ class IngestReport:
             lines.append(f"skipped {len(self.skipped_series)} short series: {shown}")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def split_coverage(series_per_split: dict[str, int], *, num_padded: int) -> str:
+    """'series with windows: train 181, val 150, test 181 (120 start-padded)'."""
+    text = "series with windows: " + ", ".join(f"{k} {v:,}" for k, v in series_per_split.items())
+    return text + (f" ({num_padded:,} start-padded)" if num_padded else "")
 
 
 # ---------------------------------------------------------------- read
@@ -230,24 +252,28 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict
     block = clean_block(names, codes, ts, values, cfg=cfg, freq=freq, notes=notes)
     kw = {"lookback": cfg.lookback, "horizon": cfg.horizon, "val_size": cfg.val_size, "test_size": cfg.test_size}
     reasons = [shortfall(int(n), **kw) for n in block.lengths]
-    short = np.array([r is not None for r in reasons], dtype=bool)
+    padded = np.array([needs_padding(int(n), **kw, start_padding=cfg.start_padding) for n in block.lengths], bool)
+    short = np.array([r is not None for r in reasons], dtype=bool) & ~padded
     skipped = []
     if short.any():
         i = int(np.argmax(short))
         if cfg.short_series == "error":
-            need = rows_needed(**kw, start=int(block.lengths[i]))
             raise DataError(
-                f"series '{block.names[i]}' is too short: {block.lengths[i]} rows, {reasons[i]}; it needs at least "
-                f"{need} rows for lookback {cfg.lookback} + horizon {cfg.horizon} + validation/test parts "
-                f"({int(short.sum())} series are too short). Set data.short_series=skip to leave such series out, "
-                "or lower data.lookback / data.horizon / data.val_size / data.test_size"
+                _too_short_message(block.names[i], int(block.lengths[i]), reasons[i], int(short.sum()), cfg)
             )
         skipped = [n for n, s in zip(block.names, short, strict=True) if s]
         block = block.take_series(~short)
+        padded = padded[~short]
     if not block.names:
         return empty, {"names": [], "notes": notes, "skipped": skipped}
     stored = with_features(block, cfg=cfg)
-    bounds = np.array([split_bounds(int(n), val_size=cfg.val_size, test_size=cfg.test_size) for n in block.lengths])
+    parts = {"val_size": cfg.val_size, "test_size": cfg.test_size}
+    bounds = np.array(
+        [
+            padded_bounds(int(n), horizon=cfg.horizon, **parts) if p else split_bounds(int(n), **parts)
+            for n, p in zip(block.lengths, padded, strict=True)
+        ]
+    ).reshape(-1, 2)
     val_start, test_start = bounds[:, 0], bounds[:, 1]
     summary: dict[str, Any] = {
         "names": block.names,
@@ -258,6 +284,7 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict
         "last_ts": block.ts[block.offsets[1:] - 1],
         "notes": notes,
         "skipped": skipped,
+        "pad": np.where(padded, cfg.lookback - 1, 0),
     }
     summary["sha256"] = [
         series_digest(block.ts[a:b], stored[a:b]) for a, b in zip(block.offsets[:-1], block.offsets[1:], strict=True)
@@ -270,6 +297,24 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict
         summary["partial"] = scalers.partial_fit(stored[train], kind=cfg.scaler)
     data = {"names": block.names, "offsets": block.offsets, "ts": block.ts, "stored": stored}
     return data, summary
+
+
+def _too_short_message(name: str, num_rows: int, reason: str | None, num_short: int, cfg: DataConfig) -> str:
+    if cfg.start_padding:
+        need = f"at least horizon + 1 = {cfg.horizon + 1} rows (data.start_padding pads the lookback)"
+        fix = "lower data.horizon"
+        reason = "fewer than horizon + 1"
+    else:
+        kw = {"lookback": cfg.lookback, "horizon": cfg.horizon, "val_size": cfg.val_size, "test_size": cfg.test_size}
+        need = (
+            f"at least {rows_needed(**kw, start=num_rows)} rows for lookback {cfg.lookback} + horizon {cfg.horizon} "
+            "+ validation/test parts"
+        )
+        fix = "set data.start_padding=true, or lower data.lookback / data.horizon / data.val_size / data.test_size"
+    return (
+        f"series '{name}' is too short: {num_rows} rows, {reason}; it needs {need} ({num_short} series are too "
+        f"short). Set data.short_series=skip to leave such series out, or {fix}"
+    )
 
 
 def _clean_task(cfg: DataConfig, freq: int, *parts: Part) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -289,15 +334,30 @@ def build_shard(
     *,
     stored_cols: list[str],
     blocks: list[dict[str, Any]],
+    pad_at: int | None = None,
+    freq: int = 0,
 ) -> tuple[np.ndarray, str, int]:
-    """Scale the pieces (block, local series, row_start, row_stop, global series) into one IPC file's bytes."""
+    """Scale the pieces (block, local series, row_start, row_stop, global series) into one IPC file's bytes.
+
+    `pad_at`: position of the start-padding mask column in `stored_cols` (None: no series is padded). A piece
+    with row_start < 0 begins with -row_start padding rows: every value 0 in scaled units (the series'
+    mean under the standard scaler), the mask 1, timestamps continuing the grid backwards by `freq`."""
     series, ts, feats = [], [], []
     for p, (b, local, r0, r1, global_idx) in enumerate(pieces):
         blk = blocks[b]
         base = int(blk["offsets"][local])
-        rows = slice(base + r0, base + r1)
-        feats.append(scalers.transform(blk["stored"][rows], loc[p], scale[p]).astype(np.float32))  # [n, Fs]
+        rows = slice(base + max(r0, 0), base + r1)
+        raw = blk["stored"][rows]  # [n, Fs - (pad_at is not None)], unscaled
+        if pad_at is not None:
+            raw = np.insert(raw, pad_at, 0.0, axis=1)  # the mask is 0 on real rows (its loc 0, scale 1)
+        feats.append(scalers.transform(raw, loc[p], scale[p]).astype(np.float32))  # [n, Fs]
         ts.append(blk["ts"][rows])
+        if r0 < 0:
+            assert pad_at is not None, "padding rows need the mask column"
+            pad = np.zeros((-r0, raw.shape[1]), dtype=np.float32)  # [P, Fs]
+            pad[:, pad_at] = 1.0
+            feats[-1] = np.concatenate([pad, feats[-1]])
+            ts[-1] = np.concatenate([blk["ts"][base] + freq * np.arange(r0, 0, dtype=np.int64), ts[-1]])
         series.append(np.full(r1 - r0, global_idx, dtype=np.int32))
     table = shard_table(np.concatenate(series), np.concatenate(ts), np.concatenate(feats), stored_cols=stored_cols)
     buf = ipc_bytes(table)
@@ -305,8 +365,16 @@ def build_shard(
     return data, hashlib.sha256(data).hexdigest(), table.num_rows
 
 
-def _write_task(pieces: list, loc: np.ndarray, scale: np.ndarray, stored_cols: list[str], *blocks: dict) -> tuple:
-    return build_shard(pieces, loc, scale, stored_cols=stored_cols, blocks=list(blocks))
+def _write_task(
+    pieces: list,
+    loc: np.ndarray,
+    scale: np.ndarray,
+    stored_cols: list[str],
+    pad_at: int | None,
+    freq: int,
+    *blocks: dict,
+) -> tuple:
+    return build_shard(pieces, loc, scale, stored_cols=stored_cols, blocks=list(blocks), pad_at=pad_at, freq=freq)
 
 
 _write_remote = ray.remote(_write_task)
@@ -351,6 +419,11 @@ def resolve_input(cfg: DataConfig, *, out_dir: Path, work_dir: str | None) -> st
     if not path.exists():
         write_sample(path, num_series=s.num_series, num_steps=s.num_steps, seed=s.seed)
     return str(path)
+
+
+def _moved(piece: Piece | Segment, by: int) -> Piece:
+    """The piece with its row positions moved by `by` (real rows <-> stored rows of a padded series)."""
+    return Piece(piece.series, piece.row_start + by, piece.row_stop + by, piece.core_stop + by)
 
 
 def _segment_windows(*, piece_start: int, core_stop: int, info: dict[str, int], cfg: DataConfig) -> dict[str, int]:
@@ -525,12 +598,8 @@ def ingest(
     report.skipped_series.sort()
     t_clean = time.perf_counter()
 
-    stored_cols = [
-        *cfg.target_cols,
-        *cfg.covariate_cols,
-        *derived_names(cfg.target_cols, lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period),
-        *cfg.future_cols,
-    ]
+    derived = derived_names(cfg.target_cols, lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period)
+    stored_cols = [*cfg.target_cols, *cfg.covariate_cols, *derived, *cfg.future_cols]
     # Global series index: sorted names over all buckets.
     entries = sorted((name, b, i) for b, s in enumerate(summaries) for i, name in enumerate(s["names"]))
     if not entries:
@@ -544,11 +613,22 @@ def ingest(
             [s["partial"] for s in summaries if s["names"]], kind=cfg.scaler, num_cols=width
         )
         loc[:], scale[:] = g_loc, g_scale
+    for idx, (_, b, i) in enumerate(entries):
+        if cfg.scaler_scope == "series":
+            loc[idx], scale[idx] = summaries[b]["loc"][i], summaries[b]["scale"][i]
+    # The mask column exists only when some series is padded, so data without short series is stored as before.
+    pads = [int(summaries[b]["pad"][i]) for _, b, i in entries]
+    pad_at = None
+    if any(pads):
+        pad_at = width - len(cfg.future_cols)  # before the future covariates, which the reader takes from the end
+        if PAD_COL in stored_cols:
+            raise DataError(f"column name '{PAD_COL}' is reserved for the start-padding mask; rename that column")
+        stored_cols.insert(pad_at, PAD_COL)
+        loc, scale = np.insert(loc, pad_at, 0.0, axis=1), np.insert(scale, pad_at, 1.0, axis=1)
+        width += 1
     series_infos, lengths, where = [], [], []
     for idx, (name, b, i) in enumerate(entries):
         s = summaries[b]
-        if cfg.scaler_scope == "series":
-            loc[idx], scale[idx] = s["loc"][i], s["scale"][i]
         series_infos.append(
             SeriesInfo(
                 name=name,
@@ -563,6 +643,7 @@ def ingest(
                     for j, c in enumerate(stored_cols)
                 },
                 sha256=s["sha256"][i],
+                pad=pads[idx],
             )
         )
         lengths.append(int(s["lengths"][i]))
@@ -573,8 +654,13 @@ def ingest(
     window = cfg.lookback + cfg.horizon
     target_rows = rows_per_shard(rows=cfg.rows_per_shard, size_mib=cfg.shard_size_mib, num_features=width)
     reuse = _reusable(previous, cfg=cfg, freq=freq, stored_cols=stored_cols, series=series_infos)
-    kept = [[Piece(g.series, g.row_start, g.row_stop, g.core_stop) for g in info.segments] for info in reuse.shards]
-    plan = plan_around(lengths, kept=kept, rows_per_shard=target_rows, window=window)
+    # Shards are planned over stored rows (padding first), then pieces go back to real row positions.
+    kept = [[_moved(g, pads[g.series]) for g in info.segments] for info in reuse.shards]
+    stored_lengths = [n + p for n, p in zip(lengths, pads, strict=True)]
+    plan = [
+        ([_moved(p, -pads[p.series]) for p in pieces], k)
+        for pieces, k in plan_around(stored_lengths, kept=kept, rows_per_shard=target_rows, window=window)
+    ]
     tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:12]}")
     tmp.mkdir(parents=True)
     try:
@@ -592,7 +678,7 @@ def ingest(
             args = [(pos[where[p.series][0]], where[p.series][1], p.row_start, p.row_stop, p.series) for p in pieces]
             sel = [p.series for p in pieces]
             ref = _write_remote.options(**opts).remote(
-                args, loc[sel], scale[sel], stored_cols, *[block_refs[b] for b in needed]
+                args, loc[sel], scale[sel], stored_cols, pad_at, freq, *[block_refs[b] for b in needed]
             )
             pending[ref] = k
         while pending:
@@ -611,6 +697,7 @@ def ingest(
             for p in pieces:
                 info = series_infos[p.series]
                 kw = {"num_rows": info.num_rows, "val_start": info.val_start, "test_start": info.test_start}
+                kw["pad"] = info.pad
                 segments.append(
                     Segment(
                         series=p.series,
@@ -634,6 +721,7 @@ def ingest(
                 )
             )
         num_inputs = len(value_columns(cfg))
+        covered = {sp: {g.series for sh in shards for g in sh.segments if g.windows[sp]} for sp in SPLITS}
         totals = Totals(
             num_series=num_s,
             num_rows=sum(lengths),
@@ -642,6 +730,8 @@ def ingest(
             num_bytes=sum(s.num_bytes for s in shards),
             raw_numeric_bytes=8 * (1 + num_inputs) * sum(lengths),
             windows={sp: sum(s.windows[sp] for s in shards) for sp in SPLITS},
+            series_per_split={sp: len(covered[sp]) for sp in SPLITS},
+            num_pad_rows=sum(pads),
         )
         calendar = list(cfg.calendar_features)
         manifest = Manifest(
@@ -649,7 +739,7 @@ def ingest(
             data_config=cfg.model_dump(mode="json"),
             target_cols=list(cfg.target_cols),
             covariate_cols=list(cfg.covariate_cols),
-            derived_cols=stored_cols[len(cfg.target_cols) + len(cfg.covariate_cols) : width - len(cfg.future_cols)],
+            derived_cols=derived,
             future_cols=list(cfg.future_cols),
             calendar_features=calendar,
             stored_cols=stored_cols,
@@ -662,6 +752,7 @@ def ingest(
             scaler=cfg.scaler,
             scaler_scope=cfg.scaler_scope,
             shard_schema=dict(SHARD_SCHEMA),
+            pad_col=PAD_COL if pad_at is not None else None,
             series=series_infos,
             shards=shards,
             totals=totals,
@@ -684,6 +775,8 @@ def ingest(
     report.num_bytes = totals.num_bytes
     report.raw_numeric_bytes = totals.raw_numeric_bytes
     report.windows = dict(totals.windows)
+    report.series_per_split = dict(totals.series_per_split)
+    report.num_padded_series = sum(p > 0 for p in pads)
     report.num_tasks = {"read": len(units), "clean": num_buckets, "write": len(plan) - len(kept)}
     report.num_reused_shards = len(kept)
     report.num_changed_series = reuse.num_changed
@@ -698,6 +791,7 @@ def ingest(
     }
     if report.skipped_series:
         report.warnings.append(
-            f"skipped {len(report.skipped_series)} series too short for lookback + horizon + hold-out"
+            f"skipped {len(report.skipped_series)} series too short for "
+            + ("horizon + 1 rows" if cfg.start_padding else "lookback + horizon + hold-out")
         )
     return manifest, report

@@ -55,6 +55,9 @@ class SeriesInfo(_Model):
     """Checksum of the series' cleaned rows (timestamps + stored columns, before scaling): an incremental
     ingest keeps a shard only where every series in it has the same checksum as before. None in manifests
     written before it existed (those are never reused)."""
+    pad: int = 0
+    """Padding rows stored before row 0 (data.start_padding; 0 for a series long enough without): its windows
+    may start at rows -pad .. -1. Row positions here and in segments count real rows; padding rows are < 0."""
 
 
 class Segment(_Model):
@@ -103,6 +106,10 @@ class Totals(_Model):
     raw_numeric_bytes: int
     """8 bytes per timestamp and per numeric input value: the yardstick for storage overhead."""
     windows: dict[str, int]
+    series_per_split: dict[str, int] = Field(default_factory=dict)
+    """Series with at least one window per split (a short series may have train windows only)."""
+    num_pad_rows: int = 0
+    """Padding rows stored before short series (included in num_stored_rows, not in num_rows)."""
 
 
 class Manifest(_Model):
@@ -134,6 +141,8 @@ class Manifest(_Model):
     scaler_scope: str
     shard_schema: dict[str, str]
     """Arrow type of each shard column."""
+    pad_col: str | None = None
+    """Stored 0/1 column that is 1 on start-padding rows (a model input); None when no series is padded."""
     series: list[SeriesInfo]
     shards: list[ShardInfo]
     totals: Totals
@@ -167,8 +176,16 @@ class Manifest(_Model):
             test_start=info.test_start,
             lookback=self.lookback,
             horizon=self.horizon,
+            pad=info.pad,
         )
         return starts_in(lo, hi, stride=stride or self.stride, begin=seg.row_start, end=seg.core_stop)
+
+    def real_steps(self, x: np.ndarray) -> np.ndarray:
+        """bool [..., L]: which input steps of `x` [..., L, F] are real rows, not start padding (all True
+        when no series is padded). Baselines and histories built from windows must skip the others."""
+        if self.pad_col is None:
+            return np.ones(x.shape[:-1], dtype=bool)
+        return x[..., self.x_features.index(self.pad_col)] < 0.5
 
     def series_index(self) -> dict[str, int]:
         """Series name -> index."""
