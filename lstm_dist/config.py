@@ -55,7 +55,7 @@ class DataConfig(_Section):
     future_cols: list[str] = Field(default_factory=list)
     """Known-future covariates (planned events, prices set in advance), fed to the head."""
     freq: str | None = None
-    """Sampling frequency as a pandas/pyarrow duration (e.g. `1h`); unset: inferred."""
+    """Sampling frequency, a pandas offset alias: `15min`, `h`, `D`, `B`, `W-SUN`, `MS`/`ME`, `QS`/`QE`, `YS`/`YE`; unset: inferred."""
     lookback: int = Field(168, ge=1)
     """Input window length in steps."""
     horizon: int = Field(24, ge=1)
@@ -100,6 +100,8 @@ class DataConfig(_Section):
     """Training batches drawn from all windows (`global`) or each from one shard (`shard`: faster reads, fewer series mixed)."""
     series_weights: dict[str, float] = Field(default_factory=dict)
     """Sampling weight per series name for training windows (others weigh 1); empty = uniform."""
+    timezone: str = "UTC"
+    """IANA timezone of calendar features and calendar steps (days, months); naive input timestamps are read as local time in it."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

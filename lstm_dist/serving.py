@@ -57,8 +57,7 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         stats = {"loc": batch["target_loc"], "scale": batch["target_scale"]}
         point = inverse_targets(self.net.point(out).numpy(), batch["series"], m, **stats)  # [S, H, T]
         num_series, horizon = point.shape[:2]
-        t0 = np.asarray(batch["t0"], dtype=np.int64)  # [S] unix seconds of the first forecast step
-        times = (t0[:, None] + m.freq * np.arange(horizon)).astype("datetime64[s]").astype("datetime64[ns]")
+        times = batch["horizon_ts"].astype("datetime64[s]").astype("datetime64[ns]")  # [S, H] on the calendar grid
         cfg = m.data_config
         frame: dict[str, np.ndarray] = {
             cfg.get("series_col", "series_id"): np.repeat(np.asarray(batch["series_names"], dtype=object), horizon),

@@ -32,10 +32,10 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     has future covariates.
 
     Returns x float32 [S, L, F], future float32 [S, H, Ff], series int64 [S], series_names list[str],
-    t0 int64 [S] (first forecast timestamp), target_loc / target_scale float64 [S, T] and warnings.
+    t0 int64 [S] (first forecast timestamp), horizon_ts int64 [S, H] (every forecast timestamp), target_loc / target_scale float64 [S, T] and warnings.
     """
     cfg = _config(manifest)
-    lookback, horizon, freq = manifest.lookback, manifest.horizon, manifest.freq
+    lookback, horizon, freq = manifest.lookback, manifest.horizon, manifest.frequency()
     notes = Notes()
     table = pa.Table.from_pandas(history, preserve_index=False)
     names, codes, ts, values = normalize(table, cfg=cfg, source="history", notes=notes)
@@ -70,8 +70,8 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     ends = block.offsets[1:]  # [S]
     rows = ends[:, None] - lookback + np.arange(lookback)  # [S, L]
     x = scalers.transform(stored[rows], loc[:, None, :], scale[:, None, :]).astype(np.float32)  # [S, L, Fs]
-    t0 = block.ts[ends - 1] + freq  # [S]
-    horizon_ts = t0[:, None] + freq * np.arange(horizon)  # [S, H]
+    horizon_ts = freq.next_steps(block.ts[ends - 1], horizon)  # [S, H] on the calendar grid
+    t0 = horizon_ts[:, 0]  # [S]
     calendar = list(manifest.calendar_features)
     if calendar:
         x = np.concatenate([x, calendar_features(block.ts[rows], calendar)], axis=2)  # [S, L, F]
@@ -91,6 +91,7 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
         "series": series,
         "series_names": list(block.names),
         "t0": t0,
+        "horizon_ts": horizon_ts,
         "target_loc": loc[:, :num_t],
         "target_scale": scale[:, :num_t],
         "warnings": messages,

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from lstm_dist.data.errors import DataError
+from lstm_dist.data.frequency import Frequency, from_seconds, parse
 from lstm_dist.data.splits import Split, start_range, starts_in
 
 FORMAT_VERSION = 1
@@ -129,7 +130,8 @@ class Manifest(_Model):
     horizon: int
     stride: int
     freq: int
-    """Sampling period in seconds."""
+    """Sampling period in seconds; for a calendar frequency (months, business days) its average length, for display
+    only: timestamps come from `frequency()`, never from `t + k * freq`."""
     scaler: str
     scaler_scope: str
     shard_schema: dict[str, str]
@@ -137,6 +139,9 @@ class Manifest(_Model):
     series: list[SeriesInfo]
     shards: list[ShardInfo]
     totals: Totals
+
+    freq_alias: str = ""
+    """The pandas offset alias of the sampling frequency (`h`, `MS`, `W-SUN`); empty in older manifests (then `freq` s)."""
 
     _stats: tuple[np.ndarray, np.ndarray] | None = PrivateAttr(default=None)
 
@@ -169,6 +174,11 @@ class Manifest(_Model):
             horizon=self.horizon,
         )
         return starts_in(lo, hi, stride=stride or self.stride, begin=seg.row_start, end=seg.core_stop)
+
+    def frequency(self) -> Frequency:
+        """The grid of the data: alias and timezone, with its step arithmetic."""
+        tz = self.data_config.get("timezone") or "UTC"
+        return parse(self.freq_alias, tz=tz) if self.freq_alias else from_seconds(self.freq, tz=tz)
 
     def series_index(self) -> dict[str, int]:
         """Series name -> index."""

@@ -82,8 +82,9 @@ class WindowDataset:
                     seg_series.append(seg.series)
         self._seg_shard = np.asarray(seg_shard, dtype=np.int64)
         self._seg_first = np.asarray(seg_first, dtype=np.int64)
-        # On a regular grid (every ingest except missing=drop) t0 follows from the segment's first window.
-        self._regular = m.data_config.get("missing") != "drop"
+        # On a regular fixed-length grid (every ingest except missing=drop or a calendar frequency such as
+        # months) t0 follows from the segment's first window; otherwise it is read from the shard.
+        self._regular = m.data_config.get("missing") != "drop" and m.frequency().fixed
         self._step_s = self.stride * m.freq
         self._seg_t0 = np.asarray(
             [self._shards[k].ts[r + m.lookback] for k, r in zip(seg_shard, seg_first, strict=True)], dtype=np.int64
