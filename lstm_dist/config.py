@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,6 +111,10 @@ class DataConfig(_Section):
         overlap = set(self.target_cols) & (set(self.covariate_cols) | set(self.future_cols))
         if overlap:
             raise ValueError(f"column(s) {sorted(overlap)} are both targets and covariates; list each once")
+        if self.timezone != "UTC" and self.timezone not in zoneinfo.available_timezones():
+            raise ValueError(
+                f"data.timezone = '{self.timezone}' is not an IANA timezone name (e.g. UTC, Europe/Berlin)"
+            )
         return self
 
 

@@ -265,3 +265,65 @@ def test_round_trip_ingest_windows_forecast(alias: str, ray_local, tmp_path: Pat
     want = _grid(alias, pd.Timestamp(truth[-1], unit="s").tz_localize("UTC"), 4).tz_convert("UTC")[1:]
     got = pred[pred["series_id"] == "s0"]["timestamp"].to_numpy()
     assert (got == want.tz_localize(None).to_numpy()).all(), (alias, got, want)
+
+
+# ---------------------------------------------------------------- data.timezone
+
+
+def test_calendar_features_are_local_time_across_dst() -> None:
+    from lstm_dist.data.features import calendar_features
+
+    eight = pd.DatetimeIndex(["2021-01-15 08:00", "2021-07-15 08:00", "2021-10-31 08:00"]).tz_localize("Europe/Berlin")
+    local = calendar_features(_unix(eight), ["hour", "weekday", "month"], tz="Europe/Berlin")
+    assert np.allclose(local[:, :2], local[0, :2])  # hour 8 in winter and in summer
+    want_hour = 2 * np.pi * 8 / 24
+    assert np.allclose(local[0, :2], [np.sin(want_hour), np.cos(want_hour)], atol=1e-6)
+    utc = calendar_features(_unix(eight), ["hour"])
+    assert not np.allclose(utc[0], utc[1])  # in UTC the summer 08:00 is hour 6, the winter one hour 7
+    near_midnight = _unix(pd.DatetimeIndex(["2021-07-04 23:30"]).tz_localize("UTC"))  # a Sunday in UTC
+    monday = calendar_features(near_midnight, ["weekday"], tz="Europe/Berlin")[0]  # 01:30 Monday in Berlin
+    assert np.allclose(monday, [0.0, 1.0], atol=1e-6)
+
+
+def test_naive_timestamps_are_local_time_and_offsets_are_converted(tmp_path: Path) -> None:
+    """Naive hourly wall-clock times across both changes (the autumn 02:00 twice) become strictly hourly UTC."""
+    spring = pd.date_range("2021-03-27 20:00", periods=12, freq="h", tz="Europe/Berlin")
+    autumn = pd.date_range("2021-10-30 20:00", periods=12, freq="h", tz="Europe/Berlin")
+    frames = []
+    for sid in ["a", "b"]:  # two series: the repeated hour is told apart per series
+        for idx in (spring, autumn):
+            naive = idx.tz_localize(None).strftime("%Y-%m-%d %H:%M:%S")
+            frames.append(pd.DataFrame({"timestamp": naive, "series_id": sid, "target": 1.0}))
+    path = _write(pd.concat(frames), tmp_path / "local.csv")
+    cfg = _cfg(path=path, timezone="Europe/Berlin")
+    parts, _ = read_unit(path, None, cfg=cfg, num_buckets=1)
+    names, codes, ts, _ = parts[0]
+    for s in range(2):
+        mine = np.sort(ts[codes == s])
+        assert (mine == np.sort(np.concatenate([_unix(spring), _unix(autumn)]))).all()
+    offsets = pd.DataFrame({"timestamp": spring.strftime("%Y-%m-%d %H:%M:%S%z"), "series_id": "a", "target": 1.0})
+    parts, _ = read_unit(_write(offsets, tmp_path / "aware.csv"), None, cfg=cfg, num_buckets=1)
+    assert (np.sort(parts[0][2]) == _unix(spring)).all()
+
+
+def test_a_skipped_wall_clock_time_names_data_timezone(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"timestamp": ["2021-03-28 01:00:00", "2021-03-28 02:30:00"], "series_id": "a", "target": 1.0})
+    path = _write(frame, tmp_path / "in.csv")
+    with pytest.raises(DataError, match=r"2021-03-28T02:30:00 .*does not exist in data\.timezone = Europe/Berlin"):
+        read_unit(path, None, cfg=_cfg(path=path, timezone="Europe/Berlin"), num_buckets=1)
+
+
+@pytest.mark.parametrize(("alias", "start"), [("h", "2021-03-26 00:00"), ("D", "2021-09-20")])
+def test_local_round_trip_across_dst(alias: str, start: str, ray_local, tmp_path: Path) -> None:
+    """Naive Berlin data in, forecast timestamps in Berlin time out, on the local grid across the DST change."""
+    from lstm_dist.data.ingest import ingest
+
+    n = 60
+    idx = pd.date_range(start, periods=n + 3, freq=alias, tz="Europe/Berlin")
+    frame = pd.DataFrame({"timestamp": idx[:n].tz_localize(None), "series_id": "a", "target": np.sin(np.arange(n))})
+    path = _write(frame, tmp_path / "in.csv")
+    cfg = _cfg(path=path, timezone="Europe/Berlin", lookback=8, horizon=3, val_size=6, test_size=6)
+    manifest, _ = ingest(cfg, out_dir=str(tmp_path / "shards"))
+    assert manifest.freq_alias == alias
+    pred = _tiny_forecaster(tmp_path / "shards").forecast(frame)
+    assert list(pred["timestamp"]) == list(idx[n:])

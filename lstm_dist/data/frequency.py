@@ -42,6 +42,30 @@ def check_timezone(tz: str) -> str:
     return tz
 
 
+def localize(naive: np.ndarray, tz: str, *, codes: np.ndarray | None = None) -> tuple[np.ndarray, int | None]:
+    """Naive wall-clock seconds in `tz` [N] -> (unix seconds [N], first row that does not exist in `tz` or None).
+
+    A wall time that occurs twice (the hour the clocks go back) is read as summer time at its first
+    occurrence within a series (`codes` [N]) and as winter time at its second, as an hourly logger writes it.
+    """
+    naive = np.asarray(naive, dtype=np.int64)
+    if tz == "UTC" or len(naive) == 0:
+        return naive, None
+    codes = np.zeros(len(naive), dtype=np.int64) if codes is None else codes
+    order = np.lexsort((np.arange(len(naive)), naive, codes))
+    s_ts, s_c = naive[order], codes[order]
+    again = np.zeros(len(naive), dtype=bool)
+    again[1:] = (s_ts[1:] == s_ts[:-1]) & (s_c[1:] == s_c[:-1])
+    summer = np.empty(len(naive), dtype=bool)
+    summer[order] = ~again
+    idx = pd.DatetimeIndex(naive.astype("datetime64[s]"))
+    local = idx.tz_localize(tz, ambiguous=summer, nonexistent="NaT")
+    missing = np.asarray(local.isna())
+    if missing.any():
+        return naive, int(np.argmax(missing))
+    return Frequency.from_local(local), None
+
+
 def _offset(alias: str) -> pd.DateOffset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # old spellings (M, H, A) still parse; we store the new one
@@ -85,6 +109,14 @@ class Frequency:
         return int(round((start + 400 * off - start).total_seconds() / 400))
 
     # ------------------------------------------------------------ timestamps
+
+    def wall_clock(self, ts: np.ndarray) -> np.ndarray:
+        """Unix seconds [...] -> local wall-clock seconds [...] in this timezone (the same numbers for UTC)."""
+        ts = np.asarray(ts, dtype=np.int64)
+        if self.tz == "UTC":
+            return ts
+        local = self.to_local(ts.reshape(-1)).tz_localize(None)
+        return local.values.astype("datetime64[s]").astype(np.int64).reshape(ts.shape)
 
     def to_local(self, ts: np.ndarray) -> pd.DatetimeIndex:
         """Unix seconds [N] -> tz-aware DatetimeIndex in this frequency's timezone."""

@@ -74,7 +74,7 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     t0 = horizon_ts[:, 0]  # [S]
     calendar = list(manifest.calendar_features)
     if calendar:
-        x = np.concatenate([x, calendar_features(block.ts[rows], calendar)], axis=2)  # [S, L, F]
+        x = np.concatenate([x, calendar_features(block.ts[rows], calendar, tz=freq.tz)], axis=2)  # [S, L, F]
     num_fut = len(manifest.future_cols)
     fut = np.zeros((num_s, horizon, 0), dtype=np.float32)
     if num_fut:
@@ -84,7 +84,7 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
         messages.append("`future` was given but the manifest has no future_cols; it is ignored")
         warnings.warn(messages[-1], stacklevel=2)
     if calendar:
-        fut = np.concatenate([fut, calendar_features(horizon_ts, calendar)], axis=2)  # [S, H, Ff]
+        fut = np.concatenate([fut, calendar_features(horizon_ts, calendar, tz=freq.tz)], axis=2)  # [S, H, Ff]
     return {
         "x": x,
         "future": fut,
@@ -112,7 +112,9 @@ def _future_values(
     if missing:
         raise DataError(f"future: column(s) {missing} not found; it has columns {list(future.columns)}")
     table = pa.Table.from_pandas(future[cols], preserve_index=False)
-    ts = timestamp_column(table.column(cfg.timestamp_col), name=cfg.timestamp_col, source="future", notes=Notes())
+    ts = timestamp_column(
+        table.column(cfg.timestamp_col), name=cfg.timestamp_col, source="future", notes=Notes(), tz=cfg.timezone
+    )
     vals = np.stack([numeric_column(table.column(c), name=c, source="future") for c in cfg.future_cols], axis=1)
     lookup = {(str(s), int(t)): i for i, (s, t) in enumerate(zip(future[cfg.series_col].astype(str), ts, strict=True))}
     out = np.empty((len(names), horizon_ts.shape[1], len(cfg.future_cols)))
