@@ -327,3 +327,33 @@ def test_local_round_trip_across_dst(alias: str, start: str, ray_local, tmp_path
     assert manifest.freq_alias == alias
     pred = _tiny_forecaster(tmp_path / "shards").forecast(frame)
     assert list(pred["timestamp"]) == list(idx[n:])
+
+
+# ---------------------------------------------------------------- season lengths
+
+
+@pytest.mark.parametrize(
+    ("seasonality", "alias", "want"),
+    [(None, "MS", [12]), (None, "h", [24]), (7, "h", [7]), ([48, 336], "30min", [48, 336]), (None, "YS", [1])],
+)
+def test_season_lengths_resolve_config_or_frequency(seasonality, alias: str, want: list[int]) -> None:
+    assert F.season_lengths(seasonality, alias) == want
+
+
+def test_bad_seasonality_and_timezone_are_config_errors() -> None:
+    with pytest.raises(ValueError, match=r"data\.seasonality must be a positive step count"):
+        _cfg(seasonality=[])
+    with pytest.raises(ValueError, match=r"data\.timezone = 'Mars/Olympus' is not an IANA timezone"):
+        _cfg(timezone="Mars/Olympus")
+
+
+@pytest.mark.parametrize(("seasonality", "want"), [(None, [12]), ([3, 6], [3, 6])])
+def test_manifest_records_season_lengths(seasonality, want: list[int], ray_local, tmp_path: Path) -> None:
+    from lstm_dist.data.ingest import ingest
+
+    path = _write(_long("MS", n=40), tmp_path / "in.csv")
+    cfg = _cfg(path=path, lookback=12, horizon=3, val_size=6, test_size=6, seasonality=seasonality)
+    manifest, _ = ingest(cfg, out_dir=str(tmp_path / "shards"))
+    assert manifest.season_lengths == want and manifest.season_length == want[0]
+    old = manifest.model_copy(update={"season_lengths": []})  # a manifest written before the field existed
+    assert old.season_length == want[0]

@@ -259,6 +259,13 @@ def valid_aliases(a: int, b: int, *, tz: str = "UTC") -> list[str]:
     return out
 
 
+def season_lengths(seasonality: int | list[int] | None, alias: str) -> list[int]:
+    """data.seasonality resolved: an int or a list as given, None by the frequency (`default_season_lengths`)."""
+    if seasonality is None:
+        return default_season_lengths(alias)
+    return [int(seasonality)] if isinstance(seasonality, int) else [int(s) for s in seasonality]
+
+
 _SEASONS_BY_PREFIX = {"Y": 1, "A": 1, "BY": 1, "Q": 4, "BQ": 4, "M": 12, "BM": 12, "SM": 24, "W": 52, "B": 5, "C": 5}
 
 

@@ -715,6 +715,7 @@ def ingest(
             stride=cfg.stride,
             freq=freq.seconds,
             freq_alias=freq.alias,
+            season_lengths=frequencies.season_lengths(cfg.seasonality, freq.alias),
             scaler=cfg.scaler,
             scaler_scope=cfg.scaler_scope,
             shard_schema=dict(SHARD_SCHEMA),

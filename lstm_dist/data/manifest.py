@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from lstm_dist.data.errors import DataError
-from lstm_dist.data.frequency import Frequency, from_seconds, parse
+from lstm_dist.data.frequency import Frequency, from_seconds, parse, season_lengths
 from lstm_dist.data.splits import Split, start_range, starts_in
 
 FORMAT_VERSION = 1
@@ -143,6 +143,10 @@ class Manifest(_Model):
     freq_alias: str = ""
     """The pandas offset alias of the sampling frequency (`h`, `MS`, `W-SUN`); empty in older manifests (then `freq` s)."""
 
+    season_lengths: list[int] = Field(default_factory=list)
+    """Season lengths in steps (data.seasonality, or the frequency's defaults); the first is the primary.
+    Empty in older manifests (see `season_length`)."""
+
     _stats: tuple[np.ndarray, np.ndarray] | None = PrivateAttr(default=None)
 
     @property
@@ -179,6 +183,13 @@ class Manifest(_Model):
         """The grid of the data: alias and timezone, with its step arithmetic."""
         tz = self.data_config.get("timezone") or "UTC"
         return parse(self.freq_alias, tz=tz) if self.freq_alias else from_seconds(self.freq, tz=tz)
+
+    @property
+    def season_length(self) -> int:
+        """The primary season in steps: the seasonal-naive baseline's and the MASE scale's."""
+        if self.season_lengths:
+            return self.season_lengths[0]
+        return season_lengths(self.data_config.get("seasonality"), self.frequency().alias)[0]
 
     def series_index(self) -> dict[str, int]:
         """Series name -> index."""
