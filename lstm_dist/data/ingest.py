@@ -176,7 +176,7 @@ def _freq_votes(
     votes: dict[str, int] = {}
     example = None
     for s in np.unique(np.linspace(0, num_series - 1, min(num, num_series)).astype(np.int64)) if num_series else []:
-        ts = np.unique(sorted_ts[bounds[s] : bounds[s + 1]])[:rows]
+        ts = np.unique(sorted_ts[bounds[s] : min(bounds[s] + rows, bounds[s + 1])])  # sorted within a series
         alias = frequencies.infer_series(ts, tz=tz)
         if alias is not None:
             votes[alias] = votes.get(alias, 0) + 1
