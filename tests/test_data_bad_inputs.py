@@ -182,7 +182,7 @@ ERRORS = [
         "bad_freq",
         lambda d: write_csv(good_frame(), d / "in.csv"),
         {"freq": "often"},
-        r"data\.freq = 'often' is not a duration",
+        r"data\.freq = 'often' is not a pandas offset alias",
     ),
     (
         "date_target",

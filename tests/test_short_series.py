@@ -15,6 +15,7 @@ from lstm_dist.config import DataConfig, ModelConfig
 from lstm_dist.data.commands import inspect_command
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_features
+from lstm_dist.data.frequency import from_seconds
 from lstm_dist.data.inference import make_inference_batch
 from lstm_dist.data.ingest import PAD_COL, build_shard, ingest
 from lstm_dist.data.manifest import Manifest
@@ -96,24 +97,21 @@ def test_which_series_pad_and_their_parts():
     assert lo == -(L - 1)
 
 
-def test_build_shard_writes_padding_rows_without_ray():
+def test_build_shard_writes_padding_rows_without_ray(tmp_path):
     stored = np.arange(6, dtype=np.float64).reshape(3, 2) + 1  # [3 rows, target + lag]
     block = {"offsets": np.array([0, 3]), "ts": np.array([100, 110, 120]), "stored": stored}
     loc, scale = np.array([[1.0, 1.0, 0.0]]), np.array([[2.0, 2.0, 1.0]])
     data, _, num_rows = build_shard(
-        [(0, 0, -2, 3, 0)], loc, scale, stored_cols=["t", "t_lag1", PAD_COL], blocks=[block], pad_at=2, freq=10
+        [(0, 0, -2, 3, 0)], loc, scale, stored_cols=["t", "t_lag1", PAD_COL], blocks=[block], pad_at=2, freq=from_seconds(10)
     )
     assert num_rows == 5
-    path = Path(__file__).parent / ".pad_shard.arrow"
-    try:
-        path.write_bytes(data.tobytes())
-        shard = open_shard(path)
-        np.testing.assert_array_equal(shard.ts, [80, 90, 100, 110, 120])
-        np.testing.assert_array_equal(shard.features[:2], [[0, 0, 1], [0, 0, 1]])
-        np.testing.assert_allclose(shard.features[2:, :2], (stored - 1) / 2)
-        np.testing.assert_array_equal(shard.features[2:, 2], 0)
-    finally:
-        path.unlink(missing_ok=True)
+    path = tmp_path / "pad_shard.arrow"
+    path.write_bytes(data.tobytes())
+    shard = open_shard(path)
+    np.testing.assert_array_equal(shard.ts, [80, 90, 100, 110, 120])
+    np.testing.assert_array_equal(shard.features[:2], [[0, 0, 1], [0, 0, 1]])
+    np.testing.assert_allclose(shard.features[2:, :2], (stored - 1) / 2)
+    np.testing.assert_array_equal(shard.features[2:, 2], 0)
 
 
 # ------------------------------------------------------------------ ingest (local Ray)

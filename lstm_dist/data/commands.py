@@ -47,7 +47,7 @@ def inspect_text(manifest: Manifest, *, max_series: int = 10) -> str:
     m, t = manifest, manifest.totals
     ratio = t.num_bytes / max(t.raw_numeric_bytes, 1)
     lines = [
-        f"format v{m.format_version}, created {m.created_at}; freq {m.freq} s; lookback {m.lookback}, "
+        f"format v{m.format_version}, created {m.created_at}; freq {m.frequency().alias}; lookback {m.lookback}, "
         f"horizon {m.horizon}, stride {m.stride}",
         f"series: {t.num_series}, rows: {t.num_rows:,} (stored {t.num_stored_rows:,} with halos"
         f"{' and padding' if t.num_pad_rows else ''})",

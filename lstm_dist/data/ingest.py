@@ -31,10 +31,12 @@ import pyarrow.parquet as pq
 import ray
 
 from lstm_dist.config import DataConfig
+from lstm_dist.data import frequency as frequencies
 from lstm_dist.data import scalers
-from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq, merge_parts, parse_freq, regularize
+from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq, merge_parts, regularize
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_names, derived_features, derived_names
+from lstm_dist.data.frequency import Frequency
 from lstm_dist.data.manifest import (
     SUCCESS_FILE,
     ColumnStats,
@@ -83,6 +85,9 @@ class IngestReport:
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     freq: int = 0
+    """Step length in seconds (nominal for a calendar frequency)."""
+    freq_alias: str = ""
+    """The pandas offset alias of the frequency (`h`, `MS`, ...)."""
     freq_inferred: bool = False
     num_shards: int = 0
     num_bytes: int = 0
@@ -114,7 +119,7 @@ class IngestReport:
             )
         lines = [
             f"read {self.num_rows_read:,} rows from {self.num_files} file(s); kept {self.num_series} series, "
-            f"{self.num_rows:,} rows; freq {self.freq} s{' (inferred)' if self.freq_inferred else ''}",
+            f"{self.num_rows:,} rows; freq {self.freq_alias}{' (inferred)' if self.freq_inferred else ''}",
             f"{shards}, {self.num_bytes / 2**20:.1f} MiB "
             f"({self.num_bytes / max(self.raw_numeric_bytes, 1):.2f}x the raw numeric data); windows "
             + ", ".join(f"{k} {v:,}" for k, v in self.windows.items()),
@@ -169,6 +174,7 @@ def read_unit(
     sorted_ts, sorted_codes = ts[order], codes[order]
     bounds = np.concatenate([[0], np.cumsum(np.bincount(sorted_codes, minlength=len(names)))])
     freq_hist = infer_freq(sorted_ts, bounds)
+    votes, example = ({}, None) if cfg.freq else _freq_votes(sorted_ts, bounds, names, tz=cfg.timezone)
     bucket_of_name = _bucket_of(names, num_buckets)
     row_bucket = bucket_of_name[codes]
     parts: list[Part] = []
@@ -178,8 +184,29 @@ def read_unit(
         remap = np.full(len(names), -1, dtype=np.int64)
         remap[sel] = np.arange(len(sel))
         parts.append(([names[i] for i in sel], remap[codes[mask]], ts[mask], values[mask]))
-    info = {"file": locator, "rows": len(ts), "freq_hist": freq_hist, "notes": notes}
+    info = {"file": locator, "rows": len(ts), "freq_hist": freq_hist, "freq_votes": votes, "notes": notes}
+    info["freq_example"] = None if example is None else (locator, *example)
     return parts, info
+
+
+def _freq_votes(
+    sorted_ts: np.ndarray, bounds: np.ndarray, names: list[str], *, tz: str, num: int = 32, rows: int = 512
+) -> tuple[dict[str, int], tuple[str, int, int] | None]:
+    """({alias: series}, example) from pandas.infer_freq on the first `rows` rows of up to `num` series, spread
+    evenly; example: (series, a, b), two neighbouring timestamps of a series whose frequency is unclear."""
+    num_series = len(bounds) - 1
+    votes: dict[str, int] = {}
+    example = None
+    for s in np.unique(np.linspace(0, num_series - 1, min(num, num_series)).astype(np.int64)) if num_series else []:
+        ts = np.unique(sorted_ts[bounds[s] : min(bounds[s] + rows, bounds[s + 1])])  # sorted within a series
+        alias = frequencies.infer_series(ts, tz=tz)
+        if alias is not None:
+            votes[alias] = votes.get(alias, 0) + 1
+        elif example is None and len(ts) >= 3:
+            steps = np.diff(ts)
+            i = int(np.argmax(steps != steps.min()))  # the first step unlike the shortest one
+            example = (names[s], int(ts[i]), int(ts[i + 1]))
+    return votes, example
 
 
 def _read_unit_task(locator: str, row_groups: list[int] | None, cfg: DataConfig, num_buckets: int) -> tuple:
@@ -194,7 +221,14 @@ _read_remote = ray.remote(_read_unit_task)
 
 
 def clean_block(
-    names: list[str], codes: np.ndarray, ts: np.ndarray, values: np.ndarray, *, cfg: DataConfig, freq: int, notes: Notes
+    names: list[str],
+    codes: np.ndarray,
+    ts: np.ndarray,
+    values: np.ndarray,
+    *,
+    cfg: DataConfig,
+    freq: Frequency,
+    notes: Notes,
 ) -> Block:
     """Sort, dedupe, regularise onto the `freq` grid, fill gaps and missing values. Shared with inference."""
     block = build_block(names, codes, ts, values, notes=notes)
@@ -242,7 +276,7 @@ def _check_feature_config(cfg: DataConfig) -> None:
             raise DataError(f"data.{key} must hold positive step counts, got {getattr(cfg, key)}")
 
 
-def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: Frequency) -> tuple[dict[str, Any], dict[str, Any]]:
     """One bucket of series: clean, check lengths, add features, split, fit scaler stats (train rows only)."""
     notes = Notes()
     names, codes, ts, values = merge_parts(parts)
@@ -317,7 +351,7 @@ def _too_short_message(name: str, num_rows: int, reason: str | None, num_short: 
     )
 
 
-def _clean_task(cfg: DataConfig, freq: int, *parts: Part) -> tuple[dict[str, Any], dict[str, Any]]:
+def _clean_task(cfg: DataConfig, freq: Frequency, *parts: Part) -> tuple[dict[str, Any], dict[str, Any]]:
     return clean_bucket(list(parts), cfg=cfg, freq=freq)
 
 
@@ -335,13 +369,13 @@ def build_shard(
     stored_cols: list[str],
     blocks: list[dict[str, Any]],
     pad_at: int | None = None,
-    freq: int = 0,
+    freq: Frequency | None = None,
 ) -> tuple[np.ndarray, str, int]:
     """Scale the pieces (block, local series, row_start, row_stop, global series) into one IPC file's bytes.
 
     `pad_at`: position of the start-padding mask column in `stored_cols` (None: no series is padded). A piece
     with row_start < 0 begins with -row_start padding rows: every value 0 in scaled units (the series'
-    mean under the standard scaler), the mask 1, timestamps continuing the grid backwards by `freq`."""
+    mean under the standard scaler), the mask 1, timestamps continuing the `freq` grid backwards."""
     series, ts, feats = [], [], []
     for p, (b, local, r0, r1, global_idx) in enumerate(pieces):
         blk = blocks[b]
@@ -353,11 +387,11 @@ def build_shard(
         feats.append(scalers.transform(raw, loc[p], scale[p]).astype(np.float32))  # [n, Fs]
         ts.append(blk["ts"][rows])
         if r0 < 0:
-            assert pad_at is not None, "padding rows need the mask column"
+            assert pad_at is not None and freq is not None, "padding rows need the mask column and the grid"
             pad = np.zeros((-r0, raw.shape[1]), dtype=np.float32)  # [P, Fs]
             pad[:, pad_at] = 1.0
             feats[-1] = np.concatenate([pad, feats[-1]])
-            ts[-1] = np.concatenate([blk["ts"][base] + freq * np.arange(r0, 0, dtype=np.int64), ts[-1]])
+            ts[-1] = np.concatenate([freq.previous_steps(blk["ts"][base], -r0), ts[-1]])
         series.append(np.full(r1 - r0, global_idx, dtype=np.int32))
     table = shard_table(np.concatenate(series), np.concatenate(ts), np.concatenate(feats), stored_cols=stored_cols)
     buf = ipc_bytes(table)
@@ -371,7 +405,7 @@ def _write_task(
     scale: np.ndarray,
     stored_cols: list[str],
     pad_at: int | None,
-    freq: int,
+    freq: Frequency,
     *blocks: dict,
 ) -> tuple:
     return build_shard(pieces, loc, scale, stored_cols=stored_cols, blocks=list(blocks), pad_at=pad_at, freq=freq)
@@ -452,7 +486,7 @@ class _Reuse:
 
 
 def _reusable(
-    previous: str | None, *, cfg: DataConfig, freq: int, stored_cols: list[str], series: list[SeriesInfo]
+    previous: str | None, *, cfg: DataConfig, freq: Frequency, stored_cols: list[str], series: list[SeriesInfo]
 ) -> _Reuse:
     """The shards of `previous` that hold only unchanged series, so that they can be kept as they are.
 
@@ -476,7 +510,7 @@ def _reusable(
     if differ:
         keys = ", ".join(f"data.{k}" for k in differ)
         return _Reuse(reason=f"the data config differs from that of the previous shard set {directory} ({keys})")
-    if prev.freq != freq or prev.stored_cols != stored_cols:
+    if prev.frequency() != freq or prev.stored_cols != stored_cols:
         return _Reuse(reason=f"the frequency or stored columns differ from the previous shard set {directory}")
 
     by_name = {s.name: s for s in series}
@@ -533,6 +567,39 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def choose_frequency(cfg: DataConfig, infos: list[dict[str, Any]], *, source: str) -> Frequency:
+    """data.freq if set; else the alias most sampled series agree on (pandas.infer_freq per series), else the
+    most common step between rows (series with gaps give infer_freq nothing)."""
+    if cfg.freq:
+        return frequencies.parse(cfg.freq, tz=cfg.timezone)
+    votes: dict[str, int] = {}
+    hist: dict[int, int] = {}
+    for i in infos:
+        for alias, n in i["freq_votes"].items():
+            votes[alias] = votes.get(alias, 0) + n
+        for step, n in i["freq_hist"].items():
+            hist[step] = hist.get(step, 0) + n
+    alias = frequencies.vote(votes)
+    if alias is not None:
+        return frequencies.parse(alias, tz=cfg.timezone)
+    if not hist:
+        raise DataError(
+            f"cannot infer the frequency of '{source}': no series has two distinct timestamps; set data.freq "
+            f"(a pandas offset alias, e.g. {', '.join(frequencies.COMMON_ALIASES)})"
+        )
+    step = max(sorted(hist), key=lambda s: hist[s])  # the most common step; ties go to the smallest
+    example = next((i["freq_example"] for i in infos if i.get("freq_example")), None)
+    if example is not None and any(s % step for s in hist):  # gaps are whole steps; anything else is not a grid
+        file, name, a, b = example
+        fits = frequencies.valid_aliases(a, b, tz=cfg.timezone)[:6]
+        raise DataError(
+            f"cannot infer the frequency of '{file}': series '{name}' has timestamps {np.datetime64(a, 's')} and "
+            f"{np.datetime64(b, 's')} on no common grid with its other steps; set data.freq to a pandas offset "
+            f"alias" + (f" (values that fit these two: {', '.join(fits)})" if fits else "")
+        )
+    return frequencies.from_seconds(step, tz=cfg.timezone)
+
+
 def ingest(
     cfg: DataConfig,
     *,
@@ -571,20 +638,8 @@ def ingest(
     notes = Notes()
     for i in infos:
         notes.merge(i["notes"])
-    if cfg.freq:
-        freq = parse_freq(cfg.freq)
-    else:
-        hist: dict[int, int] = {}
-        for i in infos:
-            for step, n in i["freq_hist"].items():
-                hist[step] = hist.get(step, 0) + n
-        if not hist:
-            raise DataError(
-                f"cannot infer the frequency of '{source}': no series has two distinct timestamps; set data.freq"
-            )
-        freq = max(sorted(hist), key=lambda s: hist[s])  # the most common step; ties go to the smallest
-        report.freq_inferred = True
-    report.freq = freq
+    freq, report.freq_inferred = choose_frequency(cfg, infos, source=source), not cfg.freq
+    report.freq, report.freq_alias = freq.seconds, freq.alias
     t_read = time.perf_counter()
 
     # clean: one task per bucket; the cleaned arrays stay in the object store for the writers.
@@ -748,7 +803,9 @@ def ingest(
             lookback=cfg.lookback,
             horizon=cfg.horizon,
             stride=cfg.stride,
-            freq=freq,
+            freq=freq.seconds,
+            freq_alias=freq.alias,
+            season_lengths=frequencies.season_lengths(cfg.seasonality, freq.alias),
             scaler=cfg.scaler,
             scaler_scope=cfg.scaler_scope,
             shard_schema=dict(SHARD_SCHEMA),

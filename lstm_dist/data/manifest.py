@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from lstm_dist.data.errors import DataError
+from lstm_dist.data.frequency import Frequency, from_seconds, parse, season_lengths
 from lstm_dist.data.splits import Split, start_range, starts_in
 
 FORMAT_VERSION = 1
@@ -136,7 +137,8 @@ class Manifest(_Model):
     horizon: int
     stride: int
     freq: int
-    """Sampling period in seconds."""
+    """Sampling period in seconds; for a calendar frequency (months, business days) its average length, for display
+    only: timestamps come from `frequency()`, never from `t + k * freq`."""
     scaler: str
     scaler_scope: str
     shard_schema: dict[str, str]
@@ -146,6 +148,13 @@ class Manifest(_Model):
     series: list[SeriesInfo]
     shards: list[ShardInfo]
     totals: Totals
+
+    freq_alias: str = ""
+    """The pandas offset alias of the sampling frequency (`h`, `MS`, `W-SUN`); empty in older manifests (then `freq` s)."""
+
+    season_lengths: list[int] = Field(default_factory=list)
+    """Season lengths in steps (data.seasonality, or the frequency's defaults); the first is the primary.
+    Empty in older manifests (see `season_length`)."""
 
     _stats: tuple[np.ndarray, np.ndarray] | None = PrivateAttr(default=None)
 
@@ -186,6 +195,18 @@ class Manifest(_Model):
         if self.pad_col is None:
             return np.ones(x.shape[:-1], dtype=bool)
         return x[..., self.x_features.index(self.pad_col)] < 0.5
+
+    def frequency(self) -> Frequency:
+        """The grid of the data: alias and timezone, with its step arithmetic."""
+        tz = self.data_config.get("timezone") or "UTC"
+        return parse(self.freq_alias, tz=tz) if self.freq_alias else from_seconds(self.freq, tz=tz)
+
+    @property
+    def season_length(self) -> int:
+        """The primary season in steps: the seasonal-naive baseline's and the MASE scale's."""
+        if self.season_lengths:
+            return self.season_lengths[0]
+        return season_lengths(self.data_config.get("seasonality"), self.frequency().alias)[0]
 
     def series_index(self) -> dict[str, int]:
         """Series name -> index."""
