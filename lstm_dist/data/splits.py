@@ -3,14 +3,17 @@
 A window starting at row s reads inputs s .. s+L-1 and targets s+L .. s+L+H-1. It belongs to the split that
 holds all of its targets: train windows lie entirely in train; val/test windows may read inputs from
 earlier parts (that is the past, not leakage). Windows whose targets straddle a boundary belong to none.
+The extra split `all` is every window whose targets lie anywhere in the series (train + val + test and the
+windows straddling their boundaries): what the final fit trains on before a model is registered.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-Split = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
+Split = Literal["train", "val", "test", "all"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")  # the disjoint splits a manifest counts windows for
+WINDOW_SPLITS: tuple[Split, ...] = (*SPLITS, "all")  # what a reader can be asked for
 
 
 def part_steps(size: float, num_rows: int) -> int:
@@ -56,8 +59,10 @@ def start_range(
         lo, hi = val_start - lookback, test_start - lookback - horizon
     elif split == "test":
         lo, hi = test_start - lookback, num_rows - lookback - horizon
+    elif split == "all":
+        lo, hi = 0, num_rows - lookback - horizon
     else:
-        raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
+        raise ValueError(f"split must be one of {WINDOW_SPLITS}, got '{split}'")
     return max(lo, 0), hi
 
 
