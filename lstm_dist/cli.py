@@ -558,6 +558,14 @@ def predict(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="Config to take the tracking URI and Ray address from.")] = None,
     num_tasks: Annotated[int, typer.Option(help="Ray tasks (series groups); 0 = the cluster's CPU count.")] = 0,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Forecast from this cutoff (a timestamp): rows after it are not input."),
+    ] = None,
+    future: Annotated[
+        str | None,
+        typer.Option(help="Known-future columns over the horizon (CSV/Parquet: series, timestamp, future cols)."),
+    ] = None,
 ) -> None:
     """Batch forecasts of every series in the input, spread over Ray tasks, with the model version in the file."""
     import os
@@ -581,7 +589,14 @@ def predict(
         ray.init(include_dashboard=False)
     try:
         batch_predict(
-            model_uri=model, source=input, output=output, tracking_uri=uri, num_tasks=num_tasks, progress=typer.echo
+            model_uri=model,
+            source=input,
+            output=output,
+            tracking_uri=uri,
+            num_tasks=num_tasks,
+            as_of=as_of,
+            future=future,
+            progress=typer.echo,
         )
     except (PredictError, *_user_errors()) as exc:
         _fail(f"error: {exc}", code=1)

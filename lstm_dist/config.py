@@ -202,6 +202,9 @@ class TrainConfig(_Section):
     """Worker-group restarts from the latest checkpoint after a worker dies."""
     max_val_windows: int = Field(0, ge=0)
     """Cap on validation windows evaluated per epoch (0 = all)."""
+    final_fit: bool = True
+    """Before registering, retrain on every row up to the end of each series for the held-out run's best epoch
+    count, and register that model (its held-out scores are the evaluated model's); false registers the evaluated model."""
 
 
 class TuneConfig(_Section):

@@ -150,7 +150,10 @@ def score_version(client, name: str, version: str, *, shard_dir: str, season: in
     python_model = loaded.unwrap_python_model()
     ds = WindowDataset(shard_dir, split="test")
     windows = ds if same_scaling(python_model.manifest, ds.manifest) else RescaledWindows(ds, python_model.manifest)
-    evaluation = evaluate_model(python_model.net, windows, season=season)
+    # A version refit on all rows trained on these test windows (when the data is the same): score the
+    # evaluated model it was refit from, which did not see them.
+    net = getattr(python_model, "heldout_net", None) or python_model.net
+    evaluation = evaluate_model(net, windows, season=season)
     return float(evaluation.metrics[f"model_{metric}"])
 
 

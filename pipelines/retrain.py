@@ -14,6 +14,8 @@ Run it as `lstm-dist retrain conf/demo.yaml [key=value ...]`, on a schedule with
      each model with its own scalers, and moves `champion` only if the challenger beats it by
      `tracking.promotion_margin`. The decision is tagged on the version, on the MLflow run, and appended
      to <work_dir>/retrain_decisions.jsonl. A failed retrain never touches the aliases.
+     With `train.final_fit` (the default) the version registered is the challenger's config retrained on
+     every row (pipelines/train.py final_fit_step); the decision stays on the held-out scores.
 
 Thin registry helpers (`get_champion`, `already_decided`) live here until tracking.py has them.
 """
@@ -38,12 +40,13 @@ from pipelines.train import (
     FINGERPRINT_TAG,
     data_steps,
     evaluate_step,
+    final_fit_step,
     input_lineage,
     register_step,
     train_step,
 )
 
-STEPS = ("ingest", "shard", "train", "evaluate", "register")
+STEPS = ("ingest", "shard", "train", "evaluate", "final_fit", "register")
 DECISIONS_FILE = "retrain_decisions.jsonl"
 NO_NEW_DATA, PROMOTED, KEPT, FIRST = "no new data", "promoted", "kept champion", "first model"
 
@@ -159,7 +162,12 @@ def _steps(cfg, wf: Workflow, tracker: Tracker, *, champion: Champion | None, li
     evaluation = evaluate_step(cfg, wf, train=challenger, shard=shard)
     progress(evaluation.outputs["table"])
     tracker.log_metrics({f"test_{k}": v for k, v in evaluation.outputs["metrics"].items()})
-    reg = register_step(cfg, wf, tracker, train=challenger, shard=shard, evaluation=evaluation, lineage=lineage)
+    final = None
+    if cfg.train.final_fit:
+        final = final_fit_step(cfg, wf, shard, train=challenger, init_weights=init_weights, progress=progress)
+    reg = register_step(
+        cfg, wf, tracker, train=challenger, shard=shard, evaluation=evaluation, lineage=lineage, final=final
+    )
     out = reg.outputs
     kind = FIRST if champion is None else PROMOTED if out["promoted"] else KEPT
     message = f"v{out['version']} {'stays' if kind == KEPT else 'is'} {out['alias']}: {out['decision']}"
