@@ -223,7 +223,7 @@ class TrackingConfig(_Section):
     """Registered model name."""
     register_model: bool = True
     """Register the final model and set its alias."""
-    promotion_metric: Literal["mae", "rmse"] = "mae"
+    promotion_metric: Literal["mae", "rmse", "mase", "smape"] = "mae"
     """Test metric compared against the champion (lower is better)."""
     promotion_margin: float = Field(0.0, ge=0)
     """Relative improvement a challenger needs over the champion to be promoted (0.02 = 2%)."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from lstm_dist.tracking import CHALLENGER, CHAMPION
 
-METRICS = ("mae", "rmse")
+METRICS = ("mae", "rmse", "mase", "smape")
 
 
 class PromotionError(RuntimeError):
@@ -150,7 +150,7 @@ def score_version(client, name: str, version: str, *, shard_dir: str, season: in
     python_model = loaded.unwrap_python_model()
     ds = WindowDataset(shard_dir, split="test")
     windows = ds if same_scaling(python_model.manifest, ds.manifest) else RescaledWindows(ds, python_model.manifest)
-    evaluation = evaluate_model(python_model.net, windows, season=season)
+    evaluation = evaluate_model(python_model.net, windows, season=season, baselines=False)
     return float(evaluation.metrics[f"model_{metric}"])
 
 

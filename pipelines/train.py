@@ -8,7 +8,8 @@ Run it as `lstm-dist run conf/demo.yaml [key=value ...]`, or as a Ray job entryp
   shard     clean, split, scale and write Arrow shards + manifest.json from the ingested files
   tune      (tune.enabled) Ray Tune search; the best trial's config is what `train` trains
   train     Ray Train (DDP); checkpoints every epoch in the step's directory, so a killed run resumes there
-  evaluate  the best checkpoint on the test split, against naive and seasonal-naive baselines
+  evaluate  the best checkpoint on the test split (MASE, sMAPE, MAE, RMSE by utilsforecast), against naive,
+            seasonal naive, AutoETS and AutoTheta (statsforecast) on the same windows
   register  MLflow model + alias (champion / challenger), tagged with the lineage of its input data
 """
 
@@ -28,6 +29,7 @@ import ray
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, load_config, save_resolved
 from lstm_dist.data.readers import COLUMN_FIELDS
+from lstm_dist.evaluate import season_of
 from lstm_dist.tracking import (
     EVAL_KEY_TAG,
     Tracker,
@@ -306,12 +308,15 @@ def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard
         wf.tracker.active_step.log_datasets(shard.path / "shards", splits={"test": "testing"})
         # Locators, not driver paths: the task may run on any node and reads that node's copies.
         ckpt, shard_dir = train.file(train.outputs["best_checkpoint"]), shard.file("shards")
-        evaluation = ray.get(_evaluate_task.remote(ckpt, shard_dir, cfg.data.seasonality))
+        evaluation = ray.get(_evaluate_task.remote(ckpt, shard_dir, season_of(cfg.data)))
         (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
         return evaluation
 
     return wf.step(
-        "evaluate", evaluate, config={"seasonality": cfg.data.seasonality}, inputs={"train": train, "shard": shard}
+        "evaluate",
+        evaluate,
+        config={"seasonality": season_of(cfg.data), "scores": "utilsforecast+statsforecast"},
+        inputs={"train": train, "shard": shard},
     )
 
 
@@ -353,7 +358,7 @@ def register_step(
             margin=cfg.tracking.promotion_margin,
             challenger_score=evaluation.outputs["metrics"][f"model_{metric}"],
             shard_dir=str(shard.path / "shards"),
-            season=cfg.data.seasonality,
+            season=season_of(cfg.data),
         )
         (Path(out) / "decision.json").write_text(json.dumps(decision.__dict__, indent=2, default=str))
         return {
@@ -384,6 +389,7 @@ def log_report(tracker: Tracker, *, train: StepResult, evaluation: StepResult, s
     import pandas as pd
 
     from lstm_dist import plots
+    from lstm_dist.evaluate import ETS, LAST, MODEL, NAIVE, POINT_METRICS, SNAIVE, THETA
 
     outputs = evaluation.outputs
     with tempfile.TemporaryDirectory() as tmp:
@@ -394,12 +400,16 @@ def log_report(tracker: Tracker, *, train: StepResult, evaluation: StepResult, s
         for path in paths:
             tracker.log_artifact(path, artifact_path="plots")
     m = outputs["metrics"]
-    rows = [(label, key) for label, key in (("model", "model"), ("naive", "naive"), ("seasonal_naive", "snaive"))]
     table = pd.DataFrame(
         [
-            {"forecaster": label, **{metric: m[f"{key}_{metric}"] for metric in ("mae", "rmse", "smape")}}
-            for label, key in rows
-            if f"{key}_mae" in m
+            {
+                "windows": windows,
+                "forecaster": key,
+                **{metric: m.get(f"{prefix}{key}_{metric}") for metric in POINT_METRICS},
+            }
+            for windows, prefix in (("all", ""), ("last", LAST))
+            for key in (MODEL, NAIVE, SNAIVE, ETS, THETA)
+            if f"{prefix}{key}_mae" in m and not (prefix == "" and key in (ETS, THETA))
         ]
     )
     tracker.log_table(table, "metrics/test_metrics")
@@ -449,6 +459,7 @@ def _evaluate_task(checkpoint: str, shard_dir: str, season: int) -> dict[str, An
         "metrics": evaluation.metrics,
         "by_step": evaluation.by_step.tolist(),
         "num_windows": evaluation.num_windows,
+        "num_last_windows": evaluation.num_last,
         "table": evaluation.table(),
     }
 
@@ -546,6 +557,8 @@ def print_summary(summary: PipelineSummary, *, cfg: PipelineConfig, progress=pri
         + (f"  seasonal-naive {m['test_snaive_mae']:.4f}" if "test_snaive_mae" in m else "")
     )
     progress(f"test RMSE model {m['test_model_rmse']:.4f}  naive {m['test_naive_rmse']:.4f}")
+    if "test_snaive_mase" in m:
+        progress(f"test MASE model {m['test_model_mase']:.4f}  seasonal-naive {m['test_snaive_mase']:.4f}")
     progress(f"MLflow run: {summary.run_id}")
     if summary.model_uri:
         progress(f"registered: models:/{cfg.tracking.model_name}/{summary.version} (alias: {summary.alias})")
