@@ -28,6 +28,15 @@ OverridesArg = Annotated[
 ]
 
 
+BELOW_HELP = (
+    "Crown the model even if its test MASE does not beat the seasonal naive's (it is still tagged below_baseline)."
+)
+
+
+def _below_override(allow: bool) -> list[str]:
+    return ["tracking.allow_below_baseline=true"] if allow else []
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -65,13 +74,14 @@ def run(
     show_config: Annotated[
         bool, typer.Option("--show-config", help="Print the full resolved config and exit.")
     ] = False,
+    allow_below_baseline: Annotated[bool, typer.Option("--allow-below-baseline", help=BELOW_HELP)] = False,
 ) -> None:
     """Run the training pipeline: ingest -> shard -> (tune, when enabled) -> train (Ray Train DDP) -> evaluate -> register.
 
     Completed steps are cached under workflow.work_dir and reused; a run that died resumes where it stopped
     (training from its latest checkpoint). `lstm-dist status` shows the steps of the latest runs.
     """
-    cfg = _load(config, overrides)
+    cfg = _load(config, [*(overrides or []), *_below_override(allow_below_baseline)])
     if show_config:
         typer.echo(dump_yaml(cfg))
         return
@@ -408,14 +418,16 @@ def retrain(
         list[str] | None,
         typer.Option("--force", help="Retrain even without new data, rerunning this step and the steps using it."),
     ] = None,
+    allow_below_baseline: Annotated[bool, typer.Option("--allow-below-baseline", help=BELOW_HELP)] = False,
 ) -> None:
     """Retrain on new data, promoting the challenger only if it beats the champion on the same hold-out.
 
     Ends at once when the inputs are those the champion was trained on. Otherwise ingests only the new or
     changed files, trains a challenger (warm-started with workflow.warm_start=true), scores it and the
-    champion on the same, most recent hold-out, and moves the champion alias only if it is better.
+    champion on the same, most recent hold-out, and moves the champion alias only if it is better (and
+    it beats the seasonal naive forecast).
     """
-    cfg = _load(config, overrides)
+    cfg = _load(config, [*(overrides or []), *_below_override(allow_below_baseline)])
     from pipelines.retrain import run as run_retrain
 
     save_resolved(cfg)

@@ -229,6 +229,10 @@ class TrackingConfig(_Section):
     """Relative improvement a challenger needs over the champion to be promoted (0.02 = 2%)."""
     system_metrics_interval_s: float = Field(5.0, gt=0)
     """Seconds between samples of MLflow system metrics (CPU, memory, GPU) on the training run."""
+    baseline_margin: float = Field(0.0, ge=0)
+    """Relative margin by which the model's test MASE must beat the seasonal naive's to be crowned (0.05 = 5%)."""
+    allow_below_baseline: bool = False
+    """Crown a model even when it does not beat the seasonal naive (`--allow-below-baseline`); it stays tagged."""
 
 
 class WorkflowConfig(_Section):

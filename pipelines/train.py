@@ -337,10 +337,14 @@ def register_step(
     evaluate key). The champion is re-scored on this model's test windows (promotion.promote_if_better),
     and the `champion` alias moves only in its last call: a failure before leaves the champion as it was.
     """
-    from lstm_dist.promotion import promote_if_better
+    from lstm_dist.promotion import baseline_gate, promote_if_better
 
     def register(out: str) -> dict[str, Any]:
         name, metric = cfg.tracking.model_name, cfg.tracking.promotion_metric
+        metrics = evaluation.outputs["metrics"]
+        gate = baseline_gate(
+            metrics, margin=cfg.tracking.baseline_margin, allow_below=cfg.tracking.allow_below_baseline
+        )
         tags = {EVAL_KEY_TAG: evaluation.key, **lineage_tags(lineage, {"shard": shard.key, "train": train.key})}
         model_uri, version = log_forecaster(
             tracker,
@@ -356,9 +360,10 @@ def register_step(
             version=version,
             metric=metric,
             margin=cfg.tracking.promotion_margin,
-            challenger_score=evaluation.outputs["metrics"][f"model_{metric}"],
+            challenger_score=metrics[f"model_{metric}"],
             shard_dir=str(shard.path / "shards"),
             season=season_of(cfg.data),
+            gate=gate,
         )
         (Path(out) / "decision.json").write_text(json.dumps(decision.__dict__, indent=2, default=str))
         return {
@@ -370,6 +375,8 @@ def register_step(
             "champion_version": decision.champion_version,
             "champion_score": decision.champion_score,
             "challenger_score": decision.challenger_score,
+            "below_baseline": not gate.passed,
+            "baseline_blocked": not gate.passed and not gate.allow_below,  # kept from champion by the gate
         }
 
     return wf.step(
