@@ -437,6 +437,34 @@ def retrain(
         _fail(f"error: {exc}", code=1)
 
 
+@app.command()
+def backtest(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    windows: Annotated[int | None, typer.Option("--windows", help="Number of cutoffs (backtest.windows).")] = None,
+    step: Annotated[
+        int | None, typer.Option("--step", help="Steps between cutoffs; 0 = the horizon (backtest.step).")
+    ] = None,
+    refit_every: Annotated[
+        int | None, typer.Option("--refit-every", help="Train at every k-th cutoff (backtest.refit_every).")
+    ] = None,
+) -> None:
+    """Rolling-origin backtest: at each of the last N cutoffs train on the data up to it only, forecast the horizon
+    after it, and score model vs naive, seasonal naive, AutoETS and AutoTheta (MASE, sMAPE, MAE, RMSE).
+
+    The table (per cutoff and overall) is printed, written as CSV under <work_dir>/backtest/ and logged to MLflow.
+    """
+    flags = {"windows": windows, "step": step, "refit_every": refit_every}
+    cfg = _load(config, [*(overrides or []), *(f"backtest.{k}={v}" for k, v in flags.items() if v is not None)])
+    from pipelines.backtest import run as run_backtest
+
+    save_resolved(cfg)
+    try:
+        run_backtest(cfg)
+    except _user_errors() as exc:
+        _fail(f"error: {exc}", code=1)
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 def submit(
     args: Annotated[list[str], typer.Argument(help="The lstm-dist command to run, after --: run conf/x.yaml ...")],

@@ -247,6 +247,15 @@ class WorkflowConfig(_Section):
     """Retrain: start the challenger from the champion's weights (same architecture and data shape) instead of fresh."""
 
 
+class BacktestConfig(_Section):
+    windows: int = Field(3, ge=1)
+    """Rolling-origin backtest (`lstm-dist backtest`): number of cutoffs, the last leaving exactly one horizon."""
+    step: int = Field(0, ge=0)
+    """Steps between consecutive cutoffs; 0 = the horizon (the forecast windows do not overlap)."""
+    refit_every: int = Field(1, ge=1)
+    """Train a model at every k-th cutoff; the cutoffs between reuse it, forecasting from their own cutoff."""
+
+
 class PipelineConfig(_Section):
     data: DataConfig
     """Input data, cleaning, windowing, splits and scaling."""
@@ -260,6 +269,8 @@ class PipelineConfig(_Section):
     """MLflow tracking and registry."""
     workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)
     """Where the pipeline keeps its state and runs."""
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+    """Rolling-origin backtest (`lstm-dist backtest`)."""
 
     def tracking_uri(self) -> str:
         """The MLflow tracking URI this config resolves to."""
