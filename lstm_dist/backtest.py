@@ -126,4 +126,9 @@ def table_text(table: pd.DataFrame) -> str:
     wide = table.pivot(index="forecaster", columns="fold", values="mase").reindex(
         [m for m in FORECASTERS if m in set(table["forecaster"])]
     )
-    return "MASE per cutoff (fold 1 = oldest) and overall:\n" + wide.to_string(float_format=lambda v: f"{v:.4f}")
+    overall = table[table["fold"] == "all"].set_index("forecaster")[list(POINT_METRICS)]
+    fmt = {"float_format": lambda v: f"{v:.4f}"}
+    return (
+        f"MASE per cutoff (fold 1 = oldest) and overall:\n{wide.to_string(**fmt)}\n\n"
+        f"overall, mean over (series, cutoff) (sMAPE in %):\n{overall.to_string(**fmt)}"
+    )
