@@ -8,7 +8,8 @@ Run it as `lstm-dist run conf/demo.yaml [key=value ...]`, or as a Ray job entryp
   shard     clean, split, scale and write Arrow shards + manifest.json from the ingested files
   tune      (tune.enabled) Ray Tune search; the best trial's config is what `train` trains
   train     Ray Train (DDP); checkpoints every epoch in the step's directory, so a killed run resumes there
-  evaluate  the best checkpoint on the test split, against naive and seasonal-naive baselines
+  evaluate  the best checkpoint on the test split (MASE, sMAPE, MAE, RMSE by utilsforecast), against naive,
+            seasonal naive, AutoETS and AutoTheta (statsforecast) on the same windows
   final_fit (train.final_fit) the same config retrained on every window up to the end of each series, for the
             evaluated run's best epoch count: the model that is registered sees the most recent data
   register  MLflow model + alias (champion / challenger), tagged with the lineage of its input data
@@ -359,7 +360,10 @@ def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard
         return evaluation
 
     return wf.step(
-        "evaluate", evaluate, config={"seasonality": cfg.data.seasonality}, inputs={"train": train, "shard": shard}
+        "evaluate",
+        evaluate,
+        config={"seasonality": cfg.data.seasonality, "scores": "utilsforecast+statsforecast"},
+        inputs={"train": train, "shard": shard},
     )
 
 
@@ -386,7 +390,7 @@ def register_step(
     evaluate key). The champion is re-scored on this model's test windows (promotion.promote_if_better),
     and the `champion` alias moves only in its last call: a failure before leaves the champion as it was.
     """
-    from lstm_dist.promotion import promote_if_better
+    from lstm_dist.promotion import baseline_gate, promote_if_better
     from lstm_dist.serving import history_from_shards
 
     def register(out: str) -> dict[str, Any]:
@@ -397,6 +401,10 @@ def register_step(
         tags = {EVAL_KEY_TAG: eval_key, **lineage_tags(lineage, keys), **refit_tags(final, shard=shard)}
         tracker.set_tags(refit_tags(final, shard=shard))
         model = final or train
+        metrics = evaluation.outputs["metrics"]
+        gate = baseline_gate(
+            metrics, margin=cfg.tracking.baseline_margin, allow_below=cfg.tracking.allow_below_baseline
+        )
         model_uri, version = log_forecaster(
             tracker,
             checkpoint_dir=model.path / model.outputs["best_checkpoint"],
@@ -412,9 +420,10 @@ def register_step(
             version=version,
             metric=metric,
             margin=cfg.tracking.promotion_margin,
-            challenger_score=evaluation.outputs["metrics"][f"model_{metric}"],
+            challenger_score=metrics[f"model_{metric}"],
             shard_dir=str(shard.path / "shards"),
             season=Manifest.load(shard.path / "shards").season_length,  # data.seasonality or the freq's default
+            gate=gate,
         )
         (Path(out) / "decision.json").write_text(json.dumps(decision.__dict__, indent=2, default=str))
         return {
@@ -426,6 +435,8 @@ def register_step(
             "champion_version": decision.champion_version,
             "champion_score": decision.champion_score,
             "challenger_score": decision.challenger_score,
+            "below_baseline": not gate.passed,
+            "baseline_blocked": not gate.passed and not gate.allow_below,  # kept from champion by the gate
         }
 
     return wf.step(
@@ -460,6 +471,7 @@ def log_report(tracker: Tracker, *, train: StepResult, evaluation: StepResult, s
     import pandas as pd
 
     from lstm_dist import plots
+    from lstm_dist.evaluate import ETS, LAST, MODEL, NAIVE, POINT_METRICS, SNAIVE, THETA
 
     outputs = evaluation.outputs
     with tempfile.TemporaryDirectory() as tmp:
@@ -470,12 +482,16 @@ def log_report(tracker: Tracker, *, train: StepResult, evaluation: StepResult, s
         for path in paths:
             tracker.log_artifact(path, artifact_path="plots")
     m = outputs["metrics"]
-    rows = [(label, key) for label, key in (("model", "model"), ("naive", "naive"), ("seasonal_naive", "snaive"))]
     table = pd.DataFrame(
         [
-            {"forecaster": label, **{metric: m[f"{key}_{metric}"] for metric in ("mae", "rmse", "smape")}}
-            for label, key in rows
-            if f"{key}_mae" in m
+            {
+                "windows": windows,
+                "forecaster": key,
+                **{metric: m.get(f"{prefix}{key}_{metric}") for metric in POINT_METRICS},
+            }
+            for windows, prefix in (("all", ""), ("last", LAST))
+            for key in (MODEL, NAIVE, SNAIVE, ETS, THETA)
+            if f"{prefix}{key}_mae" in m and not (prefix == "" and key in (ETS, THETA))
         ]
     )
     tracker.log_table(table, "metrics/test_metrics")
@@ -525,6 +541,7 @@ def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
         "metrics": evaluation.metrics,
         "by_step": evaluation.by_step.tolist(),
         "num_windows": evaluation.num_windows,
+        "num_last_windows": evaluation.num_last,
         "table": evaluation.table(),
     }
 
@@ -605,6 +622,8 @@ def print_summary(summary: PipelineSummary, *, cfg: PipelineConfig, progress=pri
         + (f"  seasonal-naive {m['test_snaive_mae']:.4f}" if "test_snaive_mae" in m else "")
     )
     progress(f"test RMSE model {m['test_model_rmse']:.4f}  naive {m['test_naive_rmse']:.4f}")
+    if "test_snaive_mase" in m:
+        progress(f"test MASE model {m['test_model_mase']:.4f}  seasonal-naive {m['test_snaive_mase']:.4f}")
     progress(f"MLflow run: {summary.run_id}")
     if summary.model_uri:
         progress(f"registered: models:/{cfg.tracking.model_name}/{summary.version} (alias: {summary.alias})")
