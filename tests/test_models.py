@@ -194,8 +194,9 @@ def test_tbptt_forward_equals_full_bptt(cell: str, layers: dict, readout: str) -
 
 
 def test_tbptt_truncates_the_gradient_to_the_last_chunk() -> None:
-    full = _model(tbptt_chunk=0)
-    chunked = _model(tbptt_chunk=5)
+    # Without window normalisation: its window stats reach every input step, around the recurrence.
+    full = _model(tbptt_chunk=0, window_norm="none")
+    chunked = _model(tbptt_chunk=5, window_norm="none")
     chunked.load_state_dict(full.state_dict())
     x, future, series, _ = _inputs()
     grads = []

@@ -16,6 +16,7 @@ from lstm_dist.models import losses
 from lstm_dist.models.encoder import AttentionReadout, Encoder, last_state
 from lstm_dist.models.heads import DirectHead, RecursiveHead
 from lstm_dist.models.weights import init_recurrent
+from lstm_dist.models.window_norm import WindowNorm
 
 
 class Forecaster(nn.Module):
@@ -25,6 +26,10 @@ class Forecaster(nn.Module):
     features; `future` [B, H, Ff] the known-future covariates over the horizon; `series`
     [B] the series index. P = 1 (point losses), len(quantiles) (quantile) or 2
     (gaussian: mean, raw scale; see `losses.gaussian_scale`).
+
+    With `model.window_norm` set, the network runs on window-normalised targets and its outputs are
+    mapped back (see `window_norm.WindowNorm`), so `forward` returns the same units either way.
+    `level_of[f]` names the target whose units feature f is in (-1: none); default: the targets only.
     """
 
     def __init__(
@@ -36,6 +41,7 @@ class Forecaster(nn.Module):
         horizon: int,
         num_future: int = 0,
         num_series: int = 0,
+        level_of: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg.model_copy(deep=True)
@@ -46,9 +52,18 @@ class Forecaster(nn.Module):
             num_future=num_future,
             num_series=num_series,
         )
+        if level_of is not None:  # only when given, so checkpoints of models without it keep their args
+            self.build_args["level_of"] = list(level_of)
         self.num_features, self.num_targets, self.horizon = num_features, num_targets, horizon
         self.num_future = num_future
         self.num_outputs = losses.num_outputs(cfg)
+        if level_of is None:
+            level_of = [*range(num_targets), *([-1] * (num_features - num_targets))]
+        self.window_norm = (
+            WindowNorm(cfg.window_norm, num_targets=num_targets, level_of=level_of)
+            if cfg.window_norm != "none"
+            else None
+        )
 
         self.encoder = Encoder(cfg, input_size=num_features)
         dim = self.encoder.out_size
@@ -108,14 +123,28 @@ class Forecaster(nn.Module):
         self._check_inputs(x, future, series)
         if self.num_future == 0:
             future = None
+        if self.window_norm is None:
+            return self._network(x, future=future, series=series)
+        loc, scale = self.window_norm.stats(x)  # [B, 1, T] each
+        out = self._network(self.window_norm.normalize(x, loc, scale), future=future, series=series)
+        return losses.rescale(out, *self.window_norm.output_affine(loc, scale), cfg=self.cfg)  # [B, H, T, P]
+
+    def _network(self, x: Tensor, *, future: Tensor | None, series: Tensor | None) -> Tensor:
         summary = self.summarize(x, series=series)  # [B, S]
         if isinstance(self.head, RecursiveHead):
             y_last = x[:, -1, : self.num_targets]  # [B, T]; targets come first in x
             return self.head(summary, y_last=y_last, future=future, point=self.point)
         return self.head(summary, future=future)  # [B, H, T, P]
 
-    def loss(self, out: Tensor, y: Tensor) -> Tensor:
-        """The configured loss of `out` [B, H, T, P] against `y` [B, H, T]; a scalar (fp32)."""
+    def loss(self, out: Tensor, y: Tensor, *, x: Tensor | None = None) -> Tensor:
+        """The configured loss of `out` [B, H, T, P] against `y` [B, H, T]; a scalar (fp32).
+
+        With window normalisation on and the input window `x` given, the loss is taken in window
+        units, so series of any level and spread weigh alike; without `x`, in series-scaled units.
+        """
+        if self.window_norm is not None and x is not None:
+            loc, scale = self.window_norm.stats(x)
+            return losses.compute_loss(out, y, cfg=self.cfg, loc=loc, scale=scale)
         return losses.compute_loss(out, y, cfg=self.cfg)
 
     def point(self, out: Tensor) -> Tensor:
@@ -149,6 +178,7 @@ def build_model(
     horizon: int,
     num_future: int = 0,
     num_series: int = 0,
+    level_of: list[int] | None = None,
 ) -> Forecaster:
     """Build the configured forecaster; raises ValueError naming the key for impossible settings."""
     if num_targets < 1 or num_features < num_targets:
@@ -160,6 +190,8 @@ def build_model(
             "model.tbptt_chunk > 0 cannot be combined with model.bidirectional: the backward direction "
             "starts at the end of the window, so it cannot be run chunk by chunk; set one of them off"
         )
+    if level_of is not None and (len(level_of) != num_features or max(level_of, default=-1) >= num_targets):
+        raise ValueError(f"level_of must give a target index or -1 for each of {num_features} features, got {level_of}")
     if cfg.residual and cfg.num_layers == 1:
         warnings.warn("model.residual has no effect with model.num_layers=1 (it acts between layers)", stacklevel=2)
     return Forecaster(
@@ -169,4 +201,5 @@ def build_model(
         horizon=horizon,
         num_future=num_future,
         num_series=num_series,
+        level_of=level_of,
     )

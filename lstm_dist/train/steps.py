@@ -56,7 +56,7 @@ def train_step(
         with model.no_sync() if local else contextlib.nullcontext():
             with autocast(precision, batch["x"].device):
                 out = model(batch["x"], future=batch["future"], series=batch["series"])  # [B, H, T, P]
-            loss = net.loss(out, batch["y"]) / accum  # fp32 scalar: the loss upcasts
+            loss = net.loss(out, batch["y"], x=batch["x"]) / accum  # fp32 scalar: the loss upcasts
             scaler.scale(loss).backward()  # scaled only for fp16; a no-op multiply otherwise
         loss_sum += loss.detach()
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -172,7 +172,7 @@ def evaluate(
         n = batch["x"].shape[0]
         scale = scale_all[batch["series"]][:, None, :]  # [B, 1, T]
         err = (net.point(out.float()) - batch["y"]) * scale  # [B, H, T], original units
-        sums[0] += net.loss(out, batch["y"]) * n
+        sums[0] += net.loss(out, batch["y"], x=batch["x"]) * n
         sums[1] += err.abs().sum()
         sums[2] += err.square().sum()
         sums[3] += n
