@@ -100,6 +100,8 @@ class DataConfig(_Section):
     """Training batches drawn from all windows (`global`) or each from one shard (`shard`: faster reads, fewer series mixed)."""
     series_weights: dict[str, float] = Field(default_factory=dict)
     """Sampling weight per series name for training windows (others weigh 1); empty = uniform."""
+    target_transform: Literal["none", "log1p", "boxcox"] = "none"
+    """Transform of the targets before scaling: log1p (needs >= 0) or Box-Cox with a per-series lambda (needs > 0)."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

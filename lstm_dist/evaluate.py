@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lstm_dist.data.transforms import original_units
 from lstm_dist.data.windows import WindowDataset
 from lstm_dist.models import Forecaster
 
@@ -65,7 +66,7 @@ def evaluate_model(
         raise ValueError(f"the {ds.split} split has no windows; lower data.lookback/horizon or raise data.test_size")
     model.eval()
     num_targets = ds.num_targets
-    loc_all, scale_all = ds.manifest.target_loc_scale(np.arange(ds.num_series))
+    m = ds.manifest
     preds, actuals, naive, snaive = [], [], [], []
     lows, highs = [], []
     use_snaive = ds.lookback >= season
@@ -76,18 +77,17 @@ def evaluate_model(
     for start in range(0, len(ds), batch_size):
         idx = np.arange(start, min(start + batch_size, len(ds)))
         b = ds.batch(idx)
-        loc = loc_all[b["series"]][:, None, :]  # [B, 1, T]
-        scale = scale_all[b["series"]][:, None, :]
+        series = b["series"]
         future = torch.from_numpy(b["future"]) if b["future"].shape[-1] else None
         out = model.predict(torch.from_numpy(b["x"]), future=future, series=torch.from_numpy(b["series"]))
-        preds.append(model.point(out).numpy() * scale + loc)  # [B, H, T] original units
+        preds.append(original_units(model.point(out).numpy(), series, m))  # [B, H, T] original units
         interval = model.interval(out)
         if interval:
             lo, hi = sorted(interval)[0], sorted(interval)[-1]
-            lows.append(interval[lo].numpy() * scale + loc)
-            highs.append(interval[hi].numpy() * scale + loc)
-        actuals.append(b["y"] * scale + loc)
-        history = b["x"][:, :, :num_targets] * scale + loc  # [B, L, T]
+            lows.append(original_units(interval[lo].numpy(), series, m))
+            highs.append(original_units(interval[hi].numpy(), series, m))
+        actuals.append(original_units(b["y"], series, m))
+        history = original_units(b["x"][:, :, :num_targets], series, m)  # [B, L, T]
         naive.append(np.repeat(history[:, -1:, :], ds.horizon, axis=1))
         if use_snaive:
             snaive.append(seasonal_naive(history, horizon=ds.horizon, season=season))

@@ -54,7 +54,7 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         fut = torch.from_numpy(batch["future"]) if batch["future"].shape[-1] else None
         series = torch.from_numpy(np.maximum(batch["series"], 0))  # unknown series (-1): embedding of series 0
         out = self.net.predict(torch.from_numpy(batch["x"]), future=fut, series=series)  # [S, H, T, P]
-        stats = {"loc": batch["target_loc"], "scale": batch["target_scale"]}
+        stats = {"loc": batch["target_loc"], "scale": batch["target_scale"], "lam": batch["target_lambda"]}
         point = inverse_targets(self.net.point(out).numpy(), batch["series"], m, **stats)  # [S, H, T]
         num_series, horizon = point.shape[:2]
         t0 = np.asarray(batch["t0"], dtype=np.int64)  # [S] unix seconds of the first forecast step
@@ -93,6 +93,7 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
     Rebuilt from the shards and the manifest's scaler stats: the model's input example and the
     history the forecast plots start from. It holds `lookback` + warm-up + `extra_rows` rows per series.
     """
+    from lstm_dist.data import transforms
     from lstm_dist.data.features import warmup_rows
     from lstm_dist.data.shards import open_shard
 
@@ -121,6 +122,9 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
         ts, first = np.unique(ts, return_index=True)  # halo rows appear in two shards
         feats, ts = feats[first][-need:], ts[-need:]
         values = feats[:, col_idx] * scale[info.index, col_idx] + loc[info.index, col_idx]
+        num_t = len(m.target_cols)  # raw_cols start with the targets, stored transformed
+        lam = transforms.series_lambdas(m, np.array([info.index]))[0]
+        values[:, :num_t] = transforms.inverse(values[:, :num_t], lam, kind=transforms.kind_of(m))
         frame = pd.DataFrame(values.astype(np.float64), columns=raw_cols)
         frame.insert(0, cfg.get("series_col", "series_id"), info.name)
         frame.insert(0, cfg.get("timestamp_col", "timestamp"), ts.astype("datetime64[s]").astype("datetime64[ns]"))

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import ray
 
 from lstm_dist.config import DataConfig
-from lstm_dist.data import scalers
+from lstm_dist.data import scalers, transforms
 from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq, merge_parts, parse_freq, regularize
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_names, derived_features, derived_names
@@ -246,9 +246,12 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict
         block = block.take_series(~short)
     if not block.names:
         return empty, {"names": [], "notes": notes, "skipped": skipped}
-    stored = with_features(block, cfg=cfg)
     bounds = np.array([split_bounds(int(n), val_size=cfg.val_size, test_size=cfg.test_size) for n in block.lengths])
     val_start, test_start = bounds[:, 0], bounds[:, 1]
+    # The transform comes before the derived features and the scaler: both then see transformed targets.
+    lam = transforms.fit_block(block, kind=cfg.target_transform, targets=cfg.target_cols, train_rows=val_start)
+    block = transforms.transform_block(block, kind=cfg.target_transform, targets=cfg.target_cols, lam=lam)
+    stored = with_features(block, cfg=cfg)
     summary: dict[str, Any] = {
         "names": block.names,
         "lengths": block.lengths,
@@ -258,6 +261,7 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict
         "last_ts": block.ts[block.offsets[1:] - 1],
         "notes": notes,
         "skipped": skipped,
+        "lambda": lam,
     }
     summary["sha256"] = [
         series_digest(block.ts[a:b], stored[a:b]) for a, b in zip(block.offsets[:-1], block.offsets[1:], strict=True)
@@ -562,6 +566,11 @@ def ingest(
                     c: ColumnStats(loc=float(loc[idx, j]), scale=float(scale[idx, j]))
                     for j, c in enumerate(stored_cols)
                 },
+                target_lambda=(
+                    {c: float(s["lambda"][i][j]) for j, c in enumerate(cfg.target_cols)}
+                    if cfg.target_transform == "boxcox"
+                    else {}
+                ),
                 sha256=s["sha256"][i],
             )
         )

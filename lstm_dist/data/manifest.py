@@ -51,6 +51,8 @@ class SeriesInfo(_Model):
     """Row position where the test part starts."""
     scaler: dict[str, ColumnStats]
     """Scaler stats per stored column, fitted on rows [0, val_start) only."""
+    target_lambda: dict[str, float] = Field(default_factory=dict)
+    """Box-Cox lambda per target (data.target_transform=boxcox), fitted on rows [0, val_start); else empty."""
     sha256: str | None = None
     """Checksum of the series' cleaned rows (timestamps + stored columns, before scaling): an incremental
     ingest keeps a shard only where every series in it has the same checksum as before. None in manifests
