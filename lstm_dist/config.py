@@ -102,6 +102,8 @@ class DataConfig(_Section):
     """Sampling weight per series name for training windows (others weigh 1); empty = uniform."""
     target_transform: Literal["none", "log1p", "boxcox"] = "none"
     """Transform of the targets before scaling: log1p (needs >= 0) or Box-Cox with a per-series lambda (needs > 0)."""
+    static_cols: list[str] = Field(default_factory=list)
+    """Columns constant per series (text: one-hot; numbers: standardised), fed to the model's head (long layout)."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -110,6 +112,13 @@ class DataConfig(_Section):
         overlap = set(self.target_cols) & (set(self.covariate_cols) | set(self.future_cols))
         if overlap:
             raise ValueError(f"column(s) {sorted(overlap)} are both targets and covariates; list each once")
+        roles = {*self.target_cols, *self.covariate_cols, *self.future_cols, self.series_col, self.timestamp_col}
+        if set(self.static_cols) & roles:
+            raise ValueError(f"data.static_cols {sorted(set(self.static_cols) & roles)} already have another role")
+        if self.static_cols and self.layout == "wide":
+            raise ValueError(
+                "data.static_cols needs layout=long (a wide file has no per-series rows to read them from)"
+            )
         return self
 
 

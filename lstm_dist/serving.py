@@ -4,7 +4,7 @@ The logged model holds the trained network (`model.pt`) and the shard manifest (
 definitions, column roles, lookback/horizon), so `mlflow.pyfunc.load_model(...)` in a fresh process,
 or `mlflow models serve`, needs only this package installed: no work dir, no shards.
 
-Input: rows of (timestamp, series, targets, covariates[, future covariates]) with the input's column
+Input: rows of (timestamp, series, targets, covariates[, future covariates][, static columns]) with the input's column
 names, at least `lookback` rows per series (plus the warm-up of lags/moving averages). When the model
 uses known-future covariates, each series also carries its next `horizon` rows with the targets left
 empty: those rows are the known future, not history. Output: one row per (series, forecast step) with
@@ -53,7 +53,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         batch = make_inference_batch(history, manifest=m, future=future)
         fut = torch.from_numpy(batch["future"]) if batch["future"].shape[-1] else None
         series = torch.from_numpy(np.maximum(batch["series"], 0))  # unknown series (-1): embedding of series 0
-        out = self.net.predict(torch.from_numpy(batch["x"]), future=fut, series=series)  # [S, H, T, P]
+        static = torch.from_numpy(batch["static"]) if batch["static"].shape[-1] else None  # from the history rows
+        out = self.net.predict(torch.from_numpy(batch["x"]), future=fut, series=series, static=static)  # [S, H, T, P]
         stats = {"loc": batch["target_loc"], "scale": batch["target_scale"], "lam": batch["target_lambda"]}
         point = inverse_targets(self.net.point(out).numpy(), batch["series"], m, **stats)  # [S, H, T]
         num_series, horizon = point.shape[:2]
@@ -93,7 +94,7 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
     Rebuilt from the shards and the manifest's scaler stats: the model's input example and the
     history the forecast plots start from. It holds `lookback` + warm-up + `extra_rows` rows per series.
     """
-    from lstm_dist.data import transforms
+    from lstm_dist.data import statics, transforms
     from lstm_dist.data.features import warmup_rows
     from lstm_dist.data.shards import open_shard
 
@@ -127,6 +128,8 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
         values[:, :num_t] = transforms.inverse(values[:, :num_t], lam, kind=transforms.kind_of(m))
         frame = pd.DataFrame(values.astype(np.float64), columns=raw_cols)
         frame.insert(0, cfg.get("series_col", "series_id"), info.name)
+        for col, value in zip(m.static_encoding, statics.decode(info.static, m.static_encoding), strict=True):
+            frame[col] = value  # static covariates travel on every history row, as in the input
         frame.insert(0, cfg.get("timestamp_col", "timestamp"), ts.astype("datetime64[s]").astype("datetime64[ns]"))
         if m.future_cols:  # the last `horizon` rows become the known future: their targets are left empty
             frame.loc[frame.index[-m.horizon :], m.target_cols] = np.nan

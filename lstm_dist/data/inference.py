@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lstm_dist.config import DataConfig
-from lstm_dist.data import scalers, transforms
+from lstm_dist.data import scalers, statics, transforms
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_features, warmup_rows
 from lstm_dist.data.ingest import clean_block, with_features
@@ -32,13 +32,15 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     has future covariates.
 
     Returns x float32 [S, L, F], future float32 [S, H, Ff], series int64 [S], series_names list[str],
-    t0 int64 [S] (first forecast timestamp), target_loc / target_scale float64 [S, T] and warnings.
+    t0 int64 [S] (first forecast timestamp), target_loc / target_scale / target_lambda float64 [S, T], static
+    float32 [S, Fst] (encoded static covariates read from the history rows) and warnings.
     """
     cfg = _config(manifest)
     lookback, horizon, freq = manifest.lookback, manifest.horizon, manifest.freq
     notes = Notes()
     table = pa.Table.from_pandas(history, preserve_index=False)
     names, codes, ts, values = normalize(table, cfg=cfg, source="history", notes=notes)
+    static_rows = statics.read_static(table, series_col=cfg.series_col, static_cols=cfg.static_cols, source="history")
     block = clean_block(names, codes, ts, values, cfg=cfg, freq=freq, notes=notes)
     lam = _lambdas(block, manifest=manifest, cfg=cfg)  # [S, T]
     block = transforms.transform_block(block, kind=cfg.target_transform, targets=cfg.target_cols, lam=lam)
@@ -96,6 +98,10 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
         "target_loc": loc[:, :num_t],
         "target_scale": scale[:, :num_t],
         "target_lambda": lam,
+        "static": np.asarray(
+            [statics.encode(static_rows[n], manifest.static_encoding) for n in block.names] if cfg.static_cols else [],
+            dtype=np.float32,
+        ).reshape(num_s, len(manifest.static_features)),
         "warnings": messages,
     }
 

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import ray
 
 from lstm_dist.config import DataConfig
-from lstm_dist.data import scalers, transforms
+from lstm_dist.data import scalers, statics, transforms
 from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq, merge_parts, parse_freq, regularize
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_names, derived_features, derived_names
@@ -157,6 +157,7 @@ def read_unit(
         remap[sel] = np.arange(len(sel))
         parts.append(([names[i] for i in sel], remap[codes[mask]], ts[mask], values[mask]))
     info = {"file": locator, "rows": len(ts), "freq_hist": freq_hist, "notes": notes}
+    info["static"] = statics.read_static(table, series_col=cfg.series_col, static_cols=cfg.static_cols, source=source)
     return parts, info
 
 
@@ -548,6 +549,10 @@ def ingest(
             [s["partial"] for s in summaries if s["names"]], kind=cfg.scaler, num_cols=width
         )
         loc[:], scale[:] = g_loc, g_scale
+    static_rows = statics.merge([i["static"] for i in infos], static_cols=cfg.static_cols)
+    static_enc = statics.fit_encoding(
+        {n: static_rows[n] for n, _, _ in entries if cfg.static_cols}, static_cols=cfg.static_cols
+    )
     series_infos, lengths, where = [], [], []
     for idx, (name, b, i) in enumerate(entries):
         s = summaries[b]
@@ -571,6 +576,7 @@ def ingest(
                     if cfg.target_transform == "boxcox"
                     else {}
                 ),
+                static=statics.encode(static_rows[name], static_enc) if cfg.static_cols else [],
                 sha256=s["sha256"][i],
             )
         )
@@ -674,6 +680,8 @@ def ingest(
             series=series_infos,
             shards=shards,
             totals=totals,
+            static_features=statics.feature_names(static_enc),
+            static_encoding=static_enc,
         )
         manifest.save(tmp)
         if out.exists():

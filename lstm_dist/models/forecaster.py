@@ -42,6 +42,7 @@ class Forecaster(nn.Module):
         num_future: int = 0,
         num_series: int = 0,
         level_of: list[int] | None = None,
+        static: list[list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg.model_copy(deep=True)
@@ -54,6 +55,8 @@ class Forecaster(nn.Module):
         )
         if level_of is not None:  # only when given, so checkpoints of models without it keep their args
             self.build_args["level_of"] = list(level_of)
+        if static:
+            self.build_args["static"] = [list(row) for row in static]
         self.num_features, self.num_targets, self.horizon = num_features, num_targets, horizon
         self.num_future = num_future
         self.num_outputs = losses.num_outputs(cfg)
@@ -72,6 +75,15 @@ class Forecaster(nn.Module):
         self.embedding = nn.Embedding(num_series, cfg.series_embedding_dim) if cfg.series_embedding_dim > 0 else None
         if self.embedding is not None:
             summary_dim += cfg.series_embedding_dim
+        # Static covariates per series (data.static_cols), looked up by series index like the embedding;
+        # a buffer, not a parameter: data, rebuilt from the build args, so not in the state dict.
+        self.num_static = len(static[0]) if static else 0
+        self.static_table: Tensor | None
+        if self.num_static:
+            self.register_buffer("static_table", torch.tensor(static, dtype=torch.float32), persistent=False)
+            summary_dim += self.num_static
+        else:
+            self.static_table = None
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.head == "direct":
             self.head: nn.Module = DirectHead(
@@ -94,7 +106,7 @@ class Forecaster(nn.Module):
             )
         init_recurrent(self)
 
-    def _check_inputs(self, x: Tensor, future: Tensor | None, series: Tensor | None) -> None:
+    def _check_inputs(self, x: Tensor, future: Tensor | None, series: Tensor | None, static: Tensor | None) -> None:
         # Plain int comparisons: cheap, and a wrong column count otherwise surfaces as an
         # opaque matmul error deep in cuDNN.
         if x.dim() != 3 or x.shape[-1] != self.num_features:
@@ -109,28 +121,38 @@ class Forecaster(nn.Module):
             raise ValueError("future covariates were passed but the model was built with num_future=0")
         if self.embedding is not None and series is None:
             raise ValueError("model.series_embedding_dim > 0 needs `series` ([B] series indices) in forward")
+        if self.num_static and static is None and series is None:
+            raise ValueError("a model with static covariates needs `series` or `static` ([B, num_static]) in forward")
+        if static is not None and static.shape[-1] != self.num_static:
+            raise ValueError(f"static must be [B, {self.num_static}] (num_static), got {tuple(static.shape)}")
 
-    def summarize(self, x: Tensor, *, series: Tensor | None = None) -> Tensor:
-        """Encoder summary [B, S] of `x` [B, L, F] (readout, plus the series embedding)."""
+    def summarize(self, x: Tensor, *, series: Tensor | None = None, static: Tensor | None = None) -> Tensor:
+        """Encoder summary [B, S] of `x` [B, L, F] (readout, plus the series embedding and static covariates)."""
         out = self.encoder(x, keep_all=self.attention is not None or self.encoder.num_directions == 2)  # [B, L, D]
         last = last_state(out, num_directions=self.encoder.num_directions)  # [B, D]
         summary = self.attention(out, last) if self.attention is not None else last  # [B, S]
         if self.embedding is not None:
             summary = torch.cat([summary, self.embedding(series).to(summary.dtype)], dim=-1)  # [B, S + E]
+        if self.static_table is not None:
+            static = self.static_table[series] if static is None else static  # [B, Fst]
+            summary = torch.cat([summary, static.to(summary.dtype)], dim=-1)  # [B, S + E + Fst]
         return self.drop(summary)
 
-    def forward(self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None) -> Tensor:
-        self._check_inputs(x, future, series)
+    def forward(
+        self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None, static: Tensor | None = None
+    ) -> Tensor:
+        """`static` [B, num_static] overrides the per-series table (series unknown at training, in serving)."""
+        self._check_inputs(x, future, series, static)
         if self.num_future == 0:
             future = None
         if self.window_norm is None:
-            return self._network(x, future=future, series=series)
+            return self._network(x, future=future, series=series, static=static)
         loc, scale = self.window_norm.stats(x)  # [B, 1, T] each
-        out = self._network(self.window_norm.normalize(x, loc, scale), future=future, series=series)
+        out = self._network(self.window_norm.normalize(x, loc, scale), future=future, series=series, static=static)
         return losses.rescale(out, *self.window_norm.output_affine(loc, scale), cfg=self.cfg)  # [B, H, T, P]
 
-    def _network(self, x: Tensor, *, future: Tensor | None, series: Tensor | None) -> Tensor:
-        summary = self.summarize(x, series=series)  # [B, S]
+    def _network(self, x: Tensor, *, future: Tensor | None, series: Tensor | None, static: Tensor | None) -> Tensor:
+        summary = self.summarize(x, series=series, static=static)  # [B, S]
         if isinstance(self.head, RecursiveHead):
             y_last = x[:, -1, : self.num_targets]  # [B, T]; targets come first in x
             return self.head(summary, y_last=y_last, future=future, point=self.point)
@@ -156,7 +178,9 @@ class Forecaster(nn.Module):
         return losses.interval(out, cfg=self.cfg)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None) -> Tensor:
+    def predict(
+        self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None, static: Tensor | None = None
+    ) -> Tensor:
         """Inference forward in eval mode (dropout off), without autograd; [B, H, T, P].
 
         The recursive head rolls out one step at a time feeding its forecasts back, as in
@@ -165,7 +189,7 @@ class Forecaster(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return self(x, future=future, series=series)
+            return self(x, future=future, series=series, static=static)
         finally:
             self.train(was_training)
 
@@ -179,6 +203,7 @@ def build_model(
     num_future: int = 0,
     num_series: int = 0,
     level_of: list[int] | None = None,
+    static: list[list[float]] | None = None,
 ) -> Forecaster:
     """Build the configured forecaster; raises ValueError naming the key for impossible settings."""
     if num_targets < 1 or num_features < num_targets:
@@ -192,6 +217,8 @@ def build_model(
         )
     if level_of is not None and (len(level_of) != num_features or max(level_of, default=-1) >= num_targets):
         raise ValueError(f"level_of must give a target index or -1 for each of {num_features} features, got {level_of}")
+    if static and (len(static) != num_series or len({len(row) for row in static}) != 1):
+        raise ValueError(f"static must hold one equally long row per series ({num_series}), got {len(static)} rows")
     if cfg.residual and cfg.num_layers == 1:
         warnings.warn("model.residual has no effect with model.num_layers=1 (it acts between layers)", stacklevel=2)
     return Forecaster(
@@ -202,4 +229,5 @@ def build_model(
         num_future=num_future,
         num_series=num_series,
         level_of=level_of,
+        static=static,
     )

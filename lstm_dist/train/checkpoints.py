@@ -110,6 +110,7 @@ def model_args_for(ds) -> dict[str, Any]:
     from lstm_dist.data.features import level_of
 
     m = ds.manifest
+    static = {"static": [s.static for s in m.series]} if m.static_features else {}
     return {
         "num_features": ds.num_features,
         "num_targets": ds.num_targets,
@@ -117,4 +118,5 @@ def model_args_for(ds) -> dict[str, Any]:
         "num_future": ds.num_future,
         "num_series": ds.num_series,
         "level_of": level_of(m.x_features, targets=m.target_cols, derived=m.derived_cols),
+        **static,
     }
