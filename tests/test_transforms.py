@@ -13,9 +13,11 @@ from lstm_dist.data.errors import DataError
 from lstm_dist.data.inference import inverse_targets, make_inference_batch
 from lstm_dist.data.ingest import ingest
 from lstm_dist.data.windows import WindowDataset
+from lstm_dist.evaluate import evaluate_model
 from lstm_dist.models import build_model
 from lstm_dist.serving import ForecastModel
 from lstm_dist.train.checkpoints import model_args_for
+from lstm_dist.train.steps import evaluate as validate
 
 L, H = 24, 6
 
@@ -91,6 +93,9 @@ def test_ingest_and_inference_round_trip_in_original_units(tmp_path, kind: str) 
     # A model forecast through the pyfunc is in original units: positive, of the series' own size.
     torch.manual_seed(0)
     net = build_model(ModelConfig(hidden_size=8), **model_args_for(ds)).eval()
+    # The training loop's validation MAE is in original units too: it equals the evaluation's.
+    val = validate(net, ds, rank=0, world_size=1, precision="fp32", device=torch.device("cpu"), batch_size=64)
+    assert val["val_mae"] == pytest.approx(evaluate_model(net, ds, season=24).metrics["model_mae"], rel=1e-4)
     pyfunc = ForecastModel()
     pyfunc.net, pyfunc.manifest = net, manifest
     fc = pyfunc.forecast(history)
