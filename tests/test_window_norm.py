@@ -78,3 +78,24 @@ def test_level_of_maps_lags_and_moving_averages_to_their_target() -> None:
     feats = ["sales", "price", "temp", "sales_lag7", "price_ma3", "sales_rsi14", "hour_sin"]
     got = level_of(feats, targets=["sales", "price"], derived=["sales_lag7", "price_ma3", "sales_rsi14"])
     assert got == [0, 1, -1, 0, 1, -1, -1]
+
+
+@pytest.mark.parametrize("mode", ["last", "mean"])
+def test_start_padding_is_left_out_of_the_window_stats(mode: str) -> None:
+    """With a padding mask feature, padded steps neither move the stats nor reach the network."""
+    level_of = [*LEVEL_OF, -1]  # the mask channel last
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden_size=8, window_norm=mode)
+    model = build_model(cfg, num_features=F + 1, num_targets=T, horizon=H, level_of=level_of, pad_feature=F).eval()
+    x = torch.randn(B, L, F + 1, generator=torch.Generator().manual_seed(2)).cumsum(dim=1)
+    pad = 5
+    x[:, :pad, :] = 0.0  # padding as ingest stores it: 0 scaled ...
+    x[..., F] = 0.0
+    x[:, :pad, F] = 1.0  # ... and the mask 1
+    a, b = torch.tensor([3.0, 0.5]), torch.tensor([10.0, -4.0])
+    moved = x.clone()
+    moved[:, pad:, :F] = _shifted(x[:, pad:, :F], a, b)  # only real steps move, padding stays 0
+    torch.testing.assert_close(model.point(model(moved)), model.point(model(x)) * a + b, rtol=1e-4, atol=1e-4)
+    poisoned = x.clone()
+    poisoned[:, :pad, :T] = 1e3
+    torch.testing.assert_close(model(poisoned), model(x))

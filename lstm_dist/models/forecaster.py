@@ -30,6 +30,7 @@ class Forecaster(nn.Module):
     With `model.window_norm` set, the network runs on window-normalised targets and its outputs are
     mapped back (see `window_norm.WindowNorm`), so `forward` returns the same units either way.
     `level_of[f]` names the target whose units feature f is in (-1: none); default: the targets only.
+    `pad_feature`: index of the start-padding mask feature in x, if any (window stats skip padding).
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class Forecaster(nn.Module):
         num_series: int = 0,
         level_of: list[int] | None = None,
         static: list[list[float]] | None = None,
+        pad_feature: int | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg.model_copy(deep=True)
@@ -57,13 +59,15 @@ class Forecaster(nn.Module):
             self.build_args["level_of"] = list(level_of)
         if static:
             self.build_args["static"] = [list(row) for row in static]
+        if pad_feature is not None:
+            self.build_args["pad_feature"] = pad_feature
         self.num_features, self.num_targets, self.horizon = num_features, num_targets, horizon
         self.num_future = num_future
         self.num_outputs = losses.num_outputs(cfg)
         if level_of is None:
             level_of = [*range(num_targets), *([-1] * (num_features - num_targets))]
         self.window_norm = (
-            WindowNorm(cfg.window_norm, num_targets=num_targets, level_of=level_of)
+            WindowNorm(cfg.window_norm, num_targets=num_targets, level_of=level_of, pad_feature=pad_feature)
             if cfg.window_norm != "none"
             else None
         )
@@ -204,6 +208,7 @@ def build_model(
     num_series: int = 0,
     level_of: list[int] | None = None,
     static: list[list[float]] | None = None,
+    pad_feature: int | None = None,
 ) -> Forecaster:
     """Build the configured forecaster; raises ValueError naming the key for impossible settings."""
     if num_targets < 1 or num_features < num_targets:
@@ -230,4 +235,5 @@ def build_model(
         num_series=num_series,
         level_of=level_of,
         static=static,
+        pad_feature=pad_feature,
     )

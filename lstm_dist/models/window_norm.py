@@ -29,12 +29,16 @@ class WindowNorm(nn.Module):
     is the window's standard deviation (floored at MIN_WINDOW_SCALE). `revin` adds a learnable affine
     per target. `level_of[f]` is the target index feature f is in the units of (the target itself, its
     lags and moving averages) or -1 (covariates, RSI, calendar): those channels are normalised alike.
+    `pad_feature`: the start-padding mask channel (1 on padding rows, data.start_padding), or None:
+    padding steps are left out of the stats and their level channels set to 0 in window units.
     """
 
-    def __init__(self, mode: str, *, num_targets: int, level_of: Sequence[int]) -> None:
+    def __init__(self, mode: str, *, num_targets: int, level_of: Sequence[int], pad_feature: int | None = None) -> None:
         super().__init__()
         assert mode in ("last", "mean", "revin"), mode
-        self.mode, self.num_targets = mode, num_targets
+        self.mode, self.num_targets, self.pad_feature = mode, num_targets, pad_feature
+        is_level = torch.tensor([float(t >= 0) for t in level_of])
+        self.register_buffer("is_level", is_level, persistent=False)  # [F]
         channels = [f for f, t in enumerate(level_of) if t >= 0]
         self.register_buffer("channels", torch.tensor(channels, dtype=torch.long), persistent=False)
         self.register_buffer(
@@ -44,12 +48,25 @@ class WindowNorm(nn.Module):
             self.gain = nn.Parameter(torch.ones(num_targets))
             self.bias = nn.Parameter(torch.zeros(num_targets))
 
+    def _real(self, x: Tensor) -> Tensor | None:
+        """[B, L, 1]: 1.0 on real steps, 0.0 on start padding; None without a padding mask."""
+        if self.pad_feature is None:
+            return None
+        return (x[..., self.pad_feature : self.pad_feature + 1].float() < 0.5).float()
+
     def stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(loc, scale), each fp32 [B, 1, T], of the target channels of `x` [B, L, F] (targets first)."""
         y = x[..., : self.num_targets].float()  # [B, L, T]
-        loc = y[:, -1:] if self.mode == "last" else y.mean(dim=1, keepdim=True)  # [B, 1, T]
-        scale = y.std(dim=1, keepdim=True, unbiased=False).clamp_min(MIN_WINDOW_SCALE)  # [B, 1, T]
-        return loc, scale
+        real = self._real(x)
+        if real is None:
+            mean = y.mean(dim=1, keepdim=True)  # [B, 1, T]
+            std = y.std(dim=1, keepdim=True, unbiased=False)
+        else:  # the last step is always real; padding carries no level
+            count = real.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1, 1]
+            mean = (y * real).sum(dim=1, keepdim=True) / count
+            std = (((y - mean) ** 2 * real).sum(dim=1, keepdim=True) / count).sqrt()
+        loc = y[:, -1:] if self.mode == "last" else mean
+        return loc, std.clamp_min(MIN_WINDOW_SCALE)
 
     def _gain(self) -> Tensor:
         g = self.gain
@@ -68,6 +85,9 @@ class WindowNorm(nn.Module):
             gain = ones.index_copy(0, self.channels, self._gain()[self.target_of])  # [F]
             bias = zeros.index_copy(0, self.channels, self.bias[self.target_of])
             out = out * gain + bias
+        real = self._real(x)
+        if real is not None:  # padding rows of level channels: 0 in window units, as 0 is their value when scaled
+            out = out * (1.0 - self.is_level * (1.0 - real))  # [B, L, F]
         return out.to(x.dtype)
 
     def output_affine(self, loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
