@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,7 +56,7 @@ class DataConfig(_Section):
     future_cols: list[str] = Field(default_factory=list)
     """Known-future covariates (planned events, prices set in advance), fed to the head."""
     freq: str | None = None
-    """Sampling frequency as a pandas/pyarrow duration (e.g. `1h`); unset: inferred."""
+    """Sampling frequency, a pandas offset alias: `15min`, `h`, `D`, `B`, `W-SUN`, `MS`/`ME`, `QS`/`QE`, `YS`/`YE`; unset: inferred."""
     lookback: int = Field(168, ge=1)
     """Input window length in steps."""
     horizon: int = Field(24, ge=1)
@@ -82,8 +83,8 @@ class DataConfig(_Section):
     """Rows per Arrow shard (before the halo); 0 = derive it from shard_size_mib."""
     num_read_tasks: int = Field(0, ge=0)
     """Ray tasks used to read and process the input; 0 = one per file, at most the CPU count."""
-    seasonality: int = Field(24, ge=1)
-    """Season length in steps, for the seasonal-naive baseline (24 for hourly data with daily cycles)."""
+    seasonality: int | list[int] | None = None
+    """Season length(s) in steps, e.g. 24 or [48, 336]; the first is the seasonal-naive baseline's. None: by data.freq (12 monthly, 24 hourly, ...)."""
     gaps: Literal["error", "ffill", "interpolate", "zero"] = "error"
     """Missing steps in the `freq` grid: error, or insert them and fill by ffill / linear interpolation / zero."""
     wide_series_cols: list[str] = Field(default_factory=list)
@@ -100,6 +101,10 @@ class DataConfig(_Section):
     """Training batches drawn from all windows (`global`) or each from one shard (`shard`: faster reads, fewer series mixed)."""
     series_weights: dict[str, float] = Field(default_factory=dict)
     """Sampling weight per series name for training windows (others weigh 1); empty = uniform."""
+    start_padding: bool = True
+    """A series too short for lookback + horizon + hold-out but with >= horizon + 1 rows is left-padded (mask feature `is_pad`) and trains; short_series applies below that."""
+    timezone: str = "UTC"
+    """IANA timezone of calendar features and calendar steps (days, months); naive input timestamps are read as local time in it."""
     target_transform: Literal["none", "log1p", "boxcox"] = "none"
     """Transform of the targets before scaling: log1p (needs >= 0) or Box-Cox with a per-series lambda (needs > 0)."""
     static_cols: list[str] = Field(default_factory=list)
@@ -112,6 +117,16 @@ class DataConfig(_Section):
         overlap = set(self.target_cols) & (set(self.covariate_cols) | set(self.future_cols))
         if overlap:
             raise ValueError(f"column(s) {sorted(overlap)} are both targets and covariates; list each once")
+        seasons = [self.seasonality] if isinstance(self.seasonality, int) else self.seasonality
+        if seasons is not None and (not seasons or min(seasons) < 1):
+            raise ValueError(f"data.seasonality must be a positive step count or a list of them, got {seasons}")
+        if self.timezone != "UTC":
+            try:
+                zoneinfo.ZoneInfo(self.timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"data.timezone = '{self.timezone}' is not an IANA timezone name (e.g. UTC, Europe/Berlin)"
+                ) from None
         roles = {*self.target_cols, *self.covariate_cols, *self.future_cols, self.series_col, self.timestamp_col}
         if set(self.static_cols) & roles:
             raise ValueError(f"data.static_cols {sorted(set(self.static_cols) & roles)} already have another role")

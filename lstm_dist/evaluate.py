@@ -88,9 +88,11 @@ def evaluate_model(
             highs.append(original_units(interval[hi].numpy(), series, m))
         actuals.append(original_units(b["y"], series, m))
         history = original_units(b["x"][:, :, :num_targets], series, m)  # [B, L, T]
-        naive.append(np.repeat(history[:, -1:, :], ds.horizon, axis=1))
-        if use_snaive:
-            snaive.append(seasonal_naive(history, horizon=ds.horizon, season=season))
+        history = np.where(m.real_steps(b["x"])[..., None], history, np.nan)  # start padding: no history
+        naive.append(np.repeat(history[:, -1:, :], ds.horizon, axis=1))  # the last input step is always real
+        if use_snaive:  # a season back inside the padding: the naive value stands in
+            back = seasonal_naive(history, horizon=ds.horizon, season=season)  # [B, H, T]
+            snaive.append(np.where(np.isnan(back), naive[-1], back))
     pred, actual = np.concatenate(preds), np.concatenate(actuals)
     metrics = {
         **error_metrics(pred, actual, prefix="model"),

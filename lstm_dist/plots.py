@@ -87,8 +87,10 @@ def forecast_windows(model, ds, *, num_series: int = 4) -> dict[str, Any]:
     result = {
         "names": [m.series[int(s)].name for s in batch["series"]],
         "t0": batch["t0"],
-        "freq": m.freq,
-        "history": original_units(batch["x"][:, :, : ds.num_targets], s, m),  # [S, L, T]
+        "freq": m.frequency(),
+        "history": np.where(  # [S, L, T]; start padding is no history: NaN leaves a gap in the plot
+            m.real_steps(batch["x"])[..., None], original_units(batch["x"][:, :, : ds.num_targets], s, m), np.nan
+        ),
         "actual": original_units(batch["y"], s, m),  # [S, H, T]
         "forecast": original_units(model.point(out).numpy(), s, m),  # [S, H, T]
         "targets": list(m.target_cols),
@@ -110,7 +112,7 @@ def forecast_vs_actual(windows: dict[str, Any], path: str | Path, *, target: int
     rows = math.ceil(len(names) / cols)
     fig = _figure(6 * cols, 3.2 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).reshape(-1)
-    freq = np.timedelta64(int(windows["freq"]), "s")
+    freq = windows["freq"]  # a Frequency: calendar steps (months) are not a fixed number of seconds
     for i, ax in enumerate(axes):
         if i >= len(names):
             ax.set_visible(False)
@@ -118,8 +120,9 @@ def forecast_vs_actual(windows: dict[str, Any], path: str | Path, *, target: int
         t0 = np.datetime64(int(windows["t0"][i]), "s")
         hist = windows["history"][i, :, target]
         lookback, horizon = len(hist), windows["actual"].shape[1]
-        t_hist = t0 - freq * np.arange(lookback, 0, -1)
-        t_fut = t0 + freq * np.arange(horizon)
+        first = freq.shift(np.array([int(windows["t0"][i])]), -lookback)
+        t_all = np.concatenate([first, freq.next_steps(first, lookback + horizon - 1)[0]]).astype("datetime64[s]")
+        t_hist, t_fut = t_all[:lookback], t_all[lookback:]
         ax.plot(t_hist, hist, color="black", linewidth=1, label="history")
         ax.plot(t_fut, windows["actual"][i, :, target], color="black", linestyle="--", linewidth=1.2, label="actual")
         ax.plot(t_fut, windows["forecast"][i, :, target], color="tab:blue", linewidth=1.8, label="forecast")

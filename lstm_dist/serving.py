@@ -58,12 +58,15 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         stats = {"loc": batch["target_loc"], "scale": batch["target_scale"], "lam": batch["target_lambda"]}
         point = inverse_targets(self.net.point(out).numpy(), batch["series"], m, **stats)  # [S, H, T]
         num_series, horizon = point.shape[:2]
-        t0 = np.asarray(batch["t0"], dtype=np.int64)  # [S] unix seconds of the first forecast step
-        times = (t0[:, None] + m.freq * np.arange(horizon)).astype("datetime64[s]").astype("datetime64[ns]")
+        times = batch["horizon_ts"].astype("datetime64[s]").astype("datetime64[ns]")  # [S, H] on the calendar grid
+        tz = m.frequency().tz
+        stamps = (
+            times.reshape(-1) if tz == "UTC" else pd.DatetimeIndex(times.reshape(-1)).tz_localize("UTC").tz_convert(tz)
+        )
         cfg = m.data_config
         frame: dict[str, np.ndarray] = {
             cfg.get("series_col", "series_id"): np.repeat(np.asarray(batch["series_names"], dtype=object), horizon),
-            cfg.get("timestamp_col", "timestamp"): times.reshape(-1),
+            cfg.get("timestamp_col", "timestamp"): stamps,  # naive UTC, or local time with data.timezone
             "step": np.tile(np.arange(1, horizon + 1), num_series),
         }
         for t, name in enumerate(m.target_cols):
@@ -115,7 +118,8 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
                 if seg.series != info.index:
                     continue
                 opened = open_shard(Path(shard_dir) / shard.file)
-                sl = slice(seg.offset, seg.offset + seg.row_stop - seg.row_start)
+                skip = max(0, -seg.row_start)  # start-padding rows (row positions < 0) are no history
+                sl = slice(seg.offset + skip, seg.offset + seg.row_stop - seg.row_start)
                 rows_ts.append(np.asarray(opened.ts[sl]))
                 rows_feat.append(np.asarray(opened.features[sl]))
         ts = np.concatenate(rows_ts)
@@ -130,7 +134,10 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
         frame.insert(0, cfg.get("series_col", "series_id"), info.name)
         for col, value in zip(m.static_encoding, statics.decode(info.static, m.static_encoding), strict=True):
             frame[col] = value  # static covariates travel on every history row, as in the input
-        frame.insert(0, cfg.get("timestamp_col", "timestamp"), ts.astype("datetime64[s]").astype("datetime64[ns]"))
+        stamps = pd.DatetimeIndex(ts.astype("datetime64[s]").astype("datetime64[ns]"))
+        if (cfg.get("timezone") or "UTC") != "UTC":  # naive would be read as local time: say it is UTC
+            stamps = stamps.tz_localize("UTC")
+        frame.insert(0, cfg.get("timestamp_col", "timestamp"), stamps)
         if m.future_cols:  # the last `horizon` rows become the known future: their targets are left empty
             frame.loc[frame.index[-m.horizon :], m.target_cols] = np.nan
         parts.append(frame)

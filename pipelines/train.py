@@ -27,6 +27,7 @@ import ray
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, load_config, save_resolved
+from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.readers import COLUMN_FIELDS
 from lstm_dist.tracking import (
     EVAL_KEY_TAG,
@@ -306,7 +307,7 @@ def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard
         wf.tracker.active_step.log_datasets(shard.path / "shards", splits={"test": "testing"})
         # Locators, not driver paths: the task may run on any node and reads that node's copies.
         ckpt, shard_dir = train.file(train.outputs["best_checkpoint"]), shard.file("shards")
-        evaluation = ray.get(_evaluate_task.remote(ckpt, shard_dir, cfg.data.seasonality))
+        evaluation = ray.get(_evaluate_task.remote(ckpt, shard_dir))
         (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
         return evaluation
 
@@ -353,7 +354,7 @@ def register_step(
             margin=cfg.tracking.promotion_margin,
             challenger_score=evaluation.outputs["metrics"][f"model_{metric}"],
             shard_dir=str(shard.path / "shards"),
-            season=cfg.data.seasonality,
+            season=Manifest.load(shard.path / "shards").season_length,  # data.seasonality or the freq's default
         )
         (Path(out) / "decision.json").write_text(json.dumps(decision.__dict__, indent=2, default=str))
         return {
@@ -437,14 +438,14 @@ def _ingest_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, 
 
 
 @ray.remote(num_cpus=1)
-def _evaluate_task(checkpoint: str, shard_dir: str, season: int) -> dict[str, Any]:
+def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
     """Score the best checkpoint on the test split (a Ray task, so it runs wherever a CPU is free)."""
     from lstm_dist.data.windows import WindowDataset
     from lstm_dist.evaluate import evaluate_model
     from lstm_dist.train.checkpoints import load_model
 
     model, test = load_model(local_path(checkpoint)), WindowDataset(local_path(shard_dir), split="test")
-    evaluation = evaluate_model(model, test, season=season)
+    evaluation = evaluate_model(model, test, season=test.manifest.season_length)
     return {
         "metrics": evaluation.metrics,
         "by_step": evaluation.by_step.tolist(),

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from lstm_dist.data.errors import DataError
+from lstm_dist.data.frequency import Frequency, valid_aliases
 from lstm_dist.data.readers import Notes
 
 
@@ -139,54 +139,63 @@ def infer_freq(block_ts: np.ndarray, offsets: np.ndarray) -> dict[int, int]:
     return {int(s): int(c) for s, c in zip(steps, counts, strict=True)}
 
 
-def parse_freq(freq: str) -> int:
-    """'1h' / '15min' / '1D' -> seconds."""
-    try:
-        seconds = pd.to_timedelta(freq).total_seconds()
-    except (ValueError, TypeError):
-        raise DataError(f"data.freq = '{freq}' is not a duration; use e.g. 1h, 15min, 1D") from None
-    if seconds <= 0 or seconds != int(seconds):
-        raise DataError(f"data.freq = '{freq}' must be a positive whole number of seconds")
-    return int(seconds)
+def _grid_error(block: Block, i: int, freq: Frequency) -> DataError:
+    """Rows i and i+1 of one series are not whole steps of `freq` apart: name both and the aliases that fit."""
+    a, b = int(block.ts[i]), int(block.ts[i + 1])
+    fits = [x for x in valid_aliases(a, b, tz=freq.tz) if x != freq.alias][:5]
+    hint = f"data.freq values that fit these two: {', '.join(fits)}; " if fits else ""
+    if freq.fixed:
+        what = f"{b - a} s apart, not a multiple of the frequency {freq.seconds} s ({freq.alias})"
+    else:
+        what = f"not both on the grid of data.freq = {freq.alias}"
+    return DataError(
+        f"series '{block.names[block.codes()[i]]}': timestamps {_iso(a)} and {_iso(b)} are {what}; {hint}"
+        "set data.freq to the sampling period of the data (a pandas offset alias) or resample it"
+    )
 
 
-def regularize(block: Block, *, freq: int, gaps: str, notes: Notes) -> tuple[Block, np.ndarray]:
-    """Check every step is a multiple of `freq`; fill gaps (policy `gaps`) with NaN rows to be filled later.
+def regularize(block: Block, *, freq: Frequency, gaps: str, notes: Notes) -> tuple[Block, np.ndarray]:
+    """Check every row is on the `freq` grid of its series; fill gaps (policy `gaps`) with NaN rows to be filled later.
 
-    Returns the block on a complete grid and a mask [N] of the inserted rows.
+    The grid of a series starts at its first row (fixed frequencies) or is the calendar grid of the alias
+    (month starts, business days, ...). Returns the block on a complete grid and a mask [N] of the inserted rows.
     """
     codes = block.codes()
-    diffs = np.diff(block.ts)
+    first_ts = block.ts[block.offsets[:-1]]  # [S]
     inside = codes[1:] == codes[:-1]
-    off_grid = inside & (diffs % freq != 0)
-    if off_grid.any():
-        i = int(np.argmax(off_grid))
-        raise DataError(
-            f"series '{block.names[codes[i]]}': timestamps {_iso(block.ts[i])} and {_iso(block.ts[i + 1])} are "
-            f"{int(diffs[i])} s apart, not a multiple of the frequency {freq} s; set data.freq to the sampling "
-            "period of the data or resample it"
-        )
-    gap = inside & (diffs > freq)
+    pos = None
+    if freq.fixed:  # the fast path (10M rows): integer steps between neighbours
+        diffs = np.diff(block.ts)
+        off, on_grid = inside & (diffs % freq.seconds != 0), np.ones(1, dtype=bool)
+        steps = diffs // freq.seconds
+    else:
+        pos, on_grid = freq.positions(block.ts, first_ts[codes])  # [N] steps from the series' first row
+        off, steps = inside & ~on_grid[1:], np.diff(pos)
+    if off.any() or not on_grid.all():
+        i = int(np.argmax(off)) if off.any() else max(int(np.argmax(~on_grid)) - 1, 0)
+        raise _grid_error(block, i, freq)
+    gap = inside & (steps > 1)
     if not gap.any():
         return block, np.zeros(len(block.ts), dtype=bool)
     if gaps == "error":
         i = int(np.argmax(gap))
+        grid = f"{freq.seconds} s" if freq.fixed else freq.alias
         raise DataError(
-            f"series '{block.names[codes[i]]}' has {int(gap.sum())} gap(s) in its {freq} s grid, the first of "
-            f"{int(diffs[i] // freq) - 1} missing step(s) between {_iso(block.ts[i])} and {_iso(block.ts[i + 1])}; "
+            f"series '{block.names[codes[i]]}' has {int(gap.sum())} gap(s) in its {grid} grid, the first of "
+            f"{int(steps[i]) - 1} missing step(s) between {_iso(block.ts[i])} and {_iso(block.ts[i + 1])}; "
             "set data.gaps to ffill, interpolate or zero to fill gaps"
         )
-    first_ts = block.ts[block.offsets[:-1]]  # [S]
-    last_ts = block.ts[block.offsets[1:] - 1]
-    lengths = (last_ts - first_ts) // freq + 1
+    if pos is None:
+        pos, _ = freq.positions(block.ts, first_ts[codes])
+    lengths = pos[block.offsets[1:] - 1] + 1  # [S] steps from first to last row, inclusive
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    pos = offsets[codes] + (block.ts - first_ts[codes]) // freq  # [N] where each old row lands
+    where = offsets[codes] + pos  # [N] where each old row lands
     total = int(offsets[-1])
     values = np.full((total, block.values.shape[1]), np.nan)
-    values[pos] = block.values
+    values[where] = block.values
     inserted = np.ones(total, dtype=bool)
-    inserted[pos] = False
-    ts = np.repeat(first_ts - offsets[:-1] * freq, lengths) + np.arange(total) * freq
+    inserted[where] = False
+    ts = freq.at(np.arange(total) - np.repeat(offsets[:-1], lengths), np.repeat(first_ts, lengths))
     notes.add("gap_rows_inserted", int(inserted.sum()))
     return Block(names=block.names, offsets=offsets, ts=ts, values=values), inserted
 
@@ -250,7 +259,8 @@ def fill(block: Block, *, rows: np.ndarray, method: str, notes: Notes, what: str
             nxt = _next_valid(valid, seg_end)
             both = todo & (prev >= 0) & (nxt >= 0)
             p, q = prev[both], nxt[both]
-            w = (block.ts[both] - block.ts[p]) / (block.ts[q] - block.ts[p])  # linear in time
+            # Linear in grid steps (rows are a complete grid here): a month is one step whatever its days.
+            w = (np.flatnonzero(both) - p) / (q - p)
             col[both] = block.values[p, c] + w * (block.values[q, c] - block.values[p, c])
             tail = todo & (prev >= 0) & (nxt < 0)  # after the last valid value: hold it
             col[tail] = block.values[prev[tail], c]

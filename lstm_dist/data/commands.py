@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from lstm_dist.config import PipelineConfig
-from lstm_dist.data.ingest import IngestReport, ingest
+from lstm_dist.data.ingest import IngestReport, ingest, split_coverage
 from lstm_dist.data.manifest import Manifest
 
 DEFAULT_SUBDIR = "data/shards"
@@ -47,10 +47,13 @@ def inspect_text(manifest: Manifest, *, max_series: int = 10) -> str:
     m, t = manifest, manifest.totals
     ratio = t.num_bytes / max(t.raw_numeric_bytes, 1)
     lines = [
-        f"format v{m.format_version}, created {m.created_at}; freq {m.freq} s; lookback {m.lookback}, "
+        f"format v{m.format_version}, created {m.created_at}; freq {m.frequency().alias}; lookback {m.lookback}, "
         f"horizon {m.horizon}, stride {m.stride}",
-        f"series: {t.num_series}, rows: {t.num_rows:,} (stored {t.num_stored_rows:,} with halos)",
+        f"series: {t.num_series}, rows: {t.num_rows:,} (stored {t.num_stored_rows:,} with halos"
+        f"{' and padding' if t.num_pad_rows else ''})",
         "windows: " + ", ".join(f"{k} {v:,}" for k, v in t.windows.items()),
+        (split_coverage(t.series_per_split, num_padded=sum(s.pad > 0 for s in m.series)) if t.series_per_split else "")
+        + (f"; {t.num_pad_rows:,} padding rows stored, mask column '{m.pad_col}'" if m.pad_col else ""),
         f"x features ({len(m.x_features)}): {m.x_features}",
         f"future features ({len(m.future_features)}): {m.future_features}",
         f"targets: {m.target_cols}; scaler {m.scaler} per {m.scaler_scope}, fitted on train rows only",

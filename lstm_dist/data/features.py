@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lstm_dist.data.frequency import Frequency
+
 # Period of each calendar feature, in its own unit.
 CALENDAR_PERIODS: dict[str, float] = {"hour": 24.0, "weekday": 7.0, "month": 12.0, "dayofyear": 366.0}
 
@@ -19,9 +21,10 @@ def calendar_names(names: Sequence[str]) -> list[str]:
     return [f"{n}_{f}" for n in names for f in ("sin", "cos")]
 
 
-def calendar_features(ts: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """Sine/cosine calendar features of unix-second timestamps `ts` [...] -> float32 [..., 2 * len(names)] (UTC)."""
-    ts = np.asarray(ts, dtype=np.int64)
+def calendar_features(ts: np.ndarray, names: Sequence[str], *, tz: str = "UTC") -> np.ndarray:
+    """Sine/cosine calendar features of unix-second timestamps `ts` [...] -> float32 [..., 2 * len(names)], in the
+    local time of `tz` (daylight-saving aware: 08:00 in Berlin is hour 8 in summer and in winter)."""
+    ts = Frequency("s", tz).wall_clock(ts) if tz != "UTC" else np.asarray(ts, dtype=np.int64)
     out = np.empty((*ts.shape, 2 * len(names)), dtype=np.float32)
     for i, name in enumerate(names):
         if name == "hour":

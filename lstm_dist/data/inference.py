@@ -32,11 +32,12 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     has future covariates.
 
     Returns x float32 [S, L, F], future float32 [S, H, Ff], series int64 [S], series_names list[str],
-    t0 int64 [S] (first forecast timestamp), target_loc / target_scale / target_lambda float64 [S, T], static
-    float32 [S, Fst] (encoded static covariates read from the history rows) and warnings.
+    t0 int64 [S] (first forecast timestamp), horizon_ts int64 [S, H] (every forecast timestamp), target_loc /
+    target_scale / target_lambda float64 [S, T], static float32 [S, Fst] (encoded static covariates read from the
+    history rows) and warnings.
     """
     cfg = _config(manifest)
-    lookback, horizon, freq = manifest.lookback, manifest.horizon, manifest.freq
+    lookback, horizon, freq = manifest.lookback, manifest.horizon, manifest.frequency()
     notes = Notes()
     table = pa.Table.from_pandas(history, preserve_index=False)
     names, codes, ts, values = normalize(table, cfg=cfg, source="history", notes=notes)
@@ -45,13 +46,19 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     lam = _lambdas(block, manifest=manifest, cfg=cfg)  # [S, T]
     block = transforms.transform_block(block, kind=cfg.target_transform, targets=cfg.target_cols, lam=lam)
     stored = with_features(block, cfg=cfg)  # [N, Fs] unscaled, exactly as ingest computes it
+    if manifest.pad_col is not None:  # the mask column, 0 on real rows, where ingest stores it
+        stored = np.insert(stored, manifest.stored_cols.index(manifest.pad_col), 0.0, axis=1)
     need = lookback + warmup_rows(lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period)
     for name, n in zip(block.names, block.lengths, strict=True):
-        if n < need:
+        # With a start-padding mask the model has seen series that begin inside a window: a shorter history
+        # is taken as the whole series (derived features start from what it has, as ingest computes them).
+        if n < need and manifest.pad_col is None:
             raise DataError(
                 f"series '{name}' has {n} rows of history after cleaning; inference needs its last {need} rows "
                 f"(lookback {lookback}"
                 + (f" + {need - lookback} for lags/moving averages/RSI)" if need > lookback else ")")
+                + "; this model was trained without start padding (no series of its data needed it), so it "
+                "cannot take a shorter history"
             )
     known = manifest.series_index()
     all_loc, all_scale = manifest.loc_scale()
@@ -72,13 +79,22 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
             warnings.warn(msg, stacklevel=2)
             messages.append(msg)
     ends = block.offsets[1:]  # [S]
-    rows = ends[:, None] - lookback + np.arange(lookback)  # [S, L]
+    wanted = ends[:, None] - lookback + np.arange(lookback)  # [S, L]
+    rows = np.maximum(wanted, block.offsets[:-1, None])  # steps before a series' first row read that row ...
     x = scalers.transform(stored[rows], loc[:, None, :], scale[:, None, :]).astype(np.float32)  # [S, L, Fs]
-    t0 = block.ts[ends - 1] + freq  # [S]
-    horizon_ts = t0[:, None] + freq * np.arange(horizon)  # [S, H]
+    ts_in = block.ts[rows]  # [S, L]
+    if manifest.pad_col is not None:  # ... and become padding as ingest stores it: values 0 (scaled), mask 1
+        padding = wanted < rows  # [S, L]
+        x[padding] = 0.0
+        x[:, :, manifest.stored_cols.index(manifest.pad_col)] = padding
+        for s in np.flatnonzero(padding.any(axis=1)):  # the grid continued backwards over the padding
+            num_pad = int(padding[s].sum())
+            ts_in[s, :num_pad] = freq.previous_steps(block.ts[block.offsets[s]], num_pad)
+    horizon_ts = freq.next_steps(block.ts[ends - 1], horizon)  # [S, H] on the calendar grid
+    t0 = horizon_ts[:, 0]  # [S]
     calendar = list(manifest.calendar_features)
     if calendar:
-        x = np.concatenate([x, calendar_features(block.ts[rows], calendar)], axis=2)  # [S, L, F]
+        x = np.concatenate([x, calendar_features(ts_in, calendar, tz=freq.tz)], axis=2)  # [S, L, F]
     num_fut = len(manifest.future_cols)
     fut = np.zeros((num_s, horizon, 0), dtype=np.float32)
     if num_fut:
@@ -88,13 +104,14 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
         messages.append("`future` was given but the manifest has no future_cols; it is ignored")
         warnings.warn(messages[-1], stacklevel=2)
     if calendar:
-        fut = np.concatenate([fut, calendar_features(horizon_ts, calendar)], axis=2)  # [S, H, Ff]
+        fut = np.concatenate([fut, calendar_features(horizon_ts, calendar, tz=freq.tz)], axis=2)  # [S, H, Ff]
     return {
         "x": x,
         "future": fut,
         "series": series,
         "series_names": list(block.names),
         "t0": t0,
+        "horizon_ts": horizon_ts,
         "target_loc": loc[:, :num_t],
         "target_scale": scale[:, :num_t],
         "target_lambda": lam,
@@ -136,7 +153,9 @@ def _future_values(
     if missing:
         raise DataError(f"future: column(s) {missing} not found; it has columns {list(future.columns)}")
     table = pa.Table.from_pandas(future[cols], preserve_index=False)
-    ts = timestamp_column(table.column(cfg.timestamp_col), name=cfg.timestamp_col, source="future", notes=Notes())
+    ts = timestamp_column(
+        table.column(cfg.timestamp_col), name=cfg.timestamp_col, source="future", notes=Notes(), tz=cfg.timezone
+    )
     vals = np.stack([numeric_column(table.column(c), name=c, source="future") for c in cfg.future_cols], axis=1)
     lookup = {(str(s), int(t)): i for i, (s, t) in enumerate(zip(future[cfg.series_col].astype(str), ts, strict=True))}
     out = np.empty((len(names), horizon_ts.shape[1], len(cfg.future_cols)))

@@ -31,10 +31,12 @@ import pyarrow.parquet as pq
 import ray
 
 from lstm_dist.config import DataConfig
+from lstm_dist.data import frequency as frequencies
 from lstm_dist.data import scalers, statics, transforms
-from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq, merge_parts, parse_freq, regularize
+from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq, merge_parts, regularize
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_names, derived_features, derived_names
+from lstm_dist.data.frequency import Frequency
 from lstm_dist.data.manifest import (
     SUCCESS_FILE,
     ColumnStats,
@@ -55,10 +57,20 @@ from lstm_dist.data.readers import (
     value_columns,
 )
 from lstm_dist.data.shards import SHARD_SCHEMA, Piece, ipc_bytes, plan_around, rows_per_shard, shard_table
-from lstm_dist.data.splits import SPLITS, rows_needed, shortfall, split_bounds, start_range, starts_in
+from lstm_dist.data.splits import (
+    SPLITS,
+    needs_padding,
+    padded_bounds,
+    rows_needed,
+    shortfall,
+    split_bounds,
+    start_range,
+    starts_in,
+)
 from lstm_dist.data.synthetic import write_sample
 
 Part = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # (names, codes [N], ts [N], values [N, V])
+PAD_COL = "is_pad"  # the stored 0/1 start-padding mask column (data.start_padding), before the future covariates
 
 
 @dataclass
@@ -73,6 +85,9 @@ class IngestReport:
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     freq: int = 0
+    """Step length in seconds (nominal for a calendar frequency)."""
+    freq_alias: str = ""
+    """The pandas offset alias of the frequency (`h`, `MS`, ...)."""
     freq_inferred: bool = False
     num_shards: int = 0
     num_bytes: int = 0
@@ -88,6 +103,10 @@ class IngestReport:
     """Unchanged series written again: they share a shard with a changed one, or their index moved."""
     rebuild_reason: str = ""
     """Why a previous shard set was given but nothing could be reused from it."""
+    series_per_split: dict[str, int] = field(default_factory=dict)
+    """Series with at least one window per split."""
+    num_padded_series: int = 0
+    """Series stored with start padding (data.start_padding)."""
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -100,7 +119,7 @@ class IngestReport:
             )
         lines = [
             f"read {self.num_rows_read:,} rows from {self.num_files} file(s); kept {self.num_series} series, "
-            f"{self.num_rows:,} rows; freq {self.freq} s{' (inferred)' if self.freq_inferred else ''}",
+            f"{self.num_rows:,} rows; freq {self.freq_alias}{' (inferred)' if self.freq_inferred else ''}",
             f"{shards}, {self.num_bytes / 2**20:.1f} MiB "
             f"({self.num_bytes / max(self.raw_numeric_bytes, 1):.2f}x the raw numeric data); windows "
             + ", ".join(f"{k} {v:,}" for k, v in self.windows.items()),
@@ -109,6 +128,8 @@ class IngestReport:
             + "; time: "
             + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()),
         ]
+        if self.series_per_split:
+            lines.append(split_coverage(self.series_per_split, num_padded=self.num_padded_series))
         if self.rebuild_reason:
             lines.append(f"full rebuild: {self.rebuild_reason}")
         if self.counts:
@@ -118,6 +139,12 @@ class IngestReport:
             lines.append(f"skipped {len(self.skipped_series)} short series: {shown}")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def split_coverage(series_per_split: dict[str, int], *, num_padded: int) -> str:
+    """'series with windows: train 181, val 150, test 181 (120 start-padded)'."""
+    text = "series with windows: " + ", ".join(f"{k} {v:,}" for k, v in series_per_split.items())
+    return text + (f" ({num_padded:,} start-padded)" if num_padded else "")
 
 
 # ---------------------------------------------------------------- read
@@ -147,6 +174,7 @@ def read_unit(
     sorted_ts, sorted_codes = ts[order], codes[order]
     bounds = np.concatenate([[0], np.cumsum(np.bincount(sorted_codes, minlength=len(names)))])
     freq_hist = infer_freq(sorted_ts, bounds)
+    votes, example = ({}, None) if cfg.freq else _freq_votes(sorted_ts, bounds, names, tz=cfg.timezone)
     bucket_of_name = _bucket_of(names, num_buckets)
     row_bucket = bucket_of_name[codes]
     parts: list[Part] = []
@@ -156,9 +184,30 @@ def read_unit(
         remap = np.full(len(names), -1, dtype=np.int64)
         remap[sel] = np.arange(len(sel))
         parts.append(([names[i] for i in sel], remap[codes[mask]], ts[mask], values[mask]))
-    info = {"file": locator, "rows": len(ts), "freq_hist": freq_hist, "notes": notes}
+    info = {"file": locator, "rows": len(ts), "freq_hist": freq_hist, "freq_votes": votes, "notes": notes}
+    info["freq_example"] = None if example is None else (locator, *example)
     info["static"] = statics.read_static(table, series_col=cfg.series_col, static_cols=cfg.static_cols, source=source)
     return parts, info
+
+
+def _freq_votes(
+    sorted_ts: np.ndarray, bounds: np.ndarray, names: list[str], *, tz: str, num: int = 32, rows: int = 512
+) -> tuple[dict[str, int], tuple[str, int, int] | None]:
+    """({alias: series}, example) from pandas.infer_freq on the first `rows` rows of up to `num` series, spread
+    evenly; example: (series, a, b), two neighbouring timestamps of a series whose frequency is unclear."""
+    num_series = len(bounds) - 1
+    votes: dict[str, int] = {}
+    example = None
+    for s in np.unique(np.linspace(0, num_series - 1, min(num, num_series)).astype(np.int64)) if num_series else []:
+        ts = np.unique(sorted_ts[bounds[s] : min(bounds[s] + rows, bounds[s + 1])])  # sorted within a series
+        alias = frequencies.infer_series(ts, tz=tz)
+        if alias is not None:
+            votes[alias] = votes.get(alias, 0) + 1
+        elif example is None and len(ts) >= 3:
+            steps = np.diff(ts)
+            i = int(np.argmax(steps != steps.min()))  # the first step unlike the shortest one
+            example = (names[s], int(ts[i]), int(ts[i + 1]))
+    return votes, example
 
 
 def _read_unit_task(locator: str, row_groups: list[int] | None, cfg: DataConfig, num_buckets: int) -> tuple:
@@ -173,7 +222,14 @@ _read_remote = ray.remote(_read_unit_task)
 
 
 def clean_block(
-    names: list[str], codes: np.ndarray, ts: np.ndarray, values: np.ndarray, *, cfg: DataConfig, freq: int, notes: Notes
+    names: list[str],
+    codes: np.ndarray,
+    ts: np.ndarray,
+    values: np.ndarray,
+    *,
+    cfg: DataConfig,
+    freq: Frequency,
+    notes: Notes,
 ) -> Block:
     """Sort, dedupe, regularise onto the `freq` grid, fill gaps and missing values. Shared with inference."""
     block = build_block(names, codes, ts, values, notes=notes)
@@ -221,7 +277,7 @@ def _check_feature_config(cfg: DataConfig) -> None:
             raise DataError(f"data.{key} must hold positive step counts, got {getattr(cfg, key)}")
 
 
-def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: Frequency) -> tuple[dict[str, Any], dict[str, Any]]:
     """One bucket of series: clean, check lengths, add features, split, fit scaler stats (train rows only)."""
     notes = Notes()
     names, codes, ts, values = merge_parts(parts)
@@ -231,23 +287,27 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict
     block = clean_block(names, codes, ts, values, cfg=cfg, freq=freq, notes=notes)
     kw = {"lookback": cfg.lookback, "horizon": cfg.horizon, "val_size": cfg.val_size, "test_size": cfg.test_size}
     reasons = [shortfall(int(n), **kw) for n in block.lengths]
-    short = np.array([r is not None for r in reasons], dtype=bool)
+    padded = np.array([needs_padding(int(n), **kw, start_padding=cfg.start_padding) for n in block.lengths], bool)
+    short = np.array([r is not None for r in reasons], dtype=bool) & ~padded
     skipped = []
     if short.any():
         i = int(np.argmax(short))
         if cfg.short_series == "error":
-            need = rows_needed(**kw, start=int(block.lengths[i]))
             raise DataError(
-                f"series '{block.names[i]}' is too short: {block.lengths[i]} rows, {reasons[i]}; it needs at least "
-                f"{need} rows for lookback {cfg.lookback} + horizon {cfg.horizon} + validation/test parts "
-                f"({int(short.sum())} series are too short). Set data.short_series=skip to leave such series out, "
-                "or lower data.lookback / data.horizon / data.val_size / data.test_size"
+                _too_short_message(block.names[i], int(block.lengths[i]), reasons[i], int(short.sum()), cfg)
             )
         skipped = [n for n, s in zip(block.names, short, strict=True) if s]
         block = block.take_series(~short)
+        padded = padded[~short]
     if not block.names:
         return empty, {"names": [], "notes": notes, "skipped": skipped}
-    bounds = np.array([split_bounds(int(n), val_size=cfg.val_size, test_size=cfg.test_size) for n in block.lengths])
+    parts = {"val_size": cfg.val_size, "test_size": cfg.test_size}
+    bounds = np.array(
+        [
+            padded_bounds(int(n), horizon=cfg.horizon, **parts) if p else split_bounds(int(n), **parts)
+            for n, p in zip(block.lengths, padded, strict=True)
+        ]
+    ).reshape(-1, 2)
     val_start, test_start = bounds[:, 0], bounds[:, 1]
     # The transform comes before the derived features and the scaler: both then see transformed targets.
     lam = transforms.fit_block(block, kind=cfg.target_transform, targets=cfg.target_cols, train_rows=val_start)
@@ -263,6 +323,7 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict
         "notes": notes,
         "skipped": skipped,
         "lambda": lam,
+        "pad": np.where(padded, cfg.lookback - 1, 0),
     }
     summary["sha256"] = [
         series_digest(block.ts[a:b], stored[a:b]) for a, b in zip(block.offsets[:-1], block.offsets[1:], strict=True)
@@ -277,7 +338,25 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: int) -> tuple[dict
     return data, summary
 
 
-def _clean_task(cfg: DataConfig, freq: int, *parts: Part) -> tuple[dict[str, Any], dict[str, Any]]:
+def _too_short_message(name: str, num_rows: int, reason: str | None, num_short: int, cfg: DataConfig) -> str:
+    if cfg.start_padding:
+        need = f"at least horizon + 1 = {cfg.horizon + 1} rows (data.start_padding pads the lookback)"
+        fix = "lower data.horizon"
+        reason = "fewer than horizon + 1"
+    else:
+        kw = {"lookback": cfg.lookback, "horizon": cfg.horizon, "val_size": cfg.val_size, "test_size": cfg.test_size}
+        need = (
+            f"at least {rows_needed(**kw, start=num_rows)} rows for lookback {cfg.lookback} + horizon {cfg.horizon} "
+            "+ validation/test parts"
+        )
+        fix = "set data.start_padding=true, or lower data.lookback / data.horizon / data.val_size / data.test_size"
+    return (
+        f"series '{name}' is too short: {num_rows} rows, {reason}; it needs {need} ({num_short} series are too "
+        f"short). Set data.short_series=skip to leave such series out, or {fix}"
+    )
+
+
+def _clean_task(cfg: DataConfig, freq: Frequency, *parts: Part) -> tuple[dict[str, Any], dict[str, Any]]:
     return clean_bucket(list(parts), cfg=cfg, freq=freq)
 
 
@@ -294,15 +373,30 @@ def build_shard(
     *,
     stored_cols: list[str],
     blocks: list[dict[str, Any]],
+    pad_at: int | None = None,
+    freq: Frequency | None = None,
 ) -> tuple[np.ndarray, str, int]:
-    """Scale the pieces (block, local series, row_start, row_stop, global series) into one IPC file's bytes."""
+    """Scale the pieces (block, local series, row_start, row_stop, global series) into one IPC file's bytes.
+
+    `pad_at`: position of the start-padding mask column in `stored_cols` (None: no series is padded). A piece
+    with row_start < 0 begins with -row_start padding rows: every value 0 in scaled units (the series'
+    mean under the standard scaler), the mask 1, timestamps continuing the `freq` grid backwards."""
     series, ts, feats = [], [], []
     for p, (b, local, r0, r1, global_idx) in enumerate(pieces):
         blk = blocks[b]
         base = int(blk["offsets"][local])
-        rows = slice(base + r0, base + r1)
-        feats.append(scalers.transform(blk["stored"][rows], loc[p], scale[p]).astype(np.float32))  # [n, Fs]
+        rows = slice(base + max(r0, 0), base + r1)
+        raw = blk["stored"][rows]  # [n, Fs - (pad_at is not None)], unscaled
+        if pad_at is not None:
+            raw = np.insert(raw, pad_at, 0.0, axis=1)  # the mask is 0 on real rows (its loc 0, scale 1)
+        feats.append(scalers.transform(raw, loc[p], scale[p]).astype(np.float32))  # [n, Fs]
         ts.append(blk["ts"][rows])
+        if r0 < 0:
+            assert pad_at is not None and freq is not None, "padding rows need the mask column and the grid"
+            pad = np.zeros((-r0, raw.shape[1]), dtype=np.float32)  # [P, Fs]
+            pad[:, pad_at] = 1.0
+            feats[-1] = np.concatenate([pad, feats[-1]])
+            ts[-1] = np.concatenate([freq.previous_steps(blk["ts"][base], -r0), ts[-1]])
         series.append(np.full(r1 - r0, global_idx, dtype=np.int32))
     table = shard_table(np.concatenate(series), np.concatenate(ts), np.concatenate(feats), stored_cols=stored_cols)
     buf = ipc_bytes(table)
@@ -310,8 +404,16 @@ def build_shard(
     return data, hashlib.sha256(data).hexdigest(), table.num_rows
 
 
-def _write_task(pieces: list, loc: np.ndarray, scale: np.ndarray, stored_cols: list[str], *blocks: dict) -> tuple:
-    return build_shard(pieces, loc, scale, stored_cols=stored_cols, blocks=list(blocks))
+def _write_task(
+    pieces: list,
+    loc: np.ndarray,
+    scale: np.ndarray,
+    stored_cols: list[str],
+    pad_at: int | None,
+    freq: Frequency,
+    *blocks: dict,
+) -> tuple:
+    return build_shard(pieces, loc, scale, stored_cols=stored_cols, blocks=list(blocks), pad_at=pad_at, freq=freq)
 
 
 _write_remote = ray.remote(_write_task)
@@ -358,6 +460,11 @@ def resolve_input(cfg: DataConfig, *, out_dir: Path, work_dir: str | None) -> st
     return str(path)
 
 
+def _moved(piece: Piece | Segment, by: int) -> Piece:
+    """The piece with its row positions moved by `by` (real rows <-> stored rows of a padded series)."""
+    return Piece(piece.series, piece.row_start + by, piece.row_stop + by, piece.core_stop + by)
+
+
 def _segment_windows(*, piece_start: int, core_stop: int, info: dict[str, int], cfg: DataConfig) -> dict[str, int]:
     out = {}
     for split in SPLITS:
@@ -384,7 +491,7 @@ class _Reuse:
 
 
 def _reusable(
-    previous: str | None, *, cfg: DataConfig, freq: int, stored_cols: list[str], series: list[SeriesInfo]
+    previous: str | None, *, cfg: DataConfig, freq: Frequency, stored_cols: list[str], series: list[SeriesInfo]
 ) -> _Reuse:
     """The shards of `previous` that hold only unchanged series, so that they can be kept as they are.
 
@@ -408,7 +515,7 @@ def _reusable(
     if differ:
         keys = ", ".join(f"data.{k}" for k in differ)
         return _Reuse(reason=f"the data config differs from that of the previous shard set {directory} ({keys})")
-    if prev.freq != freq or prev.stored_cols != stored_cols:
+    if prev.frequency() != freq or prev.stored_cols != stored_cols:
         return _Reuse(reason=f"the frequency or stored columns differ from the previous shard set {directory}")
 
     by_name = {s.name: s for s in series}
@@ -465,6 +572,39 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def choose_frequency(cfg: DataConfig, infos: list[dict[str, Any]], *, source: str) -> Frequency:
+    """data.freq if set; else the alias most sampled series agree on (pandas.infer_freq per series), else the
+    most common step between rows (series with gaps give infer_freq nothing)."""
+    if cfg.freq:
+        return frequencies.parse(cfg.freq, tz=cfg.timezone)
+    votes: dict[str, int] = {}
+    hist: dict[int, int] = {}
+    for i in infos:
+        for alias, n in i["freq_votes"].items():
+            votes[alias] = votes.get(alias, 0) + n
+        for step, n in i["freq_hist"].items():
+            hist[step] = hist.get(step, 0) + n
+    alias = frequencies.vote(votes)
+    if alias is not None:
+        return frequencies.parse(alias, tz=cfg.timezone)
+    if not hist:
+        raise DataError(
+            f"cannot infer the frequency of '{source}': no series has two distinct timestamps; set data.freq "
+            f"(a pandas offset alias, e.g. {', '.join(frequencies.COMMON_ALIASES)})"
+        )
+    step = max(sorted(hist), key=lambda s: hist[s])  # the most common step; ties go to the smallest
+    example = next((i["freq_example"] for i in infos if i.get("freq_example")), None)
+    if example is not None and any(s % step for s in hist):  # gaps are whole steps; anything else is not a grid
+        file, name, a, b = example
+        fits = frequencies.valid_aliases(a, b, tz=cfg.timezone)[:6]
+        raise DataError(
+            f"cannot infer the frequency of '{file}': series '{name}' has timestamps {np.datetime64(a, 's')} and "
+            f"{np.datetime64(b, 's')} on no common grid with its other steps; set data.freq to a pandas offset "
+            f"alias" + (f" (values that fit these two: {', '.join(fits)})" if fits else "")
+        )
+    return frequencies.from_seconds(step, tz=cfg.timezone)
+
+
 def ingest(
     cfg: DataConfig,
     *,
@@ -503,20 +643,8 @@ def ingest(
     notes = Notes()
     for i in infos:
         notes.merge(i["notes"])
-    if cfg.freq:
-        freq = parse_freq(cfg.freq)
-    else:
-        hist: dict[int, int] = {}
-        for i in infos:
-            for step, n in i["freq_hist"].items():
-                hist[step] = hist.get(step, 0) + n
-        if not hist:
-            raise DataError(
-                f"cannot infer the frequency of '{source}': no series has two distinct timestamps; set data.freq"
-            )
-        freq = max(sorted(hist), key=lambda s: hist[s])  # the most common step; ties go to the smallest
-        report.freq_inferred = True
-    report.freq = freq
+    freq, report.freq_inferred = choose_frequency(cfg, infos, source=source), not cfg.freq
+    report.freq, report.freq_alias = freq.seconds, freq.alias
     t_read = time.perf_counter()
 
     # clean: one task per bucket; the cleaned arrays stay in the object store for the writers.
@@ -530,12 +658,8 @@ def ingest(
     report.skipped_series.sort()
     t_clean = time.perf_counter()
 
-    stored_cols = [
-        *cfg.target_cols,
-        *cfg.covariate_cols,
-        *derived_names(cfg.target_cols, lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period),
-        *cfg.future_cols,
-    ]
+    derived = derived_names(cfg.target_cols, lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period)
+    stored_cols = [*cfg.target_cols, *cfg.covariate_cols, *derived, *cfg.future_cols]
     # Global series index: sorted names over all buckets.
     entries = sorted((name, b, i) for b, s in enumerate(summaries) for i, name in enumerate(s["names"]))
     if not entries:
@@ -549,6 +673,19 @@ def ingest(
             [s["partial"] for s in summaries if s["names"]], kind=cfg.scaler, num_cols=width
         )
         loc[:], scale[:] = g_loc, g_scale
+    for idx, (_, b, i) in enumerate(entries):
+        if cfg.scaler_scope == "series":
+            loc[idx], scale[idx] = summaries[b]["loc"][i], summaries[b]["scale"][i]
+    # The mask column exists only when some series is padded, so data without short series is stored as before.
+    pads = [int(summaries[b]["pad"][i]) for _, b, i in entries]
+    pad_at = None
+    if any(pads):
+        pad_at = width - len(cfg.future_cols)  # before the future covariates, which the reader takes from the end
+        if PAD_COL in stored_cols:
+            raise DataError(f"column name '{PAD_COL}' is reserved for the start-padding mask; rename that column")
+        stored_cols.insert(pad_at, PAD_COL)
+        loc, scale = np.insert(loc, pad_at, 0.0, axis=1), np.insert(scale, pad_at, 1.0, axis=1)
+        width += 1
     static_rows = statics.merge([i["static"] for i in infos], static_cols=cfg.static_cols)
     static_enc = statics.fit_encoding(
         {n: static_rows[n] for n, _, _ in entries if cfg.static_cols}, static_cols=cfg.static_cols
@@ -556,8 +693,6 @@ def ingest(
     series_infos, lengths, where = [], [], []
     for idx, (name, b, i) in enumerate(entries):
         s = summaries[b]
-        if cfg.scaler_scope == "series":
-            loc[idx], scale[idx] = s["loc"][i], s["scale"][i]
         series_infos.append(
             SeriesInfo(
                 name=name,
@@ -578,6 +713,7 @@ def ingest(
                 ),
                 static=statics.encode(static_rows[name], static_enc) if cfg.static_cols else [],
                 sha256=s["sha256"][i],
+                pad=pads[idx],
             )
         )
         lengths.append(int(s["lengths"][i]))
@@ -588,8 +724,13 @@ def ingest(
     window = cfg.lookback + cfg.horizon
     target_rows = rows_per_shard(rows=cfg.rows_per_shard, size_mib=cfg.shard_size_mib, num_features=width)
     reuse = _reusable(previous, cfg=cfg, freq=freq, stored_cols=stored_cols, series=series_infos)
-    kept = [[Piece(g.series, g.row_start, g.row_stop, g.core_stop) for g in info.segments] for info in reuse.shards]
-    plan = plan_around(lengths, kept=kept, rows_per_shard=target_rows, window=window)
+    # Shards are planned over stored rows (padding first), then pieces go back to real row positions.
+    kept = [[_moved(g, pads[g.series]) for g in info.segments] for info in reuse.shards]
+    stored_lengths = [n + p for n, p in zip(lengths, pads, strict=True)]
+    plan = [
+        ([_moved(p, -pads[p.series]) for p in pieces], k)
+        for pieces, k in plan_around(stored_lengths, kept=kept, rows_per_shard=target_rows, window=window)
+    ]
     tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:12]}")
     tmp.mkdir(parents=True)
     try:
@@ -607,7 +748,7 @@ def ingest(
             args = [(pos[where[p.series][0]], where[p.series][1], p.row_start, p.row_stop, p.series) for p in pieces]
             sel = [p.series for p in pieces]
             ref = _write_remote.options(**opts).remote(
-                args, loc[sel], scale[sel], stored_cols, *[block_refs[b] for b in needed]
+                args, loc[sel], scale[sel], stored_cols, pad_at, freq, *[block_refs[b] for b in needed]
             )
             pending[ref] = k
         while pending:
@@ -626,6 +767,7 @@ def ingest(
             for p in pieces:
                 info = series_infos[p.series]
                 kw = {"num_rows": info.num_rows, "val_start": info.val_start, "test_start": info.test_start}
+                kw["pad"] = info.pad
                 segments.append(
                     Segment(
                         series=p.series,
@@ -649,6 +791,7 @@ def ingest(
                 )
             )
         num_inputs = len(value_columns(cfg))
+        covered = {sp: {g.series for sh in shards for g in sh.segments if g.windows[sp]} for sp in SPLITS}
         totals = Totals(
             num_series=num_s,
             num_rows=sum(lengths),
@@ -657,6 +800,8 @@ def ingest(
             num_bytes=sum(s.num_bytes for s in shards),
             raw_numeric_bytes=8 * (1 + num_inputs) * sum(lengths),
             windows={sp: sum(s.windows[sp] for s in shards) for sp in SPLITS},
+            series_per_split={sp: len(covered[sp]) for sp in SPLITS},
+            num_pad_rows=sum(pads),
         )
         calendar = list(cfg.calendar_features)
         manifest = Manifest(
@@ -664,7 +809,7 @@ def ingest(
             data_config=cfg.model_dump(mode="json"),
             target_cols=list(cfg.target_cols),
             covariate_cols=list(cfg.covariate_cols),
-            derived_cols=stored_cols[len(cfg.target_cols) + len(cfg.covariate_cols) : width - len(cfg.future_cols)],
+            derived_cols=derived,
             future_cols=list(cfg.future_cols),
             calendar_features=calendar,
             stored_cols=stored_cols,
@@ -673,10 +818,13 @@ def ingest(
             lookback=cfg.lookback,
             horizon=cfg.horizon,
             stride=cfg.stride,
-            freq=freq,
+            freq=freq.seconds,
+            freq_alias=freq.alias,
+            season_lengths=frequencies.season_lengths(cfg.seasonality, freq.alias),
             scaler=cfg.scaler,
             scaler_scope=cfg.scaler_scope,
             shard_schema=dict(SHARD_SCHEMA),
+            pad_col=PAD_COL if pad_at is not None else None,
             series=series_infos,
             shards=shards,
             totals=totals,
@@ -701,6 +849,8 @@ def ingest(
     report.num_bytes = totals.num_bytes
     report.raw_numeric_bytes = totals.raw_numeric_bytes
     report.windows = dict(totals.windows)
+    report.series_per_split = dict(totals.series_per_split)
+    report.num_padded_series = sum(p > 0 for p in pads)
     report.num_tasks = {"read": len(units), "clean": num_buckets, "write": len(plan) - len(kept)}
     report.num_reused_shards = len(kept)
     report.num_changed_series = reuse.num_changed
@@ -715,6 +865,7 @@ def ingest(
     }
     if report.skipped_series:
         report.warnings.append(
-            f"skipped {len(report.skipped_series)} series too short for lookback + horizon + hold-out"
+            f"skipped {len(report.skipped_series)} series too short for "
+            + ("horizon + 1 rows" if cfg.start_padding else "lookback + horizon + hold-out")
         )
     return manifest, report

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from lstm_dist.data.errors import DataError
+from lstm_dist.data.frequency import Frequency, from_seconds, parse, season_lengths
 from lstm_dist.data.splits import Split, start_range, starts_in
 
 FORMAT_VERSION = 1
@@ -59,6 +60,9 @@ class SeriesInfo(_Model):
     """Checksum of the series' cleaned rows (timestamps + stored columns, before scaling): an incremental
     ingest keeps a shard only where every series in it has the same checksum as before. None in manifests
     written before it existed (those are never reused)."""
+    pad: int = 0
+    """Padding rows stored before row 0 (data.start_padding; 0 for a series long enough without): its windows
+    may start at rows -pad .. -1. Row positions here and in segments count real rows; padding rows are < 0."""
 
 
 class Segment(_Model):
@@ -107,6 +111,10 @@ class Totals(_Model):
     raw_numeric_bytes: int
     """8 bytes per timestamp and per numeric input value: the yardstick for storage overhead."""
     windows: dict[str, int]
+    series_per_split: dict[str, int] = Field(default_factory=dict)
+    """Series with at least one window per split (a short series may have train windows only)."""
+    num_pad_rows: int = 0
+    """Padding rows stored before short series (included in num_stored_rows, not in num_rows)."""
 
 
 class Manifest(_Model):
@@ -133,11 +141,14 @@ class Manifest(_Model):
     horizon: int
     stride: int
     freq: int
-    """Sampling period in seconds."""
+    """Sampling period in seconds; for a calendar frequency (months, business days) its average length, for display
+    only: timestamps come from `frequency()`, never from `t + k * freq`."""
     scaler: str
     scaler_scope: str
     shard_schema: dict[str, str]
     """Arrow type of each shard column."""
+    pad_col: str | None = None
+    """Stored 0/1 column that is 1 on start-padding rows (a model input); None when no series is padded."""
     series: list[SeriesInfo]
     shards: list[ShardInfo]
     totals: Totals
@@ -145,6 +156,13 @@ class Manifest(_Model):
     """Names of the encoded static covariates (data.static_cols): `col` for numbers, `col=level` per text level."""
     static_encoding: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per static column, how it is encoded (see lstm_dist.data.statics), for series seen only at inference."""
+
+    freq_alias: str = ""
+    """The pandas offset alias of the sampling frequency (`h`, `MS`, `W-SUN`); empty in older manifests (then `freq` s)."""
+
+    season_lengths: list[int] = Field(default_factory=list)
+    """Season lengths in steps (data.seasonality, or the frequency's defaults); the first is the primary.
+    Empty in older manifests (see `season_length`)."""
 
     _stats: tuple[np.ndarray, np.ndarray] | None = PrivateAttr(default=None)
 
@@ -175,8 +193,28 @@ class Manifest(_Model):
             test_start=info.test_start,
             lookback=self.lookback,
             horizon=self.horizon,
+            pad=info.pad,
         )
         return starts_in(lo, hi, stride=stride or self.stride, begin=seg.row_start, end=seg.core_stop)
+
+    def real_steps(self, x: np.ndarray) -> np.ndarray:
+        """bool [..., L]: which input steps of `x` [..., L, F] are real rows, not start padding (all True
+        when no series is padded). Baselines and histories built from windows must skip the others."""
+        if self.pad_col is None:
+            return np.ones(x.shape[:-1], dtype=bool)
+        return x[..., self.x_features.index(self.pad_col)] < 0.5
+
+    def frequency(self) -> Frequency:
+        """The grid of the data: alias and timezone, with its step arithmetic."""
+        tz = self.data_config.get("timezone") or "UTC"
+        return parse(self.freq_alias, tz=tz) if self.freq_alias else from_seconds(self.freq, tz=tz)
+
+    @property
+    def season_length(self) -> int:
+        """The primary season in steps: the seasonal-naive baseline's and the MASE scale's."""
+        if self.season_lengths:
+            return self.season_lengths[0]
+        return season_lengths(self.data_config.get("seasonality"), self.frequency().alias)[0]
 
     def series_index(self) -> dict[str, int]:
         """Series name -> index."""

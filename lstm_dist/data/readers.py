@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from lstm_dist.config import DataConfig
 from lstm_dist.data.errors import DataError
+from lstm_dist.data.frequency import check_timezone, localize
 
 CSV_EXT = (".csv", ".csv.gz", ".tsv")
 PARQUET_EXT = (".parquet", ".pq", ".parq")
@@ -182,8 +183,33 @@ def numeric_column(col: pa.ChunkedArray | pa.Array, *, name: str, source: str) -
     raise DataError(f"{source}: column '{name}' has type {t}, which is not numeric; list only numeric columns")
 
 
-def timestamp_column(col: pa.ChunkedArray | pa.Array, *, name: str, source: str, notes: Notes) -> np.ndarray:
-    """Unix seconds, int64 [N] (timezones converted to UTC). Unparseable or null values raise with the row."""
+def timestamp_column(
+    col: pa.ChunkedArray | pa.Array,
+    *,
+    name: str,
+    source: str,
+    notes: Notes,
+    tz: str = "UTC",
+    codes: np.ndarray | None = None,
+) -> np.ndarray:
+    """Unix seconds, int64 [N]: timestamps with an offset converted to UTC, naive ones read as wall-clock time
+    in `tz` (data.timezone; `codes` [N] tell series apart for the repeated autumn hour). Unparseable or null
+    values raise with the row."""
+    ts, naive = _timestamp_seconds(col, name=name, source=source, notes=notes)
+    if not naive or tz == "UTC":
+        return ts
+    utc, bad = localize(ts, tz, codes=codes)
+    if bad is not None:
+        raise DataError(
+            f"{source}: column '{name}' holds {np.datetime64(int(ts[bad]), 's')} at {_row_hint(source, bad)}, a "
+            f"wall-clock time that does not exist in data.timezone = {tz} (clocks skip it); write timestamps "
+            "with a UTC offset, or set data.timezone to the zone the data was recorded in"
+        )
+    return utc
+
+
+def _timestamp_seconds(col: pa.ChunkedArray | pa.Array, *, name: str, source: str, notes: Notes) -> tuple:
+    """(seconds int64 [N], naive): UTC seconds, or wall-clock seconds when the input had no offset."""
     t = col.type
     if col.null_count:
         row = int(np.argmax(np.asarray(col.is_null().to_numpy(zero_copy_only=False))))
@@ -194,12 +220,14 @@ def timestamp_column(col: pa.ChunkedArray | pa.Array, *, name: str, source: str,
             if pa.types.is_timestamp(t)
             else col.cast(pa.timestamp("s"))
         )
-        return np.asarray(ts.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+        naive = not pa.types.is_timestamp(t) or t.tz is None
+        return np.asarray(ts.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64), naive
     if pa.types.is_integer(t):
         notes.warn(f"{source}: integer column '{name}' read as unix seconds")
-        return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+        return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64), False
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         text = col.to_pandas()
+        naive = len(text) > 0 and pd.to_datetime(text.iloc[:1], errors="coerce", format="mixed").dt.tz is None
         parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
         if parsed.isna().any():
             parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
@@ -209,7 +237,7 @@ def timestamp_column(col: pa.ChunkedArray | pa.Array, *, name: str, source: str,
                 f"{source}: column '{name}' holds an unparseable timestamp {text.iloc[row]!r} at "
                 f"{_row_hint(source, row)}; use ISO 8601 (2024-01-01 13:00:00) or set data.timestamp_col"
             )
-        return parsed.dt.tz_localize(None).to_numpy("datetime64[s]").astype(np.int64)
+        return parsed.dt.tz_localize(None).to_numpy("datetime64[s]").astype(np.int64), naive
     raise DataError(f"{source}: column '{name}' has type {t}; timestamps must be dates, datetimes or ISO strings")
 
 
@@ -238,14 +266,16 @@ def normalize(
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Long layout as (sorted series names, codes int64 [N], ts int64 [N], values float64 [N, V])."""
     _check_columns(table, cfg=cfg, source=source)
-    ts = timestamp_column(table.column(cfg.timestamp_col), name=cfg.timestamp_col, source=source, notes=notes)
+    tz = check_timezone(cfg.timezone)
+    kw = {"name": cfg.timestamp_col, "source": source, "notes": notes, "tz": tz}
     if cfg.layout == "wide":
-        return _normalize_wide(table, ts, cfg=cfg, source=source)
+        return _normalize_wide(table, timestamp_column(table.column(cfg.timestamp_col), **kw), cfg=cfg, source=source)
     series = table.column(cfg.series_col)
     if series.null_count:
         row = int(np.argmax(np.asarray(series.is_null().to_numpy(zero_copy_only=False))))
         raise DataError(f"{source}: column '{cfg.series_col}' (data.series_col) is empty at {_row_hint(source, row)}")
     names, codes = series_codes(series)
+    ts = timestamp_column(table.column(cfg.timestamp_col), codes=codes, **kw)
     cols = [numeric_column(table.column(c), name=c, source=source) for c in value_columns(cfg)]
     values = np.stack(cols, axis=1)
     if cfg.missing == "error":

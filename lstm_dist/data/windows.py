@@ -52,6 +52,7 @@ class WindowDataset:
         self._num_stored = len(m.stored_cols)
         self._num_future_cols = len(m.future_cols)
         self._calendar = list(m.calendar_features)
+        self._tz = m.frequency().tz  # calendar features are local time
         window = m.lookback + m.horizon
 
         # Window starts per segment form an arithmetic progression: keep (shard, first row, count) only.
@@ -82,8 +83,9 @@ class WindowDataset:
                     seg_series.append(seg.series)
         self._seg_shard = np.asarray(seg_shard, dtype=np.int64)
         self._seg_first = np.asarray(seg_first, dtype=np.int64)
-        # On a regular grid (every ingest except missing=drop) t0 follows from the segment's first window.
-        self._regular = m.data_config.get("missing") != "drop"
+        # On a regular fixed-length grid (every ingest except missing=drop or a calendar frequency such as
+        # months) t0 follows from the segment's first window; otherwise it is read from the shard.
+        self._regular = m.data_config.get("missing") != "drop" and m.frequency().fixed
         self._step_s = self.stride * m.freq
         self._seg_t0 = np.asarray(
             [self._shards[k].ts[r + m.lookback] for k, r in zip(seg_shard, seg_first, strict=True)], dtype=np.int64
@@ -197,7 +199,7 @@ class WindowDataset:
         if self._calendar:
             if ts is None:
                 ts = np.empty((0, lookback + self._horizon), dtype=np.int64)
-            cal = calendar_features(ts, self._calendar)  # [B, L+H, 2C], from the real timestamps
+            cal = calendar_features(ts, self._calendar, tz=self._tz)  # [B, L+H, 2C], from the real timestamps
             x = np.concatenate([win_x, cal[:, :lookback]], axis=2)  # [B, L, F]
             future = np.concatenate([fut, cal[:, lookback:]], axis=2)  # [B, H, Ff]
         else:

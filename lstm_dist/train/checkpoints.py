@@ -111,6 +111,8 @@ def model_args_for(ds) -> dict[str, Any]:
 
     m = ds.manifest
     static = {"static": [s.static for s in m.series]} if m.static_features else {}
+    # Window normalisation skips start padding; the key exists only for padded data, as the mask column does.
+    pad = {"pad_feature": m.x_features.index(m.pad_col)} if m.pad_col is not None else {}
     return {
         "num_features": ds.num_features,
         "num_targets": ds.num_targets,
@@ -119,4 +121,5 @@ def model_args_for(ds) -> dict[str, Any]:
         "num_series": ds.num_series,
         "level_of": level_of(m.x_features, targets=m.target_cols, derived=m.derived_cols),
         **static,
+        **pad,
     }

