@@ -37,7 +37,9 @@ class ArrayWindows:
         self.horizon, self.num_targets, self.num_features, self.num_future = horizon, 1, 2, 0
         self.num_series = num_series
         scale = np.full((num_series, 1), 2.0)  # original units = scaled * 2 + 5
-        self.manifest = types.SimpleNamespace(target_loc_scale=lambda idx: (np.full((len(idx), 1), 5.0), scale[idx]))
+        self.manifest = types.SimpleNamespace(
+            target_loc_scale=lambda idx: (np.full((len(idx), 1), 5.0), scale[idx]), data_config={}
+        )
 
     def __len__(self) -> int:
         return len(self.x)
