@@ -28,6 +28,15 @@ OverridesArg = Annotated[
 ]
 
 
+BELOW_HELP = (
+    "Crown the model even if its test MASE does not beat the seasonal naive's (it is still tagged below_baseline)."
+)
+
+
+def _below_override(allow: bool) -> list[str]:
+    return ["tracking.allow_below_baseline=true"] if allow else []
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -65,13 +74,14 @@ def run(
     show_config: Annotated[
         bool, typer.Option("--show-config", help="Print the full resolved config and exit.")
     ] = False,
+    allow_below_baseline: Annotated[bool, typer.Option("--allow-below-baseline", help=BELOW_HELP)] = False,
 ) -> None:
     """Run the training pipeline: ingest -> shard -> (tune, when enabled) -> train (Ray Train DDP) -> evaluate -> register.
 
     Completed steps are cached under workflow.work_dir and reused; a run that died resumes where it stopped
     (training from its latest checkpoint). `lstm-dist status` shows the steps of the latest runs.
     """
-    cfg = _load(config, overrides)
+    cfg = _load(config, [*(overrides or []), *_below_override(allow_below_baseline)])
     if show_config:
         typer.echo(dump_yaml(cfg))
         return
@@ -408,19 +418,49 @@ def retrain(
         list[str] | None,
         typer.Option("--force", help="Retrain even without new data, rerunning this step and the steps using it."),
     ] = None,
+    allow_below_baseline: Annotated[bool, typer.Option("--allow-below-baseline", help=BELOW_HELP)] = False,
 ) -> None:
     """Retrain on new data, promoting the challenger only if it beats the champion on the same hold-out.
 
     Ends at once when the inputs are those the champion was trained on. Otherwise ingests only the new or
     changed files, trains a challenger (warm-started with workflow.warm_start=true), scores it and the
-    champion on the same, most recent hold-out, and moves the champion alias only if it is better.
+    champion on the same, most recent hold-out, and moves the champion alias only if it is better (and
+    it beats the seasonal naive forecast).
     """
-    cfg = _load(config, overrides)
+    cfg = _load(config, [*(overrides or []), *_below_override(allow_below_baseline)])
     from pipelines.retrain import run as run_retrain
 
     save_resolved(cfg)
     try:
         run_retrain(cfg, force=set(force or ()))
+    except _user_errors() as exc:
+        _fail(f"error: {exc}", code=1)
+
+
+@app.command()
+def backtest(
+    config: ConfigArg,
+    overrides: OverridesArg = None,
+    windows: Annotated[int | None, typer.Option("--windows", help="Number of cutoffs (backtest.windows).")] = None,
+    step: Annotated[
+        int | None, typer.Option("--step", help="Steps between cutoffs; 0 = the horizon (backtest.step).")
+    ] = None,
+    refit_every: Annotated[
+        int | None, typer.Option("--refit-every", help="Train at every k-th cutoff (backtest.refit_every).")
+    ] = None,
+) -> None:
+    """Rolling-origin backtest: at each of the last N cutoffs train on the data up to it only, forecast the horizon
+    after it, and score model vs naive, seasonal naive, AutoETS and AutoTheta (MASE, sMAPE, MAE, RMSE).
+
+    The table (per cutoff and overall) is printed, written as CSV under <work_dir>/backtest/ and logged to MLflow.
+    """
+    flags = {"windows": windows, "step": step, "refit_every": refit_every}
+    cfg = _load(config, [*(overrides or []), *(f"backtest.{k}={v}" for k, v in flags.items() if v is not None)])
+    from pipelines.backtest import run as run_backtest
+
+    save_resolved(cfg)
+    try:
+        run_backtest(cfg)
     except _user_errors() as exc:
         _fail(f"error: {exc}", code=1)
 
@@ -558,6 +598,14 @@ def predict(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="Config to take the tracking URI and Ray address from.")] = None,
     num_tasks: Annotated[int, typer.Option(help="Ray tasks (series groups); 0 = the cluster's CPU count.")] = 0,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Forecast from this cutoff (a timestamp): rows after it are not input."),
+    ] = None,
+    future: Annotated[
+        str | None,
+        typer.Option(help="Known-future columns over the horizon (CSV/Parquet: series, timestamp, future cols)."),
+    ] = None,
 ) -> None:
     """Batch forecasts of every series in the input, spread over Ray tasks, with the model version in the file."""
     import os
@@ -581,7 +629,14 @@ def predict(
         ray.init(include_dashboard=False)
     try:
         batch_predict(
-            model_uri=model, source=input, output=output, tracking_uri=uri, num_tasks=num_tasks, progress=typer.echo
+            model_uri=model,
+            source=input,
+            output=output,
+            tracking_uri=uri,
+            num_tasks=num_tasks,
+            as_of=as_of,
+            future=future,
+            progress=typer.echo,
         )
     except (PredictError, *_user_errors()) as exc:
         _fail(f"error: {exc}", code=1)

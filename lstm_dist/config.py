@@ -215,6 +215,9 @@ class TrainConfig(_Section):
     """Worker-group restarts from the latest checkpoint after a worker dies."""
     max_val_windows: int = Field(0, ge=0)
     """Cap on validation windows evaluated per epoch (0 = all)."""
+    final_fit: bool = True
+    """Before registering, retrain on every row up to the end of each series for the held-out run's best epoch
+    count, and register that model (its held-out scores are the evaluated model's); false registers the evaluated model."""
 
 
 class TuneConfig(_Section):
@@ -251,12 +254,16 @@ class TrackingConfig(_Section):
     """Registered model name."""
     register_model: bool = True
     """Register the final model and set its alias."""
-    promotion_metric: Literal["mae", "rmse"] = "mae"
+    promotion_metric: Literal["mae", "rmse", "mase", "smape"] = "mae"
     """Test metric compared against the champion (lower is better)."""
     promotion_margin: float = Field(0.0, ge=0)
     """Relative improvement a challenger needs over the champion to be promoted (0.02 = 2%)."""
     system_metrics_interval_s: float = Field(5.0, gt=0)
     """Seconds between samples of MLflow system metrics (CPU, memory, GPU) on the training run."""
+    baseline_margin: float = Field(0.0, ge=0)
+    """Relative margin by which the model's test MASE must beat the seasonal naive's to be crowned (0.05 = 5%)."""
+    allow_below_baseline: bool = False
+    """Crown a model even when it does not beat the seasonal naive (`--allow-below-baseline`); it stays tagged."""
 
 
 class WorkflowConfig(_Section):
@@ -269,6 +276,15 @@ class WorkflowConfig(_Section):
     """Logical CPUs of a local Ray (0 = the machine's count, at least 4 so 2 workers and a controller fit)."""
     warm_start: bool = False
     """Retrain: start the challenger from the champion's weights (same architecture and data shape) instead of fresh."""
+
+
+class BacktestConfig(_Section):
+    windows: int = Field(3, ge=1)
+    """Rolling-origin backtest (`lstm-dist backtest`): number of cutoffs, the last leaving exactly one horizon."""
+    step: int = Field(0, ge=0)
+    """Steps between consecutive cutoffs; 0 = the horizon (the forecast windows do not overlap)."""
+    refit_every: int = Field(1, ge=1)
+    """Train a model at every k-th cutoff; the cutoffs between reuse it, forecasting from their own cutoff."""
 
 
 class PipelineConfig(_Section):
@@ -284,6 +300,8 @@ class PipelineConfig(_Section):
     """MLflow tracking and registry."""
     workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)
     """Where the pipeline keeps its state and runs."""
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+    """Rolling-origin backtest (`lstm-dist backtest`)."""
 
     def tracking_uri(self) -> str:
         """The MLflow tracking URI this config resolves to."""

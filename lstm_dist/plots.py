@@ -167,6 +167,23 @@ def error_by_horizon(by_step: np.ndarray, path: str | Path, *, metrics: dict[str
     return _save(fig, path)
 
 
+def backtest_mase(table: pd.DataFrame, path: str | Path) -> Path:
+    """MASE per cutoff of the model and each baseline (lstm_dist.backtest.score_folds's table)."""
+    fig = _figure(7, 3.6)
+    ax = fig.subplots()
+    folds = table[table["fold"] != "all"]
+    for name, part in folds.groupby("forecaster", sort=False):
+        ax.plot(part["fold"].astype(int), part["mase"], marker="o", linewidth=2.5 if name == "model" else 1, label=name)
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("cutoff (1 = oldest)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("MASE")
+    ax.set_title("rolling-origin backtest: MASE per cutoff")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def gate_heatmap(model, ds, path: str | Path) -> Path | None:
     """Gate activations of the first LSTM layer over one test window; None for GRU/RNN models."""
     try:

@@ -1,6 +1,7 @@
 """Batch prediction from a registered model: series spread over Ray tasks, forecasts to one Parquet file.
 
     lstm-dist predict --model models:/lstm_demo@champion --input data/ --output forecasts.parquet
+    lstm-dist predict ... --as-of 2024-03-01T00:00 --future weather.csv   (a cutoff; known-future covariates)
 
 The driver resolves the model URI to a version, downloads its two files (weights, manifest) once and puts
 them in Ray's object store; the input is read with the model's own data config (column names, layout)
@@ -17,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,15 +159,23 @@ def predict(
     output: str,
     tracking_uri: str,
     num_tasks: int = 0,
+    as_of: str | None = None,
+    future: str | None = None,
     progress=print,
 ) -> dict[str, Any]:
-    """Forecast every series of `source` with the model; write `output` (Parquet). Ray must be initialised."""
+    """Forecast every series of `source` with the model; write `output` (Parquet). Ray must be initialised.
+
+    `as_of`: forecast from this cutoff (rows after it are not input). `future`: a file of known-future
+    columns (series, timestamp, future columns) over the horizon; a model with known-future covariates
+    needs it unless the input carries those rows itself (after the cutoff, or with empty targets)."""
     started = time.perf_counter()
     files = download_model(model_uri, tracking_uri=tracking_uri)
     progress(f"[predict] {model_uri} -> {files.name} v{files.version}")
     manifest = json.loads(files.manifest.read_text())
     series_col = manifest["data_config"]["series_col"]
     history = read_history(source, manifest_path=files.manifest)
+    known = read_history(future, manifest_path=files.manifest) if future else None
+    history, known = _cut_and_check(history, known, manifest_path=files.manifest, as_of=as_of, future=future)
     if manifest["data_config"].get("layout") == "wide":
         parts = [history]  # one frame holds every series
     else:
@@ -173,7 +183,9 @@ def predict(
         parts = split_series(history, series_col=series_col, num_parts=wanted)
     weights = ray.put(files.weights.read_bytes())
     manifest_text = ray.put(files.manifest.read_text())
-    refs = [_forecast_task.remote(weights, manifest_text, part) for part in parts]
+    refs = [
+        _forecast_task.remote(weights, manifest_text, part, _same_series(known, part, series_col)) for part in parts
+    ]
     frames = ray.get(refs)
     forecast = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     sort_cols = [c for c in (series_col, "step") if c in forecast.columns]
@@ -181,6 +193,8 @@ def predict(
     meta = {
         **files.metadata(),
         "input": source,
+        **({"as_of": str(as_of)} if as_of else {}),
+        **({"future": future} if future else {}),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "lstm_dist_version": lstm_dist.__version__,
         "num_series": str(forecast[series_col].nunique() if series_col in forecast else 0),
@@ -194,14 +208,53 @@ def predict(
     return {"rows": len(forecast), "tasks": len(parts), "seconds": seconds, **meta}
 
 
+def _cut_and_check(
+    history: pd.DataFrame, known: pd.DataFrame | None, *, manifest_path: Path, as_of: str | None, future: str | None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The input cut at `as_of`, and the known-future rows, checked on the driver so that a missing column,
+    series or row is one clear error (not one per Ray task)."""
+    from lstm_dist.data.errors import DataError
+    from lstm_dist.data.manifest import Manifest
+    from lstm_dist.serving import resolve_inputs
+
+    manifest = Manifest.model_validate_json(Path(manifest_path).read_text())
+    try:
+        history, known = resolve_inputs(history, manifest, as_of=as_of, future=known)
+    except DataError as exc:
+        where = f"--future {future}: " if future and str(exc).startswith("future") else ""
+        raise PredictError(f"{where}{exc}") from None
+    if manifest.future_cols and known is None:
+        cfg = manifest.data_config
+        raise PredictError(
+            f"the model uses known-future covariates {manifest.future_cols}: pass --future FILE (CSV/Parquet) with "
+            f"columns {[cfg['series_col'], cfg['timestamp_col'], *manifest.future_cols]} for the {manifest.horizon} "
+            "steps after each series' last row"
+        )
+    if not manifest.future_cols and future:
+        warnings.warn(
+            f"--future {future}: the model has no known-future covariates; the file is not used", stacklevel=2
+        )
+        known = None
+    return history, known
+
+
+def _same_series(known: pd.DataFrame | None, part: pd.DataFrame, series_col: str) -> pd.DataFrame | None:
+    """The known-future rows of the series in `part` (every row for a wide layout, without a series column)."""
+    if known is None or series_col not in known.columns or series_col not in part.columns:
+        return known
+    return known[known[series_col].astype(str).isin(set(part[series_col].astype(str)))]
+
+
 @ray.remote(num_cpus=1)
-def _forecast_task(weights: bytes, manifest_text: str, history: pd.DataFrame) -> pd.DataFrame:
+def _forecast_task(
+    weights: bytes, manifest_text: str, history: pd.DataFrame, future: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Forecast one group of series (the model is rebuilt from the object store's bytes, once per task)."""
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "model.pt").write_bytes(weights)
         (Path(tmp) / "manifest.json").write_text(manifest_text)
         model = load_forecaster(Path(tmp) / "model.pt", Path(tmp) / "manifest.json")
-    return model.forecast(history)
+    return model.forecast(history, future=future)
 
 
 def write_parquet(frame: pd.DataFrame, output: str, *, metadata: dict[str, str]) -> None:

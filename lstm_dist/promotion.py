@@ -1,6 +1,10 @@
-"""Champion / challenger: a new model version is promoted only when it beats the champion on the same test split.
+"""Champion / challenger: a new model version is promoted only when it beats the seasonal naive forecast and the
+champion on the same test split.
 
-The rule: a freshly registered version becomes `challenger`; the current `champion` is loaded from the
+The gate first: a version whose test MASE does not beat the seasonal naive's (by `tracking.baseline_margin`)
+is never crowned, not even as the first model: it becomes `challenger`, is tagged `below_baseline` with both
+scores, and the champion alias is left alone (`allow_below_baseline` overrides; the tag stays).
+Then the rule: a freshly registered version becomes `challenger`; the current `champion` is loaded from the
 registry and scored on the challenger's own test windows (the same WindowDataset, re-scaled into the
 champion's units when its scalers differ); the challenger takes `champion` only if its score is lower
 by the relative margin. The decision and both scores are written as tags on the challenger's version.
@@ -17,7 +21,8 @@ import numpy as np
 
 from lstm_dist.tracking import CHALLENGER, CHAMPION
 
-METRICS = ("mae", "rmse")
+METRICS = ("mae", "rmse", "mase", "smape")
+BELOW_BASELINE = "below_baseline"  # version tag: its test MASE did not beat the seasonal naive's
 
 
 class PromotionError(RuntimeError):
@@ -53,6 +58,46 @@ class Decision:
         return tags
 
 
+@dataclass
+class BaselineGate:
+    """The model's and the seasonal naive's test MASE on the same windows, and what the config allows."""
+
+    model_mase: float
+    baseline_mase: float
+    margin: float = 0.0
+    allow_below: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return beats(self.model_mase, self.baseline_mase, margin=self.margin)
+
+    def describe(self) -> str:
+        need = f" by {self.margin:.1%}" if self.margin else ""
+        verb = "beats" if self.passed else "does not beat"
+        return f"test MASE {self.model_mase:.4g} {verb} the seasonal naive's {self.baseline_mase:.4g}{need}"
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "baseline.model_mase": f"{self.model_mase:.6g}",
+            "baseline.snaive_mase": f"{self.baseline_mase:.6g}",
+            "baseline.margin": f"{self.margin:g}",
+            "baseline.passed": str(self.passed).lower(),
+        }
+        if not self.passed:
+            tags[BELOW_BASELINE] = f"model MASE {self.model_mase:.6g}, seasonal naive MASE {self.baseline_mase:.6g}"
+            if self.allow_below:
+                tags["baseline.allowed_below"] = "true"
+        return tags
+
+
+def baseline_gate(metrics: dict[str, float], *, margin: float, allow_below: bool) -> BaselineGate:
+    """The gate from an evaluation's metrics (`model_mase`, `snaive_mase`; missing ones count as NaN: not passed)."""
+    nan = float("nan")
+    return BaselineGate(
+        float(metrics.get("model_mase", nan)), float(metrics.get("snaive_mase", nan)), margin, allow_below
+    )
+
+
 def beats(challenger: float, champion: float, *, margin: float) -> bool:
     """Lower is better: the challenger must be below the champion by the relative `margin` (0.02 = 2%)."""
     return bool(np.isfinite(challenger)) and challenger < champion * (1 - margin)
@@ -68,6 +113,7 @@ def promote_if_better(
     challenger_score: float,
     shard_dir: str | None,
     season: int,
+    gate: BaselineGate | None = None,
 ) -> Decision:
     """Give a freshly registered version its alias (see the module docstring); returns the decision."""
     from mlflow.exceptions import MlflowException
@@ -78,8 +124,16 @@ def promote_if_better(
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
+    note = ""
+    if gate is not None:
+        for key, value in gate.tags().items():
+            client.set_model_version_tag(name, version, key, value)
+        if not gate.passed and not gate.allow_below:
+            return _below_baseline(client, name, version, gate, champion, metric, challenger_score, margin)
+        if not gate.passed:
+            note = f" (below baseline, allowed by allow_below_baseline: {gate.describe()})"
     if champion is None:
-        decision = Decision(version, CHAMPION, True, "first model: champion", metric, challenger_score)
+        decision = Decision(version, CHAMPION, True, f"first model: champion{note}", metric, challenger_score)
         _record(client, name, decision, margin=margin)
         client.set_registered_model_alias(name, CHAMPION, version)
         return decision
@@ -94,7 +148,7 @@ def promote_if_better(
             CHALLENGER,
             False,
             f"kept champion v{champion.version}: it could not be scored on this test split ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300]})",
+            f"{str(exc).splitlines()[0][:300]}){note}",
             metric,
             challenger_score,
             champion_version=str(champion.version),
@@ -107,12 +161,12 @@ def promote_if_better(
     if promoted:
         reason = (
             f"promoted: test {metric} {challenger_score:.4g} beats champion v{champion.version} "
-            f"{champ_score:.4g}{need}{where}"
+            f"{champ_score:.4g}{need}{where}{note}"
         )
     else:
         reason = (
             f"kept champion v{champion.version}: test {metric} {challenger_score:.4g} does not beat "
-            f"{champ_score:.4g}{need}{where}"
+            f"{champ_score:.4g}{need}{where}{note}"
         )
     decision = Decision(
         version,
@@ -128,6 +182,29 @@ def promote_if_better(
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)  # the one call that moves the champion
         client.delete_registered_model_alias(name, CHALLENGER)
+    return decision
+
+
+def _below_baseline(client, name, version, gate, champion, metric, challenger_score, margin) -> Decision:
+    """Registered, `challenger`, tagged; the champion alias (or its absence) is left as it was."""
+    if champion is not None and str(champion.version) == str(version):  # crowned earlier (by an override)
+        return Decision(version, CHAMPION, True, "already champion", metric, challenger_score)
+    kept = f"champion v{champion.version} kept" if champion is not None else "no champion set"
+    reason = (
+        f"below baseline, not promoted: {gate.describe()}; {kept} "
+        "(pass --allow-below-baseline or tracking.allow_below_baseline=true to crown it anyway)"
+    )
+    decision = Decision(
+        version,
+        CHALLENGER,
+        False,
+        reason,
+        metric,
+        challenger_score,
+        champion_version=str(champion.version) if champion is not None else None,
+    )
+    _record(client, name, decision, margin=margin)
+    client.set_registered_model_alias(name, CHALLENGER, version)
     return decision
 
 
@@ -150,7 +227,10 @@ def score_version(client, name: str, version: str, *, shard_dir: str, season: in
     python_model = loaded.unwrap_python_model()
     ds = WindowDataset(shard_dir, split="test")
     windows = ds if same_scaling(python_model.manifest, ds.manifest) else RescaledWindows(ds, python_model.manifest)
-    evaluation = evaluate_model(python_model.net, windows, season=season)
+    # A version refit on all rows trained on these test windows (when the data is the same): score the
+    # evaluated model it was refit from, which did not see them.
+    net = getattr(python_model, "heldout_net", None) or python_model.net
+    evaluation = evaluate_model(net, windows, season=season, baselines=False)
     return float(evaluation.metrics[f"model_{metric}"])
 
 

@@ -5,10 +5,14 @@ definitions, column roles, lookback/horizon), so `mlflow.pyfunc.load_model(...)`
 or `mlflow models serve`, needs only this package installed: no work dir, no shards.
 
 Input: rows of (timestamp, series, targets, covariates[, future covariates][, static columns]) with the input's column
-names, at least `lookback` rows per series (plus the warm-up of lags/moving averages). When the model
-uses known-future covariates, each series also carries its next `horizon` rows with the targets left
-empty: those rows are the known future, not history. Output: one row per (series, forecast step) with
-the point forecast per target and, for quantile/gaussian models, `<target>_q0.1`-style interval columns.
+names, at least `lookback` rows per series (plus the warm-up of lags/moving averages); other columns are
+ignored (the signature lists only the used ones). When the model uses known-future covariates, each series
+also carries its next `horizon` rows with the targets left empty: those rows are the known future, not
+history. `params={"as_of": T}` forecasts from the cutoff T instead of the end: rows after T are not
+input (with known-future covariates they give the future values). In Python,
+`ForecastModel.forecast(history, as_of=..., future=...)` also takes the future rows as their own frame.
+Output: one row per (series, forecast step) with the point forecast per target and, for quantile/gaussian
+models, `<target>_q0.1`-style interval columns.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lstm_dist.data.errors import DataError
 from lstm_dist.data.manifest import Manifest
+
+HELDOUT_ARTIFACT = "heldout_model"  # the evaluated model's weights when `model` was refit on all rows
+PREDICT_PARAMS = {"as_of": ""}  # the pyfunc's params schema: "" = forecast from the end of the history
 
 
 class ForecastModel(mlflow.pyfunc.PythonModel):
@@ -33,23 +41,32 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         from lstm_dist.train.checkpoints import load_model
 
         self.net = load_model(artifacts["model"])
+        # The held-out model of a refit version: what promotion scores (the refit one trained on the test rows).
+        self.heldout_net = load_model(artifacts[HELDOUT_ARTIFACT]) if artifacts.get(HELDOUT_ARTIFACT) else None
         # Read the file directly: the artifact copy has no _SUCCESS marker beside it (Manifest.load wants one).
         self.manifest = Manifest.model_validate_json(Path(artifacts["manifest"]).read_text())
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        return self.forecast(model_input)
+        return self.forecast(model_input, as_of=(params or {}).get("as_of") or None)
 
     def __getstate__(self) -> dict:
         # Weights and manifest travel as artifact files, not inside the pickled Python object.
         return {}
 
     @torch.no_grad()
-    def forecast(self, history: pd.DataFrame) -> pd.DataFrame:
-        """Forecast the `horizon` steps after the last observed row of each series in `history`."""
+    def forecast(
+        self, history: pd.DataFrame, as_of: str | pd.Timestamp | None = None, future: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """Forecast the `horizon` steps after the last observed row of each series in `history`.
+
+        `as_of`: forecast from this cutoff instead: rows after it are not input (the forecast starts at the
+        first step after it). `future`: rows of (series, timestamp, future columns) over the horizon, for a
+        model with known-future covariates; without it they come from the rows of `history` after the
+        cutoff or after each series' last observed target."""
         from lstm_dist.data.inference import inverse_targets, make_inference_batch
 
         m = self.manifest
-        history, future = split_known_future(history, m)
+        history, future = resolve_inputs(history, m, as_of=as_of, future=future)
         batch = make_inference_batch(history, manifest=m, future=future)
         fut = torch.from_numpy(batch["future"]) if batch["future"].shape[-1] else None
         series = torch.from_numpy(np.maximum(batch["series"], 0))  # unknown series (-1): embedding of series 0
@@ -76,6 +93,81 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
             for t, name in enumerate(m.target_cols):
                 frame[f"{name}_{label}"] = values[:, :, t].reshape(-1)
         return pd.DataFrame(frame)
+
+
+def resolve_inputs(
+    history: pd.DataFrame, manifest: Manifest, *, as_of=None, future: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(history, future) as the model reads them: `history` cut at `as_of`, and the known-future rows
+    (`future` if given, else the rows after the cutoff and after each series' last observed target)."""
+    history, after = cut_at(history, manifest, as_of=as_of)
+    history, appended = split_known_future(history, manifest)
+    if future is None and manifest.future_cols:
+        parts = [p for p in (appended, after) if p is not None and len(p)]
+        future = pd.concat(parts, ignore_index=True) if parts else None
+    if future is not None and manifest.future_cols:
+        check_future(history, future, manifest)
+    return history, future
+
+
+def cut_at(history: pd.DataFrame, manifest: Manifest, *, as_of=None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(rows up to and including `as_of`, rows after it); (history, None) without a cutoff."""
+    if as_of is None or (isinstance(as_of, str) and not as_of.strip()):
+        return history, None
+    ts_col = manifest.data_config.get("timestamp_col", "timestamp")
+    ts = pd.to_datetime(history[ts_col])
+    try:
+        cut = pd.Timestamp(as_of)
+    except (TypeError, ValueError):
+        raise DataError(f"as_of '{as_of}' is not a timestamp; give e.g. 2024-01-10T12:00:00") from None
+    if ts.dt.tz is not None and cut.tz is None:
+        cut = cut.tz_localize(ts.dt.tz)
+    elif ts.dt.tz is None and cut.tz is not None:
+        cut = cut.tz_convert("UTC").tz_localize(None)  # naive input timestamps are read as UTC
+    keep = (ts <= cut).to_numpy()
+    if not keep.any():
+        raise DataError(f"as_of {as_of}: the input has no rows at or before it (its first row is at {ts.min()})")
+    return history[keep], history[~keep]
+
+
+def check_future(history: pd.DataFrame, future: pd.DataFrame, manifest: Manifest) -> None:
+    """Raise a DataError naming what `future` lacks: columns, series, or rows over each series' horizon."""
+    cfg = manifest.data_config
+    series_col, ts_col = cfg.get("series_col", "series_id"), cfg.get("timestamp_col", "timestamp")
+    long = cfg.get("layout", "long") != "wide"
+    need = [*([series_col] if long else []), ts_col, *manifest.future_cols]
+    missing = [c for c in need if c not in future.columns]
+    if missing:
+        raise DataError(
+            f"future: column(s) {missing} not found (it has {list(future.columns)}); the model needs {need} "
+            f"for the {manifest.horizon} steps after each series' last row"
+        )
+    if not long:
+        return
+    have = set(zip(future[series_col].astype(str), _utc(future[ts_col]).tolist(), strict=True))
+    freq = manifest.frequency()
+    absent: list[str] = []
+    ends = pd.Series(_utc(history[ts_col])).groupby(history[series_col].astype(str).to_numpy()).max()
+    for name, end in ends.items():
+        steps = freq.next_steps(np.array([int(end) // 10**9]), manifest.horizon)[0]  # [H] unix seconds
+        wanted = [int(t) * 10**9 for t in steps]
+        gaps = [t for t in wanted if (name, t) not in have]
+        if gaps:
+            absent.append(f"'{name}' ({len(gaps)} of {len(wanted)} steps, first at {pd.Timestamp(gaps[0])})")
+    if absent:
+        raise DataError(
+            f"future: no rows over the horizon for series {', '.join(absent[:5])}"
+            + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+            + f"; give {manifest.future_cols} for the {manifest.horizon} steps after each series' last row"
+        )
+
+
+def _utc(values: pd.Series) -> np.ndarray:
+    """Timestamps as int64 ns since the epoch, UTC (naive input is read as UTC), for comparing two frames."""
+    ts = pd.to_datetime(values)
+    if ts.dt.tz is not None:
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    return ts.to_numpy(dtype="datetime64[ns]").astype(np.int64)
 
 
 def split_known_future(history: pd.DataFrame, manifest: Manifest) -> tuple[pd.DataFrame, pd.DataFrame | None]:

@@ -417,8 +417,12 @@ def log_forecaster(
     input_example: pd.DataFrame,
     registered_name: str | None,
     version_tags: dict[str, Any] | None = None,
+    heldout_checkpoint: Path | None = None,
 ) -> tuple[str, str | None]:
     """Log the pyfunc forecaster (network + scalers + feature definitions); returns (model URI, version).
+
+    `heldout_checkpoint`: when the logged network was refit on all rows, the evaluated (held-out) model's
+    checkpoint, kept as artifact `heldout_model`: promotion re-scores a champion with it (serving.py).
 
     With `registered_name`, registration is idempotent per evaluation: a version already registered
     from the same `lstm_dist.evaluate_key` tag is returned instead of registering a duplicate (a rerun
@@ -426,7 +430,7 @@ def log_forecaster(
     import mlflow
     from mlflow.models import infer_signature
 
-    from lstm_dist.serving import ForecastModel
+    from lstm_dist.serving import HELDOUT_ARTIFACT, PREDICT_PARAMS, ForecastModel
     from lstm_dist.train.checkpoints import MODEL_FILE
 
     version_tags = {k: str(v) for k, v in (version_tags or {}).items()}
@@ -437,11 +441,14 @@ def log_forecaster(
     checkpoint_dir = Path(checkpoint_dir)
     model_file = checkpoint_dir / MODEL_FILE if checkpoint_dir.is_dir() else checkpoint_dir
     artifacts = {"model": str(model_file), "manifest": str(Path(shard_dir) / "manifest.json")}
+    if heldout_checkpoint is not None:
+        heldout = Path(heldout_checkpoint)
+        artifacts[HELDOUT_ARTIFACT] = str(heldout / MODEL_FILE if heldout.is_dir() else heldout)
     python_model = ForecastModel()
     python_model.load_artifacts(artifacts)
     output_example = python_model.forecast(input_example)
     with _quiet_model_logging():
-        signature = infer_signature(input_example, output_example)
+        signature = infer_signature(input_example, output_example, params=PREDICT_PARAMS)
     # Logged into the active (pipeline) run, which start_pipeline_run opened with the fluent API.
     with _quiet_model_logging():
         info = mlflow.pyfunc.log_model(

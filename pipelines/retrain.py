@@ -10,10 +10,14 @@ Run it as `lstm-dist retrain conf/demo.yaml [key=value ...]`, on a schedule with
      changed files are read and validated again; the shard step rebuilds splits and scalers over all.
   3. train a challenger: fresh, or from the champion's weights with `workflow.warm_start=true`.
   4. evaluate the challenger on the new, most recent hold-out (the test split of the new shards), and
-     register it: the promotion rule (lstm_dist.promotion) re-scores the champion on the same windows,
+     register it: a challenger that does not beat the seasonal naive forecast (test MASE, by
+     `tracking.baseline_margin`) is never promoted (`--allow-below-baseline` overrides); otherwise
+     the promotion rule (lstm_dist.promotion) re-scores the champion on the same windows,
      each model with its own scalers, and moves `champion` only if the challenger beats it by
      `tracking.promotion_margin`. The decision is tagged on the version, on the MLflow run, and appended
      to <work_dir>/retrain_decisions.jsonl. A failed retrain never touches the aliases.
+     With `train.final_fit` (the default) the version registered is the challenger's config retrained on
+     every row (pipelines/train.py final_fit_step); the decision stays on the held-out scores.
 
 Thin registry helpers (`get_champion`, `already_decided`) live here until tracking.py has them.
 """
@@ -38,14 +42,16 @@ from pipelines.train import (
     FINGERPRINT_TAG,
     data_steps,
     evaluate_step,
+    final_fit_step,
     input_lineage,
     register_step,
     train_step,
 )
 
-STEPS = ("ingest", "shard", "train", "evaluate", "register")
+STEPS = ("ingest", "shard", "train", "evaluate", "final_fit", "register")
 DECISIONS_FILE = "retrain_decisions.jsonl"
 NO_NEW_DATA, PROMOTED, KEPT, FIRST = "no new data", "promoted", "kept champion", "first model"
+BELOW_BASELINE = "below baseline"  # not crowned: it does not beat the seasonal naive (lstm_dist.promotion)
 
 
 @dataclass
@@ -159,10 +165,17 @@ def _steps(cfg, wf: Workflow, tracker: Tracker, *, champion: Champion | None, li
     evaluation = evaluate_step(cfg, wf, train=challenger, shard=shard)
     progress(evaluation.outputs["table"])
     tracker.log_metrics({f"test_{k}": v for k, v in evaluation.outputs["metrics"].items()})
-    reg = register_step(cfg, wf, tracker, train=challenger, shard=shard, evaluation=evaluation, lineage=lineage)
+    final = None
+    if cfg.train.final_fit:
+        final = final_fit_step(cfg, wf, shard, train=challenger, init_weights=init_weights, progress=progress)
+    reg = register_step(
+        cfg, wf, tracker, train=challenger, shard=shard, evaluation=evaluation, lineage=lineage, final=final
+    )
     out = reg.outputs
     kind = FIRST if champion is None else PROMOTED if out["promoted"] else KEPT
-    message = f"v{out['version']} {'stays' if kind == KEPT else 'is'} {out['alias']}: {out['decision']}"
+    if out.get("baseline_blocked"):
+        kind = BELOW_BASELINE
+    message = f"v{out['version']} {'is' if kind in (FIRST, PROMOTED) else 'stays'} {out['alias']}: {out['decision']}"
     if reg.cached:
         message = f"already decided for this data and config: {message}"
     scores = {"challenger": out.get("challenger_score"), "champion": out.get("champion_score")}

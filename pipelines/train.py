@@ -8,7 +8,10 @@ Run it as `lstm-dist run conf/demo.yaml [key=value ...]`, or as a Ray job entryp
   shard     clean, split, scale and write Arrow shards + manifest.json from the ingested files
   tune      (tune.enabled) Ray Tune search; the best trial's config is what `train` trains
   train     Ray Train (DDP); checkpoints every epoch in the step's directory, so a killed run resumes there
-  evaluate  the best checkpoint on the test split, against naive and seasonal-naive baselines
+  evaluate  the best checkpoint on the test split (MASE, sMAPE, MAE, RMSE by utilsforecast), against naive,
+            seasonal naive, AutoETS and AutoTheta (statsforecast) on the same windows
+  final_fit (train.final_fit) the same config retrained on every window up to the end of each series, for the
+            evaluated run's best epoch count: the model that is registered sees the most recent data
   register  MLflow model + alias (champion / challenger), tagged with the lineage of its input data
 """
 
@@ -50,7 +53,7 @@ from lstm_dist.workflow import (
     work_cache,
 )
 
-STEPS = ("ingest", "shard", "tune", "train", "evaluate", "register")
+STEPS = ("ingest", "shard", "tune", "train", "evaluate", "final_fit", "register")
 STAGED_FILE = "part.parquet"
 FINGERPRINT_TAG = "lstm_dist.data_fingerprint"  # on a model version: the content hash of its input data
 FILES_TAG = "lstm_dist.data_files"
@@ -126,7 +129,8 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
     if not cfg.tracking.register_model:
         return summary
 
-    reg = register_step(cfg, wf, tracker, train=train, shard=shard, evaluation=evaluation, lineage=lineage)
+    final = final_fit_step(train_cfg, wf, shard, train=train, progress=progress) if cfg.train.final_fit else None
+    reg = register_step(cfg, wf, tracker, train=train, shard=shard, evaluation=evaluation, lineage=lineage, final=final)
     if tune:  # which trial the registered model comes from
         found = {"tune.best_trial": tune.outputs["best_trial"], "tune.best_val_loss": tune.outputs["best_val_loss"]}
         tracker.set_tags(found)
@@ -260,15 +264,22 @@ def train_step(
     tune: StepResult | None = None,
     name: str = "train",
     init_weights: str | None = None,
+    split: str = "train",
+    after: dict[str, StepResult] | None = None,
     progress=print,
 ) -> StepResult:
-    """Ray Train fit; resumable: a killed attempt's checkpoints are where the next attempt starts from."""
+    """Ray Train fit; resumable: a killed attempt's checkpoints are where the next attempt starts from.
+
+    `split="all"` is the final fit (every window up to the end of each series, no validation); `after`:
+    further steps the result depends on (the final fit's epoch count comes from the evaluated run)."""
     from lstm_dist.train.trainer import fit
 
     # After a search the final model trains on train + validation (tune.trainval_view): no validation is
-    # left to pick an epoch by, so the model is the last epoch (the best trial's best epoch count).
-    # Workers get the shards' locator and read their own node's copy (`workflow.local_path`).
-    shard_loc = tune.file(tune.outputs["trainval_shards"]) if tune else shard.file("shards")
+    # left to pick an epoch by, so the model is the last epoch (the best trial's best epoch count). The
+    # same holds for the final fit on all rows. Workers get the shards' locator and read their own node's
+    # copy (`workflow.local_path`).
+    no_val = tune is not None or split == "all"
+    shard_loc = tune.file(tune.outputs["trainval_shards"]) if tune and split == "train" else shard.file("shards")
 
     def train(out: str) -> dict[str, Any]:
         shard_dir = local_path(shard_loc)  # the driver's copy, for the dataset logging
@@ -277,17 +288,24 @@ def train_step(
         storage = wf.shared_dir(out)
         run = wf.tracker.active_step
         run.log_params(cfg.flat())
-        run.log_datasets(
-            shard_dir, splits={"train": "training"} if tune else {"train": "training", "val": "validation"}
-        )
+        splits = {split: "training"} if no_val else {"train": "training", "val": "validation"}
+        run.log_datasets(shard_dir, splits=splits)
         resume = _resume_point(storage, "ray_train")
         if resume is not None:
             progress(f"[{name}] resuming from checkpoint {resume[0]} (epoch {resume[1]} of {cfg.train.epochs})")
         kwargs = {"init_weights": init_weights} if init_weights else {}
         with run.system_metrics(interval_s=cfg.tracking.system_metrics_interval_s):
-            result = fit(cfg, shard_dir=shard_loc, storage_dir=storage, local_dir=out, name="ray_train", **kwargs)
+            result = fit(
+                cfg,
+                shard_dir=shard_loc,
+                storage_dir=storage,
+                local_dir=out,
+                name="ray_train",
+                train_split=split,
+                **kwargs,
+            )
         result.history.to_csv(Path(out) / "history.csv", index=False)
-        best = result.latest_checkpoint if tune else result.best_checkpoint
+        best = result.latest_checkpoint if no_val else result.best_checkpoint
         return {
             "best_checkpoint": os.path.relpath(best, out),
             "latest_checkpoint": os.path.relpath(result.latest_checkpoint, out),
@@ -295,11 +313,41 @@ def train_step(
             "resumed_from": resume[0] if resume is not None else None,
         }
 
-    inputs = {"shard": shard, **({"tune": tune} if tune else {})}
+    inputs = {"shard": shard, **({"tune": tune} if tune else {}), **(after or {})}
     extra = {"init_weights": init_weights} if init_weights else {}
-    return wf.step(
-        name, train, config={"model": cfg.model, "train": cfg.train}, inputs=inputs, extra=extra, resumable=True
-    )
+    if split != "train":
+        extra["split"] = split
+    # train.final_fit says what happens after this step, not how it trains: it stays out of the key.
+    config = {"model": cfg.model, "train": cfg.train.model_dump(mode="json", exclude={"final_fit"})}
+    return wf.step(name, train, config=config, inputs=inputs, extra=extra, resumable=True)
+
+
+def final_fit_step(
+    cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, train: StepResult, init_weights=None, progress=print
+) -> StepResult:
+    """The evaluated config retrained on every window whose targets lie up to the end of each series.
+
+    No validation is left, so it trains for the epoch count the held-out run chose (its best epoch) with
+    early stopping off, and its latest checkpoint is the model (tune's train + validation refit does the
+    same). Its scores on the test windows would be scores on training data: it is not evaluated; the
+    registered version carries the evaluated model's held-out scores."""
+    from lstm_dist.tune import final_config
+
+    refit = final_config(cfg, {}, epochs=best_epoch(train))
+    return train_step(
+        refit, wf, shard, name="final_fit", split="all", after={"train": train}, init_weights=init_weights,
+        progress=progress,
+    )  # fmt: skip
+
+
+def best_epoch(train: StepResult) -> int:
+    """The epoch of the checkpoint the evaluated run kept: the lowest validation loss, or the last epoch
+    when it trained without validation (after a tune search)."""
+    history = _history(train)
+    val = history["val_loss"] if "val_loss" in history else None
+    if val is None or val.isna().all():
+        return int(history["epoch"].max())
+    return int(history.loc[val.idxmin(), "epoch"])
 
 
 def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult) -> StepResult:
@@ -312,7 +360,10 @@ def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard
         return evaluation
 
     return wf.step(
-        "evaluate", evaluate, config={"seasonality": cfg.data.seasonality}, inputs={"train": train, "shard": shard}
+        "evaluate",
+        evaluate,
+        config={"seasonality": cfg.data.seasonality, "scores": "utilsforecast+statsforecast"},
+        inputs={"train": train, "shard": shard},
     )
 
 
@@ -325,26 +376,43 @@ def register_step(
     shard: StepResult,
     evaluation: StepResult,
     lineage: dict[str, Any],
+    final: StepResult | None = None,
 ) -> StepResult:
     """Log + register the model with its lineage tags, then let the promotion rule give it its alias.
+
+    With `final` (the final fit on all rows) that model is the one registered, tagged `refit: true` with its
+    epochs and rows; the held-out scores and the promotion decision are the evaluated model's, whose weights
+    travel along in the version (artifact `heldout_model`) so that a later challenger re-scores this one
+    on weights that did not see its test windows.
 
     Keyed on the evaluated model, so a finished model is never registered twice: a rerun is cached, and
     an attempt killed after the registry call gets the same version back (log_forecaster finds it by its
     evaluate key). The champion is re-scored on this model's test windows (promotion.promote_if_better),
     and the `champion` alias moves only in its last call: a failure before leaves the champion as it was.
     """
-    from lstm_dist.promotion import promote_if_better
+    from lstm_dist.promotion import baseline_gate, promote_if_better
+    from lstm_dist.serving import history_from_shards
 
     def register(out: str) -> dict[str, Any]:
         name, metric = cfg.tracking.model_name, cfg.tracking.promotion_metric
-        tags = {EVAL_KEY_TAG: evaluation.key, **lineage_tags(lineage, {"shard": shard.key, "train": train.key})}
+        keys = {"shard": shard.key, "train": train.key, **({"final_fit": final.key} if final else {})}
+        # One version per evaluated model and final fit: a rerun after a crash finds it by this tag.
+        eval_key = f"{evaluation.key}+{final.key}" if final else evaluation.key
+        tags = {EVAL_KEY_TAG: eval_key, **lineage_tags(lineage, keys), **refit_tags(final, shard=shard)}
+        tracker.set_tags(refit_tags(final, shard=shard))
+        model = final or train
+        metrics = evaluation.outputs["metrics"]
+        gate = baseline_gate(
+            metrics, margin=cfg.tracking.baseline_margin, allow_below=cfg.tracking.allow_below_baseline
+        )
         model_uri, version = log_forecaster(
             tracker,
-            checkpoint_dir=train.path / train.outputs["best_checkpoint"],
+            checkpoint_dir=model.path / model.outputs["best_checkpoint"],
             shard_dir=shard.path / "shards",
-            input_example=_input_example(cfg, rows=cfg.data.lookback + _warmup(cfg)),
+            input_example=history_from_shards(shard.path / "shards"),
             registered_name=name,
             version_tags=tags,
+            heldout_checkpoint=train.path / train.outputs["best_checkpoint"] if final else None,
         )
         decision = promote_if_better(
             tracker.client,
@@ -352,9 +420,10 @@ def register_step(
             version=version,
             metric=metric,
             margin=cfg.tracking.promotion_margin,
-            challenger_score=evaluation.outputs["metrics"][f"model_{metric}"],
+            challenger_score=metrics[f"model_{metric}"],
             shard_dir=str(shard.path / "shards"),
             season=Manifest.load(shard.path / "shards").season_length,  # data.seasonality or the freq's default
+            gate=gate,
         )
         (Path(out) / "decision.json").write_text(json.dumps(decision.__dict__, indent=2, default=str))
         return {
@@ -366,15 +435,32 @@ def register_step(
             "champion_version": decision.champion_version,
             "champion_score": decision.champion_score,
             "challenger_score": decision.challenger_score,
+            "below_baseline": not gate.passed,
+            "baseline_blocked": not gate.passed and not gate.allow_below,  # kept from champion by the gate
         }
 
     return wf.step(
         "register",
         register,
         config={"tracking": cfg.tracking, "uri": cfg.tracking_uri()},
-        inputs={"evaluate": evaluation, "train": train, "shard": shard},
+        inputs={"evaluate": evaluation, "train": train, "shard": shard, **({"final_fit": final} if final else {})},
         resumable=True,
     )
+
+
+def refit_tags(final: StepResult | None, *, shard: StepResult) -> dict[str, str]:
+    """`refit`: whether the registered weights were retrained on all rows; with its epochs, rows and windows."""
+    if final is None:
+        return {"refit": "false"}
+    from lstm_dist.data.manifest import Manifest
+
+    m = Manifest.load(shard.path / "shards")
+    return {
+        "refit": "true",
+        "refit.epochs": str(final.outputs["epochs"]),
+        "refit.rows": str(m.totals.num_rows),
+        "refit.last_timestamp": str(max(s.last_timestamp for s in m.series)),
+    }
 
 
 def log_report(tracker: Tracker, *, train: StepResult, evaluation: StepResult, shard_dir: Path) -> None:
@@ -385,6 +471,7 @@ def log_report(tracker: Tracker, *, train: StepResult, evaluation: StepResult, s
     import pandas as pd
 
     from lstm_dist import plots
+    from lstm_dist.evaluate import ETS, LAST, MODEL, NAIVE, POINT_METRICS, SNAIVE, THETA
 
     outputs = evaluation.outputs
     with tempfile.TemporaryDirectory() as tmp:
@@ -395,12 +482,16 @@ def log_report(tracker: Tracker, *, train: StepResult, evaluation: StepResult, s
         for path in paths:
             tracker.log_artifact(path, artifact_path="plots")
     m = outputs["metrics"]
-    rows = [(label, key) for label, key in (("model", "model"), ("naive", "naive"), ("seasonal_naive", "snaive"))]
     table = pd.DataFrame(
         [
-            {"forecaster": label, **{metric: m[f"{key}_{metric}"] for metric in ("mae", "rmse", "smape")}}
-            for label, key in rows
-            if f"{key}_mae" in m
+            {
+                "windows": windows,
+                "forecaster": key,
+                **{metric: m.get(f"{prefix}{key}_{metric}") for metric in POINT_METRICS},
+            }
+            for windows, prefix in (("all", ""), ("last", LAST))
+            for key in (MODEL, NAIVE, SNAIVE, ETS, THETA)
+            if f"{prefix}{key}_mae" in m and not (prefix == "" and key in (ETS, THETA))
         ]
     )
     tracker.log_table(table, "metrics/test_metrics")
@@ -450,6 +541,7 @@ def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
         "metrics": evaluation.metrics,
         "by_step": evaluation.by_step.tolist(),
         "num_windows": evaluation.num_windows,
+        "num_last_windows": evaluation.num_last,
         "table": evaluation.table(),
     }
 
@@ -521,23 +613,6 @@ def _history(train: StepResult):
     return pd.read_csv(train.path / "history.csv")
 
 
-def _input_example(cfg: PipelineConfig, *, rows: int):
-    """Raw history of one series (its last `rows` rows), for the model's signature and input example."""
-    from lstm_dist.data.readers import read_raw
-
-    table = read_raw(input_files(cfg)[0], cfg=cfg.data)
-    frame = table.to_pandas()
-    first = frame[cfg.data.series_col].iloc[0]
-    return frame[frame[cfg.data.series_col] == first].sort_values(cfg.data.timestamp_col).tail(rows)
-
-
-def _warmup(cfg: PipelineConfig) -> int:
-    from lstm_dist.data.features import warmup_rows
-
-    d = cfg.data
-    return warmup_rows(lags=d.lags, moving_averages=d.moving_averages, rsi=d.rsi_period)
-
-
 def print_summary(summary: PipelineSummary, *, cfg: PipelineConfig, progress=print) -> None:
     m = summary.metrics
     progress("")
@@ -547,6 +622,8 @@ def print_summary(summary: PipelineSummary, *, cfg: PipelineConfig, progress=pri
         + (f"  seasonal-naive {m['test_snaive_mae']:.4f}" if "test_snaive_mae" in m else "")
     )
     progress(f"test RMSE model {m['test_model_rmse']:.4f}  naive {m['test_naive_rmse']:.4f}")
+    if "test_snaive_mase" in m:
+        progress(f"test MASE model {m['test_model_mase']:.4f}  seasonal-naive {m['test_snaive_mase']:.4f}")
     progress(f"MLflow run: {summary.run_id}")
     if summary.model_uri:
         progress(f"registered: models:/{cfg.tracking.model_name}/{summary.version} (alias: {summary.alias})")

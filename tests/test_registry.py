@@ -81,7 +81,7 @@ def save_net(shards: Path, path: Path, *, bias: float) -> Path:
 
 def mae_of(shards: Path, checkpoint: Path) -> float:
     ds = WindowDataset(str(shards), split="test")
-    return evaluate_model(load_model(checkpoint), ds, season=SEASON).metrics["model_mae"]
+    return evaluate_model(load_model(checkpoint), ds, season=SEASON, baselines=False).metrics["model_mae"]
 
 
 def register(store: dict, shards: Path, *, name: str, bias: float, eval_key: str, tmp: Path):

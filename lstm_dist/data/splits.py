@@ -10,14 +10,18 @@ begin in the padding; their targets are always real rows). Its hold-out parts ar
 `padded_bounds`: the configured parts where they fit, else one horizon each where the series allows it (test
 first, then validation), else none, so a short series contributes train windows (and test, val when it can).
 All row numbers here count real rows; padding rows are negative.
+
+The extra split `all` is every window whose targets lie anywhere in the series (train + val + test and the
+windows straddling their boundaries): what the final fit trains on before a model is registered.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-Split = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
+Split = Literal["train", "val", "test", "all"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")  # the disjoint splits a manifest counts windows for
+WINDOW_SPLITS: tuple[Split, ...] = (*SPLITS, "all")  # what a reader can be asked for
 
 
 def part_steps(size: float, num_rows: int) -> int:
@@ -85,8 +89,10 @@ def start_range(
         lo, hi = val_start - lookback, test_start - lookback - horizon
     elif split == "test":
         lo, hi = test_start - lookback, num_rows - lookback - horizon
+    elif split == "all":
+        lo, hi = -pad, num_rows - lookback - horizon
     else:
-        raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
+        raise ValueError(f"split must be one of {WINDOW_SPLITS}, got '{split}'")
     return max(lo, -pad), hi
 
 

@@ -24,7 +24,7 @@ from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_features
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.shards import open_shard
-from lstm_dist.data.splits import SPLITS
+from lstm_dist.data.splits import WINDOW_SPLITS
 
 
 class WindowDataset:
@@ -38,9 +38,11 @@ class WindowDataset:
       t0      int64   [B]         unix seconds of the first forecast step
     """
 
-    def __init__(self, shard_dir: str, *, split: Literal["train", "val", "test"], stride: int | None = None) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got '{split}'")
+    def __init__(
+        self, shard_dir: str, *, split: Literal["train", "val", "test", "all"], stride: int | None = None
+    ) -> None:
+        if split not in WINDOW_SPLITS:
+            raise ValueError(f"split must be one of {WINDOW_SPLITS}, got '{split}'")
         if stride is not None and stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
         self.shard_dir = Path(shard_dir)

@@ -48,9 +48,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # A shard dir on an object store is downloaded once per node, into that node's cache.
     shard_dir = local_path(config["shard_dir"])
-    train_ds = WindowDataset(shard_dir, split="train")  # the shards' own lookback, horizon, stride
-    val_ds = WindowDataset(shard_dir, split="val")
-    if len(val_ds) == 0 and rank == 0:
+    # The final fit trains on split "all" (every window up to the end of each series): nothing is left to
+    # validate on, so it runs its fixed epochs and the latest checkpoint is the model.
+    train_split = config.get("train_split", "train")
+    train_ds = WindowDataset(shard_dir, split=train_split)  # the shards' own lookback, horizon, stride
+    val_ds = WindowDataset(shard_dir, split="val") if train_split == "train" else _NoWindows()
+    if len(val_ds) == 0 and rank == 0 and train_split == "train":
         warnings.warn(
             "the shards hold no validation windows: no early stopping, val metrics are NaN, keep the latest checkpoint",
             stacklevel=1,
@@ -183,6 +186,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
         if stop:
             break
+
+
+class _NoWindows:
+    """No validation windows (the final fit): len() is 0, so evaluation and early stopping are skipped."""
+
+    def __len__(self) -> int:
+        return 0
 
 
 def _load_init_weights(net: Forecaster, init: str | bytes) -> None:

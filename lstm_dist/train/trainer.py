@@ -60,6 +60,7 @@ def fit(
     callbacks: list | None = None,
     init_weights: str | None = None,
     local_dir: str | None = None,
+    train_split: str = "train",
 ) -> TrainResult:
     """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes.
 
@@ -71,7 +72,9 @@ def fit(
 
     `callbacks` go to the run's RunConfig (a Tune trial passes TuneReportCallback).
     `init_weights`: a checkpoint directory or model.pt to start from instead of fresh weights (warm
-    start; same architecture and data shape); once the run has a checkpoint of its own, that wins."""
+    start; same architecture and data shape); once the run has a checkpoint of its own, that wins.
+    `train_split="all"`: the final fit, on every window up to the end of each series, without validation
+    (no early stopping; the latest checkpoint is the model)."""
     gpu = use_gpu(cfg)
     if gpu and cfg.train.gpus_per_worker < 1 and cfg.train.num_workers > 1:
         raise ConfigError(
@@ -100,6 +103,7 @@ def fit(
             "pipeline": cfg.model_dump(mode="json"),
             "shard_dir": str(shard_dir),
             "init_weights": init,
+            "train_split": train_split,
         },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
