@@ -105,6 +105,10 @@ class DataConfig(_Section):
     """A series too short for lookback + horizon + hold-out but with >= horizon + 1 rows is left-padded (mask feature `is_pad`) and trains; short_series applies below that."""
     timezone: str = "UTC"
     """IANA timezone of calendar features and calendar steps (days, months); naive input timestamps are read as local time in it."""
+    target_transform: Literal["none", "log1p", "boxcox"] = "none"
+    """Transform of the targets before scaling: log1p (needs >= 0) or Box-Cox with a per-series lambda (needs > 0)."""
+    static_cols: list[str] = Field(default_factory=list)
+    """Columns constant per series (text: one-hot; numbers: standardised), fed to the model's head (long layout)."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -123,6 +127,13 @@ class DataConfig(_Section):
                 raise ValueError(
                     f"data.timezone = '{self.timezone}' is not an IANA timezone name (e.g. UTC, Europe/Berlin)"
                 ) from None
+        roles = {*self.target_cols, *self.covariate_cols, *self.future_cols, self.series_col, self.timestamp_col}
+        if set(self.static_cols) & roles:
+            raise ValueError(f"data.static_cols {sorted(set(self.static_cols) & roles)} already have another role")
+        if self.static_cols and self.layout == "wide":
+            raise ValueError(
+                "data.static_cols needs layout=long (a wide file has no per-series rows to read them from)"
+            )
         return self
 
 
@@ -153,6 +164,8 @@ class ModelConfig(_Section):
     """Size of a learned per-series embedding fed to the head; 0 disables it."""
     tbptt_chunk: int = Field(0, ge=0)
     """Truncated BPTT: process the lookback in chunks of k steps, detaching state between them; 0 = full BPTT."""
+    window_norm: Literal["none", "last", "mean", "revin"] = "mean"
+    """Normalise each input window's targets by its own level (last value / mean) and spread; `revin` adds a learnt affine."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

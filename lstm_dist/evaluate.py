@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lstm_dist.data import transforms
 from lstm_dist.data.frequency import season_lengths
 from lstm_dist.data.manifest import Manifest
+from lstm_dist.data.transforms import original_units
 from lstm_dist.models import Forecaster
 
 MODEL, NAIVE, SNAIVE, ETS, THETA = "model", "naive", "snaive", "ets", "theta"
@@ -68,7 +70,9 @@ def target_history(shard_dir: str | Path, manifest: Manifest | None = None) -> p
     frames = []
     for s in sorted(ts_parts):
         ts, first = np.unique(np.concatenate(ts_parts[s]), return_index=True)  # halo rows appear twice
-        y = np.concatenate(y_parts[s])[first] * scale[s] + loc[s]  # [N, T] original units
+        y = np.concatenate(y_parts[s])[first] * scale[s] + loc[s]  # [N, T] scaler undone
+        lam = transforms.series_lambdas(m, np.array([s]))[0]
+        y = transforms.inverse(y, lam, kind=transforms.kind_of(m))  # [N, T] original units
         for t in range(m.num_targets):
             frames.append(pd.DataFrame({"unique_id": _uid(m, s, t), "ds": _time(ts), "y": y[:, t].astype(np.float64)}))
     return pd.concat(frames, ignore_index=True)
@@ -93,18 +97,17 @@ def model_frame(model: Forecaster, ds, *, history: pd.DataFrame, batch_size: int
         raise ValueError(f"the {ds.split} split has no windows; lower data.lookback/horizon or raise data.test_size")
     data = getattr(ds, "ds", ds)  # the data's WindowDataset under a RescaledWindows
     m, horizon = data.manifest, ds.horizon
-    loc_all, scale_all = ds.manifest.target_loc_scale(np.arange(ds.manifest.num_series))
     model.eval()
     parts = []
     for start in range(0, len(ds), batch_size):
         idx = np.arange(start, min(start + batch_size, len(ds)))
         b = ds.batch(idx)
-        loc, scale = loc_all[b["series"]][:, None, :], scale_all[b["series"]][:, None, :]  # [B, 1, T]
         future = torch.from_numpy(b["future"]) if b["future"].shape[-1] else None
         out = model.predict(torch.from_numpy(b["x"]), future=future, series=torch.from_numpy(b["series"]))
-        columns = {MODEL: model.point(out).numpy() * scale + loc}  # [B, H, T] original units
+        # original units with the model's stats (a RescaledWindows refuses another target transform)
+        columns = {MODEL: original_units(model.point(out).numpy(), b["series"], ds.manifest)}  # [B, H, T]
         for label, values in (model.interval(out) or {}).items():
-            columns[f"{MODEL}_{label}"] = values.numpy() * scale + loc
+            columns[f"{MODEL}_{label}"] = original_units(values.numpy(), b["series"], ds.manifest)
         series = data.locate(idx)[2]  # the data's series index of each window
         parts.append(_window_rows(m, series, np.asarray(b["t0"]), columns, horizon=horizon))
     frame = pd.concat(parts, ignore_index=True)

@@ -76,8 +76,9 @@ def forecast_windows(model, ds, *, num_series: int = 4) -> dict[str, Any]:
     picks = [int(np.flatnonzero(series_of == s)[-1]) for s in np.unique(series_of)[:num_series]]
     batch = ds.batch(np.asarray(picks))
     m = ds.manifest
-    loc, scale = m.target_loc_scale(batch["series"])  # [S, T]
-    loc, scale = loc[:, None, :], scale[:, None, :]
+    from lstm_dist.data.transforms import original_units
+
+    s = batch["series"]
     future = torch.from_numpy(batch["future"]) if batch["future"].shape[-1] else None
     with torch.no_grad():
         out = model.predict(torch.from_numpy(batch["x"]), future=future, series=torch.from_numpy(batch["series"]))
@@ -88,15 +89,19 @@ def forecast_windows(model, ds, *, num_series: int = 4) -> dict[str, Any]:
         "t0": batch["t0"],
         "freq": m.frequency(),
         "history": np.where(  # [S, L, T]; start padding is no history: NaN leaves a gap in the plot
-            m.real_steps(batch["x"])[..., None], batch["x"][:, :, : ds.num_targets] * scale + loc, np.nan
+            m.real_steps(batch["x"])[..., None], original_units(batch["x"][:, :, : ds.num_targets], s, m), np.nan
         ),
-        "actual": batch["y"] * scale + loc,  # [S, H, T]
-        "forecast": model.point(out).numpy() * scale + loc,  # [S, H, T]
+        "actual": original_units(batch["y"], s, m),  # [S, H, T]
+        "forecast": original_units(model.point(out).numpy(), s, m),  # [S, H, T]
         "targets": list(m.target_cols),
     }
     if len(bands) >= 2:
         lo, hi = bands[0], bands[-1]
-        result["interval"] = (f"{lo}-{hi}", interval[lo].numpy() * scale + loc, interval[hi].numpy() * scale + loc)
+        result["interval"] = (
+            f"{lo}-{hi}",
+            original_units(interval[lo].numpy(), s, m),
+            original_units(interval[hi].numpy(), s, m),
+        )
     return result
 
 

@@ -240,8 +240,15 @@ def same_scaling(a, b) -> bool:
         return False
     if [s.name for s in a.series] != [s.name for s in b.series]:
         return False
+    if _transform_of(a) != _transform_of(b):
+        return False
     (la, sa), (lb, sb) = a.loc_scale(), b.loc_scale()
     return la.shape == lb.shape and np.allclose(la, lb) and np.allclose(sa, sb)
+
+
+def _transform_of(m) -> tuple:
+    """(target transform, Box-Cox lambdas by series name): what a re-scaling cannot convert between."""
+    return m.data_config.get("target_transform", "none"), {s.name: s.target_lambda for s in m.series}
 
 
 class RescaledWindows:
@@ -257,6 +264,13 @@ class RescaledWindows:
             raise ValueError(
                 f"the model's features {manifest.x_features} differ from the data's {data.x_features}: "
                 "the scores would not be comparable"
+            )
+        kind, lam = _transform_of(manifest)
+        data_kind, data_lam = _transform_of(data)
+        if kind != data_kind or any(data_lam.get(n, v) != v for n, v in lam.items()):
+            raise ValueError(
+                f"the model was trained on data.target_transform={kind}, the test data use {data_kind} "
+                "(or other Box-Cox lambdas): the scores would not be comparable"
             )
         if manifest.horizon != data.horizon:
             raise ValueError(f"the model forecasts {manifest.horizon} steps, the test windows have {data.horizon}")

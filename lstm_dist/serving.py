@@ -4,7 +4,7 @@ The logged model holds the trained network (`model.pt`) and the shard manifest (
 definitions, column roles, lookback/horizon), so `mlflow.pyfunc.load_model(...)` in a fresh process,
 or `mlflow models serve`, needs only this package installed: no work dir, no shards.
 
-Input: rows of (timestamp, series, targets, covariates[, future covariates]) with the input's column
+Input: rows of (timestamp, series, targets, covariates[, future covariates][, static columns]) with the input's column
 names, at least `lookback` rows per series (plus the warm-up of lags/moving averages); other columns are
 ignored (the signature lists only the used ones). When the model uses known-future covariates, each series
 also carries its next `horizon` rows with the targets left empty: those rows are the known future, not
@@ -70,8 +70,9 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         batch = make_inference_batch(history, manifest=m, future=future)
         fut = torch.from_numpy(batch["future"]) if batch["future"].shape[-1] else None
         series = torch.from_numpy(np.maximum(batch["series"], 0))  # unknown series (-1): embedding of series 0
-        out = self.net.predict(torch.from_numpy(batch["x"]), future=fut, series=series)  # [S, H, T, P]
-        stats = {"loc": batch["target_loc"], "scale": batch["target_scale"]}
+        static = torch.from_numpy(batch["static"]) if batch["static"].shape[-1] else None  # from the history rows
+        out = self.net.predict(torch.from_numpy(batch["x"]), future=fut, series=series, static=static)  # [S, H, T, P]
+        stats = {"loc": batch["target_loc"], "scale": batch["target_scale"], "lam": batch["target_lambda"]}
         point = inverse_targets(self.net.point(out).numpy(), batch["series"], m, **stats)  # [S, H, T]
         num_series, horizon = point.shape[:2]
         times = batch["horizon_ts"].astype("datetime64[s]").astype("datetime64[ns]")  # [S, H] on the calendar grid
@@ -188,6 +189,7 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
     Rebuilt from the shards and the manifest's scaler stats: the model's input example and the
     history the forecast plots start from. It holds `lookback` + warm-up + `extra_rows` rows per series.
     """
+    from lstm_dist.data import statics, transforms
     from lstm_dist.data.features import warmup_rows
     from lstm_dist.data.shards import open_shard
 
@@ -217,8 +219,13 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
         ts, first = np.unique(ts, return_index=True)  # halo rows appear in two shards
         feats, ts = feats[first][-need:], ts[-need:]
         values = feats[:, col_idx] * scale[info.index, col_idx] + loc[info.index, col_idx]
+        num_t = len(m.target_cols)  # raw_cols start with the targets, stored transformed
+        lam = transforms.series_lambdas(m, np.array([info.index]))[0]
+        values[:, :num_t] = transforms.inverse(values[:, :num_t], lam, kind=transforms.kind_of(m))
         frame = pd.DataFrame(values.astype(np.float64), columns=raw_cols)
         frame.insert(0, cfg.get("series_col", "series_id"), info.name)
+        for col, value in zip(m.static_encoding, statics.decode(info.static, m.static_encoding), strict=True):
+            frame[col] = value  # static covariates travel on every history row, as in the input
         stamps = pd.DatetimeIndex(ts.astype("datetime64[s]").astype("datetime64[ns]"))
         if (cfg.get("timezone") or "UTC") != "UTC":  # naive would be read as local time: say it is UTC
             stamps = stamps.tz_localize("UTC")

@@ -33,7 +33,7 @@ CONFIG = {
         "val_size": 0.15,
         "test_size": 0.15,
     },
-    "model": {"hidden_size": 16},
+    "model": {"hidden_size": 16, "window_norm": "none"},  # the pinned loss predates window normalisation
     "train": {
         "num_workers": 2,
         "epochs": 3,

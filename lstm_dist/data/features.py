@@ -113,3 +113,14 @@ def derived_features(
             per_target[j].append(value[:, j])
     cols = [c for cols in per_target for c in cols]
     return np.stack(cols, axis=1) if cols else np.zeros((n, 0))
+
+
+def level_of(x_features: Sequence[str], *, targets: Sequence[str], derived: Sequence[str]) -> list[int]:
+    """Per feature of `x`, the index of the target whose units it is in (the target, its lags and moving
+    averages), else -1 (covariates, RSI, calendar): what window normalisation rescales alike."""
+    owner = {t: j for j, t in enumerate(targets)}
+    for name in derived:
+        target, _, kind = name.rpartition("_")
+        if target in owner and (kind.startswith("lag") or kind.startswith("ma")):
+            owner[name] = owner[target]
+    return [owner.get(f, -1) for f in x_features]

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lstm_dist.config import DataConfig
-from lstm_dist.data import scalers
+from lstm_dist.data import scalers, statics, transforms
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_features, warmup_rows
 from lstm_dist.data.ingest import clean_block, with_features
@@ -32,14 +32,19 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     has future covariates.
 
     Returns x float32 [S, L, F], future float32 [S, H, Ff], series int64 [S], series_names list[str],
-    t0 int64 [S] (first forecast timestamp), horizon_ts int64 [S, H] (every forecast timestamp), target_loc / target_scale float64 [S, T] and warnings.
+    t0 int64 [S] (first forecast timestamp), horizon_ts int64 [S, H] (every forecast timestamp), target_loc /
+    target_scale / target_lambda float64 [S, T], static float32 [S, Fst] (encoded static covariates read from the
+    history rows) and warnings.
     """
     cfg = _config(manifest)
     lookback, horizon, freq = manifest.lookback, manifest.horizon, manifest.frequency()
     notes = Notes()
     table = pa.Table.from_pandas(history, preserve_index=False)
     names, codes, ts, values = normalize(table, cfg=cfg, source="history", notes=notes)
+    static_rows = statics.read_static(table, series_col=cfg.series_col, static_cols=cfg.static_cols, source="history")
     block = clean_block(names, codes, ts, values, cfg=cfg, freq=freq, notes=notes)
+    lam = _lambdas(block, manifest=manifest, cfg=cfg)  # [S, T]
+    block = transforms.transform_block(block, kind=cfg.target_transform, targets=cfg.target_cols, lam=lam)
     stored = with_features(block, cfg=cfg)  # [N, Fs] unscaled, exactly as ingest computes it
     if manifest.pad_col is not None:  # the mask column, 0 on real rows, where ingest stores it
         stored = np.insert(stored, manifest.stored_cols.index(manifest.pad_col), 0.0, axis=1)
@@ -109,8 +114,29 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
         "horizon_ts": horizon_ts,
         "target_loc": loc[:, :num_t],
         "target_scale": scale[:, :num_t],
+        "target_lambda": lam,
+        "static": np.asarray(
+            [statics.encode(static_rows[n], manifest.static_encoding) for n in block.names] if cfg.static_cols else [],
+            dtype=np.float32,
+        ).reshape(num_s, len(manifest.static_features)),
         "warnings": messages,
     }
+
+
+def _lambdas(block, *, manifest: Manifest, cfg: DataConfig) -> np.ndarray:
+    """Box-Cox lambdas [S, T] of the series in `block`: the manifest's, or fitted on its own history if unknown."""
+    lam = np.full((len(block.names), len(cfg.target_cols)), np.nan)
+    if cfg.target_transform != "boxcox":
+        return lam
+    known = manifest.series_index()
+    new = [i for i, name in enumerate(block.names) if name not in known]
+    if new:  # the same rule as the scaler of an unknown series: its own history is all there is
+        sub = block.take_series(np.isin(np.arange(len(block.names)), new))
+        lam[new] = transforms.fit_block(sub, kind="boxcox", targets=cfg.target_cols, train_rows=sub.lengths)
+    old = [i for i, name in enumerate(block.names) if name in known]
+    if old:
+        lam[old] = transforms.series_lambdas(manifest, np.array([known[block.names[i]] for i in old]))
+    return lam
 
 
 def _future_values(
@@ -153,15 +179,11 @@ def inverse_targets(
     *,
     loc: np.ndarray | None = None,
     scale: np.ndarray | None = None,
+    lam: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Predictions [S, H, T, ...] back in original units.
+    """Predictions [S, H, T, ...] back in original units (scaler and target transform undone).
 
-    Stats come from the manifest by `series` index; pass `loc`/`scale` [S, T] (e.g. `target_loc` /
-    `target_scale` of an inference batch) for series the manifest does not know.
+    Stats come from the manifest by `series` index; pass `loc`/`scale`/`lam` [S, T] (e.g. `target_loc` /
+    `target_scale` / `target_lambda` of an inference batch) for series the manifest does not know.
     """
-    pred = np.asarray(pred_scaled)
-    if loc is None or scale is None:
-        loc, scale = manifest.target_loc_scale(np.asarray(series))
-    extra = (1,) * (pred.ndim - 3)
-    shape = (loc.shape[0], 1, loc.shape[1], *extra)  # [S, 1, T, 1...] broadcasts over horizon and extras
-    return scalers.inverse(pred, loc.reshape(shape), scale.reshape(shape))
+    return transforms.original_units(pred_scaled, series, manifest, loc=loc, scale=scale, lam=lam)

@@ -32,7 +32,7 @@ import ray
 
 from lstm_dist.config import DataConfig
 from lstm_dist.data import frequency as frequencies
-from lstm_dist.data import scalers
+from lstm_dist.data import scalers, statics, transforms
 from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq, merge_parts, regularize
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_names, derived_features, derived_names
@@ -186,6 +186,7 @@ def read_unit(
         parts.append(([names[i] for i in sel], remap[codes[mask]], ts[mask], values[mask]))
     info = {"file": locator, "rows": len(ts), "freq_hist": freq_hist, "freq_votes": votes, "notes": notes}
     info["freq_example"] = None if example is None else (locator, *example)
+    info["static"] = statics.read_static(table, series_col=cfg.series_col, static_cols=cfg.static_cols, source=source)
     return parts, info
 
 
@@ -300,7 +301,6 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: Frequency) -> tupl
         padded = padded[~short]
     if not block.names:
         return empty, {"names": [], "notes": notes, "skipped": skipped}
-    stored = with_features(block, cfg=cfg)
     parts = {"val_size": cfg.val_size, "test_size": cfg.test_size}
     bounds = np.array(
         [
@@ -309,6 +309,10 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: Frequency) -> tupl
         ]
     ).reshape(-1, 2)
     val_start, test_start = bounds[:, 0], bounds[:, 1]
+    # The transform comes before the derived features and the scaler: both then see transformed targets.
+    lam = transforms.fit_block(block, kind=cfg.target_transform, targets=cfg.target_cols, train_rows=val_start)
+    block = transforms.transform_block(block, kind=cfg.target_transform, targets=cfg.target_cols, lam=lam)
+    stored = with_features(block, cfg=cfg)
     summary: dict[str, Any] = {
         "names": block.names,
         "lengths": block.lengths,
@@ -318,6 +322,7 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: Frequency) -> tupl
         "last_ts": block.ts[block.offsets[1:] - 1],
         "notes": notes,
         "skipped": skipped,
+        "lambda": lam,
         "pad": np.where(padded, cfg.lookback - 1, 0),
     }
     summary["sha256"] = [
@@ -681,6 +686,10 @@ def ingest(
         stored_cols.insert(pad_at, PAD_COL)
         loc, scale = np.insert(loc, pad_at, 0.0, axis=1), np.insert(scale, pad_at, 1.0, axis=1)
         width += 1
+    static_rows = statics.merge([i["static"] for i in infos], static_cols=cfg.static_cols)
+    static_enc = statics.fit_encoding(
+        {n: static_rows[n] for n, _, _ in entries if cfg.static_cols}, static_cols=cfg.static_cols
+    )
     series_infos, lengths, where = [], [], []
     for idx, (name, b, i) in enumerate(entries):
         s = summaries[b]
@@ -697,6 +706,12 @@ def ingest(
                     c: ColumnStats(loc=float(loc[idx, j]), scale=float(scale[idx, j]))
                     for j, c in enumerate(stored_cols)
                 },
+                target_lambda=(
+                    {c: float(s["lambda"][i][j]) for j, c in enumerate(cfg.target_cols)}
+                    if cfg.target_transform == "boxcox"
+                    else {}
+                ),
+                static=statics.encode(static_rows[name], static_enc) if cfg.static_cols else [],
                 sha256=s["sha256"][i],
                 pad=pads[idx],
             )
@@ -813,6 +828,8 @@ def ingest(
             series=series_infos,
             shards=shards,
             totals=totals,
+            static_features=statics.feature_names(static_enc),
+            static_encoding=static_enc,
         )
         manifest.save(tmp)
         if out.exists():

@@ -52,6 +52,10 @@ class SeriesInfo(_Model):
     """Row position where the test part starts."""
     scaler: dict[str, ColumnStats]
     """Scaler stats per stored column, fitted on rows [0, val_start) only."""
+    target_lambda: dict[str, float] = Field(default_factory=dict)
+    """Box-Cox lambda per target (data.target_transform=boxcox), fitted on rows [0, val_start); else empty."""
+    static: list[float] = Field(default_factory=list)
+    """Encoded static covariates (Manifest.static_features order); empty without data.static_cols."""
     sha256: str | None = None
     """Checksum of the series' cleaned rows (timestamps + stored columns, before scaling): an incremental
     ingest keeps a shard only where every series in it has the same checksum as before. None in manifests
@@ -148,6 +152,10 @@ class Manifest(_Model):
     series: list[SeriesInfo]
     shards: list[ShardInfo]
     totals: Totals
+    static_features: list[str] = Field(default_factory=list)
+    """Names of the encoded static covariates (data.static_cols): `col` for numbers, `col=level` per text level."""
+    static_encoding: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per static column, how it is encoded (see lstm_dist.data.statics), for series seen only at inference."""
 
     freq_alias: str = ""
     """The pandas offset alias of the sampling frequency (`h`, `MS`, `W-SUN`); empty in older manifests (then `freq` s)."""

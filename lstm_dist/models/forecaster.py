@@ -16,6 +16,7 @@ from lstm_dist.models import losses
 from lstm_dist.models.encoder import AttentionReadout, Encoder, last_state
 from lstm_dist.models.heads import DirectHead, RecursiveHead
 from lstm_dist.models.weights import init_recurrent
+from lstm_dist.models.window_norm import WindowNorm
 
 
 class Forecaster(nn.Module):
@@ -25,6 +26,11 @@ class Forecaster(nn.Module):
     features; `future` [B, H, Ff] the known-future covariates over the horizon; `series`
     [B] the series index. P = 1 (point losses), len(quantiles) (quantile) or 2
     (gaussian: mean, raw scale; see `losses.gaussian_scale`).
+
+    With `model.window_norm` set, the network runs on window-normalised targets and its outputs are
+    mapped back (see `window_norm.WindowNorm`), so `forward` returns the same units either way.
+    `level_of[f]` names the target whose units feature f is in (-1: none); default: the targets only.
+    `pad_feature`: index of the start-padding mask feature in x, if any (window stats skip padding).
     """
 
     def __init__(
@@ -36,6 +42,9 @@ class Forecaster(nn.Module):
         horizon: int,
         num_future: int = 0,
         num_series: int = 0,
+        level_of: list[int] | None = None,
+        static: list[list[float]] | None = None,
+        pad_feature: int | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg.model_copy(deep=True)
@@ -46,9 +55,22 @@ class Forecaster(nn.Module):
             num_future=num_future,
             num_series=num_series,
         )
+        if level_of is not None:  # only when given, so checkpoints of models without it keep their args
+            self.build_args["level_of"] = list(level_of)
+        if static:
+            self.build_args["static"] = [list(row) for row in static]
+        if pad_feature is not None:
+            self.build_args["pad_feature"] = pad_feature
         self.num_features, self.num_targets, self.horizon = num_features, num_targets, horizon
         self.num_future = num_future
         self.num_outputs = losses.num_outputs(cfg)
+        if level_of is None:
+            level_of = [*range(num_targets), *([-1] * (num_features - num_targets))]
+        self.window_norm = (
+            WindowNorm(cfg.window_norm, num_targets=num_targets, level_of=level_of, pad_feature=pad_feature)
+            if cfg.window_norm != "none"
+            else None
+        )
 
         self.encoder = Encoder(cfg, input_size=num_features)
         dim = self.encoder.out_size
@@ -57,6 +79,15 @@ class Forecaster(nn.Module):
         self.embedding = nn.Embedding(num_series, cfg.series_embedding_dim) if cfg.series_embedding_dim > 0 else None
         if self.embedding is not None:
             summary_dim += cfg.series_embedding_dim
+        # Static covariates per series (data.static_cols), looked up by series index like the embedding;
+        # a buffer, not a parameter: data, rebuilt from the build args, so not in the state dict.
+        self.num_static = len(static[0]) if static else 0
+        self.static_table: Tensor | None
+        if self.num_static:
+            self.register_buffer("static_table", torch.tensor(static, dtype=torch.float32), persistent=False)
+            summary_dim += self.num_static
+        else:
+            self.static_table = None
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.head == "direct":
             self.head: nn.Module = DirectHead(
@@ -79,7 +110,7 @@ class Forecaster(nn.Module):
             )
         init_recurrent(self)
 
-    def _check_inputs(self, x: Tensor, future: Tensor | None, series: Tensor | None) -> None:
+    def _check_inputs(self, x: Tensor, future: Tensor | None, series: Tensor | None, static: Tensor | None) -> None:
         # Plain int comparisons: cheap, and a wrong column count otherwise surfaces as an
         # opaque matmul error deep in cuDNN.
         if x.dim() != 3 or x.shape[-1] != self.num_features:
@@ -94,28 +125,52 @@ class Forecaster(nn.Module):
             raise ValueError("future covariates were passed but the model was built with num_future=0")
         if self.embedding is not None and series is None:
             raise ValueError("model.series_embedding_dim > 0 needs `series` ([B] series indices) in forward")
+        if self.num_static and static is None and series is None:
+            raise ValueError("a model with static covariates needs `series` or `static` ([B, num_static]) in forward")
+        if static is not None and static.shape[-1] != self.num_static:
+            raise ValueError(f"static must be [B, {self.num_static}] (num_static), got {tuple(static.shape)}")
 
-    def summarize(self, x: Tensor, *, series: Tensor | None = None) -> Tensor:
-        """Encoder summary [B, S] of `x` [B, L, F] (readout, plus the series embedding)."""
+    def summarize(self, x: Tensor, *, series: Tensor | None = None, static: Tensor | None = None) -> Tensor:
+        """Encoder summary [B, S] of `x` [B, L, F] (readout, plus the series embedding and static covariates)."""
         out = self.encoder(x, keep_all=self.attention is not None or self.encoder.num_directions == 2)  # [B, L, D]
         last = last_state(out, num_directions=self.encoder.num_directions)  # [B, D]
         summary = self.attention(out, last) if self.attention is not None else last  # [B, S]
         if self.embedding is not None:
             summary = torch.cat([summary, self.embedding(series).to(summary.dtype)], dim=-1)  # [B, S + E]
+        if self.static_table is not None:
+            static = self.static_table[series] if static is None else static  # [B, Fst]
+            summary = torch.cat([summary, static.to(summary.dtype)], dim=-1)  # [B, S + E + Fst]
         return self.drop(summary)
 
-    def forward(self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None) -> Tensor:
-        self._check_inputs(x, future, series)
+    def forward(
+        self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None, static: Tensor | None = None
+    ) -> Tensor:
+        """`static` [B, num_static] overrides the per-series table (series unknown at training, in serving)."""
+        self._check_inputs(x, future, series, static)
         if self.num_future == 0:
             future = None
-        summary = self.summarize(x, series=series)  # [B, S]
+        if self.window_norm is None:
+            return self._network(x, future=future, series=series, static=static)
+        loc, scale = self.window_norm.stats(x)  # [B, 1, T] each
+        out = self._network(self.window_norm.normalize(x, loc, scale), future=future, series=series, static=static)
+        return losses.rescale(out, *self.window_norm.output_affine(loc, scale), cfg=self.cfg)  # [B, H, T, P]
+
+    def _network(self, x: Tensor, *, future: Tensor | None, series: Tensor | None, static: Tensor | None) -> Tensor:
+        summary = self.summarize(x, series=series, static=static)  # [B, S]
         if isinstance(self.head, RecursiveHead):
             y_last = x[:, -1, : self.num_targets]  # [B, T]; targets come first in x
             return self.head(summary, y_last=y_last, future=future, point=self.point)
         return self.head(summary, future=future)  # [B, H, T, P]
 
-    def loss(self, out: Tensor, y: Tensor) -> Tensor:
-        """The configured loss of `out` [B, H, T, P] against `y` [B, H, T]; a scalar (fp32)."""
+    def loss(self, out: Tensor, y: Tensor, *, x: Tensor | None = None) -> Tensor:
+        """The configured loss of `out` [B, H, T, P] against `y` [B, H, T]; a scalar (fp32).
+
+        With window normalisation on and the input window `x` given, the loss is taken in window
+        units, so series of any level and spread weigh alike; without `x`, in series-scaled units.
+        """
+        if self.window_norm is not None and x is not None:
+            loc, scale = self.window_norm.stats(x)
+            return losses.compute_loss(out, y, cfg=self.cfg, loc=loc, scale=scale)
         return losses.compute_loss(out, y, cfg=self.cfg)
 
     def point(self, out: Tensor) -> Tensor:
@@ -127,7 +182,9 @@ class Forecaster(nn.Module):
         return losses.interval(out, cfg=self.cfg)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None) -> Tensor:
+    def predict(
+        self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None, static: Tensor | None = None
+    ) -> Tensor:
         """Inference forward in eval mode (dropout off), without autograd; [B, H, T, P].
 
         The recursive head rolls out one step at a time feeding its forecasts back, as in
@@ -136,7 +193,7 @@ class Forecaster(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return self(x, future=future, series=series)
+            return self(x, future=future, series=series, static=static)
         finally:
             self.train(was_training)
 
@@ -149,6 +206,9 @@ def build_model(
     horizon: int,
     num_future: int = 0,
     num_series: int = 0,
+    level_of: list[int] | None = None,
+    static: list[list[float]] | None = None,
+    pad_feature: int | None = None,
 ) -> Forecaster:
     """Build the configured forecaster; raises ValueError naming the key for impossible settings."""
     if num_targets < 1 or num_features < num_targets:
@@ -160,6 +220,10 @@ def build_model(
             "model.tbptt_chunk > 0 cannot be combined with model.bidirectional: the backward direction "
             "starts at the end of the window, so it cannot be run chunk by chunk; set one of them off"
         )
+    if level_of is not None and (len(level_of) != num_features or max(level_of, default=-1) >= num_targets):
+        raise ValueError(f"level_of must give a target index or -1 for each of {num_features} features, got {level_of}")
+    if static and (len(static) != num_series or len({len(row) for row in static}) != 1):
+        raise ValueError(f"static must hold one equally long row per series ({num_series}), got {len(static)} rows")
     if cfg.residual and cfg.num_layers == 1:
         warnings.warn("model.residual has no effect with model.num_layers=1 (it acts between layers)", stacklevel=2)
     return Forecaster(
@@ -169,4 +233,7 @@ def build_model(
         horizon=horizon,
         num_future=num_future,
         num_series=num_series,
+        level_of=level_of,
+        static=static,
+        pad_feature=pad_feature,
     )

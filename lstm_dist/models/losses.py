@@ -35,12 +35,41 @@ def gaussian_scale(raw: Tensor) -> Tensor:
     return F.softplus(raw.float()) + _MIN_SCALE
 
 
-def compute_loss(out: Tensor, y: Tensor, *, cfg: ModelConfig) -> Tensor:
-    """Scalar loss of `out` [B, H, T, P] against `y` [B, H, T], averaged over all elements."""
+def _softplus_inverse(y: Tensor) -> Tensor:
+    # log(exp(y) - 1), written so it neither overflows for large y nor loses bits for small y.
+    return y + torch.log(-torch.expm1(-y))
+
+
+def rescale(out: Tensor, loc: Tensor, scale: Tensor, *, cfg: ModelConfig) -> Tensor:
+    """`out` [B, H, T, P] from window units to `value * scale + loc` units; loc/scale [B, 1, T].
+
+    Values (point, quantiles, gaussian mean) map affinely; the gaussian's raw scale is re-encoded so
+    that `gaussian_scale` of the result is the standard deviation times |scale|.
+    """
+    out = out.float()
+    loc, scale = loc.unsqueeze(-1), scale.unsqueeze(-1)  # [B, 1, T, 1]
+    if cfg.loss != "gaussian":
+        return out * scale + loc
+    mean = out[..., :1] * scale + loc
+    std = gaussian_scale(out[..., 1:]) * scale.abs()
+    raw = _softplus_inverse((std - _MIN_SCALE).clamp_min(1e-8))
+    return torch.cat([mean, raw], dim=-1)
+
+
+def compute_loss(
+    out: Tensor, y: Tensor, *, cfg: ModelConfig, loc: Tensor | None = None, scale: Tensor | None = None
+) -> Tensor:
+    """Scalar loss of `out` [B, H, T, P] against `y` [B, H, T], averaged over all elements.
+
+    With `loc`/`scale` [B, 1, T] the loss is taken in the units `(v - loc) / scale` (window units):
+    each window then weighs alike whatever its level and spread.
+    """
     if out.shape[:-1] != y.shape:
         raise ValueError(f"loss: output {tuple(out.shape)} does not match target {tuple(y.shape)} (+ a last axis P)")
     # Losses in fp32: under fp16 autocast squared errors and log-scales lose too many bits.
     out, y = out.float(), y.float()
+    if loc is not None and scale is not None:
+        return _window_loss(out, y, loc=loc.float(), scale=scale.float(), cfg=cfg)
     if cfg.loss == "mse":
         return F.mse_loss(out[..., 0], y)
     if cfg.loss == "mae":
@@ -57,6 +86,15 @@ def compute_loss(out: Tensor, y: Tensor, *, cfg: ModelConfig) -> Tensor:
         # full=False drops the constant log(2*pi)/2; the optimum is the same.
         return F.gaussian_nll_loss(mean, y, scale.square(), eps=_MIN_SCALE**2)
     raise AssertionError(f"unhandled loss {cfg.loss}")  # config validation makes this unreachable
+
+
+def _window_loss(out: Tensor, y: Tensor, *, loc: Tensor, scale: Tensor, cfg: ModelConfig) -> Tensor:
+    y_n = (y - loc) / scale  # [B, H, T]
+    if cfg.loss != "gaussian":
+        return compute_loss((out - loc.unsqueeze(-1)) / scale.unsqueeze(-1), y_n, cfg=cfg)
+    mean = (out[..., 0] - loc) / scale
+    std = gaussian_scale(out[..., 1]) / scale
+    return F.gaussian_nll_loss(mean, y_n, std.square(), eps=_MIN_SCALE**2)
 
 
 def _sorted_quantiles(out: Tensor) -> Tensor:

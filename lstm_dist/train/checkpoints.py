@@ -98,17 +98,28 @@ def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:
     path = Path(path)
     weights = torch.load(path / MODEL_FILE if path.is_dir() else path, map_location=device, weights_only=False)
     args = dict(weights["model_args"])
-    model = build_model(ModelConfig.model_validate(args.pop("model")), **args)
+    # Models saved before window normalisation existed ran without it; the new default must not apply to them.
+    model_cfg = {"window_norm": "none", **args.pop("model")}
+    model = build_model(ModelConfig.model_validate(model_cfg), **args)
     model.load_state_dict(weights["state_dict"])
     return model.to(device).eval()
 
 
-def model_args_for(ds) -> dict[str, int]:
+def model_args_for(ds) -> dict[str, Any]:
     """The data-dependent sizes `build_model` needs (from a WindowDataset); saved in every checkpoint."""
+    from lstm_dist.data.features import level_of
+
+    m = ds.manifest
+    static = {"static": [s.static for s in m.series]} if m.static_features else {}
+    # Window normalisation skips start padding; the key exists only for padded data, as the mask column does.
+    pad = {"pad_feature": m.x_features.index(m.pad_col)} if m.pad_col is not None else {}
     return {
         "num_features": ds.num_features,
         "num_targets": ds.num_targets,
         "horizon": ds.horizon,
         "num_future": ds.num_future,
         "num_series": ds.num_series,
+        "level_of": level_of(m.x_features, targets=m.target_cols, derived=m.derived_cols),
+        **static,
+        **pad,
     }

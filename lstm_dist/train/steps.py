@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lstm_dist.data import transforms
 from lstm_dist.models import Forecaster
 from lstm_dist.train.precision import Precision, autocast
 
@@ -56,7 +57,7 @@ def train_step(
         with model.no_sync() if local else contextlib.nullcontext():
             with autocast(precision, batch["x"].device):
                 out = model(batch["x"], future=batch["future"], series=batch["series"])  # [B, H, T, P]
-            loss = net.loss(out, batch["y"]) / accum  # fp32 scalar: the loss upcasts
+            loss = net.loss(out, batch["y"], x=batch["x"]) / accum  # fp32 scalar: the loss upcasts
             scaler.scale(loss).backward()  # scaled only for fp16; a no-op multiply otherwise
         loss_sum += loss.detach()
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -164,6 +165,7 @@ def evaluate(
     # Errors in original units only need the scale: the location cancels in (pred - actual).
     _, scale_all = ds.manifest.target_loc_scale(np.arange(ds.num_series))
     scale_all = torch.as_tensor(scale_all, dtype=torch.float32, device=device)  # [S, T]
+    transformed = transforms.kind_of(ds.manifest) != "none"
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss * n, sum |err|, sum err^2, n
     for start in range(0, len(mine), batch_size):
         batch = to_device(ds.batch(mine[start : start + batch_size]), device)
@@ -172,7 +174,11 @@ def evaluate(
         n = batch["x"].shape[0]
         scale = scale_all[batch["series"]][:, None, :]  # [B, 1, T]
         err = (net.point(out.float()) - batch["y"]) * scale  # [B, H, T], original units
-        sums[0] += net.loss(out, batch["y"]) * n
+        if transformed:  # a log or Box-Cox does not cancel like the location: undo it on the host
+            pred, actual, s = (t.cpu().numpy() for t in (net.point(out.float()), batch["y"], batch["series"]))
+            diff = transforms.original_units(pred, s, ds.manifest) - transforms.original_units(actual, s, ds.manifest)
+            err = torch.as_tensor(diff, dtype=torch.float32, device=device)
+        sums[0] += net.loss(out, batch["y"], x=batch["x"]) * n
         sums[1] += err.abs().sum()
         sums[2] += err.square().sum()
         sums[3] += n

@@ -1,0 +1,98 @@
+"""Window-local level and scale normalisation of the targets (RevIN, Kim et al. 2022; DeepAR's scaling).
+
+The series scaler standardises with stats of the whole train part, so a trending series reaches
+levels at forecast time that the network rarely saw in training, and it learns to pull forecasts
+back to the train-part mean. Here each input window is re-centred and re-scaled by its own stats
+(per target channel), the network works in those units, and its outputs are mapped back, so the
+forecast is relative to where the series is now. Callers see the same (series-scaled) units as
+without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+# Floor of the window scale, in series-scaled units (1 = the train part's spread): a flat window
+# would otherwise divide by ~0 and turn noise-free inputs and forecasts into huge numbers.
+MIN_WINDOW_SCALE = 1e-2
+# Keeps RevIN's learnt per-channel gain away from 0, where the inverse map explodes.
+_MIN_GAIN = 1e-3
+
+
+class WindowNorm(nn.Module):
+    """Per-window (loc, scale) of the target channels of `x`; normalises inputs and maps outputs back.
+
+    `mode`: `last` centres on the last observed value, `mean` / `revin` on the window mean; the scale
+    is the window's standard deviation (floored at MIN_WINDOW_SCALE). `revin` adds a learnable affine
+    per target. `level_of[f]` is the target index feature f is in the units of (the target itself, its
+    lags and moving averages) or -1 (covariates, RSI, calendar): those channels are normalised alike.
+    `pad_feature`: the start-padding mask channel (1 on padding rows, data.start_padding), or None:
+    padding steps are left out of the stats and their level channels set to 0 in window units.
+    """
+
+    def __init__(self, mode: str, *, num_targets: int, level_of: Sequence[int], pad_feature: int | None = None) -> None:
+        super().__init__()
+        assert mode in ("last", "mean", "revin"), mode
+        self.mode, self.num_targets, self.pad_feature = mode, num_targets, pad_feature
+        is_level = torch.tensor([float(t >= 0) for t in level_of])
+        self.register_buffer("is_level", is_level, persistent=False)  # [F]
+        channels = [f for f, t in enumerate(level_of) if t >= 0]
+        self.register_buffer("channels", torch.tensor(channels, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "target_of", torch.tensor([level_of[f] for f in channels], dtype=torch.long), persistent=False
+        )
+        if mode == "revin":
+            self.gain = nn.Parameter(torch.ones(num_targets))
+            self.bias = nn.Parameter(torch.zeros(num_targets))
+
+    def _real(self, x: Tensor) -> Tensor | None:
+        """[B, L, 1]: 1.0 on real steps, 0.0 on start padding; None without a padding mask."""
+        if self.pad_feature is None:
+            return None
+        return (x[..., self.pad_feature : self.pad_feature + 1].float() < 0.5).float()
+
+    def stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(loc, scale), each fp32 [B, 1, T], of the target channels of `x` [B, L, F] (targets first)."""
+        y = x[..., : self.num_targets].float()  # [B, L, T]
+        real = self._real(x)
+        if real is None:
+            mean = y.mean(dim=1, keepdim=True)  # [B, 1, T]
+            std = y.std(dim=1, keepdim=True, unbiased=False)
+        else:  # the last step is always real; padding carries no level
+            count = real.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1, 1]
+            mean = (y * real).sum(dim=1, keepdim=True) / count
+            std = (((y - mean) ** 2 * real).sum(dim=1, keepdim=True) / count).sqrt()
+        loc = y[:, -1:] if self.mode == "last" else mean
+        return loc, std.clamp_min(MIN_WINDOW_SCALE)
+
+    def _gain(self) -> Tensor:
+        g = self.gain
+        return torch.where(g >= 0, 1.0, -1.0) * g.abs().clamp_min(_MIN_GAIN)  # [T]
+
+    def normalize(self, x: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+        """`x` [B, L, F] with its level channels in window units (then RevIN's affine)."""
+        batch, _, num_f = x.shape
+        off = torch.zeros(batch, 1, num_f, device=x.device, dtype=torch.float32)  # [B, 1, F]
+        div = torch.ones(batch, 1, num_f, device=x.device, dtype=torch.float32)
+        off[..., self.channels] = loc[..., self.target_of]
+        div[..., self.channels] = scale[..., self.target_of]
+        out = (x.float() - off) / div  # [B, L, F]
+        if self.mode == "revin":
+            ones, zeros = torch.ones(num_f, device=x.device), torch.zeros(num_f, device=x.device)
+            gain = ones.index_copy(0, self.channels, self._gain()[self.target_of])  # [F]
+            bias = zeros.index_copy(0, self.channels, self.bias[self.target_of])
+            out = out * gain + bias
+        real = self._real(x)
+        if real is not None:  # padding rows of level channels: 0 in window units, as 0 is their value when scaled
+            out = out * (1.0 - self.is_level * (1.0 - real))  # [B, L, F]
+        return out.to(x.dtype)
+
+    def output_affine(self, loc: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """(loc', scale') [B, 1, T] mapping network outputs back: value = out * scale' + loc' (RevIN folded in)."""
+        if self.mode != "revin":
+            return loc, scale
+        gain = self._gain()  # out = ((v - bias) / gain) * scale + loc
+        return loc - self.bias * scale / gain, scale / gain
