@@ -185,7 +185,14 @@ def run_project(df: pd.DataFrame, spec: Spec, *, work: Path, overrides: list[str
     train.rename(columns={"unique_id": "series_id", "ds": "timestamp", "y": "target"}).to_parquet(path, index=False)
     cfg = load_config(
         ROOT / spec.config,
-        [f"data.path={path}", f"workflow.work_dir={work / 'runs'}", f"data.horizon={spec.horizon}", *overrides],
+        [
+            f"data.path={path}",
+            f"workflow.work_dir={work / 'runs'}",
+            # Explicit: an earlier set's run leaves MLFLOW_TRACKING_URI in this process's environment.
+            f"tracking.uri=sqlite:///{work / 'runs' / 'mlflow.db'}",
+            f"data.horizon={spec.horizon}",
+            *overrides,
+        ],
     ).resolved()
     start = time.perf_counter()
     summary = run(cfg, progress=lambda line: print(f"    {line}", flush=True))
