@@ -170,20 +170,3 @@ def _future_values(
     if np.isnan(out).any():
         raise DataError("future: known-future covariates must not be missing over the horizon")
     return out
-
-
-def inverse_targets(
-    pred_scaled: np.ndarray,
-    series: np.ndarray,
-    manifest: Manifest,
-    *,
-    loc: np.ndarray | None = None,
-    scale: np.ndarray | None = None,
-    lam: np.ndarray | None = None,
-) -> np.ndarray:
-    """Predictions [S, H, T, ...] back in original units (scaler and target transform undone).
-
-    Stats come from the manifest by `series` index; pass `loc`/`scale`/`lam` [S, T] (e.g. `target_loc` /
-    `target_scale` / `target_lambda` of an inference batch) for series the manifest does not know.
-    """
-    return transforms.original_units(pred_scaled, series, manifest, loc=loc, scale=scale, lam=lam)
