@@ -63,7 +63,8 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         first step after it). `future`: rows of (series, timestamp, future columns) over the horizon, for a
         model with known-future covariates; without it they come from the rows of `history` after the
         cutoff or after each series' last observed target."""
-        from lstm_dist.data.inference import inverse_targets, make_inference_batch
+        from lstm_dist.data.inference import make_inference_batch
+        from lstm_dist.data.transforms import original_units
 
         m = self.manifest
         history, future = resolve_inputs(history, m, as_of=as_of, future=future)
@@ -73,7 +74,7 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         static = torch.from_numpy(batch["static"]) if batch["static"].shape[-1] else None  # from the history rows
         out = self.net.predict(torch.from_numpy(batch["x"]), future=fut, series=series, static=static)  # [S, H, T, P]
         stats = {"loc": batch["target_loc"], "scale": batch["target_scale"], "lam": batch["target_lambda"]}
-        point = inverse_targets(self.net.point(out).numpy(), batch["series"], m, **stats)  # [S, H, T]
+        point = original_units(self.net.point(out).numpy(), batch["series"], m, **stats)  # [S, H, T]
         num_series, horizon = point.shape[:2]
         times = batch["horizon_ts"].astype("datetime64[s]").astype("datetime64[ns]")  # [S, H] on the calendar grid
         tz = m.frequency().tz
@@ -89,7 +90,7 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         for t, name in enumerate(m.target_cols):
             frame[name] = point[:, :, t].reshape(-1)
         for label, values in (self.net.interval(out) or {}).items():
-            values = inverse_targets(values.numpy(), batch["series"], m, **stats)  # [S, H, T]
+            values = original_units(values.numpy(), batch["series"], m, **stats)  # [S, H, T]
             for t, name in enumerate(m.target_cols):
                 frame[f"{name}_{label}"] = values[:, :, t].reshape(-1)
         return pd.DataFrame(frame)

@@ -16,7 +16,6 @@ Run it as `lstm-dist backtest conf/demo.yaml [key=value ...] --windows 3 --step 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,10 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 from lstm_dist.cluster import cluster_summary, init_ray
-from lstm_dist.config import ConfigError, PipelineConfig, load_config, save_resolved
+from lstm_dist.config import ConfigError, PipelineConfig
 from lstm_dist.tracking import start_pipeline_run
 from lstm_dist.workflow import DONE, FAILED, Store, Workflow
-from pipelines.train import data_steps, input_files, train_step
+from pipelines.train import data_steps, input_files, script_main, train_step
 
 STEPS = ("ingest", "shard", "train")
 
@@ -123,14 +122,7 @@ def _log(tracker, cfg: PipelineConfig, table: pd.DataFrame, *, step: int) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        print("usage: python -m pipelines.backtest CONFIG.yaml [key=value ...]", file=sys.stderr)
-        return 2
-    cfg = load_config(argv[0], argv[1:]).resolved()
-    save_resolved(cfg)
-    run(cfg)
-    return 0
+    return script_main("pipelines.backtest", run, argv)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lstm_dist.cluster import cluster_summary, init_ray
-from lstm_dist.config import PipelineConfig, load_config, save_resolved
+from lstm_dist.config import PipelineConfig
 from lstm_dist.tracking import CHALLENGER, CHAMPION, Tracker, start_pipeline_run
 from lstm_dist.workflow import DONE, FAILED, Store, Workflow, work_cache
 from pipelines.train import (
@@ -45,6 +44,7 @@ from pipelines.train import (
     final_fit_step,
     input_lineage,
     register_step,
+    script_main,
     train_step,
 )
 
@@ -301,14 +301,7 @@ def print_summary(summary: RetrainSummary, *, progress=print) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        print("usage: python -m pipelines.retrain CONFIG.yaml [key=value ...]", file=sys.stderr)
-        return 2
-    cfg = load_config(argv[0], argv[1:]).resolved()
-    save_resolved(cfg)
-    run(cfg)
-    return 0
+    return script_main("pipelines.retrain", run, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -631,16 +632,21 @@ def print_summary(summary: PipelineSummary, *, cfg: PipelineConfig, progress=pri
     progress(f"MLflow UI:  {ui_command(summary.tracking_uri)}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def script_main(module: str, run_config: Callable[[PipelineConfig], Any], argv: list[str] | None = None) -> int:
+    """`python -m <module> CONFIG.yaml [key=value ...]` (a Ray job entrypoint): load, resolve and save the config,
+    then `run_config` it; exit status 2 with the usage line when no config is given."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        print("usage: python -m pipelines.train CONFIG.yaml [key=value ...]", file=sys.stderr)
+        print(f"usage: python -m {module} CONFIG.yaml [key=value ...]", file=sys.stderr)
         return 2
     cfg = load_config(argv[0], argv[1:]).resolved()
     save_resolved(cfg)
-    summary = run(cfg)
-    print_summary(summary, cfg=cfg)
+    run_config(cfg)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return script_main("pipelines.train", lambda cfg: print_summary(run(cfg), cfg=cfg), argv)
 
 
 if __name__ == "__main__":

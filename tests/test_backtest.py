@@ -31,6 +31,20 @@ def test_cutoffs_count_back_from_each_series_end() -> None:
         cutoff_ends(history, windows=3, step=10, horizon=5)  # b: 19 - 5 - 20 < 0
 
 
+@pytest.mark.parametrize("module", ["pipelines.train", "pipelines.retrain", "pipelines.backtest"])
+def test_script_main_loads_resolves_and_saves_the_config(module: str, tmp_path: Path, capsys) -> None:
+    import importlib
+
+    from pipelines.train import script_main
+
+    assert importlib.import_module(module).main([]) == 2  # each entrypoint goes through script_main
+    seen = []
+    assert f"python -m {module} CONFIG.yaml" in capsys.readouterr().err
+    assert script_main(module, seen.append, [str(DEBUG), f"workflow.work_dir={tmp_path}", "train.epochs=7"]) == 0
+    assert [c.train.epochs for c in seen] == [7]
+    assert load_config(tmp_path / "last_config.yaml").train.epochs == 7
+
+
 def _backtest(work: Path, data: Path):
     from pipelines.backtest import run
 

@@ -8,9 +8,10 @@ import pytest
 
 from lstm_dist.config import DataConfig
 from lstm_dist.data.errors import DataError
-from lstm_dist.data.inference import inverse_targets, make_inference_batch
+from lstm_dist.data.inference import make_inference_batch
 from lstm_dist.data.ingest import ingest
 from lstm_dist.data.synthetic import generate_sample
+from lstm_dist.data.transforms import original_units
 from lstm_dist.data.windows import WindowDataset
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -53,10 +54,10 @@ def test_batch_equals_last_test_window(shards):
     np.testing.assert_allclose(got["x"], want["x"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["future"], want["future"], atol=1e-6)
     # inverse of the scaled truth is the raw truth
-    y = inverse_targets(want["y"], want["series"], manifest)  # [S, H, T]
+    y = original_units(want["y"], want["series"], manifest)  # [S, H, T]
     first = raw[(raw.series_id == "s000") & (ts >= cut["s000"])].target.to_numpy()[:H]
     np.testing.assert_allclose(y[0, :, 0], first, rtol=1e-5)
-    q = inverse_targets(np.repeat(want["y"][..., None], 3, axis=-1), want["series"], manifest)  # [S, H, T, Q]
+    q = original_units(np.repeat(want["y"][..., None], 3, axis=-1), want["series"], manifest)  # [S, H, T, Q]
     np.testing.assert_allclose(q[..., 1], y, rtol=1e-6)
 
 

@@ -25,6 +25,17 @@ def _steps(size: float, n: int) -> int:
     return int(round(size * n)) if size < 1 else int(size)
 
 
+def split_of(first: int, last: int, val_start: int, test_start: int) -> str | None:
+    """The split whose rows hold every target row `first..last` of a window, or None when it straddles two."""
+    if last < val_start:
+        return "train"
+    if first >= test_start:
+        return "test"
+    if first >= val_start and last < test_start:
+        return "val"
+    return None
+
+
 def naive_windows(
     raw: pd.DataFrame,
     *,
@@ -51,16 +62,7 @@ def naive_windows(
         starts = []
         for s in range(n - lookback - horizon + 1):
             first, last = s + lookback, s + lookback + horizon - 1  # target rows
-            owner = (
-                "train"
-                if last < val_start
-                else "val"
-                if first >= val_start and last < test_start
-                else "test"
-                if first >= test_start
-                else None
-            )
-            if owner == split:
+            if split_of(first, last, val_start, test_start) == split:
                 starts.append(s)
         for s in starts[::stride]:
             xs.append(z[s : s + lookback])

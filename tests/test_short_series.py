@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_data_windows import split_of
 
 from lstm_dist.config import DataConfig, ModelConfig
 from lstm_dist.data.commands import inspect_command
@@ -102,7 +103,13 @@ def test_build_shard_writes_padding_rows_without_ray(tmp_path):
     block = {"offsets": np.array([0, 3]), "ts": np.array([100, 110, 120]), "stored": stored}
     loc, scale = np.array([[1.0, 1.0, 0.0]]), np.array([[2.0, 2.0, 1.0]])
     data, _, num_rows = build_shard(
-        [(0, 0, -2, 3, 0)], loc, scale, stored_cols=["t", "t_lag1", PAD_COL], blocks=[block], pad_at=2, freq=from_seconds(10)
+        [(0, 0, -2, 3, 0)],
+        loc,
+        scale,
+        stored_cols=["t", "t_lag1", PAD_COL],
+        blocks=[block],
+        pad_at=2,
+        freq=from_seconds(10),
     )
     assert num_rows == 5
     path = tmp_path / "pad_shard.arrow"
@@ -137,17 +144,7 @@ def naive_windows(raw: pd.DataFrame, names: list[str], split: str) -> dict[str, 
         ts = g.timestamp.to_numpy().astype("datetime64[s]").astype(np.int64)
         ts = np.concatenate([ts[0] - DAY * np.arange(pad, 0, -1), ts])
         for s in range(-pad, n - L - H + 1):
-            first, last = s + L, s + L + H - 1
-            owner = (
-                "train"
-                if last < val_start
-                else "val"
-                if first >= val_start and last < test_start
-                else "test"
-                if first >= test_start
-                else None
-            )
-            if owner != split:
+            if split_of(s + L, s + L + H - 1, val_start, test_start) != split:
                 continue
             rows = np.arange(s, s + L) + pad
             xs.append(np.concatenate([z[rows], calendar_features(ts[rows], ["weekday"])], axis=1))

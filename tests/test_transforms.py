@@ -10,7 +10,7 @@ import torch
 from lstm_dist.config import DataConfig, ModelConfig
 from lstm_dist.data import transforms
 from lstm_dist.data.errors import DataError
-from lstm_dist.data.inference import inverse_targets, make_inference_batch
+from lstm_dist.data.inference import make_inference_batch
 from lstm_dist.data.ingest import ingest
 from lstm_dist.data.windows import WindowDataset
 from lstm_dist.evaluate import evaluate_model
@@ -84,7 +84,7 @@ def test_ingest_and_inference_round_trip_in_original_units(tmp_path, kind: str) 
     truth = np.stack(
         [raw.target[(raw.series_id == n) & (ts >= t0)].to_numpy()[:H] for n, t0 in zip("ab", want["t0"], strict=True)]
     )
-    np.testing.assert_allclose(inverse_targets(want["y"], want["series"], manifest)[..., 0], truth, rtol=1e-5)
+    np.testing.assert_allclose(transforms.original_units(want["y"], want["series"], manifest)[..., 0], truth, rtol=1e-5)
     # Inference from raw history gives the training window's inputs (transform applied the same way).
     history = raw[ts < np.where(raw.series_id == "a", want["t0"][0], want["t0"][1])]
     got = make_inference_batch(history, manifest=manifest)

@@ -37,7 +37,7 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     history rows) and warnings.
     """
     cfg = _config(manifest)
-    lookback, horizon, freq = manifest.lookback, manifest.horizon, manifest.frequency()
+    horizon, freq = manifest.horizon, manifest.frequency()
     notes = Notes()
     table = pa.Table.from_pandas(history, preserve_index=False)
     names, codes, ts, values = normalize(table, cfg=cfg, source="history", notes=notes)
@@ -48,49 +48,12 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     stored = with_features(block, cfg=cfg)  # [N, Fs] unscaled, exactly as ingest computes it
     if manifest.pad_col is not None:  # the mask column, 0 on real rows, where ingest stores it
         stored = np.insert(stored, manifest.stored_cols.index(manifest.pad_col), 0.0, axis=1)
-    need = lookback + warmup_rows(lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period)
-    for name, n in zip(block.names, block.lengths, strict=True):
-        # With a start-padding mask the model has seen series that begin inside a window: a shorter history
-        # is taken as the whole series (derived features start from what it has, as ingest computes them).
-        if n < need and manifest.pad_col is None:
-            raise DataError(
-                f"series '{name}' has {n} rows of history after cleaning; inference needs its last {need} rows "
-                f"(lookback {lookback}"
-                + (f" + {need - lookback} for lags/moving averages/RSI)" if need > lookback else ")")
-                + "; this model was trained without start padding (no series of its data needed it), so it "
-                "cannot take a shorter history"
-            )
-    known = manifest.series_index()
-    all_loc, all_scale = manifest.loc_scale()
+    _check_lengths(block, manifest=manifest, cfg=cfg)
+    series, loc, scale, unknown = _series_stats(block, stored, manifest=manifest)  # loc/scale [S, Fs]
+    messages = [*notes.warnings, *unknown]
     num_s, num_t = len(block.names), len(manifest.target_cols)
-    loc, scale = np.zeros((num_s, stored.shape[1])), np.ones((num_s, stored.shape[1]))
-    series = np.full(num_s, -1, dtype=np.int64)
-    messages = list(notes.warnings)
-    for i, name in enumerate(block.names):
-        if name in known:
-            series[i] = known[name]
-            loc[i], scale[i] = all_loc[series[i]], all_scale[series[i]]
-        elif manifest.scaler_scope == "global" and len(all_loc):
-            loc[i], scale[i] = all_loc[0], all_scale[0]
-        else:
-            rows = slice(block.offsets[i], block.offsets[i + 1])
-            loc[i], scale[i] = scalers.fit(stored[rows], kind=manifest.scaler)
-            msg = f"series '{name}' is not in the manifest; scaled with stats fitted on its own {block.lengths[i]} rows of history"
-            warnings.warn(msg, stacklevel=2)
-            messages.append(msg)
-    ends = block.offsets[1:]  # [S]
-    wanted = ends[:, None] - lookback + np.arange(lookback)  # [S, L]
-    rows = np.maximum(wanted, block.offsets[:-1, None])  # steps before a series' first row read that row ...
-    x = scalers.transform(stored[rows], loc[:, None, :], scale[:, None, :]).astype(np.float32)  # [S, L, Fs]
-    ts_in = block.ts[rows]  # [S, L]
-    if manifest.pad_col is not None:  # ... and become padding as ingest stores it: values 0 (scaled), mask 1
-        padding = wanted < rows  # [S, L]
-        x[padding] = 0.0
-        x[:, :, manifest.stored_cols.index(manifest.pad_col)] = padding
-        for s in np.flatnonzero(padding.any(axis=1)):  # the grid continued backwards over the padding
-            num_pad = int(padding[s].sum())
-            ts_in[s, :num_pad] = freq.previous_steps(block.ts[block.offsets[s]], num_pad)
-    horizon_ts = freq.next_steps(block.ts[ends - 1], horizon)  # [S, H] on the calendar grid
+    x, ts_in = _input_windows(block, stored, loc, scale, manifest=manifest)  # [S, L, Fs], [S, L]
+    horizon_ts = freq.next_steps(block.ts[block.offsets[1:] - 1], horizon)  # [S, H] on the calendar grid
     t0 = horizon_ts[:, 0]  # [S]
     calendar = list(manifest.calendar_features)
     if calendar:
@@ -121,6 +84,69 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
         ).reshape(num_s, len(manifest.static_features)),
         "warnings": messages,
     }
+
+
+def _check_lengths(block, *, manifest: Manifest, cfg: DataConfig) -> None:
+    """Every series has the rows its input window and derived features need (unless the model knows padding)."""
+    lookback = manifest.lookback
+    need = lookback + warmup_rows(lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period)
+    for name, n in zip(block.names, block.lengths, strict=True):
+        # With a start-padding mask the model has seen series that begin inside a window: a shorter history
+        # is taken as the whole series (derived features start from what it has, as ingest computes them).
+        if n < need and manifest.pad_col is None:
+            raise DataError(
+                f"series '{name}' has {n} rows of history after cleaning; inference needs its last {need} rows "
+                f"(lookback {lookback}"
+                + (f" + {need - lookback} for lags/moving averages/RSI)" if need > lookback else ")")
+                + "; this model was trained without start padding (no series of its data needed it), so it "
+                "cannot take a shorter history"
+            )
+
+
+def _series_stats(block, stored: np.ndarray, *, manifest: Manifest) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Manifest index (-1: unknown), scaler loc and scale [S, Fs] of each series, and the warnings given.
+
+    A known series keeps its manifest stats; an unknown one takes the global stats, else stats fitted on its own
+    history."""
+    known = manifest.series_index()
+    all_loc, all_scale = manifest.loc_scale()
+    num_s = len(block.names)
+    loc, scale = np.zeros((num_s, stored.shape[1])), np.ones((num_s, stored.shape[1]))
+    series = np.full(num_s, -1, dtype=np.int64)
+    messages = []
+    for i, name in enumerate(block.names):
+        if name in known:
+            series[i] = known[name]
+            loc[i], scale[i] = all_loc[series[i]], all_scale[series[i]]
+        elif manifest.scaler_scope == "global" and len(all_loc):
+            loc[i], scale[i] = all_loc[0], all_scale[0]
+        else:
+            rows = slice(block.offsets[i], block.offsets[i + 1])
+            loc[i], scale[i] = scalers.fit(stored[rows], kind=manifest.scaler)
+            msg = f"series '{name}' is not in the manifest; scaled with stats fitted on its own {block.lengths[i]} rows of history"
+            warnings.warn(msg, stacklevel=3)  # the caller of make_inference_batch
+            messages.append(msg)
+    return series, loc, scale, messages
+
+
+def _input_windows(
+    block, stored: np.ndarray, loc: np.ndarray, scale: np.ndarray, *, manifest: Manifest
+) -> tuple[np.ndarray, np.ndarray]:
+    """The last `lookback` rows of each series, scaled (x float32 [S, L, Fs]), and their timestamps [S, L]."""
+    lookback, freq = manifest.lookback, manifest.frequency()
+    ends = block.offsets[1:]  # [S]
+    wanted = ends[:, None] - lookback + np.arange(lookback)  # [S, L]
+    rows = np.maximum(wanted, block.offsets[:-1, None])  # steps before a series' first row read that row ...
+    x = scalers.transform(stored[rows], loc[:, None, :], scale[:, None, :]).astype(np.float32)  # [S, L, Fs]
+    ts_in = block.ts[rows]  # [S, L]
+    if manifest.pad_col is not None:  # ... and become padding as ingest stores it: values 0 (scaled), mask 1
+        padding = wanted < rows  # [S, L]
+        x[padding] = 0.0
+        x[:, :, manifest.stored_cols.index(manifest.pad_col)] = padding
+        for s in np.flatnonzero(padding.any(axis=1)):  # the grid continued backwards over the padding
+            num_pad = int(padding[s].sum())
+            ts_in[s, :num_pad] = freq.previous_steps(block.ts[block.offsets[s]], num_pad)
+    return x, ts_in
 
 
 def _lambdas(block, *, manifest: Manifest, cfg: DataConfig) -> np.ndarray:
@@ -170,20 +196,3 @@ def _future_values(
     if np.isnan(out).any():
         raise DataError("future: known-future covariates must not be missing over the horizon")
     return out
-
-
-def inverse_targets(
-    pred_scaled: np.ndarray,
-    series: np.ndarray,
-    manifest: Manifest,
-    *,
-    loc: np.ndarray | None = None,
-    scale: np.ndarray | None = None,
-    lam: np.ndarray | None = None,
-) -> np.ndarray:
-    """Predictions [S, H, T, ...] back in original units (scaler and target transform undone).
-
-    Stats come from the manifest by `series` index; pass `loc`/`scale`/`lam` [S, T] (e.g. `target_loc` /
-    `target_scale` / `target_lambda` of an inference batch) for series the manifest does not know.
-    """
-    return transforms.original_units(pred_scaled, series, manifest, loc=loc, scale=scale, lam=lam)

@@ -605,6 +605,84 @@ def choose_frequency(cfg: DataConfig, infos: list[dict[str, Any]], *, source: st
     return frequencies.from_seconds(step, tz=cfg.timezone)
 
 
+def _series_infos(
+    entries: list[tuple[str, int, int]],
+    summaries: list[dict],
+    loc: np.ndarray,
+    scale: np.ndarray,
+    stored_cols: list[str],
+    pads: list[int],
+    static_rows: dict,
+    static_enc: dict,
+    cfg: DataConfig,
+) -> list[SeriesInfo]:
+    """The manifest entry of each series (`entries`: name, bucket, position in that bucket's clean summary)."""
+    series_infos = []
+    for idx, (name, b, i) in enumerate(entries):
+        s = summaries[b]
+        series_infos.append(
+            SeriesInfo(
+                name=name,
+                index=idx,
+                num_rows=int(s["lengths"][i]),
+                first_timestamp=int(s["first_ts"][i]),
+                last_timestamp=int(s["last_ts"][i]),
+                val_start=int(s["val_start"][i]),
+                test_start=int(s["test_start"][i]),
+                scaler={
+                    c: ColumnStats(loc=float(loc[idx, j]), scale=float(scale[idx, j]))
+                    for j, c in enumerate(stored_cols)
+                },
+                target_lambda=(
+                    {c: float(s["lambda"][i][j]) for j, c in enumerate(cfg.target_cols)}
+                    if cfg.target_transform == "boxcox"
+                    else {}
+                ),
+                static=statics.encode(static_rows[name], static_enc) if cfg.static_cols else [],
+                sha256=s["sha256"][i],
+                pad=pads[idx],
+            )
+        )
+    return series_infos
+
+
+def _shard_infos(
+    plan: list, results: dict[int, tuple[str, int, int]], series_infos: list[SeriesInfo], cfg: DataConfig
+) -> list[ShardInfo]:
+    """The manifest entry of each planned shard: its segments and their window counts per split."""
+    shards = []
+    for k, (pieces, _) in enumerate(plan):
+        digest, num_rows, num_bytes = results[k]
+        segments, offset = [], 0
+        for p in pieces:
+            info = series_infos[p.series]
+            kw = {"num_rows": info.num_rows, "val_start": info.val_start, "test_start": info.test_start}
+            kw["pad"] = info.pad
+            segments.append(
+                Segment(
+                    series=p.series,
+                    row_start=p.row_start,
+                    row_stop=p.row_stop,
+                    core_stop=p.core_stop,
+                    offset=offset,
+                    windows=_segment_windows(piece_start=p.row_start, core_stop=p.core_stop, info=kw, cfg=cfg),
+                )
+            )
+            offset += p.row_stop - p.row_start
+        totals = {sp: sum(s.windows[sp] for s in segments) for sp in SPLITS}
+        shards.append(
+            ShardInfo(
+                file=f"shard-{k:05d}.arrow",
+                num_rows=num_rows,
+                num_bytes=num_bytes,
+                sha256=digest,
+                segments=segments,
+                windows=totals,
+            )
+        )
+    return shards
+
+
 def ingest(
     cfg: DataConfig,
     *,
@@ -690,34 +768,9 @@ def ingest(
     static_enc = statics.fit_encoding(
         {n: static_rows[n] for n, _, _ in entries if cfg.static_cols}, static_cols=cfg.static_cols
     )
-    series_infos, lengths, where = [], [], []
-    for idx, (name, b, i) in enumerate(entries):
-        s = summaries[b]
-        series_infos.append(
-            SeriesInfo(
-                name=name,
-                index=idx,
-                num_rows=int(s["lengths"][i]),
-                first_timestamp=int(s["first_ts"][i]),
-                last_timestamp=int(s["last_ts"][i]),
-                val_start=int(s["val_start"][i]),
-                test_start=int(s["test_start"][i]),
-                scaler={
-                    c: ColumnStats(loc=float(loc[idx, j]), scale=float(scale[idx, j]))
-                    for j, c in enumerate(stored_cols)
-                },
-                target_lambda=(
-                    {c: float(s["lambda"][i][j]) for j, c in enumerate(cfg.target_cols)}
-                    if cfg.target_transform == "boxcox"
-                    else {}
-                ),
-                static=statics.encode(static_rows[name], static_enc) if cfg.static_cols else [],
-                sha256=s["sha256"][i],
-                pad=pads[idx],
-            )
-        )
-        lengths.append(int(s["lengths"][i]))
-        where.append((b, i))
+    series_infos = _series_infos(entries, summaries, loc, scale, stored_cols, pads, static_rows, static_enc, cfg)
+    lengths = [info.num_rows for info in series_infos]
+    where = [(b, i) for _, b, i in entries]
 
     # write: plan shards from lengths only (so the same data in any file layout gives the same shards),
     # around the shards kept from a previous set.
@@ -760,36 +813,7 @@ def ingest(
                 f.write(memoryview(data))
             results[k] = (digest, num_rows, len(data))
             del data
-        shards = []
-        for k, (pieces, _) in enumerate(plan):
-            digest, num_rows, num_bytes = results[k]
-            segments, offset = [], 0
-            for p in pieces:
-                info = series_infos[p.series]
-                kw = {"num_rows": info.num_rows, "val_start": info.val_start, "test_start": info.test_start}
-                kw["pad"] = info.pad
-                segments.append(
-                    Segment(
-                        series=p.series,
-                        row_start=p.row_start,
-                        row_stop=p.row_stop,
-                        core_stop=p.core_stop,
-                        offset=offset,
-                        windows=_segment_windows(piece_start=p.row_start, core_stop=p.core_stop, info=kw, cfg=cfg),
-                    )
-                )
-                offset += p.row_stop - p.row_start
-            totals = {sp: sum(s.windows[sp] for s in segments) for sp in SPLITS}
-            shards.append(
-                ShardInfo(
-                    file=f"shard-{k:05d}.arrow",
-                    num_rows=num_rows,
-                    num_bytes=num_bytes,
-                    sha256=digest,
-                    segments=segments,
-                    windows=totals,
-                )
-            )
+        shards = _shard_infos(plan, results, series_infos, cfg)
         num_inputs = len(value_columns(cfg))
         covered = {sp: {g.series for sh in shards for g in sh.segments if g.windows[sp]} for sp in SPLITS}
         totals = Totals(
