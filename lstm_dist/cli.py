@@ -291,7 +291,7 @@ def _registry(config: Path, overrides: list[str] | None, name: str | None):
     except TrackingError as exc:
         _fail(f"error: {exc}", code=1)
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri), name or cfg.tracking.model_name, cfg
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), name or cfg.tracking.model_name, cfg
 
 
 def _versions(client, name: str) -> list:

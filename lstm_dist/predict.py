@@ -73,7 +73,7 @@ def resolve_version(uri: str, *, tracking_uri: str):
             f"--model '{uri}': give a registered model, models:/<name>@<alias> or models:/<name>/<version>"
         )
     ref = uri[len("models:/") :]
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         if "@" in ref:
             name, alias = ref.split("@", 1)
@@ -100,13 +100,12 @@ def download_model(uri: str, *, tracking_uri: str, cache_dir: str | os.PathLike 
     if files.weights.exists() and files.manifest.exists():
         return files
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=base if base.exists() else None))
-    # models:/ URIs resolve against the process-wide registry URI, whatever tracking_uri= says.
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    # The version's own artifact location, not a models:/ URI: those resolve against the process-wide
+    # registry URI, and setting it (mlflow.set_registry_uri) leaks MLFLOW_REGISTRY_URI into the environment.
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    source = client.get_model_version_download_uri(mv.name, mv.version)
     local = Path(
-        mlflow.artifacts.download_artifacts(
-            f"models:/{mv.name}/{mv.version}", dst_path=str(tmp / "m"), tracking_uri=tracking_uri
-        )
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp / "m"), tracking_uri=tracking_uri)
     )
     spec = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
     (local / spec["model"]["path"]).replace(tmp / "model.pt")

@@ -85,7 +85,7 @@ class Tracker(NullTracker):
         import mlflow
 
         self.uri, self.run_id, self.experiment_id = uri, run_id, experiment_id
-        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         self._open_steps: list[Tracker] = []
 
     def log_metrics(self, metrics: dict[str, float], *, step: int | None = None) -> None:
@@ -258,7 +258,7 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
 
     uri = cfg.tracking_uri()
     check_tracking_uri(uri)
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)
         if experiment is None:

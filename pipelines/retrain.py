@@ -214,7 +214,7 @@ def describe_changes(champion: Champion, lineage: dict[str, Any]) -> str:
 def _client(cfg: PipelineConfig):
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=cfg.tracking_uri())
+    return mlflow.MlflowClient(tracking_uri=cfg.tracking_uri(), registry_uri=cfg.tracking_uri())
 
 
 def get_champion(cfg: PipelineConfig) -> Champion | None:

@@ -8,6 +8,7 @@ registered (refit) ones do not. Real local Ray and a real sqlite MLflow store, t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,14 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         (work / name).mkdir()
         frame.to_parquet(work / name / "input.parquet")
         args = [f"workflow.work_dir={work / 'w'}", f"data.path={work / name}", "data.covariate_cols=[]"]
-        proc = cli("run", str(ROOT / "conf/debug.yaml"), *args, "data.future_cols=[temperature]", cwd=work)
+        proc = cli(
+            "run",
+            str(ROOT / "conf/debug.yaml"),
+            *args,
+            "data.future_cols=[temperature]",
+            "train.final_fit=true",
+            cwd=work,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         procs.append(proc)
     return {"work": work, "uri": f"sqlite:///{work / 'w' / 'mlflow.db'}", "frames": (first, second), "procs": procs}
@@ -97,6 +105,9 @@ def test_predict_needs_and_checks_the_future_rows(two_runs, tmp_path: Path) -> N
         predict(output=str(tmp_path / "x.parquet"), **kw)
     with pytest.raises(PredictError, match=r"--future .*short.parquet: .*'s003' \(12 of 12 steps"):
         predict(output=str(tmp_path / "x.parquet"), future=str(tmp_path / "short.parquet"), **kw)
+    # predict downloaded the model without setting a process-wide registry URI: mlflow.set_registry_uri
+    # exports MLFLOW_REGISTRY_URI, which sent later tests' subprocesses to this test's store.
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
 
     args = ["predict", "--model", "models:/lstm_debug/2", "--input", str(work / "b"), "--tracking-uri", uri]
     proc = cli(*args, "--output", str(tmp_path / "end.parquet"), "--future", str(tmp_path / "future.csv"), cwd=work)
