@@ -29,7 +29,9 @@ def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     work = tmp_path_factory.mktemp("e2e")
-    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)
+    proc = cli(
+        "run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", "train.final_fit=true", cwd=work
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc
 
@@ -104,7 +106,9 @@ pred.to_parquet({str(work / "pred.parquet")!r})
 
 def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:
     work, _ = finished_run
-    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)
+    proc = cli(
+        "run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", "train.final_fit=true", cwd=work
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for step in ("ingest", "shard", "train", "evaluate", "final_fit", "register"):
         assert f"[{step}] cached" in proc.stdout

@@ -201,7 +201,7 @@ print(json.dumps(out + [retrain.run(cfg, progress=lambda _: None).decision]))
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     first, second, decision = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {s["name"] for s in first["steps"]} == {"ingest", "shard", "train", "evaluate", "final_fit", "register"}
+    assert {s["name"] for s in first["steps"]} == {"ingest", "shard", "train", "evaluate", "register"}
     assert all(s["state"] == DONE and s["uri"].startswith(work) for s in first["steps"])
     assert all(s["state"] == CACHED for s in second["steps"]) and second["version"] == first["version"] == "1"
     assert second["mae"] == first["mae"]
