@@ -1,4 +1,4 @@
-# Run: .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/bench_accuracy.py [--sets global_economy tourism PBS gafa_stock] [--no-peer] [--out benchmarks/accuracy]
+# Run: .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/bench_accuracy.py [--sets global_economy tourism PBS gafa_stock] [--no-peer] [--refit] [--out benchmarks/accuracy]
 """Forecast accuracy on public real data, side by side in one run: this project, statsforecast's naive /
 seasonal naive / ETS / Theta, and neuralforecast's LSTM with its defaults.
 
@@ -171,16 +171,38 @@ def run_neuralforecast(df: pd.DataFrame, spec: Spec) -> tuple[pd.DataFrame, floa
     return cv[["unique_id", "ds", "cutoff", "nf_LSTM"]], wall
 
 
-def run_project(df: pd.DataFrame, spec: Spec, *, work: Path, overrides: list[str]) -> tuple[pd.DataFrame, float, str]:
-    """This project's pipeline on the data up to the first cutoff, then the registered model from each cutoff."""
+def run_project(
+    df: pd.DataFrame, spec: Spec, *, work: Path, overrides: list[str], refit: bool = False
+) -> tuple[pd.DataFrame, float]:
+    """This project's pipeline on the data up to the first cutoff, then the registered model from each cutoff
+    (`refit`: the pipeline again on the data up to every cutoff, as statsforecast refits)."""
+    cuts = cutoffs(df, spec)
+    by_window = [cuts.groupby("unique_id")["cutoff"].nth(k) for k in range(NUM_WINDOWS)]
+    by_window = [pd.Series(c.to_numpy(), index=cuts.loc[c.index, "unique_id"].to_numpy()) for c in by_window]
+    start = time.perf_counter()
+    frames, model = [], None
+    for k, cut in enumerate(by_window):
+        if model is None or refit:
+            model = _fit_pipeline(
+                df[df["ds"] <= df["unique_id"].map(cut)], spec, work=work / f"w{k}", overrides=overrides
+            )
+        history = df[df["ds"] <= df["unique_id"].map(cut)]
+        fc = model.predict(history.rename(columns={"unique_id": "series_id", "ds": "timestamp", "y": "target"}))
+        fc = fc.rename(columns={"series_id": "unique_id", "target": "lstm_dist"})
+        fc["cutoff"] = fc["unique_id"].map(cut)
+        frames.append(fc[["unique_id", "cutoff", "step", "lstm_dist"]])
+    # Joined on the forecast step, not the timestamp: the step is what each method was asked for.
+    return pd.concat(frames, ignore_index=True), time.perf_counter() - start
+
+
+def _fit_pipeline(train: pd.DataFrame, spec: Spec, *, work: Path, overrides: list[str]):
+    """The whole pipeline (conf/<frequency>.yaml) on `train`; the registered pyfunc model."""
     import mlflow.pyfunc
 
     from lstm_dist.config import load_config
     from pipelines.train import run
 
-    cuts = cutoffs(df, spec)
-    first = cuts.groupby("unique_id")["cutoff"].min()
-    train = df[df["ds"] <= df["unique_id"].map(first)]
+    work.mkdir(parents=True)
     path = work / f"{spec.name}.parquet"
     train.rename(columns={"unique_id": "series_id", "ds": "timestamp", "y": "target"}).to_parquet(path, index=False)
     cfg = load_config(
@@ -194,22 +216,8 @@ def run_project(df: pd.DataFrame, spec: Spec, *, work: Path, overrides: list[str
             *overrides,
         ],
     ).resolved()
-    start = time.perf_counter()
     summary = run(cfg, progress=lambda line: print(f"    {line}", flush=True))
-    model = mlflow.pyfunc.load_model(summary.model_uri)
-    frames = []
-    for k in range(NUM_WINDOWS):
-        cut = cuts.groupby("unique_id")["cutoff"].nth(k)
-        cut = pd.Series(cut.to_numpy(), index=cuts.loc[cut.index, "unique_id"].to_numpy())
-        history = df[df["ds"] <= df["unique_id"].map(cut)]
-        fc = model.predict(history.rename(columns={"unique_id": "series_id", "ds": "timestamp", "y": "target"}))
-        fc = fc.rename(columns={"series_id": "unique_id", "target": "lstm_dist"})
-        fc["cutoff"] = fc["unique_id"].map(cut)
-        frames.append(fc[["unique_id", "cutoff", "step", "lstm_dist"]])
-    wall = time.perf_counter() - start
-    out = pd.concat(frames, ignore_index=True)
-    # Join on the forecast step, not the timestamp: the step is what each method was asked for.
-    return out, wall, summary.model_uri or ""
+    return mlflow.pyfunc.load_model(summary.model_uri)
 
 
 # --------------------------------------------------------------------------------------------- scoring
@@ -275,7 +283,7 @@ def baselines(df: pd.DataFrame, spec: Spec, *, out: Path, peer: bool) -> tuple[p
     return cv, walls
 
 
-def bench_set(name: str, *, out: Path, peer: bool, project: bool, overrides: list[str]) -> pd.DataFrame:
+def bench_set(name: str, *, out: Path, peer: bool, project: bool, refit: bool, overrides: list[str]) -> pd.DataFrame:
     spec = SPECS[name]
     df = load_set(name)
     lengths = df.groupby("unique_id").size()
@@ -289,7 +297,7 @@ def bench_set(name: str, *, out: Path, peer: bool, project: bool, overrides: lis
     cv = with_steps(cv)
     if project:
         with tempfile.TemporaryDirectory(prefix=f"bench_{name}_", dir=out) as work:
-            ours, walls["lstm_dist"], uri = run_project(df, spec, work=Path(work), overrides=overrides)
+            ours, walls["lstm_dist"] = run_project(df, spec, work=Path(work), overrides=overrides, refit=refit)
         cv = cv.merge(ours, on=["unique_id", "cutoff", "step"], how="left")
         if cv["lstm_dist"].isna().any():
             missing = cv.loc[cv["lstm_dist"].isna(), "unique_id"].nunique()
@@ -306,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--no-peer", action="store_true", help="skip neuralforecast's LSTM")
     parser.add_argument("--no-project", action="store_true", help="skip this project (baselines only)")
+    parser.add_argument("--refit", action="store_true", help="this project retrained at every cutoff (3 pipelines)")
     parser.add_argument("--out", default="benchmarks/accuracy", help="folder for per-window forecasts and the JSON")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for this project's configs")
     args = parser.parse_args(argv)
@@ -314,12 +323,20 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     results = {}
     for name in args.sets:
-        res = bench_set(name, out=out, peer=not args.no_peer, project=not args.no_project, overrides=args.overrides)
+        res = bench_set(
+            name,
+            out=out,
+            peer=not args.no_peer,
+            project=not args.no_project,
+            refit=args.refit,
+            overrides=args.overrides,
+        )
         results[name] = json.loads(res.to_json(orient="index"))
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "overrides": args.overrides,
+        "refit": args.refit,
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     return 0
