@@ -51,10 +51,12 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _load(uri: str, version: int):
+    """The version's pyfunc, from its own artifact location: mlflow.set_tracking_uri would export
+    MLFLOW_TRACKING_URI, which `lstm-dist submit` forwards to jobs of later tests (tests/test_jobs.py)."""
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    return mlflow.pyfunc.load_model(f"models:/lstm_debug/{version}")
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return mlflow.pyfunc.load_model(client.get_model_version_download_uri("lstm_debug", str(version)))
 
 
 def test_the_registered_model_was_refit_on_the_last_rows(two_runs) -> None:
@@ -107,7 +109,7 @@ def test_predict_needs_and_checks_the_future_rows(two_runs, tmp_path: Path) -> N
         predict(output=str(tmp_path / "x.parquet"), future=str(tmp_path / "short.parquet"), **kw)
     # predict downloaded the model without setting a process-wide registry URI: mlflow.set_registry_uri
     # exports MLFLOW_REGISTRY_URI, which sent later tests' subprocesses to this test's store.
-    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
 
     args = ["predict", "--model", "models:/lstm_debug/2", "--input", str(work / "b"), "--tracking-uri", uri]
     proc = cli(*args, "--output", str(tmp_path / "end.parquet"), "--future", str(tmp_path / "future.csv"), cwd=work)
