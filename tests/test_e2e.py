@@ -29,9 +29,7 @@ def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     work = tmp_path_factory.mktemp("e2e")
-    proc = cli(
-        "run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", "train.final_fit=true", cwd=work
-    )
+    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc
 
@@ -43,7 +41,6 @@ def test_run_registers_a_champion_that_loads_in_a_fresh_process(finished_run) ->
         "[ingest] done",
         "[train] done",
         "[evaluate] done",
-        "[final_fit] done",
         "[register] done",
         "MLflow UI:",
         "alias: champion",
@@ -72,8 +69,9 @@ print(json.dumps(dict(params=parent.data.params, steps=steps, epochs=[m.step for
         .splitlines()[-1]
     )
     assert info["params"]["train.epochs"] == "2" and info["params"]["data.lookback"] == "48"
-    assert info["steps"] == ["evaluate", "final_fit", "ingest", "register", "shard", "train"]
-    assert info["tags"]["refit"] == "true"  # the registered weights were refit on all rows (train.final_fit)
+    assert info["steps"] == ["evaluate", "ingest", "register", "shard", "train"]
+    # debug.yaml registers the evaluated model (train.final_fit=false); tests/test_e2e_final_fit.py runs the refit
+    assert info["tags"]["refit"] == "false"
     assert sorted(info["epochs"]) == [1, 2]
     assert "config/resolved.yaml" in info["arts"] and "data/manifest.json" in info["arts"]
     assert str(info["version"]) == "1" and info["model_run"] == info["run_id"]  # the champion came from this run
@@ -106,11 +104,9 @@ pred.to_parquet({str(work / "pred.parquet")!r})
 
 def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:
     work, _ = finished_run
-    proc = cli(
-        "run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", "train.final_fit=true", cwd=work
-    )
+    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for step in ("ingest", "shard", "train", "evaluate", "final_fit", "register"):
+    for step in ("ingest", "shard", "train", "evaluate", "register"):
         assert f"[{step}] cached" in proc.stdout
     assert "models:/lstm_debug/1 " in proc.stdout  # still version 1: no duplicate registration
 
