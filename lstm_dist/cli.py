@@ -282,7 +282,7 @@ NameOpt = Annotated[
 def _registry(config: Path, overrides: list[str] | None, name: str | None):
     import mlflow
 
-    from lstm_dist.tracking import TrackingError, check_tracking_uri
+    from lstm_dist.tracking import TrackingError, check_tracking_uri, use_tracking_uri
 
     cfg = _load(config, overrides)
     uri = cfg.tracking_uri()
@@ -290,7 +290,7 @@ def _registry(config: Path, overrides: list[str] | None, name: str | None):
         check_tracking_uri(uri)
     except TrackingError as exc:
         _fail(f"error: {exc}", code=1)
-    mlflow.set_tracking_uri(uri)
+    use_tracking_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), name or cfg.tracking.model_name, cfg
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_dist.tracking import CHALLENGER, CHAMPION
+from lstm_dist.tracking import CHALLENGER, CHAMPION, use_tracking_uri
 
 METRICS = ("mae", "rmse", "mase", "smape")
 BELOW_BASELINE = "below_baseline"  # version tag: its test MASE did not beat the seasonal naive's
@@ -218,7 +218,7 @@ def score_version(client, name: str, version: str, *, shard_dir: str, season: in
     import mlflow
     import mlflow.pyfunc
 
-    mlflow.set_tracking_uri(client.tracking_uri)  # models:/ URIs resolve against this store
+    use_tracking_uri(client.tracking_uri)  # models:/ URIs resolve against this store
 
     from lstm_dist.data.windows import WindowDataset
     from lstm_dist.evaluate import evaluate_model

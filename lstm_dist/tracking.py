@@ -251,6 +251,22 @@ def check_tracking_uri(uri: str) -> None:
             ) from None
 
 
+def use_tracking_uri(uri: str) -> None:
+    """Point this process's fluent MLflow API at `uri` without exporting MLFLOW_TRACKING_URI.
+
+    mlflow.set_tracking_uri (MLflow 3) also writes the variable into os.environ: every child process started
+    afterwards (a Ray job submitted from here, a test's subprocess) and every config resolved later in this
+    process would then use this run's store instead of its own default."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, Any] | None = None) -> Tracker:
     """Open the pipeline's parent run, creating the experiment (artifacts under work_dir) on first use."""
     import mlflow
@@ -283,7 +299,7 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
             f"cannot reach the MLflow store at '{uri}' (tracking.uri or MLFLOW_TRACKING_URI): {exc}"
         ) from exc
     # The parent run is the fluent API's active run, so that log_model lands in it.
-    mlflow.set_tracking_uri(uri)
+    use_tracking_uri(uri)
     run = mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name,
