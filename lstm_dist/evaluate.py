@@ -45,7 +45,7 @@ def season_of(source: Any) -> int:
         value, freq = source.seasonality, source.freq
     if value is None and not freq:
         raise ValueError("data.seasonality is unset and data.freq too: set either (the season follows the freq)")
-    return season_lengths(value, freq)[0] if value is None else int(value if isinstance(value, int) else value[0])
+    return season_lengths(value, freq)[0]
 
 
 # ---------------------------------------------------------------------------------------------
