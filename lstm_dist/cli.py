@@ -215,8 +215,9 @@ def ui(
         str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you know you need more.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the UI; 0 picks a free one.")] = 5000,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the UI server to answer.")] = 180.0,
 ) -> None:
-    """Start the MLflow UI on the config's tracking store and print its address."""
+    """Start the MLflow UI on the config's tracking store; print its address once it answers."""
     import os
     import socket
 
@@ -237,13 +238,68 @@ def ui(
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
     # The UI server is started by name (uvicorn/gunicorn): this environment's bin directory goes first on PATH.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    sys.stdout.flush()
-    # Become the UI process (no child left behind when this one is stopped).
-    os.execve(sys.executable, cmd, env)
+    work_dir = cfg.workflow.work_dir
+    log_dir = Path(work_dir) if "://" not in work_dir else Path.cwd()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    _serve_ui(cmd, env=env, host=host, port=port, uri=uri, log_path=log_dir / "mlflow-ui.log", timeout=wait)
+
+
+def _serve_ui(cmd: list[str], *, env: dict, host: str, port: int, uri: str, log_path: Path, timeout: float) -> None:
+    """Run the UI server in its own process group, print its address once it answers on HTTP (it takes tens of
+    seconds on a small machine), then wait for it; Ctrl-C or SIGTERM stops the whole group."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import time
+
+    # Any address bound to every interface answers on the loopback too.
+    probe = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}/health"
+    typer.echo(f"starting the MLflow UI for {uri} on {host}:{port} (server log: {log_path})")
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(*_) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        raise typer.Exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    start = next_note = time.monotonic()
+    try:
+        while not _answers(probe):
+            if proc.poll() is not None:
+                tail = log_path.read_text()[-2000:]
+                _fail(f"error: the MLflow UI server exited ({proc.returncode}) before answering:\n{tail}", code=1)
+            waited = time.monotonic() - start
+            if waited > timeout:
+                _fail(f"error: the MLflow UI did not answer at {probe} within {timeout:.0f}s (see {log_path})", 1)
+            if time.monotonic() >= next_note:
+                typer.echo(f"  waiting for the UI server to answer ({waited:.0f}s)")
+                next_note += 5
+            time.sleep(1)
+        typer.echo(f"open http://{host}:{port}  (MLflow UI for {uri}; Ctrl-C to stop)")
+        if proc.wait():
+            _fail(f"error: the MLflow UI server exited ({proc.returncode}); see {log_path}", code=1)
+    except KeyboardInterrupt:
+        typer.echo("\nstopping the MLflow UI")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
 
 
 @app.command()
@@ -474,7 +530,13 @@ def submit(
             help="Ray dashboard address (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, http://127.0.0.1:8265)."
         ),
     ] = None,
-    working_dir: Annotated[Path, typer.Option(help="Directory uploaded as the job's working dir.")] = Path("."),
+    working_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory uploaded as the job's working dir (default: the checkout's root when run inside a "
+            "checkout, so the job runs its code; else the current directory)."
+        ),
+    ] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE set in the job. Repeatable.")] = None,
     submission_id: Annotated[str | None, typer.Option(help="Id for the job (default: generated).")] = None,
     wait: Annotated[
@@ -483,8 +545,9 @@ def submit(
 ) -> None:
     """Run an lstm-dist command on a Ray cluster as a Ray job, e.g. `lstm-dist submit -- run conf/demo.yaml`.
 
-    Uploads the working dir and this package, follows the job's logs, and exits 0 if it succeeded, 1 if it
-    failed, 3 if it was stopped. Ctrl-C detaches; the job keeps running.
+    Uploads the working dir (a checkout: its lstm_dist and pipelines run on the cluster; else this installed
+    package goes with it), follows the job's logs, and exits 0 if it succeeded, 1 if it failed, 3 if it was
+    stopped. A dropped connection is retried a few times. Ctrl-C detaches; the job keeps running.
     """
     from lstm_dist.jobs import EXIT_CODES, JobError
     from lstm_dist.jobs import submit as submit_job
@@ -498,7 +561,13 @@ def submit(
     _warn_relative_work_dir(args)
     try:
         job_id, final = submit_job(
-            args, address=address, working_dir=working_dir, env_vars=env_vars, submission_id=submission_id, wait=False
+            args,
+            address=address,
+            working_dir=working_dir,
+            env_vars=env_vars,
+            submission_id=submission_id,
+            wait=False,
+            note=lambda line: typer.echo(line, err=True),
         )
     except JobError as exc:
         _fail(f"error: {exc}", code=1)
@@ -540,8 +609,19 @@ def _warn_relative_work_dir(args: list[str]) -> None:
 def schedule(
     args: Annotated[list[str], typer.Argument(help="The lstm-dist command to run, e.g. retrain conf/x.yaml.")],
     cron: Annotated[str, typer.Option(help="Cron expression, e.g. '0 3 * * *' (a 6th field gives seconds).")],
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--timezone",
+            help="IANA time zone the cron expression is read in, e.g. Europe/Berlin or UTC "
+            "(default: this machine's zone).",
+        ),
+    ] = None,
     address: Annotated[str | None, typer.Option(help="Ray dashboard address (as for submit).")] = None,
-    working_dir: Annotated[Path, typer.Option(help="Directory uploaded as each job's working dir.")] = Path("."),
+    working_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory uploaded as each job's working dir (default: as for submit)."),
+    ] = None,
     history: Annotated[
         Path | None, typer.Option(help="History file (JSON lines); default <work_dir>/schedule-<name>.jsonl.")
     ] = None,
@@ -553,8 +633,9 @@ def schedule(
 ) -> None:
     """Submit a command (the retrain pipeline) as Ray jobs on a cron schedule; never two at once.
 
-    A tick while a job of this schedule runs is skipped and logged; a failed job is retried with backoff;
-    every tick and outcome goes to the history file.
+    The cron fields are wall-clock time in --timezone (default: this machine's zone, daylight-saving aware);
+    logged times carry their UTC offset. A tick while a job of this schedule runs is skipped and logged; a
+    failed job is retried with backoff; every tick and outcome goes to the history file.
     """
     from lstm_dist.jobs import RayJobRunner
     from lstm_dist.schedule import ScheduleError, Scheduler
@@ -578,6 +659,7 @@ def schedule(
             backoff_s=backoff,
             poll_s=poll,
             progress=typer.echo,
+            timezone=timezone,
         )
     except ScheduleError as exc:
         _fail(f"error: {exc}")
