@@ -50,6 +50,29 @@ def _load(config: Path, overrides: list[str] | None) -> PipelineConfig:
         raise  # unreachable; keeps type checkers calm
 
 
+def explain_config(cfg: PipelineConfig) -> str:
+    """Every leaf key of the resolved config with its value and its description (the field's attribute docstring
+    in config.py), one block per key."""
+    import json
+    import textwrap
+
+    from pydantic import BaseModel
+
+    lines = []
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        values = model.model_dump(mode="json")
+        for name, info in type(model).model_fields.items():
+            if isinstance(getattr(model, name), BaseModel):
+                walk(getattr(model, name), f"{prefix}{name}.")
+                continue
+            lines.append(f"{prefix}{name}: {json.dumps(values[name])}")
+            lines.append(textwrap.indent(info.description or "(no description)", "    "))
+
+    walk(cfg, "")
+    return "\n".join(lines)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from lstm_dist.data.errors import DataError
     from lstm_dist.tracking import TrackingError
@@ -74,6 +97,10 @@ def run(
     show_config: Annotated[
         bool, typer.Option("--show-config", help="Print the full resolved config and exit.")
     ] = False,
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="With --show-config (or alone): every key, its value and what it means."),
+    ] = False,
     allow_below_baseline: Annotated[bool, typer.Option("--allow-below-baseline", help=BELOW_HELP)] = False,
 ) -> None:
     """Run the training pipeline: ingest -> shard -> (tune, when enabled) -> train (Ray Train DDP) -> evaluate -> register.
@@ -82,6 +109,9 @@ def run(
     (training from its latest checkpoint). `lstm-dist status` shows the steps of the latest runs.
     """
     cfg = _load(config, [*(overrides or []), *_below_override(allow_below_baseline)])
+    if explain:
+        typer.echo(explain_config(cfg))
+        return
     if show_config:
         typer.echo(dump_yaml(cfg))
         return
@@ -174,13 +204,21 @@ def data_ingest(
 
 @data_app.command("inspect")
 def data_inspect(
-    shard_dir: Annotated[Path, typer.Argument(help="A shard directory (holds manifest.json and _SUCCESS).")],
+    shard_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A shard directory (holds manifest.json and _SUCCESS), a shard step's directory "
+            "(<work_dir>/shard/<key>, holding shards/), or a manifest.json."
+        ),
+    ],
     verify: Annotated[
         bool, typer.Option("--verify", help="Recompute every shard's sha256 against the manifest.")
     ] = False,
     max_series: Annotated[int, typer.Option("--max-series", help="Series shown in the per-series table.")] = 10,
 ) -> None:
     """Show a shard set's manifest: series, rows, windows per split, scaler stats, storage and issues found."""
+    if "://" not in str(shard_dir) and not shard_dir.exists():
+        _fail(f"error: '{shard_dir}' does not exist; give a shard directory, e.g. <work_dir>/shard/<key>", code=1)
     try:
         typer.echo(inspect_command_text(shard_dir, verify=verify, max_series=max_series))
     except _user_errors() as exc:
@@ -190,7 +228,19 @@ def data_inspect(
 def inspect_command_text(shard_dir: Path, *, verify: bool, max_series: int) -> str:
     from lstm_dist.data.commands import inspect_command
 
-    return inspect_command(str(shard_dir), verify=verify, max_series=max_series)
+    return inspect_command(str(_shard_set(shard_dir)), verify=verify, max_series=max_series)
+
+
+def _shard_set(path: Path) -> Path:
+    """The shard directory meant by `path`: itself, the folder of a manifest.json, or the shards/ of a pipeline's
+    shard step (<work_dir>/shard/<key>/shards). Anything else is passed on for the data error to name."""
+    from lstm_dist.data.manifest import MANIFEST_FILE
+
+    if path.name == MANIFEST_FILE and path.is_file():
+        return path.parent
+    if not (path / MANIFEST_FILE).exists() and (path / "shards" / MANIFEST_FILE).exists():
+        return path / "shards"
+    return path
 
 
 @app.command()
