@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lstm_dist.storage import SUCCESS, data_fingerprint, fingerprint_files
 from lstm_dist.workflow import (
     CACHED,
     DONE,
@@ -18,12 +19,9 @@ from lstm_dist.workflow import (
     INTERRUPTED,
     PARTIAL,
     RUNS,
-    SUCCESS,
     Workflow,
     WorkflowError,
     cache_key,
-    data_fingerprint,
-    fingerprint_files,
     format_status,
     read_runs,
 )
@@ -70,10 +68,10 @@ def test_outputs_are_committed_and_a_rerun_is_cached(tmp_path: Path) -> None:
     a, b, c = three_steps(tmp_path, calls)
     assert calls == ["a", "b", "c"] and [r.state for r in (a, b, c)] == [DONE] * 3
     for r in (a, b, c):
-        assert r.path == tmp_path / r.name / r.key
-        assert (r.path / SUCCESS).exists() and (r.path / "data.txt").exists()
+        assert r.local_copy() == tmp_path / r.name / r.key
+        assert (r.local_copy() / SUCCESS).exists() and (r.local_copy() / "data.txt").exists()
         assert not Path(r.uri + PARTIAL).exists()
-    record = json.loads((b.path / "_STEP.json").read_text())
+    record = json.loads((b.local_copy() / "_STEP.json").read_text())
     assert record["inputs"] == {"a": a.uri} and record["key_parts"]["config"] == {"y": 1}
 
     calls.clear()
@@ -131,7 +129,7 @@ def test_a_resumable_step_finds_its_unfinished_attempt(tmp_path: Path) -> None:
         wf(tmp_path).step("a", killed, config={}, resumable=True)
     seen = []
     result = wf(tmp_path).step("a", lambda out: seen.append(os.listdir(out)) or {"ok": 1}, config={}, resumable=True)
-    assert seen == [["checkpoint_1"]] and (result.path / "checkpoint_1").is_dir()
+    assert seen == [["checkpoint_1"]] and (result.local_copy() / "checkpoint_1").is_dir()
     # --force starts afresh even for a resumable step
     seen.clear()
     wf(tmp_path, force={"a"}).step("a", lambda out: seen.append(os.listdir(out)) or {}, config={}, resumable=True)
