@@ -93,7 +93,8 @@ class StepResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
     forced: bool = False
-    """It ran because of --force (its own or an input's), so every step using it must run again too."""
+    """It ran because of --force (its own or an input's) or replaced a cached output that was no longer valid,
+    so every step using it must run again too."""
     store: Store | None = field(default=None, repr=False, compare=False)
     """The work dir's store (how to reach a URI output); None: made from the URI."""
 
