@@ -387,22 +387,20 @@ def register_step(
 ) -> StepResult:
     """Log + register the model with its lineage tags, then let the promotion rule give it its alias.
 
-    With `final` (the final fit on all rows) that model is the one registered, tagged `refit: true` with its
-    epochs and rows; the held-out scores and the promotion decision are the evaluated model's, whose weights
-    travel along in the version (artifact `heldout_model`) so that a later challenger re-scores this one
-    on weights that did not see its test windows.
+    With `final` (the final fit on all rows) that model is registered, tagged `refit: true` with its epochs and
+    rows; the held-out scores and the decision are the evaluated model's, whose weights travel along (artifact
+    `heldout_model`) so that a later challenger re-scores this one on weights that did not see its test windows.
 
-    Keyed on the evaluated model, so a finished model is never registered twice: a rerun is cached, and
-    an attempt killed after the registry call gets the same version back (log_forecaster finds it by its
-    evaluate key). The champion is re-scored on this model's test windows (promotion.promote_if_better),
-    and the `champion` alias moves only in its last call: a failure before leaves the champion as it was.
+    Keyed on the evaluated model, so a finished model is never registered twice: a rerun is cached (unless its
+    version is gone from the registry), and an attempt killed after the registry call gets the same version
+    back (log_forecaster finds it by its evaluate key). The champion is re-scored on this model's test windows
+    (promotion.promote_if_better); `champion` moves only in its last call: a failure before leaves it as it was.
     """
     from lstm_dist.promotion import baseline_gate, promote_if_better
     from lstm_dist.serving import history_from_shards
 
     name, metric = cfg.tracking.model_name, cfg.tracking.promotion_metric
-    # One version per evaluated model and final fit: a rerun after a crash finds it by this tag.
-    eval_key = f"{evaluation.key}+{final.key}" if final else evaluation.key
+    eval_key = f"{evaluation.key}+{final.key}" if final else evaluation.key  # a rerun finds its version by it
 
     def register(out: str) -> dict[str, Any]:
         keys = {"shard": shard.key, "train": train.key, **({"final_fit": final.key} if final else {})}
@@ -448,20 +446,21 @@ def register_step(
             "baseline_blocked": not gate.passed and not gate.allow_below,  # kept from champion by the gate
         }
 
-    def registered(cached: StepResult) -> bool:
-        # The registry lives outside the work dir: a cached register step whose version is gone (a new or
-        # wiped tracking store) registers again.
-        found = find_version(tracker.client, name, tag=EVAL_KEY_TAG, value=eval_key)
-        return found is not None and str(found.version) == str(cached.outputs["version"])
-
     return wf.step(
         "register",
         register,
         config={"tracking": cfg.tracking, "uri": cfg.tracking_uri()},
         inputs={"evaluate": evaluation, "train": train, "shard": shard, **({"final_fit": final} if final else {})},
         resumable=True,
-        still_valid=registered,
+        still_valid=lambda cached: _still_registered(tracker, name, eval_key, version=cached.outputs["version"]),
     )
+
+
+def _still_registered(tracker: Tracker, name: str, eval_key: str, *, version: str) -> bool:
+    """Whether the registry still holds the version a cached register step made: the registry lives outside
+    the work dir, and a step whose version is gone (a new or wiped tracking store) registers again."""
+    found = find_version(tracker.client, name, tag=EVAL_KEY_TAG, value=eval_key)
+    return found is not None and str(found.version) == str(version)
 
 
 def refit_tags(final: StepResult | None, *, shard: StepResult) -> dict[str, str]:
