@@ -121,7 +121,7 @@ def test_a_cached_register_step_registers_again_in_a_wiped_tracking_store(finish
     assert "[evaluate] cached" in proc.stdout and "[register] done" in proc.stdout, proc.stdout[-3000:]
     assert "gone (its still_valid check failed)" in proc.stdout
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'w' / 'mlflow.db'}")
-    assert [v.version for v in client.search_model_versions("name='lstm_debug'")] == ["1"]
+    assert [str(v.version) for v in client.search_model_versions("name='lstm_debug'")] == ["1"]
 
 
 @pytest.mark.parametrize(
