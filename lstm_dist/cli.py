@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml, load_config, save_resolved
+from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml, load_config
+from lstm_dist.storage import save_resolved
 
 app = typer.Typer(
     help=(

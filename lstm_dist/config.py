@@ -482,16 +482,3 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 def dump_yaml(cfg: PipelineConfig) -> str:
     """The config as YAML, as saved with a run."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-def save_resolved(cfg: PipelineConfig) -> Path | str:
-    """Create the work dir and save the resolved config there as last_config.yaml (what a run was started with).
-
-    Returns its locator: a path, or a URI for an object-store work dir."""
-    from lstm_dist.workflow import Store  # here: the workflow module imports this one
-
-    store = Store(cfg.workflow.work_dir)
-    store.mkdir(store.root)
-    path = store.join("last_config.yaml")
-    store.write_text(path, dump_yaml(cfg))
-    return Path(path) if store.local else path

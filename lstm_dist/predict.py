@@ -28,6 +28,8 @@ import ray
 
 import lstm_dist
 from lstm_dist.data.readers import COLUMN_FIELDS
+from lstm_dist.storage import filesystem
+from lstm_dist.train.checkpoints import MODEL_FILE
 
 META_PREFIX = "lstm_dist."
 
@@ -48,7 +50,7 @@ class ModelFiles:
 
     @property
     def weights(self) -> Path:
-        return self.directory / "model.pt"
+        return self.directory / MODEL_FILE
 
     @property
     def manifest(self) -> Path:
@@ -108,7 +110,7 @@ def download_model(uri: str, *, tracking_uri: str, cache_dir: str | os.PathLike 
         mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp / "m"), tracking_uri=tracking_uri)
     )
     spec = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
-    (local / spec["model"]["path"]).replace(tmp / "model.pt")
+    (local / spec["model"]["path"]).replace(tmp / MODEL_FILE)
     (local / spec["manifest"]["path"]).replace(tmp / "manifest.json")
     shutil.rmtree(tmp / "m")
     base.mkdir(parents=True, exist_ok=True)
@@ -250,23 +252,22 @@ def _forecast_task(
 ) -> pd.DataFrame:
     """Forecast one group of series (the model is rebuilt from the object store's bytes, once per task)."""
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "model.pt").write_bytes(weights)
+        (Path(tmp) / MODEL_FILE).write_bytes(weights)
         (Path(tmp) / "manifest.json").write_text(manifest_text)
-        model = load_forecaster(Path(tmp) / "model.pt", Path(tmp) / "manifest.json")
+        model = load_forecaster(Path(tmp) / MODEL_FILE, Path(tmp) / "manifest.json")
     return model.forecast(history, future=future)
 
 
 def write_parquet(frame: pd.DataFrame, output: str, *, metadata: dict[str, str]) -> None:
     """Write `frame` with `lstm_dist.*` keys in the file's metadata; temp name + rename on local disks."""
     import pyarrow as pa
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
     extra = {f"{META_PREFIX}{k}".encode(): str(v).encode() for k, v in metadata.items()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     if "://" in output:
-        fs, inner = pafs.FileSystem.from_uri(output)
+        fs, inner, _ = filesystem(output)
         pq.write_table(table, inner, filesystem=fs)
         return
     path = Path(output).resolve()

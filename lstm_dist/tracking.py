@@ -16,8 +16,8 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,31 @@ class Tracker(NullTracker):
             mlflow.end_run(status=status)
         else:
             self.client.set_terminated(self.run_id, status=status)
+
+
+def step_runs(tracker: NullTracker) -> Callable[[Any], AbstractContextManager[NullTracker]]:
+    """The workflow's `on_step` hook: each step a nested run under `tracker`, open while the step runs (the
+    step logs into it through `Workflow.step_context`), tagged with its key, inputs (lineage), output,
+    timing and outputs once the step committed."""
+
+    @contextmanager
+    def on_step(event) -> Iterator[NullTracker]:  # a workflow.StepEvent
+        with tracker.step(event.name, **{"lstm_dist.key": ",".join(event.keys)}) as run:
+            yield run
+            inputs = {k: {"key": r.key, "uri": r.uri} for k, r in event.inputs.items()}
+            run.set_tags(
+                {
+                    "lstm_dist.state": event.state,
+                    "lstm_dist.inputs": json.dumps(inputs),
+                    "lstm_dist.output": event.output,
+                    "lstm_dist.workflow_run": event.workflow_run,
+                }
+            )
+            run.log_metrics({"seconds": event.seconds, "num_items": len(event.results)})
+            detail = {str(k): {"key": r.key, "uri": r.uri, "outputs": r.outputs} for k, r in event.results.items()}
+            run.log_text(json.dumps(detail, indent=2, default=str), "step.json")
+
+    return on_step
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from typing import Any
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig
-from lstm_dist.tracking import CHALLENGER, CHAMPION, Tracker, start_pipeline_run
-from lstm_dist.workflow import DONE, FAILED, Store, Workflow, work_cache
+from lstm_dist.storage import Store, node_cache
+from lstm_dist.tracking import CHALLENGER, CHAMPION, Tracker, start_pipeline_run, step_runs
+from lstm_dist.workflow import DONE, FAILED, Workflow
 from pipelines.train import (
     FILES_TAG,
     FINGERPRINT_TAG,
@@ -124,7 +125,10 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
         }
     )
     try:
-        wf = Workflow(work_dir, pipeline="retrain", steps=STEPS, tracker=tracker, force=force, progress=progress)
+        wf = Workflow(
+            work_dir, pipeline="retrain", steps=STEPS, on_step=step_runs(tracker), mlflow_run_id=tracker.run_id,
+            force=force, progress=progress,
+        )  # fmt: skip
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -153,12 +157,12 @@ def _steps(cfg, wf: Workflow, tracker: Tracker, *, champion: Champion | None, li
     staged = [r for r in wf.results if r.name == "ingest"]
     fresh = [r.label for r in staged if not r.cached]
     progress(f"[retrain] ingest read {len(fresh)} of {len(staged)} file(s) again: {', '.join(fresh) or 'none'}")
-    tracker.log_artifact(shard.path / "shards" / "manifest.json", artifact_path="data")
+    tracker.log_artifact(shard.local_copy() / "shards" / "manifest.json", artifact_path="data")
     tracker.log_text(json.dumps(lineage, indent=2), "data/lineage.json")
 
     init_weights = None
     if cfg.workflow.warm_start and champion is not None:
-        init_weights = _warm_start_weights(cfg, download_model(cfg, champion), shard.path / "shards")
+        init_weights = _warm_start_weights(cfg, download_model(cfg, champion), shard.local_copy() / "shards")
         if init_weights:
             progress(f"[retrain] warm start: the challenger starts from champion v{champion.version}'s weights")
     challenger = train_step(cfg, wf, shard, init_weights=init_weights, progress=progress)
@@ -251,7 +255,7 @@ def download_model(cfg: PipelineConfig, champion: Champion) -> Path:
     (in this machine's cache when the work dir is a URI)."""
     from lstm_dist.predict import download_model as fetch
 
-    cache = work_cache(cfg.workflow.work_dir) / "champions"
+    cache = node_cache(cfg.workflow.work_dir) / "champions"
     return fetch(champion.uri, tracking_uri=cfg.tracking_uri(), cache_dir=cache).directory
 
 
@@ -260,7 +264,7 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
     import torch
 
     from lstm_dist.data.windows import WindowDataset
-    from lstm_dist.train.checkpoints import model_args_for
+    from lstm_dist.train.checkpoints import MODEL_FILE, model_args_for
     from lstm_dist.train.trainer import fit
 
     if "init_weights" not in inspect.signature(fit).parameters:
@@ -270,7 +274,7 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
             stacklevel=2,
         )
         return None
-    saved = torch.load(champion_dir / "model.pt", map_location="cpu", weights_only=False)["model_args"]
+    saved = torch.load(champion_dir / MODEL_FILE, map_location="cpu", weights_only=False)["model_args"]
     wanted = {"model": cfg.model.model_dump(), **model_args_for(WindowDataset(str(shard_dir), split="train"))}
     if json.dumps(saved, sort_keys=True, default=str) != json.dumps(wanted, sort_keys=True, default=str):
         warnings.warn(
@@ -279,7 +283,7 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
             stacklevel=2,
         )
         return None
-    return str(champion_dir / "model.pt")
+    return str(champion_dir / MODEL_FILE)
 
 
 def _append_decision(work_dir: str, summary: RetrainSummary) -> None:

@@ -111,6 +111,19 @@ def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:
     assert "models:/lstm_debug/1 " in proc.stdout  # still version 1: no duplicate registration
 
 
+def test_a_cached_register_step_registers_again_in_a_wiped_tracking_store(finished_run) -> None:
+    import mlflow
+
+    work, _ = finished_run
+    (work / "w" / "mlflow.db").unlink()  # the store the model was registered in is gone; the work dir is not
+    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[evaluate] cached" in proc.stdout and "[register] done" in proc.stdout, proc.stdout[-3000:]
+    assert "gone (its still_valid check failed)" in proc.stdout
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'w' / 'mlflow.db'}")
+    assert [str(v.version) for v in client.search_model_versions("name='lstm_debug'")] == ["1"]
+
+
 @pytest.mark.parametrize(
     ("rows", "fragments"),
     [

@@ -15,7 +15,8 @@ import pytest
 
 from lstm_dist.config import load_config
 from lstm_dist.data.synthetic import generate_sample
-from lstm_dist.workflow import CACHED, DONE, SUCCESS, Workflow
+from lstm_dist.storage import SUCCESS
+from lstm_dist.workflow import CACHED, DONE, Workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,8 +54,8 @@ def test_only_the_changed_file_is_ingested_again(ray_local, tmp_path: Path) -> N
     ingest, shard, lineage = data_steps(cfg)
     assert sorted(ingest) == ["part-0.parquet", "part-1.parquet"]
     assert {r.state for r in ingest.values()} == {DONE} and shard.state == DONE
-    assert (shard.path / "shards" / "manifest.json").exists() and (shard.path / SUCCESS).exists()
-    assert not (shard.path / "inputs").exists()  # the hard links to the ingested files are gone
+    assert (shard.local_copy() / "shards" / "manifest.json").exists() and (shard.local_copy() / SUCCESS).exists()
+    assert not (shard.local_copy() / "inputs").exists()  # the hard links to the ingested files are gone
 
     # Touched, not changed: nothing reruns.
     future = time.time() + 100

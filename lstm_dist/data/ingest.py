@@ -49,7 +49,6 @@ from lstm_dist.data.manifest import (
 from lstm_dist.data.readers import (
     Notes,
     Source,
-    _filesystem,
     file_format,
     list_input_files,
     normalize,
@@ -68,6 +67,7 @@ from lstm_dist.data.splits import (
     starts_in,
 )
 from lstm_dist.data.synthetic import write_sample
+from lstm_dist.storage import filesystem as _filesystem  # storage's, under the name this module's code uses
 
 Part = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # (names, codes [N], ts [N], values [N, V])
 PAD_COL = "is_pad"  # the stored 0/1 start-padding mask column (data.start_padding), before the future covariates

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from lstm_dist.config import DataConfig
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.frequency import check_timezone, localize
+from lstm_dist.storage import filesystem
 
 CSV_EXT = (".csv", ".csv.gz", ".tsv")
 PARQUET_EXT = (".parquet", ".pq", ".parq")
@@ -59,17 +60,9 @@ class Notes:
         self.warnings.extend(other.warnings)
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, path inside it, prefix that turns such a path back into a locator)."""
-    if "://" in path:
-        fs, inner = pafs.FileSystem.from_uri(path)
-        return fs, inner, path.split("://", 1)[0] + "://"
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), ""
-
-
 def list_input_files(path: str, *, fmt: str = "auto") -> list[str]:
     """Files named by `path`: a file, a directory (searched recursively) or a glob; sorted, as locators."""
-    fs, inner, prefix = _filesystem(path)
+    fs, inner, prefix = filesystem(path)
     exts = {"csv": CSV_EXT, "parquet": PARQUET_EXT}.get(fmt, CSV_EXT + PARQUET_EXT)
     if any(ch in inner for ch in "*?["):
         base = inner[: min(inner.find(ch) for ch in "*?[" if ch in inner)].rsplit("/", 1)[0] or "/"
@@ -109,7 +102,7 @@ def file_format(locator: str, fmt: str) -> str:
 
 def read_raw(locator: str, *, cfg: DataConfig) -> pa.Table:
     """The file as an Arrow table, untouched. CSV keeps the series column as text."""
-    fs, inner, _ = _filesystem(locator)
+    fs, inner, _ = filesystem(locator)
     fmt = file_format(locator, cfg.format)
     try:
         if fmt == "parquet":
