@@ -200,7 +200,7 @@ def _fit_pipeline(train: pd.DataFrame, spec: Spec, *, work: Path, overrides: lis
     import mlflow.pyfunc
 
     from lstm_dist.config import load_config
-    from pipelines.train import run
+    from lstm_dist.pipelines.train import run
 
     work.mkdir(parents=True)
     path = work / f"{spec.name}.parquet"

@@ -116,8 +116,8 @@ def run(
     if show_config:
         typer.echo(dump_yaml(cfg))
         return
-    from pipelines.train import print_summary
-    from pipelines.train import run as run_pipeline
+    from lstm_dist.pipelines.train import print_summary
+    from lstm_dist.pipelines.train import run as run_pipeline
 
     save_resolved(cfg)
     try:
@@ -535,7 +535,7 @@ def retrain(
     it beats the seasonal naive forecast).
     """
     cfg = _load(config, [*(overrides or []), *_below_override(allow_below_baseline)])
-    from pipelines.retrain import run as run_retrain
+    from lstm_dist.pipelines.retrain import run as run_retrain
 
     save_resolved(cfg)
     try:
@@ -563,7 +563,7 @@ def backtest(
     """
     flags = {"windows": windows, "step": step, "refit_every": refit_every}
     cfg = _load(config, [*(overrides or []), *(f"backtest.{k}={v}" for k, v in flags.items() if v is not None)])
-    from pipelines.backtest import run as run_backtest
+    from lstm_dist.pipelines.backtest import run as run_backtest
 
     save_resolved(cfg)
     try:

@@ -91,9 +91,17 @@ def runtime_env(
         env.setdefault("MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
     spec: dict[str, Any] = {"working_dir": str(root), "excludes": [*EXCLUDES, *excludes], "env_vars": env}
     if project_root(root) != root:
-        # found by name, not imported: the library never imports the pipelines (only the CLI does)
-        spec["py_modules"] = [str(Path(importlib.util.find_spec(n).origin).parent) for n in ("lstm_dist", "pipelines")]
+        spec["py_modules"] = package_folders()
     return spec
+
+
+def package_folders() -> list[str]:
+    """The folders of the code this process runs: lstm_dist, and its workflows when they live beside it (a
+    checkout or an editable install keeps them in the top-level pipelines/ folder; a wheel inside lstm_dist)."""
+    package = Path(importlib.util.find_spec("lstm_dist").origin).parent
+    # found by location, not imported: the library never imports the pipelines (only the CLI does)
+    workflows = Path(importlib.util.find_spec("lstm_dist.pipelines").submodule_search_locations[0])
+    return [str(package)] + ([] if workflows.parent == package else [str(workflows)])
 
 
 def client(address: str | None):

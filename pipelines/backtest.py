@@ -28,7 +28,7 @@ from lstm_dist.config import ConfigError, PipelineConfig
 from lstm_dist.storage import Store
 from lstm_dist.tracking import start_pipeline_run, step_runs
 from lstm_dist.workflow import DONE, FAILED, Workflow
-from pipelines.train import data_steps, input_files, script_main, train_step
+from .train import data_steps, input_files, script_main, train_step
 
 STEPS = ("ingest", "shard", "train")
 

@@ -37,7 +37,7 @@ from lstm_dist.config import PipelineConfig
 from lstm_dist.storage import Store, node_cache
 from lstm_dist.tracking import CHALLENGER, CHAMPION, Tracker, start_pipeline_run, step_runs
 from lstm_dist.workflow import DONE, FAILED, Workflow
-from pipelines.train import (
+from .train import (
     FILES_TAG,
     FINGERPRINT_TAG,
     data_steps,

@@ -95,7 +95,7 @@ def test_an_as_of_before_the_data_is_refused(future_model) -> None:
 def test_the_final_fit_trains_for_the_epoch_the_evaluated_run_kept(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from pipelines.train import best_epoch
+    from lstm_dist.pipelines.train import best_epoch
 
     history = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_loss": [0.9, 0.5, 0.7, 0.6]})
     history.to_csv(tmp_path / "history.csv", index=False)

@@ -40,6 +40,8 @@ SOURCES = _sources()
 
 def _resolve(name: str) -> str | None:
     """The project module an imported name lives in (its longest known prefix), or None if outside."""
+    if name == "lstm_dist.pipelines" or name.startswith("lstm_dist.pipelines."):
+        name = name.removeprefix("lstm_dist.")  # the folder pipelines/, installed as lstm_dist.pipelines
     parts = name.split(".")
     for end in range(len(parts), 0, -1):
         candidate = ".".join(parts[:end])

@@ -105,7 +105,7 @@ import ray
 from lstm_dist.cluster import init_ray
 from lstm_dist.config import load_config
 from lstm_dist.storage import save_resolved
-from pipelines.train import run
+from lstm_dist.pipelines.train import run
 
 cfg = load_config({conf!r}, {overrides!r}).resolved()
 save_resolved(cfg)

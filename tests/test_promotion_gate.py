@@ -88,8 +88,8 @@ def test_pipeline_gate_override_and_retrain(ray_local, tmp_path: Path) -> None:
     import mlflow
 
     from lstm_dist.cli import app
-    from pipelines import retrain
-    from pipelines import train as train_pipeline
+    from lstm_dist.pipelines import retrain
+    from lstm_dist.pipelines import train as train_pipeline
 
     bad = [
         f"workflow.work_dir={tmp_path / 'w'}",

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines import retrain
-from pipelines.retrain import Champion, already_decided, describe_changes
-from pipelines.train import FILES_TAG, FINGERPRINT_TAG
+from lstm_dist.pipelines import retrain
+from lstm_dist.pipelines.retrain import Champion, already_decided, describe_changes
+from lstm_dist.pipelines.train import FILES_TAG, FINGERPRINT_TAG
 
 
 def champion(fingerprint: str | None, files: dict[str, str] | None = None) -> Champion:

@@ -52,7 +52,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 def tuned(ray_local, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     import mlflow
 
-    from pipelines.train import run
+    from lstm_dist.pipelines.train import run
 
     work = tmp_path_factory.mktemp("tuned")
     cfg = load_config(CONF, [f"workflow.work_dir={work}", f"tracking.uri={mlflow_server}"]).resolved()

@@ -172,8 +172,8 @@ def test_training_pipeline_on_an_s3_work_dir_runs_then_is_all_cached(s3, tmp_pat
 import json
 from lstm_dist.config import load_config
 from lstm_dist.storage import save_resolved
-from pipelines import retrain
-from pipelines.train import run
+from lstm_dist.pipelines import retrain
+from lstm_dist.pipelines.train import run
 cfg = load_config({str(ROOT / "conf/debug.yaml")!r}, [
     "workflow.work_dir={work}", "train.epochs=1", "tracking.uri=sqlite:///{tmp_path / "mlflow.db"}",
 ]).resolved()
