@@ -3,6 +3,7 @@ reaches a target, a scaler, a lag or a history; splits cover a short series only
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -195,6 +196,7 @@ def test_poisoned_padding_reaches_inputs_but_never_targets(mixed, tmp_path):
     poisoned = tmp_path / "poisoned"
     shutil.copytree(tmp / "shards", poisoned)
     pad_at = manifest.stored_cols.index(PAD_COL)
+    manifest = manifest.model_copy(deep=True)  # the module's fixture stays as ingested
     for info in manifest.shards:
         shard = open_shard(poisoned / info.file)
         feats = np.array(shard.features)
@@ -202,7 +204,10 @@ def test_poisoned_padding_reaches_inputs_but_never_targets(mixed, tmp_path):
         feats[np.ix_(is_pad, np.arange(pad_at))] = 1e6
         table = shard_table(np.array(shard.series), np.array(shard.ts), feats, stored_cols=manifest.stored_cols)
         del shard
-        (poisoned / info.file).write_bytes(ipc_bytes(table).to_pybytes())
+        data = ipc_bytes(table).to_pybytes()
+        (poisoned / info.file).write_bytes(data)
+        info.sha256 = hashlib.sha256(data).hexdigest()  # a deliberate change: the reader checks shard checksums
+    manifest.save(poisoned)
     for split in SPLITS:
         clean = WindowDataset(str(tmp / "shards"), split=split)
         dirty = WindowDataset(str(poisoned), split=split)

@@ -37,6 +37,7 @@ from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_names, derived_features, derived_names
 from lstm_dist.data.frequency import Frequency
+from lstm_dist.data.integrity import check_output
 from lstm_dist.data.manifest import (
     SUCCESS_FILE,
     ColumnStats,
@@ -291,11 +292,10 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: Frequency) -> tupl
     short = np.array([r is not None for r in reasons], dtype=bool) & ~padded
     skipped = []
     if short.any():
-        i = int(np.argmax(short))
-        if cfg.short_series == "error":
-            raise DataError(
-                _too_short_message(block.names[i], int(block.lengths[i]), reasons[i], int(short.sum()), cfg)
-            )
+        if cfg.short_series == "error":  # the driver raises, counting the short series of every bucket
+            i = int(np.argmax(short))
+            first = (block.names[i], int(block.lengths[i]), reasons[i], int(short.sum()))
+            return empty, {"names": [], "notes": notes, "skipped": [], "too_short": first}
         skipped = [n for n, s in zip(block.names, short, strict=True) if s]
         block = block.take_series(~short)
         padded = padded[~short]
@@ -350,8 +350,9 @@ def _too_short_message(name: str, num_rows: int, reason: str | None, num_short: 
             "+ validation/test parts"
         )
         fix = "set data.start_padding=true, or lower data.lookback / data.horizon / data.val_size / data.test_size"
+    are = "series is" if num_short == 1 else "series are"
     return (
-        f"series '{name}' is too short: {num_rows} rows, {reason}; it needs {need} ({num_short} series are too "
+        f"series '{name}' is too short: {num_rows} rows, {reason}; it needs {need} ({num_short} {are} too "
         f"short). Set data.short_series=skip to leave such series out, or {fix}"
     )
 
@@ -776,6 +777,10 @@ def _clean_wave(
     bucket_parts = [[refs[b] for refs in read.refs] for b in range(num_buckets)]
     clean_out = [_clean_remote.options(**opts).remote(cfg, read.freq, *parts) for parts in bucket_parts]
     summaries = get_or_raise([c[1] for c in clean_out])
+    short = sorted((s["too_short"] for s in summaries if s.get("too_short")), key=lambda t: t[0])
+    if short:
+        name, num_rows, reason, _ = short[0]
+        raise DataError(_too_short_message(name, num_rows, reason, sum(t[3] for t in short), cfg))
     for s in summaries:
         read.notes.merge(s["notes"])
         report.skipped_series += s["skipped"]
@@ -964,6 +969,7 @@ def _build_manifest(cfg: DataConfig, layout: _Layout, shards: list[ShardInfo], *
 def _publish(manifest: Manifest, *, tmp: Path, out: Path) -> None:
     """Save the manifest into `tmp`, rename `tmp` to `out` and write `_SUCCESS` last."""
     manifest.save(tmp)
+    check_output(tmp, manifest)  # raising here leaves no _SUCCESS, so nothing wrong is ever cached
     if out.exists():
         shutil.rmtree(out)  # an older or incomplete output of the same step; the new one replaces it
     os.replace(tmp, out)
