@@ -391,6 +391,7 @@ def build_shard(
         if pad_at is not None:
             raw = np.insert(raw, pad_at, 0.0, axis=1)  # the mask is 0 on real rows (its loc 0, scale 1)
         feats.append(scalers.transform(raw, loc[p], scale[p]).astype(np.float32))  # [n, Fs]
+        _check_float32(feats[-1], raw, name=blk["names"][local], stored_cols=stored_cols)
         ts.append(blk["ts"][rows])
         if r0 < 0:
             assert pad_at is not None and freq is not None, "padding rows need the mask column and the grid"
@@ -403,6 +404,18 @@ def build_shard(
     buf = ipc_bytes(table)
     data = np.frombuffer(buf, dtype=np.uint8)
     return data, hashlib.sha256(data).hexdigest(), table.num_rows
+
+
+def _check_float32(scaled: np.ndarray, raw: np.ndarray, *, name: str, stored_cols: list[str]) -> None:
+    """Shards hold float32: a finite value that scales beyond ±3.4e38 would be stored as inf."""
+    bad = ~np.isfinite(scaled)
+    if bad.any():
+        i, col = np.argwhere(bad)[0]
+        raise DataError(
+            f"series '{name}': column '{stored_cols[col]}' holds {raw[i, col]:g}, which does not fit the float32 "
+            "shards after scaling (beyond ±3.4e38); check the column for corrupt values, or rescale it in the input "
+            "(or set data.scaler when it is none)"
+        )
 
 
 def _write_task(
