@@ -101,7 +101,7 @@ def test_which_series_pad_and_their_parts():
 
 def test_build_shard_writes_padding_rows_without_ray(tmp_path):
     stored = np.arange(6, dtype=np.float64).reshape(3, 2) + 1  # [3 rows, target + lag]
-    block = {"offsets": np.array([0, 3]), "ts": np.array([100, 110, 120]), "stored": stored}
+    block = {"names": ["a"], "offsets": np.array([0, 3]), "ts": np.array([100, 110, 120]), "stored": stored}
     loc, scale = np.array([[1.0, 1.0, 0.0]]), np.array([[2.0, 2.0, 1.0]])
     data, _, num_rows = build_shard(
         [(0, 0, -2, 3, 0)],
