@@ -109,6 +109,8 @@ class DataConfig(_Section):
     """Transform of the targets before scaling: log1p (needs >= 0) or Box-Cox with a per-series lambda (needs > 0)."""
     static_cols: list[str] = Field(default_factory=list)
     """Columns constant per series (text: one-hot; numbers: standardised), fed to the model's head (long layout)."""
+    nonfinite: Literal["error", "drop", "fill"] = "error"
+    """Infinite target/covariate values (`inf`, or a number beyond float64 such as 1e400): error, drop the row, or fill as data.missing says."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -130,6 +132,11 @@ class DataConfig(_Section):
         roles = {*self.target_cols, *self.covariate_cols, *self.future_cols, self.series_col, self.timestamp_col}
         if set(self.static_cols) & roles:
             raise ValueError(f"data.static_cols {sorted(set(self.static_cols) & roles)} already have another role")
+        if self.nonfinite == "fill" and self.missing == "error":
+            raise ValueError(
+                "data.nonfinite=fill fills infinite values by data.missing's method; set data.missing to ffill, "
+                "interpolate, zero or drop"
+            )
         if self.static_cols and self.layout == "wide":
             raise ValueError(
                 "data.static_cols needs layout=long (a wide file has no per-series rows to read them from)"

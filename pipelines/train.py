@@ -32,7 +32,7 @@ import ray
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, load_config
 from lstm_dist.data.manifest import Manifest
-from lstm_dist.data.readers import COLUMN_FIELDS
+from lstm_dist.data.readers import COLUMN_FIELDS, check_inputs
 from lstm_dist.storage import (
     RECORD,
     SUCCESS,
@@ -85,6 +85,7 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     store.mkdir(store.root)
     progress(cfg.summary())
     check_tracking_uri(cfg.tracking_uri())  # a store that cannot work fails here, before Ray starts
+    check_inputs(cfg.data)  # so does a data.path that names no file
     init_ray(cfg)
     progress(f"[ray] {cluster_summary()}")
     tracker = start_pipeline_run(cfg, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
