@@ -194,9 +194,11 @@ def data_ingest(
     cfg = _load(config, overrides)
     from lstm_dist.cluster import init_ray
     from lstm_dist.data.commands import ingest_command
+    from lstm_dist.data.readers import check_inputs
 
-    init_ray(cfg)
     try:
+        check_inputs(cfg.data)  # a missing input is reported before Ray starts
+        init_ray(cfg)
         _, _, text = ingest_command(cfg, out_dir=str(out) if out else None)
     except _user_errors() as exc:
         _fail(f"error: {exc}", code=1)

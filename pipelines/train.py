@@ -31,6 +31,7 @@ import ray
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, load_config
+from lstm_dist.data.integrity import verify_shards
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.readers import COLUMN_FIELDS, check_inputs
 from lstm_dist.storage import (
@@ -230,8 +231,21 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
 
     shard = wf.step("shard", shard_step, config=shard_cfg_key, inputs={
         f"ingest:{label}": res for label, res in staged.items()
-    })  # fmt: skip
+    }, still_valid=_shards_intact(progress))  # fmt: skip
     return shard, lineage
+
+
+def _shards_intact(progress):
+    """A cached shard set is reused only while its files match the manifest's sizes and checksums: a
+    corrupted one is rebuilt, never trained on."""
+
+    def check(cached: StepResult) -> bool:
+        problems = verify_shards(cached.local_copy() / "shards")
+        for problem in problems[:3]:
+            progress(f"[shard] cached shard set is damaged: {problem}")
+        return not problems
+
+    return check
 
 
 def tune_step(cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, progress=print) -> StepResult:
@@ -582,7 +596,7 @@ def _labels(files: list[str]) -> dict[str, str]:
 
 
 def _previous_shards(steps_dir: Path, *, config: dict[str, Any]) -> str | None:
-    """The shard dir of the newest complete shard step in `steps_dir` made with this data config, if any."""
+    """The shard dir of the newest complete, intact shard step in `steps_dir` made with this data config, if any."""
     best: tuple[float, Path] | None = None
     for record_file in steps_dir.glob(f"*/{RECORD}"):
         step_dir = record_file.parent
@@ -593,6 +607,8 @@ def _previous_shards(steps_dir: Path, *, config: dict[str, Any]) -> str | None:
         except (OSError, ValueError):
             continue
         if record.get("key_parts", {}).get("config") != config or not (step_dir / "shards" / SUCCESS).exists():
+            continue
+        if verify_shards(step_dir / "shards"):  # a damaged set lends no files to the next one
             continue
         if best is None or record.get("finished_at", 0) > best[0]:
             best = (record.get("finished_at", 0), step_dir / "shards")

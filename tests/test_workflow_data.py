@@ -64,6 +64,18 @@ def test_only_the_changed_file_is_ingested_again(ray_local, tmp_path: Path) -> N
     assert {r.state for r in again.values()} == {CACHED} and shard2.state == CACHED
     assert lineage2["fingerprint"] == lineage["fingerprint"]
 
+    # One byte flipped in a cached shard: the shard step is rebuilt (same key), not trained on.
+    from lstm_dist.data.integrity import verify_shards
+
+    shard_file = sorted((shard.local_copy() / "shards").glob("*.arrow"))[0]
+    data = bytearray(shard_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard_file.write_bytes(bytes(data))
+    assert verify_shards(shard.local_copy() / "shards")
+    _, rebuilt, _ = data_steps(cfg)
+    assert rebuilt.state == DONE and rebuilt.key == shard.key
+    assert verify_shards(rebuilt.local_copy() / "shards") == []
+
     # One file changed: only it is read again, then the shards are rebuilt.
     frame = pq.read_table(files[1]).to_pandas()
     frame.loc[frame.index[-1], "target"] += 1.0

@@ -69,6 +69,7 @@ from lstm_dist.data.splits import (
 )
 from lstm_dist.data.synthetic import write_sample
 from lstm_dist.storage import filesystem as _filesystem  # storage's, under the name this module's code uses
+from lstm_dist.storage import link_or_copy
 
 Part = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # (names, codes [N], ts [N], values [N, V])
 PAD_COL = "is_pad"  # the stored 0/1 start-padding mask column (data.start_padding), before the future covariates
@@ -578,14 +579,6 @@ def _reusable(
     )
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """A previous shard file under a new name: a hard link (no bytes written), a copy where links fail."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def choose_frequency(cfg: DataConfig, infos: list[dict[str, Any]], *, source: str) -> Frequency:
     """data.freq if set; else the alias most sampled series agree on (pandas.infer_freq per series), else the
     most common step between rows (series with gaps give infer_freq nothing)."""
@@ -911,7 +904,7 @@ def _write_shards(
         if source is not None:
             prev = reuse.shards[source]
             assert reuse.directory is not None
-            _link_or_copy(reuse.directory / prev.file, tmp / f"shard-{k:05d}.arrow")
+            link_or_copy(reuse.directory / prev.file, tmp / f"shard-{k:05d}.arrow")
             results[k] = (prev.sha256, prev.num_rows, prev.num_bytes)
             continue
         needed = sorted({where[p.series][0] for p in pieces})
