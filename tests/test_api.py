@@ -1,17 +1,15 @@
 """The Python API (lstm_dist/api.py): DataFrames in, the CLI's pipelines, DataFrames out.
 
 One in-process pipeline run on conf/debug.yaml (real local Ray, real sqlite MLflow store) is shared by the slow
-tests: its forecast equals `lstm-dist predict` in a subprocess on the same rows written to a file, a second run
+tests: its forecast equals `lstm-dist predict` (Ray tasks) on the same rows written to a file, a second run
 with the same rows (pandas or pyarrow) is all cached, and a bad frame fails as the CLI fails on that file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -95,6 +93,9 @@ def api_run(ray_local, tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_run_then_forecast_equals_the_cli_on_a_file(api_run) -> None:
     import mlflow
+    from typer.testing import CliRunner
+
+    from lstm_dist.cli import app
 
     work, cfg, df, result, _ = api_run
     assert result.version == "1" and result.alias == "champion" and result.model_uri
@@ -107,14 +108,12 @@ def test_run_then_forecast_equals_the_cli_on_a_file(api_run) -> None:
     fc = lstm_dist.forecast("models:/lstm_debug@champion", df, tracking_uri=result.tracking_uri)
     assert len(fc) == df["series_id"].nunique() * cfg.data.horizon
 
+    # `lstm-dist predict` on the same rows in a file: its Ray tasks (this process's Ray, joined through --config).
     df.to_parquet(work / "history.parquet", index=False)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "lstm_dist.cli", "predict", "--model", "models:/lstm_debug@champion"]
-    cmd += ["--input", str(work / "history.parquet"), "--output", str(work / "cli.parquet")]
-    cmd += ["--tracking-uri", result.tracking_uri, "--num-tasks", "2"]
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    args = ["predict", "--model", "models:/lstm_debug@champion", "--input", str(work / "history.parquet")]
+    args += ["--output", str(work / "cli.parquet"), "--tracking-uri", result.tracking_uri, "--num-tasks", "2"]
+    out = CliRunner().invoke(app, [*args, "--config", str(DEBUG)])
+    assert out.exit_code == 0, out.output
     cli = pd.read_parquet(work / "cli.parquet")
     pd.testing.assert_frame_equal(fc, cli, check_dtype=False)
 
