@@ -64,6 +64,28 @@ def test_a_frame_is_written_once_under_its_content_hash(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "inputs").iterdir()) == sorted([path.name, Path(other).name])
 
 
+def test_arguments_become_the_overrides_the_cli_gives(tmp_path: Path, monkeypatch) -> None:
+    from lstm_dist.api import _prepare
+    from lstm_dist.config import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = lstm_dist.load_config(DEBUG, overrides=["workflow.work_dir=w", "train.epochs=3"])
+    assert cfg.workflow.work_dir == str(tmp_path / "w") and cfg.train.epochs == 3  # resolved as the CLI does
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path / 'w' / 'mlflow.db'}"
+    by_path = _prepare(cfg, "data/x.csv", ["tracking.allow_below_baseline=false", "backtest.windows=2"])
+    assert by_path.data.path == str(tmp_path / "data/x.csv") and by_path.data.format == cfg.data.format
+    assert not by_path.tracking.allow_below_baseline and by_path.backtest.windows == 2
+    by_frame = _prepare(DEBUG, _sample(), [])  # a YAML path works as well as a config (work_dir: runs/debug)
+    assert Path(by_frame.data.path).parent == tmp_path / "runs" / "debug" / "inputs"
+    assert by_frame.data.format == "parquet" and Path(by_frame.data.path).is_file()
+    assert _prepare(cfg, None, []) == cfg
+    with pytest.raises(ConfigError, match="backtest.windows"):
+        _prepare(cfg, None, ["backtest.windows=zero"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        lstm_dist.load_config(tmp_path / "missing.yaml")
+
+
 def test_data_of_another_kind_and_a_missing_store_are_clear_errors(tmp_path: Path, monkeypatch) -> None:
     from lstm_dist.predict import PredictError
 
