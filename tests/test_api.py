@@ -47,6 +47,17 @@ def test_import_is_light_and_exports_the_api() -> None:
     assert "no attribute 'no_such_name'" in proc.stdout
 
 
+def test_no_api_name_is_also_a_submodule() -> None:
+    """Importing a submodule sets the package attribute of its name, which would then hide the API function
+    (and `from lstm_dist import <name>` would get the function instead of the module)."""
+    package = ROOT / "lstm_dist"
+    clashes = [n for n in lstm_dist._API if (package / f"{n}.py").exists() or (package / n).is_dir()]
+    assert not clashes, clashes
+    script = "import lstm_dist, lstm_dist.pipelines.backtest as p, lstm_dist.folds\nassert callable(lstm_dist.backtest)"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_a_frame_is_written_once_under_its_content_hash(tmp_path: Path) -> None:
     from lstm_dist.api import _write_input
 
