@@ -168,7 +168,7 @@ def error_by_horizon(by_step: np.ndarray, path: str | Path, *, metrics: dict[str
 
 
 def backtest_mase(table: pd.DataFrame, path: str | Path) -> Path:
-    """MASE per cutoff of the model and each baseline (lstm_dist.backtest.score_folds's table)."""
+    """MASE per cutoff of the model and each baseline (lstm_dist.folds.score_folds's table)."""
     fig = _figure(7, 3.6)
     ax = fig.subplots()
     folds = table[table["fold"] != "all"]

@@ -5,7 +5,7 @@ Run it as `lstm-dist backtest conf/demo.yaml [key=value ...] --windows 3 --step 
 
   data      ingest + shard of the whole input (cached, as in pipelines/train.py): each series' rows,
             from which the cutoffs are counted (the last one leaves exactly one horizon after it)
-  per fold  the input truncated at cutoff + horizon (lstm_dist.backtest), then the same cached ingest,
+  per fold  the input truncated at cutoff + horizon (lstm_dist.folds), then the same cached ingest,
             shard and train steps on it; one model per cutoff, or one every `backtest.refit_every`
             cutoffs (the cutoffs between reuse it, forecasting from their own cutoff)
   score     the model's forecast from each cutoff and Naive, SeasonalNaive, AutoETS, AutoTheta fitted on
@@ -66,7 +66,7 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
 
 
 def _folds(cfg: PipelineConfig, wf: Workflow, tracker, progress) -> BacktestSummary:
-    from lstm_dist import backtest as bt
+    from lstm_dist import folds as bt
     from lstm_dist.data.manifest import Manifest
     from lstm_dist.evaluate import season_of, target_history
     from lstm_dist.train.checkpoints import load_model

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lstm_dist.backtest import cutoff_ends
 from lstm_dist.config import ConfigError, load_config
 from lstm_dist.data.synthetic import write_sample
+from lstm_dist.folds import cutoff_ends
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "conf" / "debug.yaml"
