@@ -67,7 +67,7 @@ def _folds(cfg: PipelineConfig, wf: Workflow, tracker, progress) -> BacktestSumm
     from lstm_dist import backtest as bt
     from lstm_dist.data.manifest import Manifest
     from lstm_dist.evaluate import season_of, target_history
-    from lstm_dist.train.checkpoints import load_model
+    from lstm_dist.models.saved import load_model
 
     b, horizon = cfg.backtest, cfg.data.horizon
     step = b.step or horizon

@@ -33,11 +33,10 @@ from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, load_config, save_resolved
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.readers import COLUMN_FIELDS
+from lstm_dist.registry import EVAL_KEY_TAG, Registry
 from lstm_dist.tracking import (
-    EVAL_KEY_TAG,
     Tracker,
     check_tracking_uri,
-    log_forecaster,
     shard_fingerprint,
     start_pipeline_run,
     ui_command,
@@ -135,8 +134,7 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
     if tune:  # which trial the registered model comes from
         found = {"tune.best_trial": tune.outputs["best_trial"], "tune.best_val_loss": tune.outputs["best_val_loss"]}
         tracker.set_tags(found)
-        for key, value in found.items():
-            tracker.client.set_model_version_tag(cfg.tracking.model_name, reg.outputs["version"], key, str(value))
+        Registry(tracker.uri).set_tags(cfg.tracking.model_name, reg.outputs["version"], found)
     progress(f"[register] {reg.outputs['decision']}")
     summary.model_uri = reg.outputs["model_uri"]
     summary.version = reg.outputs["version"]
@@ -392,7 +390,7 @@ def register_step(
     and the `champion` alias moves only in its last call: a failure before leaves the champion as it was.
     """
     from lstm_dist.promotion import baseline_gate, promote_if_better
-    from lstm_dist.serving import history_from_shards
+    from lstm_dist.serving import history_from_shards, log_forecaster
 
     def register(out: str) -> dict[str, Any]:
         name, metric = cfg.tracking.model_name, cfg.tracking.promotion_metric
@@ -416,7 +414,7 @@ def register_step(
             heldout_checkpoint=train.path / train.outputs["best_checkpoint"] if final else None,
         )
         decision = promote_if_better(
-            tracker.client,
+            Registry(tracker.uri),
             name=name,
             version=version,
             metric=metric,
@@ -534,7 +532,7 @@ def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
     """Score the best checkpoint on the test split (a Ray task, so it runs wherever a CPU is free)."""
     from lstm_dist.data.windows import WindowDataset
     from lstm_dist.evaluate import evaluate_model
-    from lstm_dist.train.checkpoints import load_model
+    from lstm_dist.models.saved import load_model
 
     model, test = load_model(local_path(checkpoint)), WindowDataset(local_path(shard_dir), split="test")
     evaluation = evaluate_model(model, test, season=test.manifest.season_length)

@@ -19,9 +19,10 @@ from http_wait import free_port, stop_server, wait_until_up
 from lstm_dist.config import load_config
 from lstm_dist.data.windows import WindowDataset
 from lstm_dist.models import build_model
-from lstm_dist.serving import ForecastModel, history_from_shards
-from lstm_dist.tracking import log_forecaster, start_pipeline_run
-from lstm_dist.train.checkpoints import MODEL_FILE, model_args_for
+from lstm_dist.models.saved import MODEL_FILE, save_model
+from lstm_dist.serving import ForecastModel, history_from_shards, log_forecaster
+from lstm_dist.tracking import start_pipeline_run
+from lstm_dist.train.checkpoints import model_args_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "conf" / "debug.yaml"
@@ -41,9 +42,7 @@ def make_model(work: Path, overrides: list[str]) -> tuple[object, Path, Path]:
     net = build_model(cfg.model, **args)
     ckpt = work / "ckpt"
     ckpt.mkdir()
-    torch.save(
-        {"model_args": {"model": cfg.model.model_dump(), **args}, "state_dict": net.state_dict()}, ckpt / MODEL_FILE
-    )
+    save_model(ckpt, model=net, model_args={"model": cfg.model.model_dump(), **args})
     return cfg, shards, ckpt
 
 

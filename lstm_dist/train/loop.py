@@ -24,7 +24,8 @@ import torch
 from lstm_dist.config import PipelineConfig
 from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
 from lstm_dist.models import Forecaster, build_model
-from lstm_dist.train.checkpoints import load_training_state, load_weights, model_args_for, save_training_state
+from lstm_dist.models.saved import MODEL_FILE, load_weights
+from lstm_dist.train.checkpoints import load_training_state, model_args_for, save_training_state
 from lstm_dist.train.precision import grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
@@ -202,8 +203,8 @@ def _load_init_weights(net: Forecaster, init: str | bytes) -> None:
         load_weights(net, init)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "model.pt").write_bytes(init)
-        load_weights(net, Path(tmp) / "model.pt")
+        (Path(tmp) / MODEL_FILE).write_bytes(init)
+        load_weights(net, Path(tmp) / MODEL_FILE)
 
 
 def epoch_seed(seed: int, *, rank: int, epoch: int) -> int:
