@@ -485,8 +485,9 @@ def dump_yaml(cfg: PipelineConfig) -> str:
     return redact_uri(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-# user:password@ in a URI (http://user:pw@host, postgresql://user:pw@host/db); the password may hold '/' or ':'
-_URI_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*):(?P<secret>[^\s@]+)@")
+# user:password@ in a URI (http://user:pw@host, postgresql://user:pw@host/db). The password runs to the last '@'
+# before the path, as urllib (and so MLflow's client) splits it: it may hold ':' or an unescaped '@'.
+_URI_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*):(?P<secret>[^\s/]+)@")
 SECRET_WORDS = ("password", "passwd", "token", "secret", "key")
 
 

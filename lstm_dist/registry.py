@@ -150,7 +150,8 @@ class Registry:
         try:
             version = str(mlflow.register_model(model_uri, name, tags=tags).version)
             if description:
-                self.client.update_model_version(name, version, description=description)
+                text = description.replace("{version}", version)  # e.g. the model card's load lines
+                self.client.update_model_version(name, version, description=text)
         except MlflowException as exc:
             raise RegistryError(f"could not register the model as '{name}': {exc.message}") from exc
         return version

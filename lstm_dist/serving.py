@@ -156,6 +156,41 @@ def log_forecaster(
     return f"models:/{registered_name}/{version}", version
 
 
+def model_card(*, name: str, shard_dir: str | Path, config_summary: str, scores: str, refit: bool) -> str:
+    """A registered version's description (Markdown, shown by the MLflow UI): the data it was trained on, the
+    config in short, its held-out scores against the baselines, and how to load it. `{version}` is filled
+    in by the registry once the version has its number."""
+    m = Manifest.load(shard_dir)
+    source = m.data_config.get("path") or "sample data"
+    last = pd.Timestamp(max(s.last_timestamp for s in m.series), unit="s")
+    weights = (
+        "refit on every row after evaluation (the scores are those of the evaluated model)" if refit else "evaluated"
+    )
+    return "\n".join(
+        [
+            f"**{name}**: LSTM forecaster of {', '.join(m.target_cols)}, {m.horizon} steps ahead from {m.lookback}.",
+            "",
+            f"- data: {m.num_series} series from `{source}`, "
+            f"frequency {m.freq_alias or f'{m.freq}s'}, up to {last}; {m.totals.num_rows} rows",
+            f"- weights: {weights}",
+            "",
+            "Config:",
+            "```",
+            config_summary,
+            "```",
+            "Held-out test scores against the baselines (lower is better; MASE < 1 beats the seasonal naive):",
+            "```",
+            scores,
+            "```",
+            "Load it:",
+            "```",
+            f"mlflow.pyfunc.load_model('models:/{name}/{{version}}').predict(history_df)",
+            f"lstm-dist predict --model models:/{name}/{{version}} --input DATA --output forecasts.parquet",
+            "```",
+        ]
+    )
+
+
 @contextmanager
 def _quiet_model_logging() -> Iterator[None]:
     """Silence log_model's generic advice that does not apply here: the integer `step` column of the output

@@ -32,6 +32,9 @@ from lstm_dist.config import PipelineConfig, dump_yaml, is_secret_key, redact_ur
 SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "mysql://", "databricks", "file:")
 # MLflow 3's UI opens an experiment on the page of its kind; without the tag it guesses (often GenAI).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# Per-epoch metrics that mean something only on a GPU or with fp16, with their value otherwise: a history
+# in which they never leave it (a CPU run) does not log them, so the UI shows no flat line of zeros.
+DEVICE_ONLY = {"peak_gpu_mem_mb": 0.0, "loss_scale": 1.0}
 
 
 class TrackingError(RuntimeError):
@@ -104,6 +107,8 @@ class Tracker:
         epoch as step; a `timestamp` column (unix seconds), when present, dates each point."""
         from mlflow.entities import Metric
 
+        idle = [c for c, v in DEVICE_ONLY.items() if c in history and (history[c].fillna(v) == v).all()]
+        history = history.drop(columns=idle)
         now = _now_ms()
         batch = []
         for row in history.to_dict("records"):

@@ -390,7 +390,7 @@ def register_step(
     and the `champion` alias moves only in its last call: a failure before leaves the champion as it was.
     """
     from lstm_dist.promotion import baseline_gate, promote_if_better
-    from lstm_dist.serving import history_from_shards, log_forecaster
+    from lstm_dist.serving import history_from_shards, log_forecaster, model_card
 
     def register(out: str) -> dict[str, Any]:
         name, metric = cfg.tracking.model_name, cfg.tracking.promotion_metric
@@ -412,6 +412,13 @@ def register_step(
             registered_name=name,
             version_tags=tags,
             heldout_checkpoint=train.path / train.outputs["best_checkpoint"] if final else None,
+            description=model_card(
+                name=name,
+                shard_dir=shard.path / "shards",
+                config_summary=cfg.summary(),
+                scores=evaluation.outputs["table"],
+                refit=final is not None,
+            ),
         )
         decision = promote_if_better(
             Registry(tracker.uri),
