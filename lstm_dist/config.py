@@ -326,8 +326,7 @@ class PipelineConfig(_Section):
             cfg.workflow.work_dir = str((base / cfg.workflow.work_dir).resolve())
         if cfg.data.path and "://" not in cfg.data.path:
             cfg.data.path = str((base / cfg.data.path).resolve())
-        # Pinned now: mlflow.set_tracking_uri later writes MLFLOW_TRACKING_URI into this process's
-        # environment, which must not redirect another config resolved afterwards.
+        # Pinned now: the run, its Ray jobs and its steps use one store whatever MLFLOW_TRACKING_URI says later.
         cfg.tracking.uri = cfg.tracking_uri()
         return cfg
 
