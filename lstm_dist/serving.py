@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lstm_dist.config import PipelineConfig
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.models.saved import MODEL_FILE, load_model, model_file
@@ -156,10 +157,11 @@ def log_forecaster(
     return f"models:/{registered_name}/{version}", version
 
 
-def model_card(*, name: str, shard_dir: str | Path, config_summary: str, scores: str, refit: bool) -> str:
+def model_card(cfg: PipelineConfig, *, shard_dir: str | Path, scores: str, refit: bool) -> str:
     """A registered version's description (Markdown, shown by the MLflow UI): the data it was trained on, the
-    config in short, its held-out scores against the baselines, and how to load it. `{version}` is filled
-    in by the registry once the version has its number."""
+    config in short, its held-out scores (`scores`: the evaluation table) against the baselines, and how to
+    load it. `{version}` is filled in by the registry once the version has its number."""
+    name = cfg.tracking.model_name
     m = Manifest.load(shard_dir)
     source = m.data_config.get("path") or "sample data"
     last = pd.Timestamp(max(s.last_timestamp for s in m.series), unit="s")
@@ -176,7 +178,7 @@ def model_card(*, name: str, shard_dir: str | Path, config_summary: str, scores:
             "",
             "Config:",
             "```",
-            config_summary,
+            cfg.summary(),
             "```",
             "Held-out test scores against the baselines (lower is better; MASE < 1 beats the seasonal naive):",
             "```",

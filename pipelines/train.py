@@ -379,15 +379,12 @@ def register_step(
 ) -> StepResult:
     """Log + register the model with its lineage tags, then let the promotion rule give it its alias.
 
-    With `final` (the final fit on all rows) that model is the one registered, tagged `refit: true` with its
-    epochs and rows; the held-out scores and the promotion decision are the evaluated model's, whose weights
-    travel along in the version (artifact `heldout_model`) so that a later challenger re-scores this one
-    on weights that did not see its test windows.
-
-    Keyed on the evaluated model, so a finished model is never registered twice: a rerun is cached, and
-    an attempt killed after the registry call gets the same version back (log_forecaster finds it by its
-    evaluate key). The champion is re-scored on this model's test windows (promotion.promote_if_better),
-    and the `champion` alias moves only in its last call: a failure before leaves the champion as it was.
+    With `final` (the final fit on all rows) that model is registered, tagged `refit: true`; the held-out scores,
+    the model card and the promotion decision are the evaluated model's, whose weights travel along (artifact
+    `heldout_model`) so that a later challenger re-scores this one on weights that did not see its test windows.
+    Keyed on the evaluated model: a rerun is cached, and an attempt killed after the registry call gets the same
+    version back (found by its evaluate key). The champion is re-scored on this model's test windows, and the
+    `champion` alias moves only in the last call: a failure before leaves the champion as it was.
     """
     from lstm_dist.promotion import baseline_gate, promote_if_better
     from lstm_dist.serving import history_from_shards, log_forecaster, model_card
@@ -413,11 +410,7 @@ def register_step(
             version_tags=tags,
             heldout_checkpoint=train.path / train.outputs["best_checkpoint"] if final else None,
             description=model_card(
-                name=name,
-                shard_dir=shard.path / "shards",
-                config_summary=cfg.summary(),
-                scores=evaluation.outputs["table"],
-                refit=final is not None,
+                cfg, shard_dir=shard.path / "shards", scores=evaluation.outputs["table"], refit=bool(final)
             ),
         )
         decision = promote_if_better(

@@ -55,9 +55,11 @@ def make_model(work: Path, overrides: list[str]) -> tuple[object, Path, Path]:
 def registered(ray_local, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A quantile forecaster (so there are intervals) logged and registered in a sqlite store."""
     work = tmp_path_factory.mktemp("serving")
-    cfg, shards, ckpt = make_model(work, ["model.loss=quantile", "model.quantiles=[0.1, 0.5, 0.9]"])
+    cfg, shards, ckpt = make_model(
+        work, ["model.loss=quantile", "model.quantiles=[0.1, 0.5, 0.9]", f"tracking.model_name={NAME}"]
+    )
     evaluation = evaluate_model(load_model(ckpt), WindowDataset(str(shards), split="test"), season=24)
-    card = model_card(name=NAME, shard_dir=shards, config_summary=cfg.summary(), scores=evaluation.table(), refit=False)
+    card = model_card(cfg, shard_dir=shards, scores=evaluation.table(), refit=False)
     tracker = start_pipeline_run(cfg, run_name="serving")
     try:
         uri, version = log_forecaster(
