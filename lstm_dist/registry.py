@@ -89,7 +89,7 @@ class Registry:
             return self.client.get_model_version_by_alias(name, ref)
         except MlflowException as exc:
             raise RegistryError(
-                f"model '{name}' has no version {ref} in {redact_uri(self.uri)}: {exc.message}"
+                f"model '{name}' has no version {ref} in {redact_uri(self.uri)}: {redact_uri(exc.message)}"
             ) from None
 
     def resolve(self, uri: str):
@@ -113,7 +113,7 @@ class Registry:
         try:
             found = self.client.search_model_versions(f"name='{name}'")
         except MlflowException as exc:
-            raise RegistryError(f"cannot list the versions of '{name}': {exc.message}") from None
+            raise RegistryError(f"cannot list the versions of '{name}': {redact_uri(exc.message)}") from None
         return sorted(found, key=lambda v: int(v.version), reverse=True)
 
     def find_version(self, name: str, *, tag: str, value: str):
@@ -153,7 +153,7 @@ class Registry:
                 text = description.replace("{version}", version)  # e.g. the model card's load lines
                 self.client.update_model_version(name, version, description=text)
         except MlflowException as exc:
-            raise RegistryError(f"could not register the model as '{name}': {exc.message}") from exc
+            raise RegistryError(f"could not register the model as '{name}': {redact_uri(exc.message)}") from None
         return version
 
     # --- loading
