@@ -35,6 +35,13 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Per-epoch metrics that mean something only on a GPU or with fp16, with their value otherwise: a history
 # in which they never leave it (a CPU run) does not log them, so the UI shows no flat line of zeros.
 DEVICE_ONLY = {"peak_gpu_mem_mb": 0.0, "loss_scale": 1.0}
+# The UI groups charts by the part of a name before '/': losses and scores by split, the optimiser's figures
+# with training, throughput and memory beside MLflow's own system/ metrics. Other names stay as they are.
+PREFIX_GROUPS = (("best_val_", "val/best_"), ("train_", "train/"), ("val_", "val/"), ("test_", "test/"))
+NAME_GROUPS = {
+    **dict.fromkeys(("lr", "grad_norm", "loss_scale", "skipped_steps"), "train/"),
+    **dict.fromkeys(("epoch_time_s", "samples_per_s", "samples_per_cpu_s", "peak_gpu_mem_mb"), "system/"),
+}
 
 
 class TrackingError(RuntimeError):
@@ -98,7 +105,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = _now_ms()
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if _finite(v)]
+        batch = [Metric(metric_name(k), float(v), now, step or 0) for k, v in metrics.items() if _finite(v)]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
@@ -115,7 +122,7 @@ class Tracker:
             step = int(row[step_col])
             stamp = int(float(row["timestamp"]) * 1000) if _finite(row.get("timestamp")) else now
             batch += [
-                Metric(prefix + k, float(v), stamp, step)
+                Metric(metric_name(prefix + k), float(v), stamp, step)
                 for k, v in row.items()
                 if k not in (step_col, "timestamp") and _finite(v)
             ]
@@ -459,6 +466,17 @@ def ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {redact_uri(uri)}"
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   (or: lstm-dist ui <config>)"
+
+
+def metric_name(key: str) -> str:
+    """The name a metric is logged under: `val_loss` -> `val/loss`, `test_model_mae` -> `test/model_mae`,
+    `lr` -> `train/lr`, `epoch_time_s` -> `system/epoch_time_s` (see PREFIX_GROUPS, NAME_GROUPS)."""
+    if key in NAME_GROUPS:
+        return NAME_GROUPS[key] + key
+    for prefix, group in PREFIX_GROUPS:
+        if key.startswith(prefix):
+            return group + key.removeprefix(prefix)
+    return key
 
 
 def _param_value(value: Any) -> str:

@@ -72,7 +72,8 @@ def test_params_drop_secret_keys_and_redact_uris_and_the_experiment_opens_on_tra
     assert "source.api_token" not in run.data.params and run.data.params["other.value"] == "3"
     assert "train.epochs" in run.data.params  # the config itself is still logged
     # a CPU run's idle GPU memory is not logged; a loss scale that moved (fp16) is
-    assert "peak_gpu_mem_mb" not in run.data.metrics and run.data.metrics["loss_scale"] == 32768.0
+    assert "system/peak_gpu_mem_mb" not in run.data.metrics and run.data.metrics["train/loss_scale"] == 32768.0
+    assert sorted(run.data.metrics) == ["train/loss", "train/loss_scale"]  # grouped for the UI by split
     tags = client.get_experiment(tracker.experiment_id).tags
     assert {k: tags.get(k) for k in EXPERIMENT_KIND} == EXPERIMENT_KIND
 
