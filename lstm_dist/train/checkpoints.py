@@ -69,6 +69,11 @@ def load_training_state(
     stopper: Any,
 ) -> tuple[int, list[dict[str, float]]]:
     """Restore a checkpoint in place; returns (epochs already completed, their metrics)."""
+    if not (path / STATE_JSON).is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} has no {STATE_JSON}: it was written before checkpoints were loaded with "
+            "weights_only=True and cannot be resumed safely; rerun the step from scratch (`--force train`)"
+        )
     load_weights(model, path)
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     rest = json.loads((path / STATE_JSON).read_text())
