@@ -117,7 +117,8 @@ def forecast(
     names). `as_of`: forecast from this cutoff (rows after it are not input). `future`: known-future
     columns (series, timestamp, `data.future_cols`) over the horizon, same kinds as `history`.
     `tracking_uri`: the MLflow store; default $MLFLOW_TRACKING_URI, else the store of `config`."""
-    from lstm_dist.predict import PredictError, download_model, load_forecaster
+    from lstm_dist.predict import PredictError, load_forecaster
+    from lstm_dist.registry import Registry, RegistryError
 
     if config is not None and not isinstance(config, PipelineConfig):
         config = load_config(config)
@@ -126,7 +127,10 @@ def forecast(
         raise PredictError(
             "forecast: give tracking_uri= (e.g. sqlite:///runs/demo/mlflow.db), set MLFLOW_TRACKING_URI, or config="
         )
-    files = download_model(model, tracking_uri=uri)
+    try:
+        files = Registry(uri).download(model)
+    except RegistryError as exc:
+        raise PredictError(f"forecast: {exc}") from None
     rows = _frame(history, manifest=files.manifest)
     known = _frame(future, manifest=files.manifest) if future is not None else None
     out = load_forecaster(files.weights, files.manifest).forecast(rows, as_of=as_of, future=known)

@@ -279,7 +279,9 @@ def ui(
     cfg = _load(config, overrides)
     uri = cfg.tracking_uri()
     if uri.startswith(("http://", "https://")):
-        typer.echo(f"the store is an MLflow server already: open {uri}")
+        from lstm_dist.config import redact_uri
+
+        typer.echo(f"the store is an MLflow server already: open {redact_uri(uri)}")
         return
     try:
         check_tracking_uri(uri)
@@ -389,30 +391,27 @@ NameOpt = Annotated[
 
 
 def _registry(config: Path, overrides: list[str] | None, name: str | None):
-    import mlflow
-
-    from lstm_dist.tracking import TrackingError, check_tracking_uri, use_tracking_uri
+    from lstm_dist.registry import open_registry
+    from lstm_dist.tracking import TrackingError
 
     cfg = _load(config, overrides)
-    uri = cfg.tracking_uri()
     try:
-        check_tracking_uri(uri)
+        registry = open_registry(cfg.tracking_uri())
     except TrackingError as exc:
         _fail(f"error: {exc}", code=1)
-    use_tracking_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), name or cfg.tracking.model_name, cfg
+    return registry, name or cfg.tracking.model_name, cfg
 
 
-def _versions(client, name: str) -> list:
-    from mlflow.exceptions import MlflowException
+def _versions(registry, name: str) -> list:
+    from lstm_dist.registry import RegistryError
 
     try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException as exc:
-        _fail(f"error: {exc.message}", code=1)
+        versions = registry.versions(name)
+    except RegistryError as exc:
+        _fail(f"error: {exc}", code=1)
     if not versions:
         _fail(f"no registered model '{name}' in this store (run a pipeline first, or pass --name)", code=1)
-    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+    return versions
 
 
 @models_app.command("list")
@@ -420,13 +419,15 @@ def models_list(config: ConfigArg, overrides: OverridesArg = None, name: NameOpt
     """Every version of the model, newest first: aliases, test score, promotion decision."""
     import time as _time
 
-    client, name, cfg = _registry(config, overrides, name)
-    versions = _versions(client, name)
+    from lstm_dist.config import redact_uri
+
+    registry, name, cfg = _registry(config, overrides, name)
+    versions = _versions(registry, name)
     metric = f"test_{cfg.tracking.promotion_metric}"
     aliases = {}
-    for alias, version in client.get_registered_model(name).aliases.items():
-        aliases.setdefault(str(version), []).append(alias)
-    typer.echo(f"{name}  ({cfg.tracking_uri()})")
+    for alias, version in registry.aliases(name).items():
+        aliases.setdefault(version, []).append(alias)
+    typer.echo(f"{name}  ({redact_uri(cfg.tracking_uri())})")
     typer.echo(f"{'version':>7}  {'aliases':<20} {'created':<17} {metric:>12}  decision")
     for v in versions:
         created = _time.strftime("%Y-%m-%d %H:%M", _time.localtime(v.creation_timestamp / 1000))
@@ -444,18 +445,14 @@ def models_show(
     name: NameOpt = None,
 ) -> None:
     """One version in full: aliases, source run, tags (scores, promotion decision, lineage), signature."""
-    from mlflow.exceptions import MlflowException
+    from lstm_dist.registry import RegistryError
 
-    client, name, _ = _registry(config, overrides, name)
+    registry, name, _ = _registry(config, overrides, name)
     try:
-        v = (
-            client.get_model_version(name, version)
-            if version.isdigit()
-            else client.get_model_version_by_alias(name, version)
-        )
-    except MlflowException as exc:
-        _fail(f"error: {exc.message}", code=1)
-    aliases = [a for a, ver in client.get_registered_model(name).aliases.items() if str(ver) == str(v.version)]
+        v = registry.version(name, version)
+    except RegistryError as exc:
+        _fail(f"error: {exc}", code=1)
+    aliases = [a for a, ver in registry.aliases(name).items() if ver == str(v.version)]
     typer.echo(f"{name} v{v.version}  aliases: {', '.join(aliases) or '-'}")
     typer.echo(f"  source:  {v.source}")
     typer.echo(f"  run:     {v.run_id}")
@@ -474,9 +471,9 @@ def models_promote(
     """Make a version the champion by hand (no comparison); the previous champion is recorded for rollback."""
     from lstm_dist.promotion import PromotionError, promote_version
 
-    client, name, _ = _registry(config, overrides, name)
+    registry, name, _ = _registry(config, overrides, name)
     try:
-        previous = promote_version(client, name=name, version=version)
+        previous = promote_version(registry, name=name, version=version)
     except PromotionError as exc:
         _fail(f"error: {exc}", code=1)
     typer.echo(f"{name}: champion is v{version}" + (f" (was v{previous})" if previous else ""))
@@ -487,9 +484,9 @@ def models_rollback(config: ConfigArg, overrides: OverridesArg = None, name: Nam
     """Give the champion alias back to the version that held it before the current champion."""
     from lstm_dist.promotion import PromotionError, rollback
 
-    client, name, _ = _registry(config, overrides, name)
+    registry, name, _ = _registry(config, overrides, name)
     try:
-        old, new = rollback(client, name=name)
+        old, new = rollback(registry, name=name)
     except PromotionError as exc:
         _fail(f"error: {exc}", code=1)
     typer.echo(f"{name}: champion is v{new} again (was v{old})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
@@ -332,8 +333,7 @@ class PipelineConfig(_Section):
             cfg.workflow.work_dir = str((base / cfg.workflow.work_dir).resolve())
         if cfg.data.path and "://" not in cfg.data.path:
             cfg.data.path = str((base / cfg.data.path).resolve())
-        # Pinned now: mlflow.set_tracking_uri later writes MLFLOW_TRACKING_URI into this process's
-        # environment, which must not redirect another config resolved afterwards.
+        # Pinned now: the run, its Ray jobs and its steps use one store whatever MLFLOW_TRACKING_URI says later.
         cfg.tracking.uri = cfg.tracking_uri()
         return cfg
 
@@ -350,7 +350,7 @@ class PipelineConfig(_Section):
             f"model: {m.cell} hidden={m.hidden_size} layers={m.num_layers} readout={m.readout} head={m.head}\n"
             f"train: {t.num_workers} workers, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
             f"precision {t.precision}\n"
-            f"work_dir: {self.workflow.work_dir}  tracking: {self.tracking_uri()}"
+            f"work_dir: {self.workflow.work_dir}  tracking: {redact_uri(self.tracking_uri())}"
         )
 
 
@@ -487,5 +487,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 
 def dump_yaml(cfg: PipelineConfig) -> str:
-    """The config as YAML, as saved with a run."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML, as saved with a run and printed (credentials in URIs redacted)."""
+    return redact_uri(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+# user:password@ in a URI (http://user:pw@host, postgresql://user:pw@host/db). The password runs to the last '@'
+# before the path, as urllib (and so MLflow's client) splits it: it may hold ':' or an unescaped '@'.
+_URI_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*):(?P<secret>[^\s/]+)@")
+SECRET_WORDS = ("password", "passwd", "token", "secret", "key")
+
+
+def redact_uri(text: str) -> str:
+    """`text` with the password of every URI in it replaced: http://user:***@host."""
+    return _URI_CREDENTIALS.sub(r"\g<head>:***@", str(text))
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a (dotted) config key names a secret (password, token, secret, key): never logged as a param."""
+    words = re.split(r"[._-]", key.rsplit(".", 1)[-1].lower())
+    return any(word in SECRET_WORDS or word.endswith(("password", "token", "secret")) for word in words)
+

@@ -235,7 +235,7 @@ def evaluation_plots(
 ) -> list[Path]:
     """Forecast vs actual, error by horizon step and the gate heat map of a trained model on the test split."""
     from lstm_dist.data.windows import WindowDataset
-    from lstm_dist.train.checkpoints import load_model
+    from lstm_dist.models.saved import load_model
 
     out_dir = Path(out_dir)
     model = load_model(checkpoint)

@@ -28,6 +28,7 @@ from lstm_dist.config import ConfigError, PipelineConfig
 from lstm_dist.storage import Store
 from lstm_dist.tracking import start_pipeline_run, step_runs
 from lstm_dist.workflow import DONE, FAILED, Workflow
+
 from .train import data_steps, input_files, script_main, train_step
 
 STEPS = ("ingest", "shard", "train")
@@ -69,7 +70,7 @@ def _folds(cfg: PipelineConfig, wf: Workflow, tracker, progress) -> BacktestSumm
     from lstm_dist import folds as bt
     from lstm_dist.data.manifest import Manifest
     from lstm_dist.evaluate import season_of, target_history
-    from lstm_dist.train.checkpoints import load_model
+    from lstm_dist.models.saved import load_model
 
     b, horizon = cfg.backtest, cfg.data.horizon
     step = b.step or horizon

@@ -19,7 +19,7 @@ Run it as `lstm-dist retrain conf/demo.yaml [key=value ...]`, on a schedule with
      With `train.final_fit` (the default) the version registered is the challenger's config retrained on
      every row (pipelines/train.py final_fit_step); the decision stays on the held-out scores.
 
-Thin registry helpers (`get_champion`, `already_decided`) live here until tracking.py has them.
+The champion lookups (`get_champion`, `already_decided`) read the registry through lstm_dist.registry.
 """
 
 from __future__ import annotations
@@ -34,9 +34,12 @@ from typing import Any
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig
+from lstm_dist.models.saved import MODEL_FILE, read_model_args
+from lstm_dist.registry import CHALLENGER, CHAMPION, Registry
 from lstm_dist.storage import Store, node_cache
-from lstm_dist.tracking import CHALLENGER, CHAMPION, Tracker, start_pipeline_run, step_runs
+from lstm_dist.tracking import Tracker, start_pipeline_run, step_runs
 from lstm_dist.workflow import DONE, FAILED, Workflow
+
 from .train import (
     FILES_TAG,
     FINGERPRINT_TAG,
@@ -212,22 +215,13 @@ def describe_changes(champion: Champion, lineage: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry helpers (thin; candidates for tracking.py)
-
-
-def _client(cfg: PipelineConfig):
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=cfg.tracking_uri(), registry_uri=cfg.tracking_uri())
+# The champion in the registry
 
 
 def get_champion(cfg: PipelineConfig) -> Champion | None:
     """The current champion of `tracking.model_name`, or None when there is no such model or alias."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = _client(cfg).get_model_version_by_alias(cfg.tracking.model_name, CHAMPION)
-    except MlflowException:
+    version = Registry(cfg.tracking_uri()).alias_version(cfg.tracking.model_name, CHAMPION)
+    if version is None:
         return None
     return Champion(name=cfg.tracking.model_name, version=str(version.version), tags=dict(version.tags))
 
@@ -235,15 +229,12 @@ def get_champion(cfg: PipelineConfig) -> Champion | None:
 def already_decided(cfg: PipelineConfig, fingerprint: str, champion: Champion | None) -> str | None:
     """Which registered version was already trained on exactly this data: the champion, or the challenger
     that lost to it (so a tick after a kept champion does not retrain on the same data again)."""
-    from mlflow.exceptions import MlflowException
-
     if champion is None:
         return None
     if champion.fingerprint == fingerprint:
         return f"champion v{champion.version} was trained"
-    try:
-        challenger = _client(cfg).get_model_version_by_alias(champion.name, CHALLENGER)
-    except MlflowException:
+    challenger = Registry(cfg.tracking_uri()).alias_version(champion.name, CHALLENGER)
+    if challenger is None:
         return None
     if challenger.tags.get(FINGERPRINT_TAG) == fingerprint:
         return f"challenger v{challenger.version} was trained and compared with champion v{champion.version}"
@@ -253,18 +244,14 @@ def already_decided(cfg: PipelineConfig, fingerprint: str, champion: Champion | 
 def download_model(cfg: PipelineConfig, champion: Champion) -> Path:
     """The champion's weights and manifest as local files, under <work_dir>/champions/<name>-v<version>/
     (in this machine's cache when the work dir is a URI)."""
-    from lstm_dist.predict import download_model as fetch
-
     cache = node_cache(cfg.workflow.work_dir) / "champions"
-    return fetch(champion.uri, tracking_uri=cfg.tracking_uri(), cache_dir=cache).directory
+    return Registry(cfg.tracking_uri()).download(champion.uri, cache_dir=cache).directory
 
 
 def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path) -> str | None:
     """The champion's weights file when the training loop can start from it and the shapes match; else None."""
-    import torch
-
     from lstm_dist.data.windows import WindowDataset
-    from lstm_dist.train.checkpoints import MODEL_FILE, model_args_for
+    from lstm_dist.train.checkpoints import model_args_for
     from lstm_dist.train.trainer import fit
 
     if "init_weights" not in inspect.signature(fit).parameters:
@@ -274,7 +261,7 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
             stacklevel=2,
         )
         return None
-    saved = torch.load(champion_dir / MODEL_FILE, map_location="cpu", weights_only=False)["model_args"]
+    saved = read_model_args(champion_dir / MODEL_FILE)
     wanted = {"model": cfg.model.model_dump(), **model_args_for(WindowDataset(str(shard_dir), split="train"))}
     if json.dumps(saved, sort_keys=True, default=str) != json.dumps(wanted, sort_keys=True, default=str):
         warnings.warn(

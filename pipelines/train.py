@@ -34,6 +34,7 @@ from lstm_dist.config import PipelineConfig, load_config
 from lstm_dist.data.integrity import verify_shards
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.readers import COLUMN_FIELDS, check_inputs
+from lstm_dist.registry import EVAL_KEY_TAG, Registry
 from lstm_dist.storage import (
     RECORD,
     SUCCESS,
@@ -46,11 +47,8 @@ from lstm_dist.storage import (
     save_resolved,
 )
 from lstm_dist.tracking import (
-    EVAL_KEY_TAG,
     Tracker,
     check_tracking_uri,
-    find_version,
-    log_forecaster,
     shard_fingerprint,
     start_pipeline_run,
     step_runs,
@@ -143,8 +141,7 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
     if tune:  # which trial the registered model comes from
         found = {"tune.best_trial": tune.outputs["best_trial"], "tune.best_val_loss": tune.outputs["best_val_loss"]}
         tracker.set_tags(found)
-        for key, value in found.items():
-            tracker.client.set_model_version_tag(cfg.tracking.model_name, reg.outputs["version"], key, str(value))
+        Registry(tracker.uri).set_tags(cfg.tracking.model_name, reg.outputs["version"], found)
     progress(f"[register] {reg.outputs['decision']}")
     summary.model_uri = reg.outputs["model_uri"]
     summary.version = reg.outputs["version"]
@@ -402,17 +399,15 @@ def register_step(
 ) -> StepResult:
     """Log + register the model with its lineage tags, then let the promotion rule give it its alias.
 
-    With `final` (the final fit on all rows) that model is registered, tagged `refit: true` with its epochs and
-    rows; the held-out scores and the decision are the evaluated model's, whose weights travel along (artifact
+    With `final` (the final fit on all rows) that model is registered, tagged `refit: true`; the held-out scores,
+    the model card and the promotion decision are the evaluated model's, whose weights travel along (artifact
     `heldout_model`) so that a later challenger re-scores this one on weights that did not see its test windows.
-
-    Keyed on the evaluated model, so a finished model is never registered twice: a rerun is cached (unless its
-    version is gone from the registry), and an attempt killed after the registry call gets the same version
-    back (log_forecaster finds it by its evaluate key). The champion is re-scored on this model's test windows
-    (promotion.promote_if_better); `champion` moves only in its last call: a failure before leaves it as it was.
+    Keyed on the evaluated model: a rerun is cached, and an attempt killed after the registry call gets the same
+    version back (found by its evaluate key); a cached step whose version is gone from the registry runs again. The champion is re-scored on this model's test windows, and the
+    `champion` alias moves only in the last call: a failure before leaves the champion as it was.
     """
     from lstm_dist.promotion import baseline_gate, promote_if_better
-    from lstm_dist.serving import history_from_shards
+    from lstm_dist.serving import history_from_shards, log_forecaster, model_card
 
     name, metric = cfg.tracking.model_name, cfg.tracking.promotion_metric
     eval_key = f"{evaluation.key}+{final.key}" if final else evaluation.key  # a rerun finds its version by it
@@ -435,9 +430,12 @@ def register_step(
             registered_name=name,
             version_tags=tags,
             heldout_checkpoint=train.local_copy() / train.outputs["best_checkpoint"] if final else None,
+            description=model_card(
+                cfg, shard_dir=shard.local_copy() / "shards", scores=evaluation.outputs["table"], refit=bool(final)
+            ),
         )
         decision = promote_if_better(
-            tracker.client,
+            Registry(tracker.uri),
             name=name,
             version=version,
             metric=metric,
@@ -474,7 +472,7 @@ def register_step(
 def _still_registered(tracker: Tracker, name: str, eval_key: str, *, version: str) -> bool:
     """Whether the registry still holds the version a cached register step made: the registry lives outside
     the work dir, and a step whose version is gone (a new or wiped tracking store) registers again."""
-    found = find_version(tracker.client, name, tag=EVAL_KEY_TAG, value=eval_key)
+    found = Registry(tracker.uri).find_version(name, tag=EVAL_KEY_TAG, value=eval_key)
     return found is not None and str(found.version) == str(version)
 
 
@@ -563,7 +561,7 @@ def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
     """Score the best checkpoint on the test split (a Ray task, so it runs wherever a CPU is free)."""
     from lstm_dist.data.windows import WindowDataset
     from lstm_dist.evaluate import evaluate_model
-    from lstm_dist.train.checkpoints import load_model
+    from lstm_dist.models.saved import load_model
 
     model, test = load_model(local_copy(checkpoint)), WindowDataset(local_copy(shard_dir), split="test")
     evaluation = evaluate_model(model, test, season=test.manifest.season_length)

@@ -55,7 +55,7 @@ exp = c.get_experiment_by_name("lstm_dist_debug")
 runs = c.search_runs([exp.experiment_id])
 parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
 steps = sorted(r.data.tags["lstm_dist.step"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-hist = c.get_metric_history(parent.info.run_id, "val_loss")
+hist = c.get_metric_history(parent.info.run_id, "val/loss")
 arts = [a.path for a in c.list_artifacts(parent.info.run_id)]
 sub = [a.path for p in ("config", "data") for a in c.list_artifacts(parent.info.run_id, p)]
 v = c.get_model_version_by_alias("lstm_debug", "champion")
@@ -75,7 +75,7 @@ print(json.dumps(dict(params=parent.data.params, steps=steps, epochs=[m.step for
     assert sorted(info["epochs"]) == [1, 2]
     assert "config/resolved.yaml" in info["arts"] and "data/manifest.json" in info["arts"]
     assert str(info["version"]) == "1" and info["model_run"] == info["run_id"]  # the champion came from this run
-    assert info["metrics"]["test_model_mae"] > 0 and info["metrics"]["test_naive_mae"] > 0
+    assert info["metrics"]["test/model_mae"] > 0 and info["metrics"]["test/naive_mae"] > 0
     assert info["tags"]["promotion"].startswith("first model")
 
     # The registered model loads in a fresh Python process and forecasts in original units.

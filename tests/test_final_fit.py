@@ -11,8 +11,8 @@ from test_serving import make_model
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.splits import SPLITS, split_bounds, start_range
 from lstm_dist.data.windows import WindowDataset
+from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.serving import ForecastModel, history_from_shards
-from lstm_dist.train.checkpoints import MODEL_FILE
 
 
 @pytest.mark.parametrize(("num_rows", "lookback", "horizon"), [(100, 10, 5), (61, 7, 3), (400, 48, 12)])

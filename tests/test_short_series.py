@@ -26,8 +26,9 @@ from lstm_dist.data.splits import SPLITS, needs_padding, padded_bounds, start_ra
 from lstm_dist.data.windows import WindowDataset
 from lstm_dist.evaluate import evaluate_model
 from lstm_dist.models import build_model
+from lstm_dist.models.saved import MODEL_FILE, save_model
 from lstm_dist.serving import ForecastModel
-from lstm_dist.train.checkpoints import MODEL_FILE, model_args_for
+from lstm_dist.train.checkpoints import model_args_for
 
 L, H = 8, 4
 DAY = 86_400
@@ -241,7 +242,7 @@ def test_short_series_trains_and_forecasts(mixed):
     assert losses[-1] < losses[0]
     ckpt = tmp / "ckpt"
     ckpt.mkdir(exist_ok=True)
-    torch.save({"model_args": {"model": cfg.model_dump(), **args}, "state_dict": net.state_dict()}, ckpt / MODEL_FILE)
+    save_model(ckpt / MODEL_FILE, model=net, model_args={"model": cfg.model_dump(), **args})
     model = ForecastModel()
     model.load_artifacts({"model": str(ckpt / MODEL_FILE), "manifest": str(tmp / "shards" / "manifest.json")})
     history = pd.concat([raw[raw.series_id == "a"], raw[raw.series_id == "d"].assign(series_id="new").head(3)])

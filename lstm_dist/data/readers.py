@@ -404,7 +404,7 @@ def _missing_kind(table: pa.Table, name: str, row: int, source: str) -> str:
 
 def _csv_text(locator: str, name: str, row: int) -> str | None:
     """The raw text of one CSV cell (Arrow turns `nan`, `NA`, `null`, ... into null when it reads numbers)."""
-    fs, inner, _ = _filesystem(locator)
+    fs, inner, _ = filesystem(locator)
     try:
         with fs.open_input_stream(inner, compression="detect") as stream:
             col = pacsv.read_csv(

@@ -24,14 +24,9 @@ import torch
 from lstm_dist.config import PipelineConfig
 from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
 from lstm_dist.models import Forecaster, build_model
+from lstm_dist.models.saved import MODEL_FILE, load_weights
 from lstm_dist.storage import local_copy
-from lstm_dist.train.checkpoints import (
-    MODEL_FILE,
-    load_training_state,
-    load_weights,
-    model_args_for,
-    save_training_state,
-)
+from lstm_dist.train.checkpoints import load_training_state, model_args_for, save_training_state
 from lstm_dist.train.precision import grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch

@@ -22,8 +22,9 @@ import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml
+from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.storage import Store
-from lstm_dist.train.checkpoints import MODEL_FILE, load_history
+from lstm_dist.train.checkpoints import load_history
 from lstm_dist.train.loop import FAIL_ENV, train_loop_per_worker
 from lstm_dist.train.precision import resolve_precision
 
