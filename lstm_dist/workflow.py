@@ -462,6 +462,31 @@ class Workflow:
                 )
 
 
+class NotCached(Exception):
+    """A `Plan` met a step (or an item of one) that would have to run."""
+
+
+class Plan(Workflow):
+    """A pipeline's steps answered from the work dir alone, to learn before starting Ray whether a run has
+    anything to do. The same calls as a `Workflow`, with the same keys and checks: a complete item is taken as
+    the engine takes it (its `still_valid` check included); one that would run raises NotCached, before any
+    attempt dir is made. The run record is kept in memory and written only by `finish`."""
+
+    _recording = False
+
+    def finish(self, status: str = DONE, *, message: str = "") -> None:
+        """Write the run record (every step cached), closed with `status`."""
+        self._recording = True
+        super().finish(status, message=message)
+
+    def _prepare(self, name: str, label: Any, parts: dict[str, Any], *, forced: bool, resumable: bool) -> _Attempt:
+        raise NotCached(_title(name, label))
+
+    def _save_record(self) -> None:
+        if self._recording:
+            super()._save_record()
+
+
 def _title(name: str, label: Any) -> str:
     return name if label is None else f"{name}[{label}]"
 

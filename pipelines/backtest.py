@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import ConfigError, PipelineConfig
 from lstm_dist.storage import Store
-from lstm_dist.tracking import start_pipeline_run, step_runs
-from lstm_dist.workflow import DONE, FAILED, Workflow
+from lstm_dist.workflow import Workflow
 
-from .train import data_steps, input_files, script_main, train_step
+from .steps import data_steps, input_files, pipeline_run, script_main, train_step
 
 STEPS = ("ingest", "shard", "train")
 
@@ -47,23 +44,8 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     if not Store(cfg.workflow.work_dir).local:
         raise ConfigError("lstm-dist backtest needs a local workflow.work_dir (it writes the truncated inputs there)")
     progress(cfg.summary())
-    init_ray(cfg)
-    progress(f"[ray] {cluster_summary()}")
-    tracker = start_pipeline_run(cfg, run_name=f"backtest-{time.strftime('%Y%m%d-%H%M%S')}")
-    tracker.set_tags({"ray.cluster": cluster_summary(), "lstm_dist.pipeline": "backtest"})
-    wf = Workflow(
-        cfg.workflow.work_dir, pipeline="backtest", steps=STEPS, on_step=step_runs(tracker),
-        mlflow_run_id=tracker.run_id, force=force, progress=progress,
-    )  # fmt: skip
-    try:
-        summary = _folds(cfg, wf, tracker, progress)
-    except BaseException as exc:
-        wf.finish(FAILED, message=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
-        tracker.finish("FAILED")
-        raise
-    wf.finish(DONE)
-    tracker.finish()
-    return summary
+    with pipeline_run(cfg, pipeline="backtest", steps=STEPS, force=force, progress=progress) as p:
+        return _folds(cfg, p.wf, p.tracker, progress)
 
 
 def _folds(cfg: PipelineConfig, wf: Workflow, tracker, progress) -> BacktestSummary:

@@ -6,7 +6,7 @@ Run it as `lstm-dist retrain conf/demo.yaml [key=value ...]`, on a schedule with
 
   1. New data? The inputs' content fingerprint is compared with the one the champion was trained on
      (a tag on its registered version). Same: it says so and ends, in seconds, without starting Ray.
-  2. ingest/shard as in pipelines/train.py: files read before are cached by content, so only new or
+  2. ingest/shard as in pipelines/train.py (the steps of pipelines/steps.py): files read before are cached by content, so only new or
      changed files are read and validated again; the shard step rebuilds splits and scalers over all.
   3. train a challenger: fresh, or from the champion's weights with `workflow.warm_start=true`.
   4. evaluate the challenger on the new, most recent hold-out (the test split of the new shards), and
@@ -17,7 +17,7 @@ Run it as `lstm-dist retrain conf/demo.yaml [key=value ...]`, on a schedule with
      `tracking.promotion_margin`. The decision is tagged on the version, on the MLflow run, and appended
      to <work_dir>/retrain_decisions.jsonl. A failed retrain never touches the aliases.
      With `train.final_fit` (the default) the version registered is the challenger's config retrained on
-     every row (pipelines/train.py final_fit_step); the decision stays on the held-out scores.
+     every row (pipelines/steps.py final_fit_step); the decision stays on the held-out scores.
 
 The champion lookups (`get_champion`, `already_decided`) read the registry through lstm_dist.registry.
 """
@@ -32,21 +32,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig
 from lstm_dist.models.saved import MODEL_FILE, read_model_args
 from lstm_dist.registry import CHALLENGER, CHAMPION, Registry
 from lstm_dist.storage import Store, node_cache
-from lstm_dist.tracking import Tracker, start_pipeline_run, step_runs
-from lstm_dist.workflow import DONE, FAILED, Workflow
+from lstm_dist.tracking import Tracker
+from lstm_dist.workflow import Workflow
 
-from .train import (
+from .steps import (
     FILES_TAG,
     FINGERPRINT_TAG,
     data_steps,
     evaluate_step,
     final_fit_step,
     input_lineage,
+    pipeline_run,
     register_step,
     script_main,
     train_step,
@@ -116,40 +116,21 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     else:
         progress(f"[retrain] {describe_changes(champion, lineage)}; champion is v{champion.version}")
     progress(cfg.summary())
-    init_ray(cfg)
-    progress(f"[ray] {cluster_summary()}")
-    tracker = start_pipeline_run(cfg, run_name=f"retrain-{time.strftime('%Y%m%d-%H%M%S')}")
-    tracker.set_tags(
-        {
-            "lstm_dist.pipeline": "retrain",
-            "ray.cluster": cluster_summary(),
-            FINGERPRINT_TAG: lineage["fingerprint"],
-            "lstm_dist.champion_before": champion.version if champion else "",
-        }
-    )
-    try:
-        wf = Workflow(
-            work_dir, pipeline="retrain", steps=STEPS, on_step=step_runs(tracker), mlflow_run_id=tracker.run_id,
-            force=force, progress=progress,
-        )  # fmt: skip
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    try:
-        summary = _steps(cfg, wf, tracker, champion=champion, lineage=lineage, progress=progress)
-    except BaseException as exc:
-        # Nothing was promoted: aliases move only in the last call of the register step.
-        wf.finish(FAILED, message=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
-        tracker.set_tags({"lstm_dist.retrain.decision": f"failed: {type(exc).__name__}"})
-        tracker.finish("FAILED")
-        raise
+    tags = {FINGERPRINT_TAG: lineage["fingerprint"], "lstm_dist.champion_before": champion.version if champion else ""}
+    with pipeline_run(cfg, pipeline="retrain", steps=STEPS, force=force, tags=tags, progress=progress) as p:
+        try:
+            summary = _steps(cfg, p.wf, p.tracker, champion=champion, lineage=lineage, progress=progress)
+        except BaseException as exc:  # nothing was promoted: aliases move only in the register step's last call
+            p.tracker.set_tags({"lstm_dist.retrain.decision": f"failed: {type(exc).__name__}"})
+            raise
+        summary.run_id = p.tracker.run_id
+        summary.steps = p.wf.summary()
+        p.tracker.set_tags(
+            {"lstm_dist.retrain.decision": summary.decision, "lstm_dist.retrain.message": summary.message}
+        )
+        p.tracker.log_text(json.dumps(asdict(summary), indent=2, default=str), "retrain/decision.json")
+        p.message = summary.message
     summary.seconds = time.perf_counter() - started
-    summary.run_id = tracker.run_id
-    summary.steps = wf.summary()
-    tracker.set_tags({"lstm_dist.retrain.decision": summary.decision, "lstm_dist.retrain.message": summary.message})
-    tracker.log_text(json.dumps(asdict(summary), indent=2, default=str), "retrain/decision.json")
-    wf.finish(DONE, message=summary.message)
-    tracker.finish()
     _append_decision(work_dir, summary)
     progress(f"retrain: {summary.message}")
     return summary

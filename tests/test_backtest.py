@@ -35,7 +35,7 @@ def test_cutoffs_count_back_from_each_series_end() -> None:
 def test_script_main_loads_resolves_and_saves_the_config(module: str, tmp_path: Path, capsys) -> None:
     import importlib
 
-    from lstm_dist.pipelines.train import script_main
+    from lstm_dist.pipelines.steps import script_main
 
     assert importlib.import_module(f"lstm_dist.{module}").main([]) == 2  # each entrypoint goes through script_main
     seen = []

@@ -95,10 +95,10 @@ def test_an_as_of_before_the_data_is_refused(future_model) -> None:
 def test_the_final_fit_trains_for_the_epoch_the_evaluated_run_kept(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from lstm_dist.pipelines.train import best_epoch
+    from lstm_dist.pipelines.steps import best_epoch
 
     history = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_loss": [0.9, 0.5, 0.7, 0.6]})
     history.to_csv(tmp_path / "history.csv", index=False)
-    assert best_epoch(SimpleNamespace(path=tmp_path)) == 2
+    assert best_epoch(SimpleNamespace(local_copy=lambda: tmp_path)) == 2
     history.assign(val_loss=np.nan).to_csv(tmp_path / "history.csv", index=False)  # trained without validation
-    assert best_epoch(SimpleNamespace(path=tmp_path)) == 4
+    assert best_epoch(SimpleNamespace(local_copy=lambda: tmp_path)) == 4

@@ -126,7 +126,8 @@ def test_global_scaler_rebuilds_everything(ray_local, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_shard_step_reuses_the_previous_shard_step(ray_local, tmp_path: Path) -> None:
-    from lstm_dist.pipelines.train import STEPS, data_steps
+    from lstm_dist.pipelines.steps import data_steps
+    from lstm_dist.pipelines.train import STEPS
 
     data = tmp_path / "data"
     write_series(data, LENGTHS)

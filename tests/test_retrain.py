@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from lstm_dist.pipelines.retrain import Champion, already_decided, describe_changes
-from lstm_dist.pipelines.train import FILES_TAG, FINGERPRINT_TAG
+from lstm_dist.pipelines.steps import FILES_TAG, FINGERPRINT_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,7 +35,8 @@ def split_sample(directory: Path, *, num_series: int = 4, num_steps: int = 300) 
 
 
 def data_steps(cfg):
-    from lstm_dist.pipelines.train import STEPS, data_steps
+    from lstm_dist.pipelines.steps import data_steps
+    from lstm_dist.pipelines.train import STEPS
 
     wf = Workflow(cfg.workflow.work_dir, pipeline="train", steps=STEPS, progress=lambda _: None)
     shard, lineage = data_steps(cfg, wf, progress=lambda _: None)

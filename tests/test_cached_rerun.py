@@ -1,0 +1,126 @@
+"""A rerun whose every step is cached answers from the work dir before Ray starts, and adds no MLflow run.
+
+The first run is the debug pipeline on a real local Ray and a real MLflow sqlite store. The reruns happen
+with starting Ray made impossible (a trap in place of `init_ray`, or a dead RAY_ADDRESS for the CLI):
+an all-cached rerun passes; one with anything left to do (a forced step, a model gone from the registry)
+walks into the trap, i.e. takes the normal path.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from lstm_dist.config import load_config
+from lstm_dist.storage import save_resolved
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBUG = ROOT / "conf" / "debug.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+class RayStarted(Exception):
+    """Raised by the trap: the run tried to start Ray."""
+
+
+def _mlflow_runs(cfg) -> list[str]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri())
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    return [r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=1000)]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory, ray_local):
+    from lstm_dist.pipelines.train import run
+
+    work = tmp_path_factory.mktemp("cached") / "w"
+    cfg = load_config(DEBUG, [f"workflow.work_dir={work}", "train.num_workers=1"]).resolved()
+    save_resolved(cfg)
+    summary = run(cfg, progress=lambda _: None)
+    assert summary.model_uri and {s["state"] for s in summary.steps} == {"done"}
+    return cfg, summary
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting (or joining) Ray raises: a run that gets there fails."""
+
+    def trap(cfg):
+        raise RayStarted("the run tried to start Ray")
+
+    from lstm_dist.pipelines import steps
+
+    import lstm_dist.cluster
+
+    monkeypatch.setattr(lstm_dist.cluster, "init_ray", trap)
+    monkeypatch.setattr(steps, "init_ray", trap)
+
+
+def test_an_all_cached_rerun_starts_no_ray_and_adds_no_mlflow_run(first_run, no_ray) -> None:
+    from lstm_dist.pipelines.train import run
+
+    cfg, first = first_run
+    before = _mlflow_runs(cfg)
+    lines: list[str] = []
+    again = run(cfg, progress=lines.append)
+    out = "\n".join(lines)
+    for step in ("ingest", "shard", "train", "evaluate", "register"):
+        assert f"[{step}] cached" in out, out
+    assert "every step cached" in out and first.metrics["test_model_mae"] > 0
+    assert (again.model_uri, again.version, again.alias) == (first.model_uri, first.version, first.alias)
+    assert again.metrics == first.metrics and again.run_id == first.run_id  # the run that holds these results
+    assert {s["state"] for s in again.steps} == {"cached"}
+    assert sorted(_mlflow_runs(cfg)) == sorted(before)
+
+
+def test_a_forced_step_takes_the_normal_path(first_run, no_ray) -> None:
+    from lstm_dist.pipelines.train import run
+
+    cfg, _ = first_run
+    before = _mlflow_runs(cfg)
+    with pytest.raises(RayStarted):
+        run(cfg, force={"evaluate"}, progress=lambda _: None)
+    assert sorted(_mlflow_runs(cfg)) == sorted(before)  # the trap is before the MLflow run
+
+
+def test_a_model_gone_from_the_registry_takes_the_normal_path(first_run, no_ray) -> None:
+    """The register step's still_valid check is asked ahead as well: a version the registry no longer knows
+    by the step's key (here its key tag removed, as a wiped store would) means registering again."""
+    import mlflow
+    from lstm_dist.pipelines.train import run
+
+    from lstm_dist.registry import EVAL_KEY_TAG
+
+    cfg, first = first_run
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri(), registry_uri=cfg.tracking_uri())
+    name = cfg.tracking.model_name
+    key = client.get_model_version(name, first.version).tags[EVAL_KEY_TAG]
+    client.delete_model_version_tag(name, first.version, EVAL_KEY_TAG)
+    try:
+        with pytest.raises(RayStarted):
+            run(cfg, progress=lambda _: None)
+    finally:
+        client.set_model_version_tag(name, first.version, EVAL_KEY_TAG, key)
+
+
+def test_the_cli_reruns_a_cached_pipeline_with_a_dead_ray_address(first_run) -> None:
+    cfg, first = first_run
+    before = _mlflow_runs(cfg)
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9", "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lstm_dist.cli", "run", str(DEBUG), f"workflow.work_dir={cfg.workflow.work_dir}",
+         "train.num_workers=1"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "every step cached" in proc.stdout and f"models:/lstm_debug/{first.version} " in proc.stdout
+    assert sorted(_mlflow_runs(cfg)) == sorted(before)
