@@ -27,6 +27,7 @@ import pandas as pd
 import ray
 
 import lstm_dist
+from lstm_dist.cluster import resources
 from lstm_dist.data.readers import COLUMN_FIELDS
 
 META_PREFIX = "lstm_dist."
@@ -178,7 +179,7 @@ def predict(
     if manifest["data_config"].get("layout") == "wide":
         parts = [history]  # one frame holds every series
     else:
-        wanted = num_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        wanted = num_tasks or max(1, int(resources().get("CPU", 1)))
         parts = split_series(history, series_col=series_col, num_parts=wanted)
     weights = ray.put(files.weights.read_bytes())
     manifest_text = ray.put(files.manifest.read_text())
