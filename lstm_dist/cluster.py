@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from lstm_dist.config import PipelineConfig
+from lstm_dist.ray_compat import loopback_node
 
 RAY_LOG_FILE = "logs/ray.log"  # under the work dir: the driver's Ray, Train and Tune log lines
 
@@ -33,10 +34,6 @@ _DRIVER_ENV = {
 
 # Set only before starting a local Ray.
 _LOCAL_ENV = {
-    # Ray's switch for the single-machine mode it uses on macOS and Windows: the node's address is the
-    # loopback one, so every Ray server binds to 127.0.0.1 instead of all interfaces. (`_node_ip_address=
-    # "127.0.0.1"` is not enough: ray.init swaps a loopback address for the machine's routable one.)
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     # Ray Train's watcher of node preemption (spot instances) means nothing on one machine; each fit's
     # watcher also logs a core_worker ERROR about its constructor arguments (ray-project/ray#53727).
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
@@ -63,6 +60,7 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
         return resources()
     for key, value in _LOCAL_ENV.items():
         os.environ.setdefault(key, value)
+    loopback_node()  # every Ray server on 127.0.0.1, not on all interfaces
     port = _free_port()
     ray.init(
         num_cpus=local_cpus(cfg),

@@ -1,4 +1,4 @@
-"""The only uses of Ray's internals (`ray.*._internal`), each with why no public API does it (Ray 2.60).
+"""The only uses of Ray's internals (`ray._private`, `ray.*._internal`), each with why no public API does it (Ray 2.60).
 
 Each degrades to doing nothing on a Ray version where the internal is gone, so an upgrade loses a
 nicety, never a run; tests/test_tune_space.py and tests/test_train_ray.py exercise both uses.
@@ -7,8 +7,27 @@ nicety, never a run; tests/test_tune_space.py and tests/test_train_ray.py exerci
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
+
+
+def loopback_node() -> None:
+    """Make the next local Ray this process starts take 127.0.0.1 as its node address, so that its GCS,
+    raylet, object manager, workers and agents listen on loopback only.
+
+    Why: on Linux, ray.init replaces `_node_ip_address="127.0.0.1"` with the machine's routable address.
+    The one switch that keeps loopback is the single-machine mode Ray uses on macOS and Windows,
+    `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`; Ray reads it once, when `ray` is imported, which in this process
+    already happened. So the variable is set for the processes Ray starts, and the constant that this
+    process's `ray` read from it is set too. A value the user exported wins."""
+    if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") != "0":
+        return
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def quiet_train_report_logs() -> None:
