@@ -11,6 +11,7 @@ terminal, which keeps the pipeline's lines (and the workers' epoch lines, forwar
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import socket
@@ -95,8 +96,7 @@ def local_cpus(cfg: PipelineConfig | None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cfg is None:
         return cores
-    need = -(-cfg.train.num_workers * cfg.train.cpus_per_worker // 1)  # ceil
-    return max(cores, int(need))
+    return max(cores, math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker))
 
 
 def resources() -> dict[str, float]:
