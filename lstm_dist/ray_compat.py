@@ -1,7 +1,8 @@
 """The only uses of Ray's internals (`ray._private`, `ray.*._internal`), each with why no public API does it (Ray 2.60).
 
 Each degrades to doing nothing on a Ray version where the internal is gone, so an upgrade loses a
-nicety, never a run; tests/test_tune_space.py and tests/test_train_ray.py exercise both uses.
+safeguard or a nicety, never a run. Exercised by tests/test_local_ray.py (loopback), tests/test_train_ray.py
+(report logs) and tests/test_tracking_server.py (a tuned run, whose trials' placement groups are freed).
 """
 
 from __future__ import annotations
