@@ -198,9 +198,9 @@ def run_project(
 def _fit_pipeline(train: pd.DataFrame, spec: Spec, *, work: Path, overrides: list[str]):
     """The whole pipeline (conf/<frequency>.yaml) on `train`; the registered pyfunc model."""
     import mlflow.pyfunc
+    from lstm_dist.pipelines.train import run
 
     from lstm_dist.config import load_config
-    from pipelines.train import run
 
     work.mkdir(parents=True)
     path = work / f"{spec.name}.parquet"

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml, load_config, save_resolved
+from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml, load_config
+from lstm_dist.storage import save_resolved
 
 app = typer.Typer(
     help=(
@@ -50,6 +51,29 @@ def _load(config: Path, overrides: list[str] | None) -> PipelineConfig:
         raise  # unreachable; keeps type checkers calm
 
 
+def explain_config(cfg: PipelineConfig) -> str:
+    """Every leaf key of the resolved config with its value and its description (the field's attribute docstring
+    in config.py), one block per key."""
+    import json
+    import textwrap
+
+    from pydantic import BaseModel
+
+    lines = []
+
+    def walk(model: BaseModel, prefix: str) -> None:
+        values = model.model_dump(mode="json")
+        for name, info in type(model).model_fields.items():
+            if isinstance(getattr(model, name), BaseModel):
+                walk(getattr(model, name), f"{prefix}{name}.")
+                continue
+            lines.append(f"{prefix}{name}: {json.dumps(values[name])}")
+            lines.append(textwrap.indent(info.description or "(no description)", "    "))
+
+    walk(cfg, "")
+    return "\n".join(lines)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from lstm_dist.data.errors import DataError
     from lstm_dist.tracking import TrackingError
@@ -74,6 +98,10 @@ def run(
     show_config: Annotated[
         bool, typer.Option("--show-config", help="Print the full resolved config and exit.")
     ] = False,
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="With --show-config (or alone): every key, its value and what it means."),
+    ] = False,
     allow_below_baseline: Annotated[bool, typer.Option("--allow-below-baseline", help=BELOW_HELP)] = False,
 ) -> None:
     """Run the training pipeline: ingest -> shard -> (tune, when enabled) -> train (Ray Train DDP) -> evaluate -> register.
@@ -82,11 +110,14 @@ def run(
     (training from its latest checkpoint). `lstm-dist status` shows the steps of the latest runs.
     """
     cfg = _load(config, [*(overrides or []), *_below_override(allow_below_baseline)])
+    if explain:
+        typer.echo(explain_config(cfg))
+        return
     if show_config:
         typer.echo(dump_yaml(cfg))
         return
-    from pipelines.train import print_summary
-    from pipelines.train import run as run_pipeline
+    from lstm_dist.pipelines.train import print_summary
+    from lstm_dist.pipelines.train import run as run_pipeline
 
     save_resolved(cfg)
     try:
@@ -163,9 +194,11 @@ def data_ingest(
     cfg = _load(config, overrides)
     from lstm_dist.cluster import init_ray
     from lstm_dist.data.commands import ingest_command
+    from lstm_dist.data.readers import check_inputs
 
-    init_ray(cfg)
     try:
+        check_inputs(cfg.data)  # a missing input is reported before Ray starts
+        init_ray(cfg)
         _, _, text = ingest_command(cfg, out_dir=str(out) if out else None)
     except _user_errors() as exc:
         _fail(f"error: {exc}", code=1)
@@ -174,13 +207,21 @@ def data_ingest(
 
 @data_app.command("inspect")
 def data_inspect(
-    shard_dir: Annotated[Path, typer.Argument(help="A shard directory (holds manifest.json and _SUCCESS).")],
+    shard_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A shard directory (holds manifest.json and _SUCCESS), a shard step's directory "
+            "(<work_dir>/shard/<key>, holding shards/), or a manifest.json."
+        ),
+    ],
     verify: Annotated[
         bool, typer.Option("--verify", help="Recompute every shard's sha256 against the manifest.")
     ] = False,
     max_series: Annotated[int, typer.Option("--max-series", help="Series shown in the per-series table.")] = 10,
 ) -> None:
     """Show a shard set's manifest: series, rows, windows per split, scaler stats, storage and issues found."""
+    if "://" not in str(shard_dir) and not shard_dir.exists():
+        _fail(f"error: '{shard_dir}' does not exist; give a shard directory, e.g. <work_dir>/shard/<key>", code=1)
     try:
         typer.echo(inspect_command_text(shard_dir, verify=verify, max_series=max_series))
     except _user_errors() as exc:
@@ -190,7 +231,19 @@ def data_inspect(
 def inspect_command_text(shard_dir: Path, *, verify: bool, max_series: int) -> str:
     from lstm_dist.data.commands import inspect_command
 
-    return inspect_command(str(shard_dir), verify=verify, max_series=max_series)
+    return inspect_command(str(_shard_set(shard_dir)), verify=verify, max_series=max_series)
+
+
+def _shard_set(path: Path) -> Path:
+    """The shard directory meant by `path`: itself, the folder of a manifest.json, or the shards/ of a pipeline's
+    shard step (<work_dir>/shard/<key>/shards). Anything else is passed on for the data error to name."""
+    from lstm_dist.data.manifest import MANIFEST_FILE
+
+    if path.name == MANIFEST_FILE and path.is_file():
+        return path.parent
+    if not (path / MANIFEST_FILE).exists() and (path / "shards" / MANIFEST_FILE).exists():
+        return path / "shards"
+    return path
 
 
 @app.command()
@@ -215,8 +268,9 @@ def ui(
         str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you know you need more.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the UI; 0 picks a free one.")] = 5000,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the UI server to answer.")] = 180.0,
 ) -> None:
-    """Start the MLflow UI on the config's tracking store and print its address."""
+    """Start the MLflow UI on the config's tracking store; print its address once it answers."""
     import os
     import socket
 
@@ -225,7 +279,9 @@ def ui(
     cfg = _load(config, overrides)
     uri = cfg.tracking_uri()
     if uri.startswith(("http://", "https://")):
-        typer.echo(f"the store is an MLflow server already: open {uri}")
+        from lstm_dist.config import redact_uri
+
+        typer.echo(f"the store is an MLflow server already: open {redact_uri(uri)}")
         return
     try:
         check_tracking_uri(uri)
@@ -237,13 +293,68 @@ def ui(
         with socket.socket() as s:
             s.bind((host, 0))
             port = s.getsockname()[1]
-    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
     # The UI server is started by name (uvicorn/gunicorn): this environment's bin directory goes first on PATH.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    sys.stdout.flush()
-    # Become the UI process (no child left behind when this one is stopped).
-    os.execve(sys.executable, cmd, env)
+    work_dir = cfg.workflow.work_dir
+    log_dir = Path(work_dir) if "://" not in work_dir else Path.cwd()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    _serve_ui(cmd, env=env, host=host, port=port, uri=uri, log_path=log_dir / "mlflow-ui.log", timeout=wait)
+
+
+def _serve_ui(cmd: list[str], *, env: dict, host: str, port: int, uri: str, log_path: Path, timeout: float) -> None:
+    """Run the UI server in its own process group, print its address once it answers on HTTP (it takes tens of
+    seconds on a small machine), then wait for it; Ctrl-C or SIGTERM stops the whole group."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import time
+
+    # Any address bound to every interface answers on the loopback too.
+    probe = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}/health"
+    typer.echo(f"starting the MLflow UI for {uri} on {host}:{port} (server log: {log_path})")
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(*_) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        raise typer.Exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    start = next_note = time.monotonic()
+    try:
+        while not _answers(probe):
+            if proc.poll() is not None:
+                tail = log_path.read_text()[-2000:]
+                _fail(f"error: the MLflow UI server exited ({proc.returncode}) before answering:\n{tail}", code=1)
+            waited = time.monotonic() - start
+            if waited > timeout:
+                _fail(f"error: the MLflow UI did not answer at {probe} within {timeout:.0f}s (see {log_path})", 1)
+            if time.monotonic() >= next_note:
+                typer.echo(f"  waiting for the UI server to answer ({waited:.0f}s)")
+                next_note += 5
+            time.sleep(1)
+        typer.echo(f"open http://{host}:{port}  (MLflow UI for {uri}; Ctrl-C to stop)")
+        if proc.wait():
+            _fail(f"error: the MLflow UI server exited ({proc.returncode}); see {log_path}", code=1)
+    except KeyboardInterrupt:
+        typer.echo("\nstopping the MLflow UI")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
 
 
 @app.command()
@@ -280,30 +391,27 @@ NameOpt = Annotated[
 
 
 def _registry(config: Path, overrides: list[str] | None, name: str | None):
-    import mlflow
-
-    from lstm_dist.tracking import TrackingError, check_tracking_uri, use_tracking_uri
+    from lstm_dist.registry import open_registry
+    from lstm_dist.tracking import TrackingError
 
     cfg = _load(config, overrides)
-    uri = cfg.tracking_uri()
     try:
-        check_tracking_uri(uri)
+        registry = open_registry(cfg.tracking_uri())
     except TrackingError as exc:
         _fail(f"error: {exc}", code=1)
-    use_tracking_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), name or cfg.tracking.model_name, cfg
+    return registry, name or cfg.tracking.model_name, cfg
 
 
-def _versions(client, name: str) -> list:
-    from mlflow.exceptions import MlflowException
+def _versions(registry, name: str) -> list:
+    from lstm_dist.registry import RegistryError
 
     try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException as exc:
-        _fail(f"error: {exc.message}", code=1)
+        versions = registry.versions(name)
+    except RegistryError as exc:
+        _fail(f"error: {exc}", code=1)
     if not versions:
         _fail(f"no registered model '{name}' in this store (run a pipeline first, or pass --name)", code=1)
-    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+    return versions
 
 
 @models_app.command("list")
@@ -311,13 +419,15 @@ def models_list(config: ConfigArg, overrides: OverridesArg = None, name: NameOpt
     """Every version of the model, newest first: aliases, test score, promotion decision."""
     import time as _time
 
-    client, name, cfg = _registry(config, overrides, name)
-    versions = _versions(client, name)
+    from lstm_dist.config import redact_uri
+
+    registry, name, cfg = _registry(config, overrides, name)
+    versions = _versions(registry, name)
     metric = f"test_{cfg.tracking.promotion_metric}"
     aliases = {}
-    for alias, version in client.get_registered_model(name).aliases.items():
-        aliases.setdefault(str(version), []).append(alias)
-    typer.echo(f"{name}  ({cfg.tracking_uri()})")
+    for alias, version in registry.aliases(name).items():
+        aliases.setdefault(version, []).append(alias)
+    typer.echo(f"{name}  ({redact_uri(cfg.tracking_uri())})")
     typer.echo(f"{'version':>7}  {'aliases':<20} {'created':<17} {metric:>12}  decision")
     for v in versions:
         created = _time.strftime("%Y-%m-%d %H:%M", _time.localtime(v.creation_timestamp / 1000))
@@ -335,18 +445,14 @@ def models_show(
     name: NameOpt = None,
 ) -> None:
     """One version in full: aliases, source run, tags (scores, promotion decision, lineage), signature."""
-    from mlflow.exceptions import MlflowException
+    from lstm_dist.registry import RegistryError
 
-    client, name, _ = _registry(config, overrides, name)
+    registry, name, _ = _registry(config, overrides, name)
     try:
-        v = (
-            client.get_model_version(name, version)
-            if version.isdigit()
-            else client.get_model_version_by_alias(name, version)
-        )
-    except MlflowException as exc:
-        _fail(f"error: {exc.message}", code=1)
-    aliases = [a for a, ver in client.get_registered_model(name).aliases.items() if str(ver) == str(v.version)]
+        v = registry.version(name, version)
+    except RegistryError as exc:
+        _fail(f"error: {exc}", code=1)
+    aliases = [a for a, ver in registry.aliases(name).items() if ver == str(v.version)]
     typer.echo(f"{name} v{v.version}  aliases: {', '.join(aliases) or '-'}")
     typer.echo(f"  source:  {v.source}")
     typer.echo(f"  run:     {v.run_id}")
@@ -365,9 +471,9 @@ def models_promote(
     """Make a version the champion by hand (no comparison); the previous champion is recorded for rollback."""
     from lstm_dist.promotion import PromotionError, promote_version
 
-    client, name, _ = _registry(config, overrides, name)
+    registry, name, _ = _registry(config, overrides, name)
     try:
-        previous = promote_version(client, name=name, version=version)
+        previous = promote_version(registry, name=name, version=version)
     except PromotionError as exc:
         _fail(f"error: {exc}", code=1)
     typer.echo(f"{name}: champion is v{version}" + (f" (was v{previous})" if previous else ""))
@@ -378,9 +484,9 @@ def models_rollback(config: ConfigArg, overrides: OverridesArg = None, name: Nam
     """Give the champion alias back to the version that held it before the current champion."""
     from lstm_dist.promotion import PromotionError, rollback
 
-    client, name, _ = _registry(config, overrides, name)
+    registry, name, _ = _registry(config, overrides, name)
     try:
-        old, new = rollback(client, name=name)
+        old, new = rollback(registry, name=name)
     except PromotionError as exc:
         _fail(f"error: {exc}", code=1)
     typer.echo(f"{name}: champion is v{new} again (was v{old})")
@@ -428,7 +534,7 @@ def retrain(
     it beats the seasonal naive forecast).
     """
     cfg = _load(config, [*(overrides or []), *_below_override(allow_below_baseline)])
-    from pipelines.retrain import run as run_retrain
+    from lstm_dist.pipelines.retrain import run as run_retrain
 
     save_resolved(cfg)
     try:
@@ -456,7 +562,7 @@ def backtest(
     """
     flags = {"windows": windows, "step": step, "refit_every": refit_every}
     cfg = _load(config, [*(overrides or []), *(f"backtest.{k}={v}" for k, v in flags.items() if v is not None)])
-    from pipelines.backtest import run as run_backtest
+    from lstm_dist.pipelines.backtest import run as run_backtest
 
     save_resolved(cfg)
     try:
@@ -474,7 +580,13 @@ def submit(
             help="Ray dashboard address (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, http://127.0.0.1:8265)."
         ),
     ] = None,
-    working_dir: Annotated[Path, typer.Option(help="Directory uploaded as the job's working dir.")] = Path("."),
+    working_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory uploaded as the job's working dir (default: the checkout's root when run inside a "
+            "checkout, so the job runs its code; else the current directory)."
+        ),
+    ] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE set in the job. Repeatable.")] = None,
     submission_id: Annotated[str | None, typer.Option(help="Id for the job (default: generated).")] = None,
     wait: Annotated[
@@ -483,8 +595,9 @@ def submit(
 ) -> None:
     """Run an lstm-dist command on a Ray cluster as a Ray job, e.g. `lstm-dist submit -- run conf/demo.yaml`.
 
-    Uploads the working dir and this package, follows the job's logs, and exits 0 if it succeeded, 1 if it
-    failed, 3 if it was stopped. Ctrl-C detaches; the job keeps running.
+    Uploads the working dir (a checkout: its lstm_dist and pipelines run on the cluster; else this installed
+    package goes with it), follows the job's logs, and exits 0 if it succeeded, 1 if it failed, 3 if it was
+    stopped. A dropped connection is retried a few times. Ctrl-C detaches; the job keeps running.
     """
     from lstm_dist.jobs import EXIT_CODES, JobError
     from lstm_dist.jobs import submit as submit_job
@@ -498,7 +611,13 @@ def submit(
     _warn_relative_work_dir(args)
     try:
         job_id, final = submit_job(
-            args, address=address, working_dir=working_dir, env_vars=env_vars, submission_id=submission_id, wait=False
+            args,
+            address=address,
+            working_dir=working_dir,
+            env_vars=env_vars,
+            submission_id=submission_id,
+            wait=False,
+            note=lambda line: typer.echo(line, err=True),
         )
     except JobError as exc:
         _fail(f"error: {exc}", code=1)
@@ -540,8 +659,19 @@ def _warn_relative_work_dir(args: list[str]) -> None:
 def schedule(
     args: Annotated[list[str], typer.Argument(help="The lstm-dist command to run, e.g. retrain conf/x.yaml.")],
     cron: Annotated[str, typer.Option(help="Cron expression, e.g. '0 3 * * *' (a 6th field gives seconds).")],
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--timezone",
+            help="IANA time zone the cron expression is read in, e.g. Europe/Berlin or UTC "
+            "(default: this machine's zone).",
+        ),
+    ] = None,
     address: Annotated[str | None, typer.Option(help="Ray dashboard address (as for submit).")] = None,
-    working_dir: Annotated[Path, typer.Option(help="Directory uploaded as each job's working dir.")] = Path("."),
+    working_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory uploaded as each job's working dir (default: as for submit)."),
+    ] = None,
     history: Annotated[
         Path | None, typer.Option(help="History file (JSON lines); default <work_dir>/schedule-<name>.jsonl.")
     ] = None,
@@ -553,8 +683,9 @@ def schedule(
 ) -> None:
     """Submit a command (the retrain pipeline) as Ray jobs on a cron schedule; never two at once.
 
-    A tick while a job of this schedule runs is skipped and logged; a failed job is retried with backoff;
-    every tick and outcome goes to the history file.
+    The cron fields are wall-clock time in --timezone (default: this machine's zone, daylight-saving aware);
+    logged times carry their UTC offset. A tick while a job of this schedule runs is skipped and logged; a
+    failed job is retried with backoff; every tick and outcome goes to the history file.
     """
     from lstm_dist.jobs import RayJobRunner
     from lstm_dist.schedule import ScheduleError, Scheduler
@@ -578,6 +709,7 @@ def schedule(
             backoff_s=backoff,
             poll_s=poll,
             progress=typer.echo,
+            timezone=timezone,
         )
     except ScheduleError as exc:
         _fail(f"error: {exc}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +110,8 @@ class DataConfig(_Section):
     """Transform of the targets before scaling: log1p (needs >= 0) or Box-Cox with a per-series lambda (needs > 0)."""
     static_cols: list[str] = Field(default_factory=list)
     """Columns constant per series (text: one-hot; numbers: standardised), fed to the model's head (long layout)."""
+    nonfinite: Literal["error", "drop", "fill"] = "error"
+    """Infinite target/covariate values (`inf`, or a number beyond float64 such as 1e400): error, drop the row, or fill as data.missing says."""
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -130,6 +133,11 @@ class DataConfig(_Section):
         roles = {*self.target_cols, *self.covariate_cols, *self.future_cols, self.series_col, self.timestamp_col}
         if set(self.static_cols) & roles:
             raise ValueError(f"data.static_cols {sorted(set(self.static_cols) & roles)} already have another role")
+        if self.nonfinite == "fill" and self.missing == "error":
+            raise ValueError(
+                "data.nonfinite=fill fills infinite values by data.missing's method; set data.missing to ffill, "
+                "interpolate, zero or drop"
+            )
         if self.static_cols and self.layout == "wide":
             raise ValueError(
                 "data.static_cols needs layout=long (a wide file has no per-series rows to read them from)"
@@ -325,8 +333,7 @@ class PipelineConfig(_Section):
             cfg.workflow.work_dir = str((base / cfg.workflow.work_dir).resolve())
         if cfg.data.path and "://" not in cfg.data.path:
             cfg.data.path = str((base / cfg.data.path).resolve())
-        # Pinned now: mlflow.set_tracking_uri later writes MLFLOW_TRACKING_URI into this process's
-        # environment, which must not redirect another config resolved afterwards.
+        # Pinned now: the run, its Ray jobs and its steps use one store whatever MLFLOW_TRACKING_URI says later.
         cfg.tracking.uri = cfg.tracking_uri()
         return cfg
 
@@ -343,7 +350,7 @@ class PipelineConfig(_Section):
             f"model: {m.cell} hidden={m.hidden_size} layers={m.num_layers} readout={m.readout} head={m.head}\n"
             f"train: {t.num_workers} workers, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
             f"precision {t.precision}\n"
-            f"work_dir: {self.workflow.work_dir}  tracking: {self.tracking_uri()}"
+            f"work_dir: {self.workflow.work_dir}  tracking: {redact_uri(self.tracking_uri())}"
         )
 
 
@@ -480,18 +487,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 
 def dump_yaml(cfg: PipelineConfig) -> str:
-    """The config as YAML, as saved with a run."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The config as YAML, as saved with a run and printed (credentials in URIs redacted)."""
+    return redact_uri(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
-def save_resolved(cfg: PipelineConfig) -> Path | str:
-    """Create the work dir and save the resolved config there as last_config.yaml (what a run was started with).
+# user:password@ in a URI (http://user:pw@host, postgresql://user:pw@host/db). The password runs to the last '@'
+# before the path, as urllib (and so MLflow's client) splits it: it may hold ':' or an unescaped '@'.
+_URI_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*):(?P<secret>[^\s/]+)@")
+SECRET_WORDS = ("password", "passwd", "token", "secret", "key")
 
-    Returns its locator: a path, or a URI for an object-store work dir."""
-    from lstm_dist.workflow import Store  # here: the workflow module imports this one
 
-    store = Store(cfg.workflow.work_dir)
-    store.mkdir(store.root)
-    path = store.join("last_config.yaml")
-    store.write_text(path, dump_yaml(cfg))
-    return Path(path) if store.local else path
+def redact_uri(text: str) -> str:
+    """`text` with the password of every URI in it replaced: http://user:***@host."""
+    return _URI_CREDENTIALS.sub(r"\g<head>:***@", str(text))
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a (dotted) config key names a secret (password, token, secret, key): never logged as a param."""
+    words = re.split(r"[._-]", key.rsplit(".", 1)[-1].lower())
+    return any(word in SECRET_WORDS or word.endswith(("password", "token", "secret")) for word in words)
+

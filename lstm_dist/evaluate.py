@@ -25,6 +25,7 @@ from lstm_dist.data.frequency import season_lengths
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.transforms import original_units
 from lstm_dist.models import Forecaster
+from lstm_dist.tables import format_number, render_table
 
 MODEL, NAIVE, SNAIVE, ETS, THETA = "model", "naive", "snaive", "ets", "theta"
 LABELS = {MODEL: "model", NAIVE: "naive (last value)", SNAIVE: "seasonal naive", ETS: "AutoETS", THETA: "AutoTheta"}
@@ -275,23 +276,24 @@ class Evaluation:
 
 
 def metrics_table(m: dict[str, float], *, num_windows: int | None = None, num_last: int | None = None) -> str:
-    head = f"{'':<22}{'MASE':>10}{'sMAPE %':>10}{'MAE':>12}{'RMSE':>12}"
-    lines = [f"test windows{f' ({num_windows})' if num_windows else ''}:", head]
+    columns = ["", "MASE", "sMAPE %", "MAE", "RMSE"]
 
-    def rows(prefix: str, names: tuple[str, ...]) -> None:
-        for key in names:
-            if f"{prefix}{key}_mae" in m:
-                vals = [m.get(f"{prefix}{key}_{metric}", float("nan")) for metric in POINT_METRICS]
-                lines.append(f"{LABELS[key]:<22}{vals[0]:>10.4f}{vals[1]:>10.2f}{vals[2]:>12.4f}{vals[3]:>12.4f}")
+    def rows(prefix: str, names: tuple[str, ...]) -> list[list[object]]:
+        return [
+            [LABELS[key], *(m.get(f"{prefix}{key}_{metric}", float("nan")) for metric in POINT_METRICS)]
+            for key in names
+            if f"{prefix}{key}_mae" in m
+        ]
 
-    rows("", (MODEL, NAIVE, SNAIVE))
+    title = f"test windows{f' ({num_windows})' if num_windows else ''}:"
+    parts = [render_table(columns, rows("", (MODEL, NAIVE, SNAIVE)), title=title)]
     if f"{LAST}{ETS}_mae" in m:
-        lines += [f"last test window of each series{f' ({num_last})' if num_last else ''}:", head]
-        rows(LAST, (MODEL, NAIVE, SNAIVE, ETS, THETA))
+        title = f"last test window of each series{f' ({num_last})' if num_last else ''}:"
+        parts.append(render_table(columns, rows(LAST, (MODEL, NAIVE, SNAIVE, ETS, THETA)), title=title))
     extra = {k: v for k, v in m.items() if "pinball" in k or "coverage" in k}
     if extra:
-        lines.append("  ".join(f"{k} {v:.4g}" for k, v in extra.items()))
-    return "\n".join(lines)
+        parts.append("  ".join(f"{k} {format_number(v)}" for k, v in extra.items()))
+    return "\n".join(parts)
 
 
 def evaluate_model(

@@ -3,119 +3,38 @@
     lstm-dist predict --model models:/lstm_demo@champion --input data/ --output forecasts.parquet
     lstm-dist predict ... --as-of 2024-03-01T00:00 --future weather.csv   (a cutoff; known-future covariates)
 
-The driver resolves the model URI to a version, downloads its two files (weights, manifest) once and puts
-them in Ray's object store; the input is read with the model's own data config (column names, layout)
-and its series are split into contiguous groups, one Ray task each. Every task runs the same
+The driver resolves the model URI to a version, downloads its two files (weights, manifest; kept in the
+user's cache and checked against the registry's checksums, see registry.py) and puts them in Ray's object
+store; the input is read with the model's own data config (column names, layout) and its series are split into contiguous groups, one Ray task each. Every task runs the same
 `ForecastModel.forecast` as `mlflow.pyfunc.load_model(...).predict(...)`, so the file equals in-process
 prediction on the same rows. The file's metadata records the model name, version, URI and run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import ray
 
-import lstm_dist
 from lstm_dist.cluster import resources
 from lstm_dist.data.readers import COLUMN_FIELDS
+from lstm_dist.models.saved import MODEL_FILE
+from lstm_dist.registry import MANIFEST_FILE, Registry, RegistryError
+from lstm_dist.storage import filesystem
+from lstm_dist.version import __version__
 
 META_PREFIX = "lstm_dist."
 
 
 class PredictError(ValueError):
     """A user mistake in a predict call (model URI, input, output); the message says how to fix it."""
-
-
-@dataclass
-class ModelFiles:
-    """A registered model version, downloaded: its weights and manifest as local files."""
-
-    uri: str
-    name: str
-    version: str
-    run_id: str
-    directory: Path
-
-    @property
-    def weights(self) -> Path:
-        return self.directory / "model.pt"
-
-    @property
-    def manifest(self) -> Path:
-        return self.directory / "manifest.json"
-
-    def metadata(self) -> dict[str, str]:
-        return {
-            "model_uri": self.uri,
-            "model_name": self.name,
-            "model_version": self.version,
-            "model_run_id": self.run_id,
-        }
-
-
-def resolve_version(uri: str, *, tracking_uri: str):
-    """`models:/name@alias` or `models:/name/3` -> the registry's ModelVersion."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    if not uri.startswith("models:/"):
-        raise PredictError(
-            f"--model '{uri}': give a registered model, models:/<name>@<alias> or models:/<name>/<version>"
-        )
-    ref = uri[len("models:/") :]
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            return client.get_model_version_by_alias(name, alias)
-        name, _, version = ref.partition("/")
-        if not version.isdigit():
-            raise PredictError(f"--model '{uri}': the version after the name must be a number or @alias")
-        return client.get_model_version(name, version)
-    except MlflowException as exc:
-        raise PredictError(f"--model '{uri}' not found in the registry at {tracking_uri}: {exc.message}") from None
-
-
-def download_model(uri: str, *, tracking_uri: str, cache_dir: str | os.PathLike | None = None) -> ModelFiles:
-    """Download a registered version's weights and manifest (once: kept under `cache_dir` by version)."""
-    import mlflow
-    import yaml
-
-    mv = resolve_version(uri, tracking_uri=tracking_uri)
-    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "lstm_dist_models"
-    # Name and version are only unique within one registry: the store and the run are part of the cache key.
-    tag = hashlib.sha256(f"{tracking_uri}|{mv.run_id}|{mv.source}".encode()).hexdigest()[:10]
-    dst = base / f"{mv.name}-v{mv.version}-{tag}"
-    files = ModelFiles(uri=uri, name=mv.name, version=str(mv.version), run_id=mv.run_id or "", directory=dst)
-    if files.weights.exists() and files.manifest.exists():
-        return files
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=base if base.exists() else None))
-    # The version's own artifact location, not a models:/ URI: those resolve against the process-wide
-    # registry URI, and setting it (mlflow.set_registry_uri) leaks MLFLOW_REGISTRY_URI into the environment.
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    source = client.get_model_version_download_uri(mv.name, mv.version)
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp / "m"), tracking_uri=tracking_uri)
-    )
-    spec = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["artifacts"]
-    (local / spec["model"]["path"]).replace(tmp / "model.pt")
-    (local / spec["manifest"]["path"]).replace(tmp / "manifest.json")
-    shutil.rmtree(tmp / "m")
-    base.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)  # whole, or not at all: a concurrent download of the same version is harmless
-    return files
 
 
 def load_forecaster(weights: str | os.PathLike, manifest: str | os.PathLike):
@@ -169,7 +88,10 @@ def predict(
     columns (series, timestamp, future columns) over the horizon; a model with known-future covariates
     needs it unless the input carries those rows itself (after the cutoff, or with empty targets)."""
     started = time.perf_counter()
-    files = download_model(model_uri, tracking_uri=tracking_uri)
+    try:
+        files = Registry(tracking_uri).download(model_uri)
+    except RegistryError as exc:
+        raise PredictError(f"--model {exc}") from None
     progress(f"[predict] {model_uri} -> {files.name} v{files.version}")
     manifest = json.loads(files.manifest.read_text())
     series_col = manifest["data_config"]["series_col"]
@@ -196,7 +118,7 @@ def predict(
         **({"as_of": str(as_of)} if as_of else {}),
         **({"future": future} if future else {}),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "lstm_dist_version": lstm_dist.__version__,
+        "lstm_dist_version": __version__,
         "num_series": str(forecast[series_col].nunique() if series_col in forecast else 0),
     }
     write_parquet(forecast, output, metadata=meta)
@@ -251,23 +173,22 @@ def _forecast_task(
 ) -> pd.DataFrame:
     """Forecast one group of series (the model is rebuilt from the object store's bytes, once per task)."""
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "model.pt").write_bytes(weights)
-        (Path(tmp) / "manifest.json").write_text(manifest_text)
-        model = load_forecaster(Path(tmp) / "model.pt", Path(tmp) / "manifest.json")
+        (Path(tmp) / MODEL_FILE).write_bytes(weights)
+        (Path(tmp) / MANIFEST_FILE).write_text(manifest_text)
+        model = load_forecaster(Path(tmp) / MODEL_FILE, Path(tmp) / MANIFEST_FILE)
     return model.forecast(history, future=future)
 
 
 def write_parquet(frame: pd.DataFrame, output: str, *, metadata: dict[str, str]) -> None:
     """Write `frame` with `lstm_dist.*` keys in the file's metadata; temp name + rename on local disks."""
     import pyarrow as pa
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(frame, preserve_index=False)
     extra = {f"{META_PREFIX}{k}".encode(): str(v).encode() for k, v in metadata.items()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     if "://" in output:
-        fs, inner = pafs.FileSystem.from_uri(output)
+        fs, inner, _ = filesystem(output)
         pq.write_table(table, inner, filesystem=fs)
         return
     path = Path(output).resolve()

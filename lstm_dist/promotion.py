@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_dist.tracking import CHALLENGER, CHAMPION, use_tracking_uri
+from lstm_dist.registry import CHALLENGER, CHAMPION, Registry, RegistryError
 
 METRICS = ("mae", "rmse", "mase", "smape")
 BELOW_BASELINE = "below_baseline"  # version tag: its test MASE did not beat the seasonal naive's
@@ -104,7 +104,7 @@ def beats(challenger: float, champion: float, *, margin: float) -> bool:
 
 
 def promote_if_better(
-    client,
+    registry: Registry,
     *,
     name: str,
     version: str,
@@ -116,32 +116,26 @@ def promote_if_better(
     gate: BaselineGate | None = None,
 ) -> Decision:
     """Give a freshly registered version its alias (see the module docstring); returns the decision."""
-    from mlflow.exceptions import MlflowException
-
     if metric not in METRICS:
         raise ValueError(f"promotion metric must be one of {METRICS}, got '{metric}'")
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champion = None
+    champion = registry.alias_version(name, CHAMPION)
     note = ""
     if gate is not None:
-        for key, value in gate.tags().items():
-            client.set_model_version_tag(name, version, key, value)
+        registry.set_tags(name, version, gate.tags())
         if not gate.passed and not gate.allow_below:
-            return _below_baseline(client, name, version, gate, champion, metric, challenger_score, margin)
+            return _below_baseline(registry, name, version, gate, champion, metric, challenger_score, margin)
         if not gate.passed:
             note = f" (below baseline, allowed by allow_below_baseline: {gate.describe()})"
     if champion is None:
         decision = Decision(version, CHAMPION, True, f"first model: champion{note}", metric, challenger_score)
-        _record(client, name, decision, margin=margin)
-        client.set_registered_model_alias(name, CHAMPION, version)
+        _record(registry, name, decision, margin=margin)
+        registry.set_alias(name, CHAMPION, version)
         return decision
     if str(champion.version) == str(version):  # a rerun after this version was already promoted
         return Decision(version, CHAMPION, True, "already champion", metric, challenger_score)
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    registry.set_alias(name, CHALLENGER, version)
     try:
-        champ_score = score_version(client, name, champion.version, shard_dir=shard_dir, season=season, metric=metric)
+        champ_score = score_version(registry, name, champion.version, shard_dir=shard_dir, season=season, metric=metric)
     except Exception as exc:  # the champion stays; the reason is on the challenger for a person to read
         decision = Decision(
             version,
@@ -153,7 +147,7 @@ def promote_if_better(
             challenger_score,
             champion_version=str(champion.version),
         )
-        _record(client, name, decision, margin=margin)
+        _record(registry, name, decision, margin=margin)
         return decision
     promoted = beats(challenger_score, champ_score, margin=margin)
     need = f" by {margin:.1%}" if margin else ""
@@ -178,14 +172,14 @@ def promote_if_better(
         champion_version=str(champion.version),
         champion_score=champ_score,
     )
-    _record(client, name, decision, margin=margin)
+    _record(registry, name, decision, margin=margin)
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version)  # the one call that moves the champion
-        client.delete_registered_model_alias(name, CHALLENGER)
+        registry.set_alias(name, CHAMPION, version)  # the one call that moves the champion
+        registry.delete_alias(name, CHALLENGER)
     return decision
 
 
-def _below_baseline(client, name, version, gate, champion, metric, challenger_score, margin) -> Decision:
+def _below_baseline(registry, name, version, gate, champion, metric, challenger_score, margin) -> Decision:
     """Registered, `challenger`, tagged; the champion alias (or its absence) is left as it was."""
     if champion is not None and str(champion.version) == str(version):  # crowned earlier (by an override)
         return Decision(version, CHAMPION, True, "already champion", metric, challenger_score)
@@ -203,28 +197,21 @@ def _below_baseline(client, name, version, gate, champion, metric, challenger_sc
         challenger_score,
         champion_version=str(champion.version) if champion is not None else None,
     )
-    _record(client, name, decision, margin=margin)
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    _record(registry, name, decision, margin=margin)
+    registry.set_alias(name, CHALLENGER, version)
     return decision
 
 
-def _record(client, name: str, decision: Decision, *, margin: float) -> None:
-    for key, value in decision.tags(margin=margin).items():
-        client.set_model_version_tag(name, decision.version, key, value)
+def _record(registry: Registry, name: str, decision: Decision, *, margin: float) -> None:
+    registry.set_tags(name, decision.version, decision.tags(margin=margin))
 
 
-def score_version(client, name: str, version: str, *, shard_dir: str, season: int, metric: str) -> float:
+def score_version(registry: Registry, name: str, version: str, *, shard_dir: str, season: int, metric: str) -> float:
     """Test `metric` (original units) of a registered version on the test windows of `shard_dir`."""
-    import mlflow
-    import mlflow.pyfunc
-
-    use_tracking_uri(client.tracking_uri)  # models:/ URIs resolve against this store
-
     from lstm_dist.data.windows import WindowDataset
     from lstm_dist.evaluate import evaluate_model
 
-    loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    python_model = loaded.unwrap_python_model()
+    python_model = registry.load_python_model(name, version)
     ds = WindowDataset(shard_dir, split="test")
     windows = ds if same_scaling(python_model.manifest, ds.manifest) else RescaledWindows(ds, python_model.manifest)
     # A version refit on all rows trained on these test windows (when the data is the same): score the
@@ -323,47 +310,43 @@ class RescaledWindows:
 # Manual moves (lstm-dist models promote | rollback)
 
 
-def promote_version(client, *, name: str, version: str, reason: str = "promoted by hand") -> str | None:
+def promote_version(registry: Registry, *, name: str, version: str, reason: str = "promoted by hand") -> str | None:
     """Make `version` the champion; returns the previous champion's version (None if there was none)."""
-    from mlflow.exceptions import MlflowException
-
     try:
-        client.get_model_version(name, version)
-    except MlflowException:
+        if not str(version).isdigit():
+            raise RegistryError(f"'{version}' is not a version number")
+        registry.version(name, version)
+    except RegistryError:
         raise PromotionError(f"model '{name}' has no version {version}") from None
-    previous = _alias_version(client, name, CHAMPION)
+    previous = _alias_version(registry, name, CHAMPION)
     if previous == str(version):
         return previous
-    client.set_model_version_tag(name, version, "promotion", reason)
-    if previous is not None:
-        client.set_model_version_tag(name, version, "promotion.previous_champion", previous)
-    client.set_registered_model_alias(name, CHAMPION, version)
-    if _alias_version(client, name, CHALLENGER) == str(version):
-        client.delete_registered_model_alias(name, CHALLENGER)
+    registry.set_tags(
+        name, version, {"promotion": reason, **({"promotion.previous_champion": previous} if previous else {})}
+    )
+    registry.set_alias(name, CHAMPION, version)
+    if _alias_version(registry, name, CHALLENGER) == str(version):
+        registry.delete_alias(name, CHALLENGER)
     return previous
 
 
-def rollback(client, *, name: str) -> tuple[str, str]:
+def rollback(registry: Registry, *, name: str) -> tuple[str, str]:
     """Give `champion` back to the version it had before the current champion; returns (old, new)."""
-    current = _alias_version(client, name, CHAMPION)
+    current = _alias_version(registry, name, CHAMPION)
     if current is None:
         raise PromotionError(f"model '{name}' has no champion to roll back")
-    tags = client.get_model_version(name, current).tags
+    tags = registry.version(name, current).tags
     previous = tags.get("promotion.previous_champion") or tags.get("promotion.champion_version")
     if not previous:
         raise PromotionError(
             f"champion v{current} of '{name}' records no previous champion; choose one with "
             f"`lstm-dist models promote {name} VERSION`"
         )
-    client.set_model_version_tag(name, previous, "promotion", f"rolled back to from v{current}")
-    client.set_registered_model_alias(name, CHAMPION, previous)
+    registry.set_tags(name, previous, {"promotion": f"rolled back to from v{current}"})
+    registry.set_alias(name, CHAMPION, previous)
     return current, previous
 
 
-def _alias_version(client, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+def _alias_version(registry: Registry, name: str, alias: str) -> str | None:
+    found = registry.alias_version(name, alias)
+    return str(found.version) if found is not None else None

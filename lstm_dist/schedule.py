@@ -2,18 +2,20 @@
 
     lstm-dist schedule --cron "0 3 * * *" retrain conf/demo.yaml
 
-At each tick of the cron expression (croniter; a sixth field gives seconds) the scheduler submits
+At each tick of the cron expression (croniter; a sixth field gives seconds), read as wall-clock time in
+`timezone` (an IANA name; default the machine's local zone, daylight-saving aware), the scheduler submits
 `lstm-dist ARGS` as a Ray job, unless a job of this schedule is still pending or running (in this
 process, or on the cluster: a restarted scheduler sees it too) — then the tick is skipped and logged.
 A failed job is retried after a backoff that doubles each time, up to `max_retries`; ticks during a
 retry's wait are skipped as well. Every tick and outcome is a line of the history file (JSON lines),
-with the job's last `retrain:` line (its decision) as the message.
+with the job's last `retrain:` line (its decision) as the message; times carry their UTC offset.
 
 The clock and the sleep are parameters, so tests drive the loop with a fake clock.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import time
@@ -21,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lstm_dist.jobs import SCHEDULE_KEY, TERMINAL, status_name
 
@@ -49,6 +52,34 @@ def check_cron(expression: str) -> str:
     return expression
 
 
+def local_zone() -> dt.tzinfo:
+    """The machine's time zone as an IANA zone ($TZ, else /etc/localtime's target), so that cron ticks follow its
+    daylight-saving changes; a fixed UTC offset only when neither names a zone."""
+    names = [os.environ.get("TZ", "").lstrip(":")]
+    localtime = Path("/etc/localtime")
+    if localtime.is_symlink() and "zoneinfo/" in str(localtime.resolve()):
+        names.append(str(localtime.resolve()).split("zoneinfo/", 1)[1])
+    for name in filter(None, names):
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    return dt.datetime.now().astimezone().tzinfo
+
+
+def resolve_zone(name: str | None) -> dt.tzinfo:
+    """An IANA zone by name (`Europe/Berlin`, `UTC`), or the machine's local zone for None."""
+    if name is None:
+        return local_zone()
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(
+            f"--timezone '{name}' is not an IANA time zone; use a name such as 'UTC', 'Europe/Berlin' or "
+            "'America/New_York' (leave it out for this machine's zone)"
+        ) from None
+
+
 @dataclass
 class _Attempt:
     job_id: str
@@ -71,10 +102,13 @@ class Scheduler:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     progress: Callable[[str], None] = print
+    timezone: str | None = None
+    """IANA zone the cron expression is read in; None: the machine's local zone."""
     outcomes: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_cron(self.cron)
+        self.zone = resolve_zone(self.timezone)
         if self.max_retries < 0 or self.backoff_s < 0:
             raise ScheduleError("--max-retries and --backoff must be >= 0")
         self.history = Path(self.history)
@@ -85,13 +119,15 @@ class Scheduler:
         the outcomes; with neither, forever."""
         from croniter import croniter
 
-        schedule = croniter(self.cron, self.clock())
+        # An aware start time: croniter then reads the fields as wall-clock time in that zone (given an epoch,
+        # it would read them in UTC).
+        schedule = croniter(self.cron, dt.datetime.fromtimestamp(self.clock(), self.zone))
         next_tick = schedule.get_next(float)
         ticks = 0
         active: _Attempt | None = None
         retry: tuple[float, _Attempt] | None = None  # (when, the attempt that failed)
         self._log(
-            "started", message=f"cron '{self.cron}': lstm-dist {' '.join(self.args)}; first tick {_iso(next_tick)}"
+            "started", message=f"cron '{self.cron}': lstm-dist {' '.join(self.args)}; first tick {self._iso(next_tick)}"
         )
         while True:
             now = self.clock()
@@ -129,14 +165,14 @@ class Scheduler:
         if active is not None:
             return f"job {active.job_id} (attempt {active.number}) is still running"
         if retry is not None:
-            return f"waiting to retry job {retry[1].job_id} at {_iso(retry[0])}"
+            return f"waiting to retry job {retry[1].job_id} at {self._iso(retry[0])}"
         others = self.runner.active(self.name)
         if others:
             return f"job(s) {', '.join(others)} of schedule '{self.name}' still running on the cluster"
         return None
 
     def _submit(self, tick: float, *, number: int) -> _Attempt:
-        job_id = self.runner.submit(self.args, metadata={SCHEDULE_KEY: self.name, "lstm_dist.tick": _iso(tick)})
+        job_id = self.runner.submit(self.args, metadata={SCHEDULE_KEY: self.name, "lstm_dist.tick": self._iso(tick)})
         self._log("submitted", tick=tick, job_id=job_id, attempt=number)
         return _Attempt(job_id=job_id, tick=tick, number=number)
 
@@ -170,8 +206,8 @@ class Scheduler:
         return (decided or lines or [""])[-1][:500]
 
     def _log(self, event: str, **fields: Any) -> None:
-        entry = {"time": _iso(self.clock()), "event": event, "schedule": self.name}
-        entry.update({k: (_iso(v) if k == "tick" else v) for k, v in fields.items() if v is not None})
+        entry = {"time": self._iso(self.clock()), "event": event, "schedule": self.name}
+        entry.update({k: (self._iso(v) if k == "tick" else v) for k, v in fields.items() if v is not None})
         with open(self.history, "a") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
@@ -181,6 +217,10 @@ class Scheduler:
             f"[schedule] {entry['time']} {event} {text}" + (f" - {entry['message']}" if "message" in entry else "")
         )
 
+    def _iso(self, t: float) -> str:
+        """`2024-06-12T03:00:00.000+02:00`: wall-clock time in the schedule's zone, with its offset."""
+        return dt.datetime.fromtimestamp(t, self.zone).isoformat(timespec="milliseconds")
+
 
 def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The history file's entries, oldest first."""
@@ -188,7 +228,3 @@ def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)) + f".{int((t % 1) * 1000):03d}"

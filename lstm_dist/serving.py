@@ -12,20 +12,29 @@ history. `params={"as_of": T}` forecasts from the cutoff T instead of the end: r
 input (with known-future covariates they give the future values). In Python,
 `ForecastModel.forecast(history, as_of=..., future=...)` also takes the future rows as their own frame.
 Output: one row per (series, forecast step) with the point forecast per target and, for quantile/gaussian
-models, `<target>_q0.1`-style interval columns.
+models, `<target>_q0.1`-style interval columns. `log_forecaster` logs (and registers) it from a run.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
 
+from lstm_dist.config import PipelineConfig
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.manifest import Manifest
+from lstm_dist.models.saved import MODEL_FILE, load_model, model_file
+from lstm_dist.registry import EVAL_KEY_TAG, MANIFEST_FILE, Registry
+from lstm_dist.tracking import Tracker
 
 HELDOUT_ARTIFACT = "heldout_model"  # the evaluated model's weights when `model` was refit on all rows
 PREDICT_PARAMS = {"as_of": ""}  # the pyfunc's params schema: "" = forecast from the end of the history
@@ -38,8 +47,6 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
         self.load_artifacts(context.artifacts)
 
     def load_artifacts(self, artifacts: dict[str, str]) -> None:
-        from lstm_dist.train.checkpoints import load_model
-
         self.net = load_model(artifacts["model"])
         # The held-out model of a refit version: what promotion scores (the refit one trained on the test rows).
         self.heldout_net = load_model(artifacts[HELDOUT_ARTIFACT]) if artifacts.get(HELDOUT_ARTIFACT) else None
@@ -94,6 +101,124 @@ class ForecastModel(mlflow.pyfunc.PythonModel):
             for t, name in enumerate(m.target_cols):
                 frame[f"{name}_{label}"] = values[:, :, t].reshape(-1)
         return pd.DataFrame(frame)
+
+
+def log_forecaster(
+    tracker: Tracker,
+    *,
+    checkpoint_dir: Path,
+    shard_dir: Path,
+    input_example: pd.DataFrame,
+    registered_name: str | None,
+    version_tags: dict[str, Any] | None = None,
+    heldout_checkpoint: Path | None = None,
+    description: str = "",
+) -> tuple[str, str | None]:
+    """Log the pyfunc forecaster (network + scalers + feature definitions); returns (model URI, version).
+
+    `heldout_checkpoint`: when the logged network was refit on all rows, the evaluated (held-out) model's
+    checkpoint, kept as artifact `heldout_model`: promotion re-scores a champion with it.
+    `description`: the registered version's description (its model card).
+
+    With `registered_name`, registration is idempotent per evaluation: a version already registered
+    from the same `lstm_dist.evaluate_key` tag is returned instead of registering a duplicate (a rerun
+    after a crash between registration and promotion)."""
+    from mlflow.models import infer_signature
+
+    registry = Registry(tracker.uri)
+    version_tags = {k: str(v) for k, v in (version_tags or {}).items()}
+    if registered_name and EVAL_KEY_TAG in version_tags:
+        existing = registry.find_version(registered_name, tag=EVAL_KEY_TAG, value=version_tags[EVAL_KEY_TAG])
+        if existing is not None:
+            return f"models:/{registered_name}/{existing.version}", str(existing.version)
+    artifacts = {"model": str(model_file(checkpoint_dir)), "manifest": str(Path(shard_dir) / MANIFEST_FILE)}
+    if heldout_checkpoint is not None:
+        artifacts[HELDOUT_ARTIFACT] = str(model_file(heldout_checkpoint))
+    python_model = ForecastModel()
+    python_model.load_artifacts(artifacts)
+    output_example = python_model.forecast(input_example)
+    # Logged into the active (pipeline) run, which start_pipeline_run opened with the fluent API.
+    with _quiet_model_logging():
+        signature = infer_signature(input_example, output_example, params=PREDICT_PARAMS)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=python_model,
+            artifacts=artifacts,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=_pip_requirements(),
+        )
+    if not registered_name:
+        return info.model_uri, None
+    files = {MODEL_FILE: artifacts["model"], MANIFEST_FILE: artifacts["manifest"]}
+    version = registry.register(
+        info.model_uri, registered_name, tags=version_tags, files=files, description=description
+    )
+    return f"models:/{registered_name}/{version}", version
+
+
+def model_card(cfg: PipelineConfig, *, shard_dir: str | Path, scores: str, refit: bool) -> str:
+    """A registered version's description (Markdown, shown by the MLflow UI): the data it was trained on, the
+    config in short, its held-out scores (`scores`: the evaluation table) against the baselines, and how to
+    load it. `{version}` is filled in by the registry once the version has its number."""
+    name = cfg.tracking.model_name
+    m = Manifest.load(shard_dir)
+    source = m.data_config.get("path") or "sample data"
+    last = pd.Timestamp(max(s.last_timestamp for s in m.series), unit="s")
+    weights = (
+        "refit on every row after evaluation (the scores are those of the evaluated model)" if refit else "evaluated"
+    )
+    return "\n".join(
+        [
+            f"**{name}**: LSTM forecaster of {', '.join(m.target_cols)}, {m.horizon} steps ahead from {m.lookback}.",
+            "",
+            f"- data: {m.num_series} series from `{source}`, "
+            f"frequency {m.freq_alias or f'{m.freq}s'}, up to {last}; {m.totals.num_rows} rows",
+            f"- weights: {weights}",
+            "",
+            "Config:",
+            "```",
+            cfg.summary(),
+            "```",
+            "Held-out test scores against the baselines (lower is better; MASE < 1 beats the seasonal naive):",
+            "```",
+            scores,
+            "```",
+            "Load it:",
+            "```",
+            f"mlflow.pyfunc.load_model('models:/{name}/{{version}}').predict(history_df)",
+            f"lstm-dist predict --model models:/{name}/{{version}} --input DATA --output forecasts.parquet",
+            "```",
+        ]
+    )
+
+
+@contextmanager
+def _quiet_model_logging() -> Iterator[None]:
+    """Silence log_model's generic advice that does not apply here: the integer `step` column of the output
+    never holds missing values, and the pickled PythonModel is a class of this package (weights are files)."""
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
+            yield
+    finally:
+        pyfunc_logger.setLevel(level)
+
+
+def _pip_requirements() -> list[str]:
+    import pyarrow
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+        f"pyarrow=={pyarrow.__version__}",
+        "pandas",
+        "pydantic>=2",
+        "pyyaml",
+    ]
 
 
 def resolve_inputs(

@@ -1,35 +1,47 @@
-"""Everything that touches MLflow: runs, metrics, artifacts, datasets, the pyfunc model and the registry.
+"""The MLflow runs door: the pipeline's parent run, nested step and trial runs, params, metrics, artifacts, datasets.
 
-Other modules get a `Tracker` (or a `NullTracker` that does nothing) and never import mlflow.
+Other modules get a `Tracker` (or a `NullTracker` that records nothing) and never import mlflow.
 A pipeline execution is one parent run; each workflow step is a nested run under it, and each
-tune trial a nested run under the tune step. Promotion rules live in `promotion.py`.
+tune trial a nested run under the tune step. Registered models live in `registry.py`, the pyfunc
+model in `serving.py`, promotion rules in `promotion.py`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import subprocess
-import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-import lstm_dist
-from lstm_dist.config import PipelineConfig, dump_yaml
+from lstm_dist.config import PipelineConfig, dump_yaml, is_secret_key, redact_uri
+from lstm_dist.version import __version__
 
-CHAMPION, CHALLENGER = "champion", "challenger"
-EVAL_KEY_TAG = "lstm_dist.evaluate_key"  # on a model version: the evaluation it was registered from
 SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "mysql://", "databricks", "file:")
+# MLflow 3's UI opens an experiment on the page of its kind; without the tag it guesses (often GenAI).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# Per-epoch metrics that mean something only on a GPU or with fp16, with their value otherwise: a history
+# in which they never leave it (a CPU run) does not log them, so the UI shows no flat line of zeros.
+DEVICE_ONLY = {"peak_gpu_mem_mb": 0.0, "loss_scale": 1.0}
+# The UI groups charts by the part of a name before '/': losses and scores by split, the optimiser's figures
+# with training, throughput and memory beside MLflow's own system/ metrics. Other names stay as they are.
+PREFIX_GROUPS = (("best_val_", "val/best_"), ("train_", "train/"), ("val_", "val/"), ("test_", "test/"))
+NAME_GROUPS = {
+    **dict.fromkeys(("lr", "grad_norm", "loss_scale", "skipped_steps"), "train/"),
+    **dict.fromkeys(("epoch_time_s", "samples_per_s", "samples_per_cpu_s", "peak_gpu_mem_mb"), "system/"),
+}
 
 
 class TrackingError(RuntimeError):
@@ -37,7 +49,8 @@ class TrackingError(RuntimeError):
 
 
 class NullTracker:
-    """A tracker that records nothing: for non-zero ranks and for code paths that do not care."""
+    """A tracker that records nothing, for non-zero ranks and code paths that do not care: `Tracker`'s methods,
+    each doing nothing (it stands in for a Tracker; it is not one, and a Tracker is not one of these)."""
 
     run_id: str | None = None
 
@@ -78,7 +91,7 @@ class NullTracker:
         yield self
 
 
-class Tracker(NullTracker):
+class Tracker:
     """One MLflow run (the pipeline's parent run, or a nested step run) in a given store."""
 
     def __init__(self, *, uri: str, run_id: str, experiment_id: str) -> None:
@@ -92,7 +105,7 @@ class Tracker(NullTracker):
         from mlflow.entities import Metric
 
         now = _now_ms()
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if _finite(v)]
+        batch = [Metric(metric_name(k), float(v), now, step or 0) for k, v in metrics.items() if _finite(v)]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
@@ -101,13 +114,15 @@ class Tracker(NullTracker):
         epoch as step; a `timestamp` column (unix seconds), when present, dates each point."""
         from mlflow.entities import Metric
 
+        idle = [c for c, v in DEVICE_ONLY.items() if c in history and (history[c].fillna(v) == v).all()]
+        history = history.drop(columns=idle)
         now = _now_ms()
         batch = []
         for row in history.to_dict("records"):
             step = int(row[step_col])
             stamp = int(float(row["timestamp"]) * 1000) if _finite(row.get("timestamp")) else now
             batch += [
-                Metric(prefix + k, float(v), stamp, step)
+                Metric(metric_name(prefix + k), float(v), stamp, step)
                 for k, v in row.items()
                 if k not in (step_col, "timestamp") and _finite(v)
             ]
@@ -115,9 +130,10 @@ class Tracker(NullTracker):
             self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
 
     def log_params(self, params: dict[str, Any]) -> None:
+        """Params, without keys that name secrets and with credentials in URIs redacted."""
         from mlflow.entities import Param
 
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        items = [Param(k, redact_uri(_param_value(v))) for k, v in params.items() if not is_secret_key(k)]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
@@ -211,13 +227,38 @@ class Tracker(NullTracker):
             self.client.set_terminated(self.run_id, status=status)
 
 
+def step_runs(tracker: NullTracker) -> Callable[[Any], AbstractContextManager[NullTracker]]:
+    """The workflow's `on_step` hook: each step a nested run under `tracker`, open while the step runs (the
+    step logs into it through `Workflow.step_context`), tagged with its key, inputs (lineage), output,
+    timing and outputs once the step committed."""
+
+    @contextmanager
+    def on_step(event) -> Iterator[NullTracker]:  # a workflow.StepEvent
+        with tracker.step(event.name, **{"lstm_dist.key": ",".join(event.keys)}) as run:
+            yield run
+            inputs = {k: {"key": r.key, "uri": r.uri} for k, r in event.inputs.items()}
+            run.set_tags(
+                {
+                    "lstm_dist.state": event.state,
+                    "lstm_dist.inputs": json.dumps(inputs),
+                    "lstm_dist.output": event.output,
+                    "lstm_dist.workflow_run": event.workflow_run,
+                }
+            )
+            run.log_metrics({"seconds": event.seconds, "num_items": len(event.results)})
+            detail = {str(k): {"key": r.key, "uri": r.uri, "outputs": r.outputs} for k, r in event.results.items()}
+            run.log_text(json.dumps(detail, indent=2, default=str), "step.json")
+
+    return on_step
+
+
 # ---------------------------------------------------------------------------------------------
 # The store and the pipeline's parent run
 
 
 def check_tracking_uri(uri: str) -> None:
     """Fail fast, with the fix, on a tracking URI that cannot work (MLflow itself retries for minutes)."""
-    where = f"'{uri}' (tracking.uri or MLFLOW_TRACKING_URI)"
+    where = f"'{redact_uri(uri)}' (tracking.uri or MLFLOW_TRACKING_URI)"
     if not uri.startswith(SCHEMES):
         raise TrackingError(
             f"the MLflow tracking URI {where} is not one MLflow can use: use sqlite:///path/mlflow.db for a local "
@@ -238,7 +279,7 @@ def check_tracking_uri(uri: str) -> None:
         )
     elif uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as reply:
+            with urllib.request.urlopen(_health_request(uri), timeout=10) as reply:
                 reply.read()
         except urllib.error.HTTPError:
             pass  # it answered: a server (or a proxy in front of one) is there; MLflow will say more
@@ -249,6 +290,23 @@ def check_tracking_uri(uri: str) -> None:
                 "`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db` "
                 "or point tracking.uri at a sqlite:/// store"
             ) from None
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <server>/health; credentials in the URI (http://user:pw@host) go in a Basic auth header, as MLflow's
+    own client sends them, not in the host name (urllib would try to resolve `user:pw@host`)."""
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.hostname or ""
+    netloc = f"[{netloc}]" if ":" in netloc else netloc  # an IPv6 address
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    url = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    request = urllib.request.Request(url)
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    return request
 
 
 def use_tracking_uri(uri: str) -> None:
@@ -286,18 +344,25 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
                     if "://" in work_dir
                     else Path(work_dir, "mlartifacts").resolve().as_uri()
                 )
-            experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=location)
+            experiment_id = client.create_experiment(
+                cfg.tracking.experiment, artifact_location=location, tags=EXPERIMENT_KIND
+            )
         else:
             experiment_id = experiment.experiment_id
+            for key, value in EXPERIMENT_KIND.items():  # experiments created before the tag existed
+                if key not in experiment.tags:
+                    client.set_experiment_tag(experiment_id, key, value)
     except MlflowException as exc:
         raise TrackingError(
-            f"cannot use the MLflow store at '{uri}' (tracking.uri or MLFLOW_TRACKING_URI): {exc.message}. "
+            f"cannot use the MLflow store at '{redact_uri(uri)}' (tracking.uri or MLFLOW_TRACKING_URI): "
+            f"{redact_uri(exc.message)}. "
             "Use sqlite:///path/mlflow.db for a local store or http://host:port for an `mlflow server`."
-        ) from exc
+        ) from None
     except Exception as exc:  # connection errors surface as requests/OS errors
         raise TrackingError(
-            f"cannot reach the MLflow store at '{uri}' (tracking.uri or MLFLOW_TRACKING_URI): {exc}"
-        ) from exc
+            f"cannot reach the MLflow store at '{redact_uri(uri)}' (tracking.uri or MLFLOW_TRACKING_URI): "
+            f"{redact_uri(str(exc))}"
+        ) from None
     # The parent run is the fluent API's active run, so that log_model lands in it.
     use_tracking_uri(uri)
     run = mlflow.start_run(
@@ -313,7 +378,7 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
 
 def context_tags() -> dict[str, str]:
     """Package version, git commit (when the package runs from a checkout) and the Ray cluster, if connected."""
-    tags = {"lstm_dist.version": lstm_dist.__version__}
+    tags = {"lstm_dist.version": __version__}
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
@@ -402,158 +467,22 @@ def log_trials(tune_run: Tracker, trials: pd.DataFrame, *, best_trial: str) -> l
     return run_ids
 
 
-# ---------------------------------------------------------------------------------------------
-# The model artifact and the registry
-
-
-def log_forecaster(
-    tracker: Tracker,
-    *,
-    checkpoint_dir: Path,
-    shard_dir: Path,
-    input_example: pd.DataFrame,
-    registered_name: str | None,
-    version_tags: dict[str, Any] | None = None,
-    heldout_checkpoint: Path | None = None,
-) -> tuple[str, str | None]:
-    """Log the pyfunc forecaster (network + scalers + feature definitions); returns (model URI, version).
-
-    `heldout_checkpoint`: when the logged network was refit on all rows, the evaluated (held-out) model's
-    checkpoint, kept as artifact `heldout_model`: promotion re-scores a champion with it (serving.py).
-
-    With `registered_name`, registration is idempotent per evaluation: a version already registered
-    from the same `lstm_dist.evaluate_key` tag is returned instead of registering a duplicate (a rerun
-    after a crash between registration and promotion)."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from lstm_dist.serving import HELDOUT_ARTIFACT, PREDICT_PARAMS, ForecastModel
-    from lstm_dist.train.checkpoints import MODEL_FILE
-
-    version_tags = {k: str(v) for k, v in (version_tags or {}).items()}
-    if registered_name and EVAL_KEY_TAG in version_tags:
-        existing = find_version(tracker.client, registered_name, tag=EVAL_KEY_TAG, value=version_tags[EVAL_KEY_TAG])
-        if existing is not None:
-            return f"models:/{registered_name}/{existing.version}", str(existing.version)
-    checkpoint_dir = Path(checkpoint_dir)
-    model_file = checkpoint_dir / MODEL_FILE if checkpoint_dir.is_dir() else checkpoint_dir
-    artifacts = {"model": str(model_file), "manifest": str(Path(shard_dir) / "manifest.json")}
-    if heldout_checkpoint is not None:
-        heldout = Path(heldout_checkpoint)
-        artifacts[HELDOUT_ARTIFACT] = str(heldout / MODEL_FILE if heldout.is_dir() else heldout)
-    python_model = ForecastModel()
-    python_model.load_artifacts(artifacts)
-    output_example = python_model.forecast(input_example)
-    with _quiet_model_logging():
-        signature = infer_signature(input_example, output_example, params=PREDICT_PARAMS)
-    # Logged into the active (pipeline) run, which start_pipeline_run opened with the fluent API.
-    with _quiet_model_logging():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=python_model,
-            artifacts=artifacts,
-            signature=signature,
-            input_example=input_example,
-            pip_requirements=_pip_requirements(),
-        )
-    if not registered_name:
-        return info.model_uri, None
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = mlflow.register_model(info.model_uri, registered_name, tags=version_tags)
-    except MlflowException as exc:
-        raise TrackingError(f"could not register the model as '{registered_name}': {exc.message}") from exc
-    return f"models:/{registered_name}/{version.version}", str(version.version)
-
-
-def assign_alias(
-    tracker: Tracker,
-    *,
-    name: str,
-    version: str,
-    metric: str,
-    score: float,
-    margin: float,
-    shard_dir: str | Path | None = None,
-    season: int = 24,
-) -> str:
-    """Alias for a freshly registered version: `champion` if it beats the champion, else `challenger`.
-
-    With `shard_dir`, the champion is re-scored on those shards' test windows (see promotion.py);
-    without it, compared against the test score recorded on the champion's version (the old rule, kept
-    for callers that have no shards at hand)."""
-    from lstm_dist.promotion import promote_if_better
-
-    decision = promote_if_better(
-        tracker.client,
-        name=name,
-        version=version,
-        metric=metric,
-        margin=margin,
-        challenger_score=score,
-        shard_dir=str(shard_dir) if shard_dir is not None else None,
-        season=season,
-    )
-    return decision.alias
-
-
-def find_version(client, name: str, *, tag: str, value: str):
-    """The newest version of `name` whose tag `tag` equals `value`, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name='{name}'")
-    except MlflowException:
-        return None
-    matches = [v for v in versions if v.tags.get(tag) == value]
-    return max(matches, key=lambda v: int(v.version)) if matches else None
-
-
-@contextmanager
-def _quiet_model_logging() -> Iterator[None]:
-    """Silence log_model's generic advice that does not apply here: the integer `step` column of the output
-    never holds missing values, and the pickled PythonModel is a class of this package (weights are files)."""
-    import logging
-
-    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
-    level = pyfunc_logger.level
-    pyfunc_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
-            yield
-    finally:
-        pyfunc_logger.setLevel(level)
-
-
-def _pip_requirements() -> list[str]:
-    import mlflow
-    import pyarrow
-    import torch
-
-    return [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"mlflow=={mlflow.__version__}",
-        f"pyarrow=={pyarrow.__version__}",
-        "pandas",
-        "pydantic>=2",
-        "pyyaml",
-    ]
-
-
 def ui_command(uri: str) -> str:
     """The one command that opens the MLflow UI on this store."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
+        return f"open {redact_uri(uri)}"
     return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   (or: lstm-dist ui <config>)"
 
 
-def write_json(obj: Any, name: str) -> Path:
-    """A JSON file in a fresh temp dir, for logging as an artifact."""
-    path = Path(tempfile.mkdtemp()) / name
-    path.write_text(json.dumps(obj, indent=2, default=str))
-    return path
+def metric_name(key: str) -> str:
+    """The name a metric is logged under: `val_loss` -> `val/loss`, `test_model_mae` -> `test/model_mae`,
+    `lr` -> `train/lr`, `epoch_time_s` -> `system/epoch_time_s` (see PREFIX_GROUPS, NAME_GROUPS)."""
+    if key in NAME_GROUPS:
+        return NAME_GROUPS[key] + key
+    for prefix, group in PREFIX_GROUPS:
+        if key.startswith(prefix):
+            return group + key.removeprefix(prefix)
+    return key
 
 
 def _param_value(value: Any) -> str:

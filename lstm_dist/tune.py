@@ -19,7 +19,6 @@ from __future__ import annotations
 import difflib
 import functools
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,7 +339,7 @@ def run_tune(
 
     `trial_shards`: what the trials' workers open instead of the driver's `shard_dir`, e.g. the shards'
     locator in an object-store work dir (`StepResult.file("shards")`), which each node reads through its
-    own copy (`workflow.local_path`).
+    own copy (`storage.local_copy`).
     With a `tracker` (the tune step's run), each trial becomes a nested run under it, and the trials
     table (CSV/JSON) and a plot of every trial's validation loss are logged there."""
     import ray
@@ -493,10 +492,9 @@ def trainval_view(shard_dir: str | Path, out_dir: str | Path) -> Path:
     validation part starts where its test part starts, so `train` windows reach up to the test part
     (windows straddling the old boundary included) and `val` is empty. Scaler stats stay as fitted on
     the train part, so the model's inputs mean the same as during the search; `test` is unchanged."""
-    import shutil
-
     from lstm_dist.data.manifest import SUCCESS_FILE, Manifest
     from lstm_dist.data.splits import SPLITS
+    from lstm_dist.storage import link_or_copy
 
     src, out = Path(shard_dir), Path(out_dir)
     m = Manifest.load(src)
@@ -504,10 +502,7 @@ def trainval_view(shard_dir: str | Path, out_dir: str | Path) -> Path:
     for shard in m.shards:
         target = out / shard.file
         if not target.exists():
-            try:
-                os.link(src / shard.file, target)
-            except OSError:
-                shutil.copyfile(src / shard.file, target)
+            link_or_copy(src / shard.file, target)
     view = m.model_copy(deep=True)
     for info in view.series:
         info.val_start = info.test_start

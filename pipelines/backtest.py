@@ -5,7 +5,7 @@ Run it as `lstm-dist backtest conf/demo.yaml [key=value ...] --windows 3 --step 
 
   data      ingest + shard of the whole input (cached, as in pipelines/train.py): each series' rows,
             from which the cutoffs are counted (the last one leaves exactly one horizon after it)
-  per fold  the input truncated at cutoff + horizon (lstm_dist.backtest), then the same cached ingest,
+  per fold  the input truncated at cutoff + horizon (lstm_dist.folds), then the same cached ingest,
             shard and train steps on it; one model per cutoff, or one every `backtest.refit_every`
             cutoffs (the cutoffs between reuse it, forecasting from their own cutoff)
   score     the model's forecast from each cutoff and Naive, SeasonalNaive, AutoETS, AutoTheta fitted on
@@ -25,9 +25,11 @@ import pandas as pd
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import ConfigError, PipelineConfig
-from lstm_dist.tracking import start_pipeline_run
-from lstm_dist.workflow import DONE, FAILED, Store, Workflow
-from pipelines.train import data_steps, input_files, script_main, train_step
+from lstm_dist.storage import Store
+from lstm_dist.tracking import start_pipeline_run, step_runs
+from lstm_dist.workflow import DONE, FAILED, Workflow
+
+from .train import data_steps, input_files, script_main, train_step
 
 STEPS = ("ingest", "shard", "train")
 
@@ -50,8 +52,9 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     tracker = start_pipeline_run(cfg, run_name=f"backtest-{time.strftime('%Y%m%d-%H%M%S')}")
     tracker.set_tags({"ray.cluster": cluster_summary(), "lstm_dist.pipeline": "backtest"})
     wf = Workflow(
-        cfg.workflow.work_dir, pipeline="backtest", steps=STEPS, tracker=tracker, force=force, progress=progress
-    )
+        cfg.workflow.work_dir, pipeline="backtest", steps=STEPS, on_step=step_runs(tracker),
+        mlflow_run_id=tracker.run_id, force=force, progress=progress,
+    )  # fmt: skip
     try:
         summary = _folds(cfg, wf, tracker, progress)
     except BaseException as exc:
@@ -64,16 +67,16 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
 
 
 def _folds(cfg: PipelineConfig, wf: Workflow, tracker, progress) -> BacktestSummary:
-    from lstm_dist import backtest as bt
+    from lstm_dist import folds as bt
     from lstm_dist.data.manifest import Manifest
     from lstm_dist.evaluate import season_of, target_history
-    from lstm_dist.train.checkpoints import load_model
+    from lstm_dist.models.saved import load_model
 
     b, horizon = cfg.backtest, cfg.data.horizon
     step = b.step or horizon
     shard, _ = data_steps(cfg, wf, progress=progress)
-    season = season_of(Manifest.load(shard.path / "shards"))  # data.seasonality, or the default of the freq
-    history = target_history(shard.path / "shards")
+    season = season_of(Manifest.load(shard.local_copy() / "shards"))  # data.seasonality, or the default of the freq
+    history = target_history(shard.local_copy() / "shards")
     ends = bt.cutoff_ends(history, windows=b.windows, step=step, horizon=horizon)
     raw = bt.read_input(cfg, input_files(cfg))
     out_dir = Path(cfg.workflow.work_dir) / "backtest"
@@ -82,10 +85,10 @@ def _folds(cfg: PipelineConfig, wf: Workflow, tracker, progress) -> BacktestSumm
         path = bt.truncate(raw, ends[ends["fold"] == fold], cfg=cfg, path=out_dir / "inputs" / f"fold-{fold}.parquet")
         fold_cfg = bt.fold_config(cfg, path=path)
         fold_shard, _ = data_steps(fold_cfg, wf, progress=progress)
-        shard_dir = str(fold_shard.path / "shards")
+        shard_dir = str(fold_shard.local_copy() / "shards")
         if (fold - 1) % b.refit_every == 0:  # a fresh model at this cutoff; the next cutoffs reuse it
             trained = train_step(fold_cfg, wf, fold_shard, progress=progress)
-            model = load_model(trained.path / trained.outputs["best_checkpoint"])
+            model = load_model(trained.local_copy() / trained.outputs["best_checkpoint"])
             model_shards = shard_dir
         frame = bt.fold_frame(model, shard_dir, model_shards=model_shards)
         frame["fold"] = fold

@@ -19,7 +19,7 @@ Run it as `lstm-dist retrain conf/demo.yaml [key=value ...]`, on a schedule with
      With `train.final_fit` (the default) the version registered is the challenger's config retrained on
      every row (pipelines/train.py final_fit_step); the decision stays on the held-out scores.
 
-Thin registry helpers (`get_champion`, `already_decided`) live here until tracking.py has them.
+The champion lookups (`get_champion`, `already_decided`) read the registry through lstm_dist.registry.
 """
 
 from __future__ import annotations
@@ -34,9 +34,13 @@ from typing import Any
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig
-from lstm_dist.tracking import CHALLENGER, CHAMPION, Tracker, start_pipeline_run
-from lstm_dist.workflow import DONE, FAILED, Store, Workflow, work_cache
-from pipelines.train import (
+from lstm_dist.models.saved import MODEL_FILE, read_model_args
+from lstm_dist.registry import CHALLENGER, CHAMPION, Registry
+from lstm_dist.storage import Store, node_cache
+from lstm_dist.tracking import Tracker, start_pipeline_run, step_runs
+from lstm_dist.workflow import DONE, FAILED, Workflow
+
+from .train import (
     FILES_TAG,
     FINGERPRINT_TAG,
     data_steps,
@@ -124,7 +128,10 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
         }
     )
     try:
-        wf = Workflow(work_dir, pipeline="retrain", steps=STEPS, tracker=tracker, force=force, progress=progress)
+        wf = Workflow(
+            work_dir, pipeline="retrain", steps=STEPS, on_step=step_runs(tracker), mlflow_run_id=tracker.run_id,
+            force=force, progress=progress,
+        )  # fmt: skip
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -153,12 +160,12 @@ def _steps(cfg, wf: Workflow, tracker: Tracker, *, champion: Champion | None, li
     staged = [r for r in wf.results if r.name == "ingest"]
     fresh = [r.label for r in staged if not r.cached]
     progress(f"[retrain] ingest read {len(fresh)} of {len(staged)} file(s) again: {', '.join(fresh) or 'none'}")
-    tracker.log_artifact(shard.path / "shards" / "manifest.json", artifact_path="data")
+    tracker.log_artifact(shard.local_copy() / "shards" / "manifest.json", artifact_path="data")
     tracker.log_text(json.dumps(lineage, indent=2), "data/lineage.json")
 
     init_weights = None
     if cfg.workflow.warm_start and champion is not None:
-        init_weights = _warm_start_weights(cfg, download_model(cfg, champion), shard.path / "shards")
+        init_weights = _warm_start_weights(cfg, download_model(cfg, champion), shard.local_copy() / "shards")
         if init_weights:
             progress(f"[retrain] warm start: the challenger starts from champion v{champion.version}'s weights")
     challenger = train_step(cfg, wf, shard, init_weights=init_weights, progress=progress)
@@ -208,22 +215,13 @@ def describe_changes(champion: Champion, lineage: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry helpers (thin; candidates for tracking.py)
-
-
-def _client(cfg: PipelineConfig):
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=cfg.tracking_uri(), registry_uri=cfg.tracking_uri())
+# The champion in the registry
 
 
 def get_champion(cfg: PipelineConfig) -> Champion | None:
     """The current champion of `tracking.model_name`, or None when there is no such model or alias."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = _client(cfg).get_model_version_by_alias(cfg.tracking.model_name, CHAMPION)
-    except MlflowException:
+    version = Registry(cfg.tracking_uri()).alias_version(cfg.tracking.model_name, CHAMPION)
+    if version is None:
         return None
     return Champion(name=cfg.tracking.model_name, version=str(version.version), tags=dict(version.tags))
 
@@ -231,15 +229,12 @@ def get_champion(cfg: PipelineConfig) -> Champion | None:
 def already_decided(cfg: PipelineConfig, fingerprint: str, champion: Champion | None) -> str | None:
     """Which registered version was already trained on exactly this data: the champion, or the challenger
     that lost to it (so a tick after a kept champion does not retrain on the same data again)."""
-    from mlflow.exceptions import MlflowException
-
     if champion is None:
         return None
     if champion.fingerprint == fingerprint:
         return f"champion v{champion.version} was trained"
-    try:
-        challenger = _client(cfg).get_model_version_by_alias(champion.name, CHALLENGER)
-    except MlflowException:
+    challenger = Registry(cfg.tracking_uri()).alias_version(champion.name, CHALLENGER)
+    if challenger is None:
         return None
     if challenger.tags.get(FINGERPRINT_TAG) == fingerprint:
         return f"challenger v{challenger.version} was trained and compared with champion v{champion.version}"
@@ -249,16 +244,12 @@ def already_decided(cfg: PipelineConfig, fingerprint: str, champion: Champion | 
 def download_model(cfg: PipelineConfig, champion: Champion) -> Path:
     """The champion's weights and manifest as local files, under <work_dir>/champions/<name>-v<version>/
     (in this machine's cache when the work dir is a URI)."""
-    from lstm_dist.predict import download_model as fetch
-
-    cache = work_cache(cfg.workflow.work_dir) / "champions"
-    return fetch(champion.uri, tracking_uri=cfg.tracking_uri(), cache_dir=cache).directory
+    cache = node_cache(cfg.workflow.work_dir) / "champions"
+    return Registry(cfg.tracking_uri()).download(champion.uri, cache_dir=cache).directory
 
 
 def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path) -> str | None:
     """The champion's weights file when the training loop can start from it and the shapes match; else None."""
-    import torch
-
     from lstm_dist.data.windows import WindowDataset
     from lstm_dist.train.checkpoints import model_args_for
     from lstm_dist.train.trainer import fit
@@ -270,7 +261,7 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
             stacklevel=2,
         )
         return None
-    saved = torch.load(champion_dir / "model.pt", map_location="cpu", weights_only=False)["model_args"]
+    saved = read_model_args(champion_dir / MODEL_FILE)
     wanted = {"model": cfg.model.model_dump(), **model_args_for(WindowDataset(str(shard_dir), split="train"))}
     if json.dumps(saved, sort_keys=True, default=str) != json.dumps(wanted, sort_keys=True, default=str):
         warnings.warn(
@@ -279,7 +270,7 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
             stacklevel=2,
         )
         return None
-    return str(champion_dir / "model.pt")
+    return str(champion_dir / MODEL_FILE)
 
 
 def _append_decision(work_dir: str, summary: RetrainSummary) -> None:

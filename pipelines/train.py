@@ -30,29 +30,31 @@ from typing import Any
 import ray
 
 from lstm_dist.cluster import cluster_summary, init_ray
-from lstm_dist.config import PipelineConfig, load_config, save_resolved
+from lstm_dist.config import PipelineConfig, load_config
+from lstm_dist.data.integrity import verify_shards
 from lstm_dist.data.manifest import Manifest
-from lstm_dist.data.readers import COLUMN_FIELDS
-from lstm_dist.tracking import (
-    EVAL_KEY_TAG,
-    Tracker,
-    check_tracking_uri,
-    log_forecaster,
-    shard_fingerprint,
-    start_pipeline_run,
-    ui_command,
-)
-from lstm_dist.workflow import (
-    DONE,
-    FAILED,
-    StepResult,
+from lstm_dist.data.readers import COLUMN_FIELDS, check_inputs
+from lstm_dist.registry import EVAL_KEY_TAG, Registry
+from lstm_dist.storage import (
+    RECORD,
+    SUCCESS,
     Store,
-    Workflow,
     data_fingerprint,
     fingerprint_files,
-    local_path,
-    work_cache,
+    link_or_copy,
+    local_copy,
+    node_cache,
+    save_resolved,
 )
+from lstm_dist.tracking import (
+    Tracker,
+    check_tracking_uri,
+    shard_fingerprint,
+    start_pipeline_run,
+    step_runs,
+    ui_command,
+)
+from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
 
 STEPS = ("ingest", "shard", "tune", "train", "evaluate", "final_fit", "register")
 STAGED_FILE = "part.parquet"
@@ -82,12 +84,16 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     store.mkdir(store.root)
     progress(cfg.summary())
     check_tracking_uri(cfg.tracking_uri())  # a store that cannot work fails here, before Ray starts
+    check_inputs(cfg.data)  # so does a data.path that names no file
     init_ray(cfg)
     progress(f"[ray] {cluster_summary()}")
     tracker = start_pipeline_run(cfg, run_name=f"train-{time.strftime('%Y%m%d-%H%M%S')}")
     tracker.set_tags({"ray.cluster": cluster_summary(), "lstm_dist.pipeline": "train"})
     try:
-        wf = Workflow(work_dir, pipeline="train", steps=STEPS, tracker=tracker, force=force, progress=progress)
+        wf = Workflow(
+            work_dir, pipeline="train", steps=STEPS, on_step=step_runs(tracker), mlflow_run_id=tracker.run_id,
+            force=force, progress=progress,
+        )  # fmt: skip
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -106,7 +112,7 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
 
 def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> PipelineSummary:
     shard, lineage = data_steps(cfg, wf, progress=progress)
-    shard_dir = shard.path / "shards"
+    shard_dir = shard.local_copy() / "shards"
     tracker.log_artifact(shard_dir / "manifest.json", artifact_path="data")
     tracker.log_text(json.dumps(lineage, indent=2), "data/lineage.json")
     tracker.set_tags(
@@ -118,7 +124,7 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
     train_cfg = PipelineConfig.model_validate(tune.outputs["final_config"]) if tune else cfg
     train = train_step(train_cfg, wf, shard, tune=tune, progress=progress)
     tracker.log_history(_history(train))
-    tracker.log_artifact(train.path / "history.csv", artifact_path="train")
+    tracker.log_artifact(train.local_copy() / "history.csv", artifact_path="train")
 
     evaluation = evaluate_step(cfg, wf, train=train, shard=shard)
     metrics = {f"test_{k}": v for k, v in evaluation.outputs["metrics"].items()}
@@ -135,8 +141,7 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker, progress) -> Pip
     if tune:  # which trial the registered model comes from
         found = {"tune.best_trial": tune.outputs["best_trial"], "tune.best_val_loss": tune.outputs["best_val_loss"]}
         tracker.set_tags(found)
-        for key, value in found.items():
-            tracker.client.set_model_version_tag(cfg.tracking.model_name, reg.outputs["version"], key, str(value))
+        Registry(tracker.uri).set_tags(cfg.tracking.model_name, reg.outputs["version"], found)
     progress(f"[register] {reg.outputs['decision']}")
     summary.model_uri = reg.outputs["model_uri"]
     summary.version = reg.outputs["version"]
@@ -164,7 +169,7 @@ def _input_source(cfg: PipelineConfig) -> str:
     store = Store(work_dir)
     if cfg.data.path is not None or store.local:
         return resolve_input(cfg.data, out_dir=Path(work_dir), work_dir=work_dir)
-    cache = work_cache(store)
+    cache = node_cache(store)
     local = Path(resolve_input(cfg.data, out_dir=cache, work_dir=str(cache)))
     remote = store.join(*local.relative_to(cache).parts)
     if not store.exists(remote):  # the same seed gives the same file: a race uploads the same bytes twice
@@ -204,7 +209,7 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
         inputs = Path(out) / "inputs"
         inputs.mkdir()
         for i, (label, res) in enumerate(sorted(staged.items())):
-            _link(res.path / STAGED_FILE, inputs / f"{i:05d}-{Path(label).name.split('.')[0]}.parquet")
+            link_or_copy(res.local_copy() / STAGED_FILE, inputs / f"{i:05d}-{Path(label).name.split('.')[0]}.parquet")
         shard_cfg = cfg.data.model_copy(update={"path": str(inputs), "format": "parquet", "sample": None})
         # Shards holding only unchanged series are hard-linked from the newest earlier shard set of this data
         # config (other input files); a forced rerun rebuilds everything.
@@ -223,8 +228,21 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
 
     shard = wf.step("shard", shard_step, config=shard_cfg_key, inputs={
         f"ingest:{label}": res for label, res in staged.items()
-    })  # fmt: skip
+    }, still_valid=_shards_intact(progress))  # fmt: skip
     return shard, lineage
+
+
+def _shards_intact(progress):
+    """A cached shard set is reused only while its files match the manifest's sizes and checksums: a
+    corrupted one is rebuilt, never trained on."""
+
+    def check(cached: StepResult) -> bool:
+        problems = verify_shards(cached.local_copy() / "shards")
+        for problem in problems[:3]:
+            progress(f"[shard] cached shard set is damaged: {problem}")
+        return not problems
+
+    return check
 
 
 def tune_step(cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, progress=print) -> StepResult:
@@ -232,13 +250,13 @@ def tune_step(cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, progress=
     from lstm_dist.tune import run_tune
 
     def search(out: str) -> dict[str, Any]:
-        # Each trial becomes a nested run under this step's run (wf.tracker.active_step).
+        # Each trial becomes a nested run under this step's run (wf.step_context).
         outcome = run_tune(
             cfg,
-            shard_dir=str(shard.path / "shards"),
+            shard_dir=str(shard.local_copy() / "shards"),
             trial_shards=shard.file("shards"),  # trials on any node read their own node's copy
             out_dir=out,
-            tracker=wf.tracker.active_step,
+            tracker=wf.step_context,
             progress=progress,
         )
         outcome.trials.to_csv(Path(out) / "trials.csv", index=False)
@@ -278,16 +296,16 @@ def train_step(
     # After a search the final model trains on train + validation (tune.trainval_view): no validation is
     # left to pick an epoch by, so the model is the last epoch (the best trial's best epoch count). The
     # same holds for the final fit on all rows. Workers get the shards' locator and read their own node's
-    # copy (`workflow.local_path`).
+    # copy (`storage.local_copy`).
     no_val = tune is not None or split == "all"
     shard_loc = tune.file(tune.outputs["trainval_shards"]) if tune and split == "train" else shard.file("shards")
 
     def train(out: str) -> dict[str, Any]:
-        shard_dir = local_path(shard_loc)  # the driver's copy, for the dataset logging
+        shard_dir = local_copy(shard_loc)  # the driver's copy, for the dataset logging
         # Checkpoints go where workers on any node can write them and a rerun on any machine finds them:
         # the attempt itself for a local / mounted work dir, its place in the store for a URI one.
         storage = wf.shared_dir(out)
-        run = wf.tracker.active_step
+        run = wf.step_context  # this step's nested MLflow run
         run.log_params(cfg.flat())
         splits = {split: "training"} if no_val else {"train": "training", "val": "validation"}
         run.log_datasets(shard_dir, splits=splits)
@@ -353,7 +371,7 @@ def best_epoch(train: StepResult) -> int:
 
 def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult) -> StepResult:
     def evaluate(out: str) -> dict[str, Any]:
-        wf.tracker.active_step.log_datasets(shard.path / "shards", splits={"test": "testing"})
+        wf.step_context.log_datasets(shard.local_copy() / "shards", splits={"test": "testing"})
         # Locators, not driver paths: the task may run on any node and reads that node's copies.
         ckpt, shard_dir = train.file(train.outputs["best_checkpoint"]), shard.file("shards")
         evaluation = ray.get(_evaluate_task.remote(ckpt, shard_dir))
@@ -381,24 +399,22 @@ def register_step(
 ) -> StepResult:
     """Log + register the model with its lineage tags, then let the promotion rule give it its alias.
 
-    With `final` (the final fit on all rows) that model is the one registered, tagged `refit: true` with its
-    epochs and rows; the held-out scores and the promotion decision are the evaluated model's, whose weights
-    travel along in the version (artifact `heldout_model`) so that a later challenger re-scores this one
-    on weights that did not see its test windows.
-
-    Keyed on the evaluated model, so a finished model is never registered twice: a rerun is cached, and
-    an attempt killed after the registry call gets the same version back (log_forecaster finds it by its
-    evaluate key). The champion is re-scored on this model's test windows (promotion.promote_if_better),
-    and the `champion` alias moves only in its last call: a failure before leaves the champion as it was.
+    With `final` (the final fit on all rows) that model is registered, tagged `refit: true`; the held-out scores,
+    the model card and the promotion decision are the evaluated model's, whose weights travel along (artifact
+    `heldout_model`) so that a later challenger re-scores this one on weights that did not see its test windows.
+    Keyed on the evaluated model: a rerun is cached, and an attempt killed after the registry call gets the same
+    version back (found by its evaluate key); a cached step whose version is gone from the registry runs again. The champion is re-scored on this model's test windows, and the
+    `champion` alias moves only in the last call: a failure before leaves the champion as it was.
     """
     from lstm_dist.promotion import baseline_gate, promote_if_better
-    from lstm_dist.serving import history_from_shards
+    from lstm_dist.serving import history_from_shards, log_forecaster, model_card
+
+    name, metric = cfg.tracking.model_name, cfg.tracking.promotion_metric
+    eval_key = f"{evaluation.key}+{final.key}" if final else evaluation.key  # a rerun finds its version by it
 
     def register(out: str) -> dict[str, Any]:
-        name, metric = cfg.tracking.model_name, cfg.tracking.promotion_metric
         keys = {"shard": shard.key, "train": train.key, **({"final_fit": final.key} if final else {})}
-        # One version per evaluated model and final fit: a rerun after a crash finds it by this tag.
-        eval_key = f"{evaluation.key}+{final.key}" if final else evaluation.key
+        shards = shard.local_copy() / "shards"
         tags = {EVAL_KEY_TAG: eval_key, **lineage_tags(lineage, keys), **refit_tags(final, shard=shard)}
         tracker.set_tags(refit_tags(final, shard=shard))
         model = final or train
@@ -408,22 +424,25 @@ def register_step(
         )
         model_uri, version = log_forecaster(
             tracker,
-            checkpoint_dir=model.path / model.outputs["best_checkpoint"],
-            shard_dir=shard.path / "shards",
-            input_example=history_from_shards(shard.path / "shards"),
+            checkpoint_dir=model.local_copy() / model.outputs["best_checkpoint"],
+            shard_dir=shards,
+            input_example=history_from_shards(shards),
             registered_name=name,
             version_tags=tags,
-            heldout_checkpoint=train.path / train.outputs["best_checkpoint"] if final else None,
+            heldout_checkpoint=train.local_copy() / train.outputs["best_checkpoint"] if final else None,
+            description=model_card(
+                cfg, shard_dir=shard.local_copy() / "shards", scores=evaluation.outputs["table"], refit=bool(final)
+            ),
         )
         decision = promote_if_better(
-            tracker.client,
+            Registry(tracker.uri),
             name=name,
             version=version,
             metric=metric,
             margin=cfg.tracking.promotion_margin,
             challenger_score=metrics[f"model_{metric}"],
-            shard_dir=str(shard.path / "shards"),
-            season=Manifest.load(shard.path / "shards").season_length,  # data.seasonality or the freq's default
+            shard_dir=str(shards),
+            season=Manifest.load(shards).season_length,  # data.seasonality or the freq's default
             gate=gate,
         )
         (Path(out) / "decision.json").write_text(json.dumps(decision.__dict__, indent=2, default=str))
@@ -446,7 +465,15 @@ def register_step(
         config={"tracking": cfg.tracking, "uri": cfg.tracking_uri()},
         inputs={"evaluate": evaluation, "train": train, "shard": shard, **({"final_fit": final} if final else {})},
         resumable=True,
+        still_valid=lambda cached: _still_registered(tracker, name, eval_key, version=cached.outputs["version"]),
     )
+
+
+def _still_registered(tracker: Tracker, name: str, eval_key: str, *, version: str) -> bool:
+    """Whether the registry still holds the version a cached register step made: the registry lives outside
+    the work dir, and a step whose version is gone (a new or wiped tracking store) registers again."""
+    found = Registry(tracker.uri).find_version(name, tag=EVAL_KEY_TAG, value=eval_key)
+    return found is not None and str(found.version) == str(version)
 
 
 def refit_tags(final: StepResult | None, *, shard: StepResult) -> dict[str, str]:
@@ -455,7 +482,7 @@ def refit_tags(final: StepResult | None, *, shard: StepResult) -> dict[str, str]
         return {"refit": "false"}
     from lstm_dist.data.manifest import Manifest
 
-    m = Manifest.load(shard.path / "shards")
+    m = Manifest.load(shard.local_copy() / "shards")
     return {
         "refit": "true",
         "refit.epochs": str(final.outputs["epochs"]),
@@ -478,7 +505,7 @@ def log_report(tracker: Tracker, *, train: StepResult, evaluation: StepResult, s
     with tempfile.TemporaryDirectory() as tmp:
         paths = [plots.loss_curves(_history(train), Path(tmp) / "loss_curves.png")]
         paths += plots.evaluation_plots(
-            train.path / train.outputs["best_checkpoint"], shard_dir, evaluation=outputs, out_dir=tmp
+            train.local_copy() / train.outputs["best_checkpoint"], shard_dir, evaluation=outputs, out_dir=tmp
         )
         for path in paths:
             tracker.log_artifact(path, artifact_path="plots")
@@ -534,9 +561,9 @@ def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
     """Score the best checkpoint on the test split (a Ray task, so it runs wherever a CPU is free)."""
     from lstm_dist.data.windows import WindowDataset
     from lstm_dist.evaluate import evaluate_model
-    from lstm_dist.train.checkpoints import load_model
+    from lstm_dist.models.saved import load_model
 
-    model, test = load_model(local_path(checkpoint)), WindowDataset(local_path(shard_dir), split="test")
+    model, test = load_model(local_copy(checkpoint)), WindowDataset(local_copy(shard_dir), split="test")
     evaluation = evaluate_model(model, test, season=test.manifest.season_length)
     return {
         "metrics": evaluation.metrics,
@@ -566,17 +593,8 @@ def _labels(files: list[str]) -> dict[str, str]:
     return {f: os.path.relpath(f.split("://", 1)[-1], common) for f in files}
 
 
-def _link(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem, or links not allowed: copy
-        shutil.copyfile(src, dst)
-
-
 def _previous_shards(steps_dir: Path, *, config: dict[str, Any]) -> str | None:
-    """The shard dir of the newest complete shard step in `steps_dir` made with this data config, if any."""
-    from lstm_dist.workflow import RECORD, SUCCESS
-
+    """The shard dir of the newest complete, intact shard step in `steps_dir` made with this data config, if any."""
     best: tuple[float, Path] | None = None
     for record_file in steps_dir.glob(f"*/{RECORD}"):
         step_dir = record_file.parent
@@ -587,6 +605,8 @@ def _previous_shards(steps_dir: Path, *, config: dict[str, Any]) -> str | None:
         except (OSError, ValueError):
             continue
         if record.get("key_parts", {}).get("config") != config or not (step_dir / "shards" / SUCCESS).exists():
+            continue
+        if verify_shards(step_dir / "shards"):  # a damaged set lends no files to the next one
             continue
         if best is None or record.get("finished_at", 0) > best[0]:
             best = (record.get("finished_at", 0), step_dir / "shards")
@@ -611,7 +631,7 @@ def _resume_point(storage: str, name: str) -> tuple[str, int | str] | None:
 def _history(train: StepResult):
     import pandas as pd
 
-    return pd.read_csv(train.path / "history.csv")
+    return pd.read_csv(train.local_copy() / "history.csv")
 
 
 def print_summary(summary: PipelineSummary, *, cfg: PipelineConfig, progress=print) -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lstm_dist.backtest import cutoff_ends
 from lstm_dist.config import ConfigError, load_config
 from lstm_dist.data.synthetic import write_sample
+from lstm_dist.folds import cutoff_ends
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "conf" / "debug.yaml"
@@ -35,9 +35,9 @@ def test_cutoffs_count_back_from_each_series_end() -> None:
 def test_script_main_loads_resolves_and_saves_the_config(module: str, tmp_path: Path, capsys) -> None:
     import importlib
 
-    from pipelines.train import script_main
+    from lstm_dist.pipelines.train import script_main
 
-    assert importlib.import_module(module).main([]) == 2  # each entrypoint goes through script_main
+    assert importlib.import_module(f"lstm_dist.{module}").main([]) == 2  # each entrypoint goes through script_main
     seen = []
     assert f"python -m {module} CONFIG.yaml" in capsys.readouterr().err
     assert script_main(module, seen.append, [str(DEBUG), f"workflow.work_dir={tmp_path}", "train.epochs=7"]) == 0
@@ -46,7 +46,7 @@ def test_script_main_loads_resolves_and_saves_the_config(module: str, tmp_path: 
 
 
 def _backtest(work: Path, data: Path):
-    from pipelines.backtest import run
+    from lstm_dist.pipelines.backtest import run
 
     cfg = load_config(
         DEBUG,

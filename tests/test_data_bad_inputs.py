@@ -138,7 +138,7 @@ ERRORS = [
         "missing_value",
         _set("target", 6, None),
         {},
-        r"column 'target' has a missing value at row 7 \(line 8\) \(series 's000', 2024-01-01T06:00:00\); set data\.missing",
+        r"column 'target' has a missing value \(an empty field\) at row 7 \(line 8\) \(series 's000', 2024-01-01T06:00:00\); set data\.missing",
     ),
     (
         "duplicates",

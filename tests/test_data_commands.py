@@ -8,6 +8,7 @@ import pytest
 
 from lstm_dist.config import DataConfig, PipelineConfig
 from lstm_dist.data.commands import ingest_command, inspect_command
+from lstm_dist.data.errors import DataError
 from lstm_dist.data.ingest import ingest
 from lstm_dist.data.synthetic import generate_sample
 from lstm_dist.data.windows import WindowDataset
@@ -26,7 +27,8 @@ def test_ingest_and_inspect_commands(tmp_path):
     out = inspect_command(str(tmp_path / "data" / "shards"), verify=True)
     assert "checksums: all shards match" in out
     (tmp_path / "data" / "shards" / manifest.shards[0].file).write_bytes(b"corrupt")
-    assert "differ from the manifest" in inspect_command(str(tmp_path / "data" / "shards"), verify=True)
+    with pytest.raises(DataError, match=rf"{manifest.shards[0].file} has 7 bytes.*--force shard"):
+        inspect_command(str(tmp_path / "data" / "shards"), verify=True)
 
 
 def test_no_leakage(tmp_path):

@@ -55,7 +55,7 @@ exp = c.get_experiment_by_name("lstm_dist_debug")
 runs = c.search_runs([exp.experiment_id])
 parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags][0]
 steps = sorted(r.data.tags["lstm_dist.step"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-hist = c.get_metric_history(parent.info.run_id, "val_loss")
+hist = c.get_metric_history(parent.info.run_id, "val/loss")
 arts = [a.path for a in c.list_artifacts(parent.info.run_id)]
 sub = [a.path for p in ("config", "data") for a in c.list_artifacts(parent.info.run_id, p)]
 v = c.get_model_version_by_alias("lstm_debug", "champion")
@@ -75,7 +75,7 @@ print(json.dumps(dict(params=parent.data.params, steps=steps, epochs=[m.step for
     assert sorted(info["epochs"]) == [1, 2]
     assert "config/resolved.yaml" in info["arts"] and "data/manifest.json" in info["arts"]
     assert str(info["version"]) == "1" and info["model_run"] == info["run_id"]  # the champion came from this run
-    assert info["metrics"]["test_model_mae"] > 0 and info["metrics"]["test_naive_mae"] > 0
+    assert info["metrics"]["test/model_mae"] > 0 and info["metrics"]["test/naive_mae"] > 0
     assert info["tags"]["promotion"].startswith("first model")
 
     # The registered model loads in a fresh Python process and forecasts in original units.
@@ -131,6 +131,19 @@ def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:
     for step in ("ingest", "shard", "train", "evaluate", "register"):
         assert f"[{step}] cached" in proc.stdout
     assert "models:/lstm_debug/1 " in proc.stdout  # still version 1: no duplicate registration
+
+
+def test_a_cached_register_step_registers_again_in_a_wiped_tracking_store(finished_run) -> None:
+    import mlflow
+
+    work, _ = finished_run
+    (work / "w" / "mlflow.db").unlink()  # the store the model was registered in is gone; the work dir is not
+    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[evaluate] cached" in proc.stdout and "[register] done" in proc.stdout, proc.stdout[-3000:]
+    assert "gone (its still_valid check failed)" in proc.stdout
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{work / 'w' / 'mlflow.db'}")
+    assert [str(v.version) for v in client.search_model_versions("name='lstm_debug'")] == ["1"]
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from test_serving import make_model
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.splits import SPLITS, split_bounds, start_range
 from lstm_dist.data.windows import WindowDataset
+from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.serving import ForecastModel, history_from_shards
-from lstm_dist.train.checkpoints import MODEL_FILE
 
 
 @pytest.mark.parametrize(("num_rows", "lookback", "horizon"), [(100, 10, 5), (61, 7, 3), (400, 48, 12)])
@@ -95,7 +95,7 @@ def test_an_as_of_before_the_data_is_refused(future_model) -> None:
 def test_the_final_fit_trains_for_the_epoch_the_evaluated_run_kept(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from pipelines.train import best_epoch
+    from lstm_dist.pipelines.train import best_epoch
 
     history = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_loss": [0.9, 0.5, 0.7, 0.6]})
     history.to_csv(tmp_path / "history.csv", index=False)

@@ -4,12 +4,12 @@ Two `ray start` nodes on 127.0.0.1 (a head and a second node), each raylet with 
 which its worker processes inherit: each node has its own node-local cache, as on separate machines. The
 driver has a third one. The debug pipeline runs against the cluster with an `s3://` work dir (moto's S3
 server): training workers and the evaluate task read the shards and checkpoints through their own node's
-copy (`workflow.local_path`), Ray Train writes checkpoints into the bucket. A second run is all cached.
+copy (`storage.local_copy`), Ray Train writes checkpoints into the bucket. A second run is all cached.
 
 The head gets 1 CPU and the second node 2, so the two training workers (1 CPU each, packed) cannot both
 sit on the head. All processes share one file system here, so a driver path leaking to a worker would
 still open; the test shows instead that the second node's workers downloaded their own copies. Two quick
-tests before it pin down the pieces: `local_path` and `Workflow.shared_dir`.
+tests before it pin down the pieces: `local_copy` and `Workflow.shared_dir`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import pyarrow.fs as pafs
 import pytest
 from http_wait import VENV_BIN, clean_env, free_port
 
-from lstm_dist.workflow import CACHE_ENV, CACHED, DONE, PARTIAL, SUCCESS, Workflow, WorkflowError, local_path
+from lstm_dist.storage import CACHE_ENV, SUCCESS, StorageError, local_copy
+from lstm_dist.workflow import CACHED, DONE, PARTIAL, Workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,8 +103,9 @@ SCRIPT = """
 import json, os, sys, time
 import ray
 from lstm_dist.cluster import init_ray
-from lstm_dist.config import load_config, save_resolved
-from pipelines.train import run
+from lstm_dist.config import load_config
+from lstm_dist.storage import save_resolved
+from lstm_dist.pipelines.train import run
 
 cfg = load_config({conf!r}, {overrides!r}).resolved()
 save_resolved(cfg)
@@ -128,7 +130,7 @@ print(json.dumps({{"runs": out, "probe": probe, "driver": driver}}))
 """
 
 
-def test_local_path_finds_the_step_output_above_a_locator(s3, tmp_path: Path, monkeypatch) -> None:
+def test_local_copy_finds_the_step_output_above_a_locator(s3, tmp_path: Path, monkeypatch) -> None:
     """A locator inside an output (here a sub-dir with its own `_SUCCESS`, like a shard set) is read through
     this machine's copy of the whole output; a local path stays as it is."""
     work = f"s3://lstm-dist/{uuid.uuid4().hex[:8]}/w"
@@ -142,12 +144,12 @@ def test_local_path_finds_the_step_output_above_a_locator(s3, tmp_path: Path, mo
 
     r = Workflow(work, pipeline="t", steps=["shard"], progress=lambda _: None).step("shard", shards)
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "node2"))  # another node: an empty cache
-    local = local_path(r.file("shards/train"))
+    local = local_copy(r.file("shards/train"))
     assert local.is_relative_to(tmp_path / "node2") and (local / "part-0.arrow").read_text() == "rows"
-    assert (local.parent.parent / SUCCESS).exists() and local == local_path(r.file("shards") + "/train")
-    assert local_path(tmp_path / "x") == tmp_path / "x"
-    with pytest.raises(WorkflowError, match="not inside a step output"):
-        local_path(f"{work}/shard/0000000000000000/shards")
+    assert (local.parent.parent / SUCCESS).exists() and local == local_copy(r.file("shards") + "/train")
+    assert local_copy(tmp_path / "x") == tmp_path / "x"
+    with pytest.raises(StorageError, match="not inside a step output"):
+        local_copy(f"{work}/shard/0000000000000000/shards")
 
 
 def test_shared_dir_is_in_the_bucket_survives_a_kill_and_goes_at_commit(s3, tmp_path: Path, monkeypatch) -> None:
@@ -179,7 +181,7 @@ def test_shared_dir_is_in_the_bucket_survives_a_kill_and_goes_at_commit(s3, tmp_
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "b"))  # another machine: no local attempt, the shared part is there
     wf = Workflow(work, pipeline="t", steps=["train"], progress=lambda _: None)
     r = wf.step("train", train(wf), resumable=True)
-    assert seen == [False, True] and (r.path / "model.txt").read_text() == "epoch 1"
+    assert seen == [False, True] and (r.local_copy() / "model.txt").read_text() == "epoch 1"
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{work[5:]}/train"))]
     assert names == [r.key]  # the .partial prefix is gone
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lstm_dist.predict import PredictError, read_metadata, resolve_version, split_series, write_parquet
+from lstm_dist.predict import read_metadata, split_series, write_parquet
+from lstm_dist.registry import Registry, RegistryError
 
 
 def history(num_series: int) -> pd.DataFrame:
@@ -40,7 +41,7 @@ def test_the_forecast_file_carries_the_model_version(tmp_path: Path) -> None:
 
 def test_model_uris_must_name_a_registered_model(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(PredictError, match="models:/<name>@<alias>"):
-        resolve_version("runs:/abc/model", tracking_uri=uri)
-    with pytest.raises(PredictError, match="not found in the registry"):
-        resolve_version("models:/nothing@champion", tracking_uri=uri)
+    with pytest.raises(RegistryError, match="models:/<name>@<alias>"):
+        Registry(uri).resolve("runs:/abc/model")
+    with pytest.raises(RegistryError, match="not found in the registry"):
+        Registry(uri).resolve("models:/nothing@champion")

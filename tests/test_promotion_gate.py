@@ -11,35 +11,29 @@ from typer.testing import CliRunner
 
 from lstm_dist.config import load_config
 from lstm_dist.promotion import BELOW_BASELINE, baseline_gate, promote_if_better
-from lstm_dist.tracking import CHALLENGER, CHAMPION
+from lstm_dist.registry import CHALLENGER, CHAMPION, Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "conf" / "debug.yaml"
 
 
 @pytest.fixture
-def registry(tmp_path: Path):
-    import mlflow
-
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    client.create_registered_model("m")
-    return client
+def registry(tmp_path: Path) -> Registry:
+    registry = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    registry.client.create_registered_model("m")
+    return registry
 
 
-def _alias(client, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias("m", alias).version)
-    except MlflowException:
-        return None
+def _alias(registry: Registry, alias: str) -> str | None:
+    found = registry.alias_version("m", alias)
+    return str(found.version) if found is not None else None
 
 
-def _promote(client, tmp_path: Path, *, model_mase: float, snaive_mase: float, allow: bool = False):
-    version = str(client.create_model_version("m", source=str(tmp_path)).version)
+def _promote(registry: Registry, tmp_path: Path, *, model_mase: float, snaive_mase: float, allow: bool = False):
+    version = str(registry.client.create_model_version("m", source=str(tmp_path)).version)
     gate = baseline_gate({"model_mase": model_mase, "snaive_mase": snaive_mase}, margin=0.0, allow_below=allow)
     decision = promote_if_better(
-        client,
+        registry,
         name="m",
         version=version,
         metric="mae",
@@ -49,7 +43,7 @@ def _promote(client, tmp_path: Path, *, model_mase: float, snaive_mase: float, a
         season=24,
         gate=gate,
     )
-    return version, decision, client.get_model_version("m", version).tags
+    return version, decision, registry.version("m", version).tags
 
 
 def test_a_first_model_worse_than_seasonal_naive_is_not_crowned(registry, tmp_path: Path) -> None:
@@ -86,10 +80,10 @@ def test_pipeline_gate_override_and_retrain(ray_local, tmp_path: Path) -> None:
     """A deliberately bad model (one epoch at lr 1e-6) on the seasonal sample data: registered, tagged, not
     champion; `run --allow-below-baseline` crowns that same version; a retrain's bad challenger leaves it."""
     import mlflow
+    from lstm_dist.pipelines import retrain
+    from lstm_dist.pipelines import train as train_pipeline
 
     from lstm_dist.cli import app
-    from pipelines import retrain
-    from pipelines import train as train_pipeline
 
     bad = [
         f"workflow.work_dir={tmp_path / 'w'}",

@@ -19,18 +19,12 @@ from lstm_dist.config import load_config
 from lstm_dist.data.windows import WindowDataset
 from lstm_dist.evaluate import evaluate_model
 from lstm_dist.models import build_model
+from lstm_dist.models.saved import load_model, save_model
 from lstm_dist.promotion import RescaledWindows, promote_if_better, same_scaling
-from lstm_dist.serving import history_from_shards
-from lstm_dist.tracking import (
-    CHALLENGER,
-    CHAMPION,
-    EVAL_KEY_TAG,
-    TrackingError,
-    check_tracking_uri,
-    log_forecaster,
-    start_pipeline_run,
-)
-from lstm_dist.train.checkpoints import MODEL_FILE, load_model, model_args_for
+from lstm_dist.registry import CHALLENGER, CHAMPION, EVAL_KEY_TAG, Registry
+from lstm_dist.serving import history_from_shards, log_forecaster
+from lstm_dist.tracking import TrackingError, check_tracking_uri, start_pipeline_run
+from lstm_dist.train.checkpoints import model_args_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "conf" / "debug.yaml"
@@ -73,9 +67,7 @@ def save_net(shards: Path, path: Path, *, bias: float) -> Path:
         last = [m for m in net.head.modules() if isinstance(m, torch.nn.Linear)][-1]
         last.bias.fill_(bias)
     path.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {"model_args": {"model": cfg.model.model_dump(), **args}, "state_dict": net.state_dict()}, path / MODEL_FILE
-    )
+    save_model(path, model=net, model_args={"model": cfg.model.model_dump(), **args})
     return path
 
 
@@ -103,11 +95,9 @@ def register(store: dict, shards: Path, *, name: str, bias: float, eval_key: str
 
 
 def promote(store: dict, shards: Path, *, name: str, version: str, score: float, margin: float = 0.0):
-    import mlflow
-
-    client = mlflow.MlflowClient(store["cfg"].tracking_uri())
-    return client, promote_if_better(
-        client,
+    registry = Registry(store["cfg"].tracking_uri())
+    return registry.client, promote_if_better(
+        registry,
         name=name,
         version=version,
         metric="mae",

@@ -126,7 +126,7 @@ def test_global_scaler_rebuilds_everything(ray_local, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_shard_step_reuses_the_previous_shard_step(ray_local, tmp_path: Path) -> None:
-    from pipelines.train import STEPS, data_steps
+    from lstm_dist.pipelines.train import STEPS, data_steps
 
     data = tmp_path / "data"
     write_series(data, LENGTHS)
@@ -149,7 +149,7 @@ def test_shard_step_reuses_the_previous_shard_step(ray_local, tmp_path: Path) ->
     assert second.key != first.key and "reused 5 of 6 shards (1 series changed; 1 unchanged series rewritten)" in log, (
         log
     )
-    shared = inodes(first.path / "shards").keys() & inodes(second.path / "shards").keys()
+    shared = inodes(first.local_copy() / "shards").keys() & inodes(second.local_copy() / "shards").keys()
     assert len(shared) == 5
     _, forced_log = shard_step(force={"shard"})  # a forced rerun rebuilds from scratch
     assert "reused" not in forced_log, forced_log

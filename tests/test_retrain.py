@@ -6,13 +6,13 @@ The full retrain (challenger, same hold-out, promotion) runs as scheduled Ray jo
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
+from lstm_dist.pipelines.retrain import Champion, already_decided, describe_changes
+from lstm_dist.pipelines.train import FILES_TAG, FINGERPRINT_TAG
 
-from pipelines import retrain
-from pipelines.retrain import Champion, already_decided, describe_changes
-from pipelines.train import FILES_TAG, FINGERPRINT_TAG
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def champion(fingerprint: str | None, files: dict[str, str] | None = None) -> Champion:
@@ -31,16 +31,20 @@ def test_changes_are_named_against_the_champions_files() -> None:
     assert "no recorded data fingerprint" in describe_changes(champion(None), lineage)
 
 
-class FakeClient:
-    def __init__(self, challenger_tags: dict[str, str] | None) -> None:
-        self.challenger_tags = challenger_tags
+def store_with_challenger(tmp_path, challenger_tags: dict[str, str] | None):
+    """A real sqlite registry holding model 'm' v1..v4; v4 is the `challenger` with `challenger_tags`."""
+    from lstm_dist.config import load_config
+    from lstm_dist.registry import CHALLENGER, Registry
 
-    def get_model_version_by_alias(self, name: str, alias: str):
-        from mlflow.exceptions import MlflowException
-
-        if self.challenger_tags is None:
-            raise MlflowException("no alias")
-        return SimpleNamespace(version="4", tags=self.challenger_tags)
+    cfg = load_config(ROOT / "conf" / "debug.yaml", [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    registry = Registry(cfg.tracking_uri())
+    registry.client.create_registered_model("m")
+    for _ in range(4):
+        registry.client.create_model_version("m", source=str(tmp_path))
+    if challenger_tags is not None:
+        registry.set_tags("m", "4", challenger_tags)
+        registry.set_alias("m", CHALLENGER, "4")
+    return cfg
 
 
 @pytest.mark.parametrize(
@@ -53,8 +57,8 @@ class FakeClient:
     ],
 )
 def test_no_new_data_means_the_champion_or_its_last_challenger_saw_these_inputs(
-    monkeypatch: pytest.MonkeyPatch, champ: str, challenger, expected
+    tmp_path, champ: str, challenger, expected
 ) -> None:
-    monkeypatch.setattr(retrain, "_client", lambda cfg: FakeClient(challenger))
-    assert already_decided(None, "same", champion(champ)) == expected
-    assert already_decided(None, "same", None) is None  # no champion: always train the first one
+    cfg = store_with_challenger(tmp_path, challenger)
+    assert already_decided(cfg, "same", champion(champ)) == expected
+    assert already_decided(cfg, "same", None) is None  # no champion: always train the first one

@@ -3,10 +3,13 @@ in-process, in a fresh Python process, and from `mlflow models serve` over REST.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -18,10 +21,13 @@ from http_wait import free_port, stop_server, wait_until_up
 
 from lstm_dist.config import load_config
 from lstm_dist.data.windows import WindowDataset
+from lstm_dist.evaluate import evaluate_model
 from lstm_dist.models import build_model
-from lstm_dist.serving import ForecastModel, history_from_shards
-from lstm_dist.tracking import log_forecaster, start_pipeline_run
-from lstm_dist.train.checkpoints import MODEL_FILE, model_args_for
+from lstm_dist.models.saved import MODEL_FILE, load_model, save_model
+from lstm_dist.registry import SHA256_TAGS, Registry, RegistryError
+from lstm_dist.serving import ForecastModel, history_from_shards, log_forecaster, model_card
+from lstm_dist.tracking import start_pipeline_run
+from lstm_dist.train.checkpoints import model_args_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "conf" / "debug.yaml"
@@ -41,9 +47,7 @@ def make_model(work: Path, overrides: list[str]) -> tuple[object, Path, Path]:
     net = build_model(cfg.model, **args)
     ckpt = work / "ckpt"
     ckpt.mkdir()
-    torch.save(
-        {"model_args": {"model": cfg.model.model_dump(), **args}, "state_dict": net.state_dict()}, ckpt / MODEL_FILE
-    )
+    save_model(ckpt, model=net, model_args={"model": cfg.model.model_dump(), **args})
     return cfg, shards, ckpt
 
 
@@ -51,7 +55,11 @@ def make_model(work: Path, overrides: list[str]) -> tuple[object, Path, Path]:
 def registered(ray_local, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A quantile forecaster (so there are intervals) logged and registered in a sqlite store."""
     work = tmp_path_factory.mktemp("serving")
-    cfg, shards, ckpt = make_model(work, ["model.loss=quantile", "model.quantiles=[0.1, 0.5, 0.9]"])
+    cfg, shards, ckpt = make_model(
+        work, ["model.loss=quantile", "model.quantiles=[0.1, 0.5, 0.9]", f"tracking.model_name={NAME}"]
+    )
+    evaluation = evaluate_model(load_model(ckpt), WindowDataset(str(shards), split="test"), season=24)
+    card = model_card(cfg, shard_dir=shards, scores=evaluation.table(), refit=False)
     tracker = start_pipeline_run(cfg, run_name="serving")
     try:
         uri, version = log_forecaster(
@@ -60,13 +68,61 @@ def registered(ray_local, tmp_path_factory: pytest.TempPathFactory) -> dict:
             shard_dir=shards,
             input_example=history_from_shards(shards),
             registered_name=NAME,
+            description=card,
         )
     finally:
         tracker.finish()
     local = ForecastModel()
     local.load_artifacts({"model": str(ckpt / MODEL_FILE), "manifest": str(shards / "manifest.json")})
     history = history_from_shards(shards, num_series=4, extra_rows=30)
-    return {"cfg": cfg, "work": work, "uri": uri, "version": version, "local": local, "history": history}
+    return {
+        "cfg": cfg,
+        "work": work,
+        "uri": uri,
+        "version": version,
+        "local": local,
+        "history": history,
+        "metrics": evaluation.metrics,
+    }
+
+
+def test_the_version_describes_its_data_scores_and_how_to_load_it(registered) -> None:
+    version = Registry(registered["cfg"].tracking_uri()).version(NAME, registered["version"])
+    card = version.description
+    assert f"{registered['metrics']['model_mase']:.4f}" in card and "seasonal naive" in card  # held-out vs baselines
+    assert "series from" in card and f"models:/{NAME}/{registered['version']}" in card  # data; load line filled in
+
+
+def test_downloads_are_private_keyed_by_the_registered_checksum_and_checked(registered, tmp_path, monkeypatch) -> None:
+    import stat
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("LSTM_DIST_CACHE", raising=False)
+    registry = Registry(registered["cfg"].tracking_uri())
+    files = registry.download(registered["uri"])
+    mv = registry.version(NAME, registered["version"])
+    sha = hashlib.sha256(files.weights.read_bytes()).hexdigest()
+    assert sha == mv.tags[SHA256_TAGS[MODEL_FILE]] and sha[:16] in files.directory.name
+    cache = tmp_path / "cache" / "lstm_dist" / "models"
+    assert files.directory.parent == cache and stat.S_IMODE(cache.stat().st_mode) == 0o700
+    # A planted (or damaged) cached file is not used: the download is made again.
+    good = files.weights.read_bytes()
+    files.weights.write_bytes(b"planted")
+    assert registry.download(registered["uri"]).weights.read_bytes() == good
+    # An artifact changed in the store after registration is refused, not loaded.
+    stored = next(
+        Path(urllib.parse.urlparse(registry.client.get_model_version_download_uri(NAME, mv.version)).path).rglob(
+            MODEL_FILE
+        )
+    )
+    shutil.rmtree(files.directory)
+    stored.write_bytes(b"planted")
+    try:
+        with pytest.raises(RegistryError, match="differ from the sha256 recorded when it was registered"):
+            registry.download(registered["uri"])
+    finally:
+        stored.write_bytes(good)
+    assert not files.directory.exists()
 
 
 def test_forecasts_are_in_original_units_with_intervals(registered) -> None:

@@ -3,6 +3,7 @@ reaches a target, a scaler, a lag or a history; splits cover a short series only
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from lstm_dist.data.splits import SPLITS, needs_padding, padded_bounds, start_ra
 from lstm_dist.data.windows import WindowDataset
 from lstm_dist.evaluate import evaluate_model
 from lstm_dist.models import build_model
+from lstm_dist.models.saved import MODEL_FILE, save_model
 from lstm_dist.serving import ForecastModel
-from lstm_dist.train.checkpoints import MODEL_FILE, model_args_for
+from lstm_dist.train.checkpoints import model_args_for
 
 L, H = 8, 4
 DAY = 86_400
@@ -100,7 +102,7 @@ def test_which_series_pad_and_their_parts():
 
 def test_build_shard_writes_padding_rows_without_ray(tmp_path):
     stored = np.arange(6, dtype=np.float64).reshape(3, 2) + 1  # [3 rows, target + lag]
-    block = {"offsets": np.array([0, 3]), "ts": np.array([100, 110, 120]), "stored": stored}
+    block = {"names": ["a"], "offsets": np.array([0, 3]), "ts": np.array([100, 110, 120]), "stored": stored}
     loc, scale = np.array([[1.0, 1.0, 0.0]]), np.array([[2.0, 2.0, 1.0]])
     data, _, num_rows = build_shard(
         [(0, 0, -2, 3, 0)],
@@ -195,6 +197,7 @@ def test_poisoned_padding_reaches_inputs_but_never_targets(mixed, tmp_path):
     poisoned = tmp_path / "poisoned"
     shutil.copytree(tmp / "shards", poisoned)
     pad_at = manifest.stored_cols.index(PAD_COL)
+    manifest = manifest.model_copy(deep=True)  # the module's fixture stays as ingested
     for info in manifest.shards:
         shard = open_shard(poisoned / info.file)
         feats = np.array(shard.features)
@@ -202,7 +205,10 @@ def test_poisoned_padding_reaches_inputs_but_never_targets(mixed, tmp_path):
         feats[np.ix_(is_pad, np.arange(pad_at))] = 1e6
         table = shard_table(np.array(shard.series), np.array(shard.ts), feats, stored_cols=manifest.stored_cols)
         del shard
-        (poisoned / info.file).write_bytes(ipc_bytes(table).to_pybytes())
+        data = ipc_bytes(table).to_pybytes()
+        (poisoned / info.file).write_bytes(data)
+        info.sha256 = hashlib.sha256(data).hexdigest()  # a deliberate change: the reader checks shard checksums
+    manifest.save(poisoned)
     for split in SPLITS:
         clean = WindowDataset(str(tmp / "shards"), split=split)
         dirty = WindowDataset(str(poisoned), split=split)
@@ -236,7 +242,7 @@ def test_short_series_trains_and_forecasts(mixed):
     assert losses[-1] < losses[0]
     ckpt = tmp / "ckpt"
     ckpt.mkdir(exist_ok=True)
-    torch.save({"model_args": {"model": cfg.model_dump(), **args}, "state_dict": net.state_dict()}, ckpt / MODEL_FILE)
+    save_model(ckpt / MODEL_FILE, model=net, model_args={"model": cfg.model_dump(), **args})
     model = ForecastModel()
     model.load_artifacts({"model": str(ckpt / MODEL_FILE), "manifest": str(tmp / "shards" / "manifest.json")})
     history = pd.concat([raw[raw.series_id == "a"], raw[raw.series_id == "d"].assign(series_id="new").head(3)])

@@ -51,8 +51,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def tuned(ray_local, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
     import mlflow
-
-    from pipelines.train import run
+    from lstm_dist.pipelines.train import run
 
     work = tmp_path_factory.mktemp("tuned")
     cfg = load_config(CONF, [f"workflow.work_dir={work}", f"tracking.uri={mlflow_server}"]).resolved()
@@ -88,14 +87,14 @@ def test_four_trials_run_and_asha_stops_the_weak_ones_early(tuned, tmp_path: Pat
     full = [t for t in trials if t.data.tags["tune.stopped"] == "no"]
     assert stopped and full, [(t.data.params, t.data.tags["tune.stopped"]) for t in trials]
     for t in stopped:  # stopped early: fewer epochs than the budget, in the metric history too
-        epochs = [m.step for m in client.get_metric_history(t.info.run_id, "val_loss")]
+        epochs = [m.step for m in client.get_metric_history(t.info.run_id, "val/loss")]
         assert t.data.metrics["epochs_run"] < MAX_EPOCHS and max(epochs) < MAX_EPOCHS
     # The hopeless learning rate never survives the first rung: the good trials it is compared with ran first.
     hopeless = [t for t in trials if float(t.data.params["train.lr"]) == 1e-6]
     assert len(hopeless) == 2 and all(t.data.tags["tune.stopped"] == "scheduler" for t in hopeless)
     for t in full:
         assert t.data.metrics["epochs_run"] == MAX_EPOCHS
-        assert sorted(m.step for m in client.get_metric_history(t.info.run_id, "val_loss")) == [1, 2, 3]
+        assert sorted(m.step for m in client.get_metric_history(t.info.run_id, "val/loss")) == [1, 2, 3]
     # The summary table: one row per trial, as CSV and JSON on the tune run, and printed.
     assert {"tune/trials.csv", "tune/trials.json"} <= _artifacts(client, tune_run.info.run_id)
     # tune.max_concurrent_trials (2) held: never more than two trials ran at once. (Tune ignores its own
@@ -118,7 +117,7 @@ def test_the_registered_model_comes_from_the_best_trial(tuned) -> None:
     tagged = [t for t in trials if t.data.tags["tune.best"] == "true"]
     assert len(tagged) == 1
     best = tagged[0]  # two trials may tie (the same sampled values train identically); any of them may be best
-    assert best.data.metrics["best_val_loss"] == min(t.data.metrics["best_val_loss"] for t in trials)
+    assert best.data.metrics["val/best_loss"] == min(t.data.metrics["val/best_loss"] for t in trials)
     version = client.get_model_version(cfg.tracking.model_name, tuned["summary"].version)
     assert version.tags["tune.best_trial"] == best.data.tags["tune.trial_id"]
     assert tuned["summary"].alias == "champion" and version.tags["promotion"].startswith("first model")
@@ -149,9 +148,9 @@ def test_runs_params_tags_metrics_and_artifacts_are_on_the_server(tuned) -> None
     if (ROOT / ".git").exists():
         assert len(tags["git.commit"]) == 40
     # Metrics per epoch with step numbers, and the test metrics.
-    history = client.get_metric_history(parent.info.run_id, "train_loss")
+    history = client.get_metric_history(parent.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == list(range(1, int(steps["train"].data.params["train.epochs"]) + 1))
-    assert parent.data.metrics["test_model_mae"] > 0 and parent.data.metrics["test_naive_mae"] > 0
+    assert parent.data.metrics["test/model_mae"] > 0 and parent.data.metrics["test/naive_mae"] > 0
     # System metrics on the training run.
     system = [k for k in steps["train"].data.metrics if k.startswith("system/")]
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system

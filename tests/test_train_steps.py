@@ -15,7 +15,8 @@ import torch
 from lstm_dist.config import ModelConfig, from_dict
 from lstm_dist.data.windows import DistributedWindowSampler
 from lstm_dist.models import build_model
-from lstm_dist.train.checkpoints import load_model, load_training_state, load_weights, save_training_state
+from lstm_dist.models.saved import load_model, load_weights
+from lstm_dist.train.checkpoints import load_training_state, save_training_state
 from lstm_dist.train.precision import PrecisionError, autocast, grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, to_device, train_epoch, train_step

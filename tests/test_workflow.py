@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,19 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from lstm_dist.storage import SUCCESS, data_fingerprint, fingerprint_files
 from lstm_dist.workflow import (
     CACHED,
     DONE,
     FAILED,
     INTERRUPTED,
     PARTIAL,
+    RUNNING,
     RUNS,
-    SUCCESS,
     Workflow,
     WorkflowError,
     cache_key,
-    data_fingerprint,
-    fingerprint_files,
     format_status,
     read_runs,
 )
@@ -70,10 +70,10 @@ def test_outputs_are_committed_and_a_rerun_is_cached(tmp_path: Path) -> None:
     a, b, c = three_steps(tmp_path, calls)
     assert calls == ["a", "b", "c"] and [r.state for r in (a, b, c)] == [DONE] * 3
     for r in (a, b, c):
-        assert r.path == tmp_path / r.name / r.key
-        assert (r.path / SUCCESS).exists() and (r.path / "data.txt").exists()
+        assert r.local_copy() == tmp_path / r.name / r.key
+        assert (r.local_copy() / SUCCESS).exists() and (r.local_copy() / "data.txt").exists()
         assert not Path(r.uri + PARTIAL).exists()
-    record = json.loads((b.path / "_STEP.json").read_text())
+    record = json.loads((b.local_copy() / "_STEP.json").read_text())
     assert record["inputs"] == {"a": a.uri} and record["key_parts"]["config"] == {"y": 1}
 
     calls.clear()
@@ -131,11 +131,84 @@ def test_a_resumable_step_finds_its_unfinished_attempt(tmp_path: Path) -> None:
         wf(tmp_path).step("a", killed, config={}, resumable=True)
     seen = []
     result = wf(tmp_path).step("a", lambda out: seen.append(os.listdir(out)) or {"ok": 1}, config={}, resumable=True)
-    assert seen == [["checkpoint_1"]] and (result.path / "checkpoint_1").is_dir()
+    assert seen == [["checkpoint_1"]] and (result.local_copy() / "checkpoint_1").is_dir()
     # --force starts afresh even for a resumable step
     seen.clear()
     wf(tmp_path, force={"a"}).step("a", lambda out: seen.append(os.listdir(out)) or {}, config={}, resumable=True)
     assert seen == [[]]
+
+
+def test_validate_checks_the_attempt_before_it_commits(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def check(path: Path) -> None:
+        seen.append((path / "data.txt").read_text())  # the finished attempt, before _SUCCESS
+        if seen[-1] != "good":
+            raise ValueError(f"{path / 'data.txt'}: not good")
+
+    w = wf(tmp_path)
+    with pytest.raises(ValueError, match="not good"):
+        w.step("a", writer("bad", [], "a"), config={}, validate=check)
+    w.finish(FAILED)
+    assert seen == ["bad"] and [p.name for p in tmp_path.rglob(SUCCESS)] == []
+    assert not [p for p in (tmp_path / "a").iterdir() if not p.name.endswith(PARTIAL)]  # no committed dir
+    assert read_runs(tmp_path)[0]["steps"][0]["state"] == FAILED
+
+    calls: list[str] = []
+    r = wf(tmp_path).step("a", writer("good", calls, "a"), config={}, validate=check)
+    assert calls == ["a"] and r.state == DONE and seen == ["bad", "good"]
+    assert (r.local_copy() / SUCCESS).exists()
+
+
+def test_a_cached_step_that_is_no_longer_valid_runs_again_with_its_dependents(tmp_path: Path) -> None:
+    calls: list[str] = []
+    first = three_steps(tmp_path, calls)
+    asked: list[str] = []
+
+    def run(valid: bool) -> tuple[list, list[str]]:
+        lines: list[str] = []
+        w = Workflow(tmp_path, pipeline="test", steps=STEPS, progress=lines.append)
+        a = w.step("a", writer("A", calls, "a"), config={"x": 1})
+        still = lambda r: asked.append(r.outputs["text"]) or valid  # noqa: E731
+        b = w.step("b", writer("B2", calls, "b"), config={"y": 1}, inputs={"a": a}, still_valid=still)
+        c = w.step("c", writer("C", calls, "c"), inputs={"b": b})
+        w.finish()
+        return [a, b, c], lines
+
+    calls.clear()
+    results, _ = run(valid=True)
+    assert calls == [] and asked == ["B"] and [r.state for r in results] == [CACHED] * 3
+    (a, b, c), lines = run(valid=False)
+    assert calls == ["b", "c"] and asked == ["B", "B"] and (a.state, b.state, c.state) == (CACHED, DONE, DONE)
+    assert (b.key, c.key) == (first[1].key, first[2].key) and b.outputs["text"] == "B2"
+    assert any("[b] cached" in line and "running it again" in line for line in lines), lines
+    assert (b.local_copy() / "data.txt").read_text() == "B2"
+
+
+def test_on_step_wraps_each_step_and_its_context_reaches_the_step(tmp_path: Path) -> None:
+    events: list[tuple[str, str, str, list]] = []
+
+    @contextlib.contextmanager
+    def on_step(event):
+        events.append(("enter", event.name, event.state, []))
+        yield f"run-of-{event.name}"
+        events.append(("exit", event.name, event.state, sorted(r.uri for r in event.results.values())))
+
+    def step_fn(out: str) -> dict:
+        return {"context": w.step_context}
+
+    w = Workflow(tmp_path, pipeline="test", steps=STEPS, progress=lambda _: None, on_step=on_step)
+    a = w.step("a", step_fn, config={})
+    assert a.outputs == {"context": "run-of-a"} and w.step_context is None
+    assert events == [("enter", "a", RUNNING, []), ("exit", "a", DONE, [a.uri])]
+    events.clear()
+    w = Workflow(tmp_path, pipeline="test", steps=STEPS, progress=lambda _: None, on_step=on_step)
+    w.step("a", step_fn, config={})
+    assert events == [("enter", "a", CACHED, []), ("exit", "a", CACHED, [a.uri])]
+    events.clear()
+    with pytest.raises(ValueError):
+        w.step("b", lambda out: (_ for _ in ()).throw(ValueError("boom")), config={})
+    assert events == [("enter", "b", RUNNING, [])]  # the exception passed through: no exit record
 
 
 def test_map_runs_only_the_items_that_changed(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pytest
 
 from lstm_dist.config import load_config
 from lstm_dist.data.synthetic import generate_sample
-from lstm_dist.workflow import CACHED, DONE, SUCCESS, Workflow
+from lstm_dist.storage import SUCCESS
+from lstm_dist.workflow import CACHED, DONE, Workflow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +35,7 @@ def split_sample(directory: Path, *, num_series: int = 4, num_steps: int = 300) 
 
 
 def data_steps(cfg):
-    from pipelines.train import STEPS, data_steps
+    from lstm_dist.pipelines.train import STEPS, data_steps
 
     wf = Workflow(cfg.workflow.work_dir, pipeline="train", steps=STEPS, progress=lambda _: None)
     shard, lineage = data_steps(cfg, wf, progress=lambda _: None)
@@ -53,8 +54,8 @@ def test_only_the_changed_file_is_ingested_again(ray_local, tmp_path: Path) -> N
     ingest, shard, lineage = data_steps(cfg)
     assert sorted(ingest) == ["part-0.parquet", "part-1.parquet"]
     assert {r.state for r in ingest.values()} == {DONE} and shard.state == DONE
-    assert (shard.path / "shards" / "manifest.json").exists() and (shard.path / SUCCESS).exists()
-    assert not (shard.path / "inputs").exists()  # the hard links to the ingested files are gone
+    assert (shard.local_copy() / "shards" / "manifest.json").exists() and (shard.local_copy() / SUCCESS).exists()
+    assert not (shard.local_copy() / "inputs").exists()  # the hard links to the ingested files are gone
 
     # Touched, not changed: nothing reruns.
     future = time.time() + 100
@@ -62,6 +63,18 @@ def test_only_the_changed_file_is_ingested_again(ray_local, tmp_path: Path) -> N
     again, shard2, lineage2 = data_steps(cfg)
     assert {r.state for r in again.values()} == {CACHED} and shard2.state == CACHED
     assert lineage2["fingerprint"] == lineage["fingerprint"]
+
+    # One byte flipped in a cached shard: the shard step is rebuilt (same key), not trained on.
+    from lstm_dist.data.integrity import verify_shards
+
+    shard_file = sorted((shard.local_copy() / "shards").glob("*.arrow"))[0]
+    data = bytearray(shard_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard_file.write_bytes(bytes(data))
+    assert verify_shards(shard.local_copy() / "shards")
+    _, rebuilt, _ = data_steps(cfg)
+    assert rebuilt.state == DONE and rebuilt.key == shard.key
+    assert verify_shards(rebuilt.local_copy() / "shards") == []
 
     # One file changed: only it is read again, then the shards are rebuilt.
     frame = pq.read_table(files[1]).to_pandas()

@@ -1,7 +1,7 @@
 """The workflow engine on an object-store work dir: a real S3 API (moto's server) on 127.0.0.1.
 
 Steps write into a node-local staging dir; a finished attempt is uploaded to `<work_dir>/<step>/<key>/` with
-`_SUCCESS` last; `StepResult.path` downloads an output once into the node-local cache. The last test runs the
+`_SUCCESS` last; `StepResult.local_copy()` downloads an output once into the node-local cache. The last test runs the
 whole training pipeline with `workflow.work_dir=s3://...`, twice (the second run is all cached).
 """
 
@@ -18,20 +18,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from lstm_dist.workflow import (
-    CACHE_ENV,
-    CACHED,
-    DONE,
-    FAILED,
-    RECORD,
-    SUCCESS,
-    Store,
-    Workflow,
-    WorkflowError,
-    localize,
-    read_runs,
-    work_cache,
-)
+from lstm_dist.storage import CACHE_ENV, RECORD, SUCCESS, StorageError, Store, local_copy, node_cache
+from lstm_dist.workflow import CACHED, DONE, FAILED, Workflow, read_runs
 
 pytest.importorskip("moto", reason="moto[server] (the dev extra) serves the S3 API these tests use")
 
@@ -75,7 +63,7 @@ def test_a_step_commits_to_the_bucket_with_success_last_and_is_cached(s3, work: 
     r = w.step("a", writer(calls), config={"x": 1})
     w.finish()
     assert r.state == DONE and r.uri == f"{work}/a/{r.key}"
-    assert Path(calls[0]).is_relative_to(work_cache(work))  # staged in the node-local cache, not in the bucket
+    assert Path(calls[0]).is_relative_to(node_cache(work))  # staged in the node-local cache, not in the bucket
     files = files_under(fs, work)
     step_files = {k for k in files if k.startswith(f"a/{r.key}/")}
     assert step_files == {f"a/{r.key}/{n}" for n in ("data.txt", "sub/deep.txt", RECORD, SUCCESS)}
@@ -84,8 +72,10 @@ def test_a_step_commits_to_the_bucket_with_success_last_and_is_cached(s3, work: 
     assert all(files[k].mtime <= success for k in step_files)
     assert json.loads(fs.open_input_stream(f"{work[5:]}/a/{r.key}/{RECORD}").read())["outputs"] == {"file": "data.txt"}
     # The staging dir became this machine's copy: no download needed, nothing left staged.
-    assert r.path == work_cache(work) / "a" / r.key and (r.path / "sub" / "deep.txt").read_text() == "deep"
-    assert not (work_cache(work) / "a" / f"{r.key}.partial").exists()
+    assert (
+        r.local_copy() == node_cache(work) / "a" / r.key and (r.local_copy() / "sub" / "deep.txt").read_text() == "deep"
+    )
+    assert not (node_cache(work) / "a" / f"{r.key}.partial").exists()
 
     again = wf(work).step("a", writer(calls), config={"x": 1})
     assert again.state == CACHED and again.key == r.key and len(calls) == 1
@@ -105,21 +95,23 @@ def test_path_downloads_once_and_follows_a_forced_rerun(
     monkeypatch.setattr(Store, "download", lambda self, loc, local: downloads.append(loc) or real(self, loc, local))
     r = wf(work).step("a", writer(calls), config={"x": 1})
     assert r.cached and downloads == []  # nothing is downloaded until a path is asked for
-    local = r.path
+    local = r.local_copy()
     assert local.is_relative_to(tmp_path / "other-node") and (local / "data.txt").read_text() == "v1"
     assert (local / SUCCESS).exists() and (local / "sub" / "deep.txt").exists()
-    assert r.path == local and localize(r.uri) == local and len(downloads) == 1
+    assert r.local_copy() == local and local_copy(r.uri) == local and len(downloads) == 1
     assert not [p for p in local.parent.iterdir() if ".tmp-" in p.name]
 
     # A forced rerun elsewhere replaces the output under the same key: the stale copy here is replaced.
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     forced = wf(work, force={"a"}).step("a", writer(calls, "v2"), config={"x": 1})
-    assert forced.key == first.key and (forced.path / "data.txt").read_text() == "v2"
+    assert forced.key == first.key and (forced.local_copy() / "data.txt").read_text() == "v2"
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "other-node"))
-    assert (localize(r.uri) / "data.txt").read_text() == "v2" and len(downloads) == 2
+    assert (local_copy(r.uri) / "data.txt").read_text() == "v2" and len(downloads) == 2
 
-    with pytest.raises(WorkflowError, match=SUCCESS):
-        localize(f"{work}/a/0000000000000000")
+    with pytest.raises(StorageError, match=SUCCESS):  # where the output should be, but no _SUCCESS
+        local_copy(f"{work}/a/0000000000000000", store=Store(work))
+    with pytest.raises(StorageError, match=RECORD):  # no step output above it at all
+        local_copy(f"{work}/a/0000000000000000")
 
 
 def test_a_failing_step_leaves_no_success_in_the_bucket(s3, work: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,7 +161,7 @@ def test_a_resumable_attempt_stays_in_the_staging_dir_on_this_machine(s3, work: 
         wf(work).step("a", train, resumable=True)
     r = wf(work).step("a", train, resumable=True)
     assert seen == [False, True] and r.outputs == {"resumed": True}
-    assert (r.path / "ckpt.txt").read_text() == "epoch 1"
+    assert (r.local_copy() / "ckpt.txt").read_text() == "epoch 1"
 
 
 @pytest.mark.slow
@@ -178,9 +170,10 @@ def test_training_pipeline_on_an_s3_work_dir_runs_then_is_all_cached(s3, tmp_pat
     work = f"s3://lstm-dist/{uuid.uuid4().hex[:8]}/w"
     script = f"""
 import json
-from lstm_dist.config import load_config, save_resolved
-from pipelines import retrain
-from pipelines.train import run
+from lstm_dist.config import load_config
+from lstm_dist.storage import save_resolved
+from lstm_dist.pipelines import retrain
+from lstm_dist.pipelines.train import run
 cfg = load_config({str(ROOT / "conf/debug.yaml")!r}, [
     "workflow.work_dir={work}", "train.epochs=1", "tracking.uri=sqlite:///{tmp_path / "mlflow.db"}",
 ]).resolved()

@@ -5,13 +5,14 @@ They return text to print and never start Ray: the CLI runs `ray.init` before `i
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from lstm_dist.config import PipelineConfig
+from lstm_dist.data.errors import DataError
 from lstm_dist.data.ingest import IngestReport, ingest, split_coverage
+from lstm_dist.data.integrity import RERUN, verify_shards
 from lstm_dist.data.manifest import Manifest
 
 DEFAULT_SUBDIR = "data/shards"
@@ -27,18 +28,18 @@ def ingest_command(cfg: PipelineConfig, *, out_dir: str | None = None) -> tuple[
 
 
 def inspect_command(shard_dir: str, *, verify: bool = False, max_series: int = 10) -> str:
-    """Describe a shard directory; with `verify`, recompute every shard's sha256 against the manifest."""
+    """Describe a shard directory; with `verify`, recompute every shard's sha256 against the manifest and
+    raise DataError (the CLI's exit code 1) naming the shards that differ."""
     manifest = Manifest.load(shard_dir)
     text = inspect_text(manifest, max_series=max_series)
     if verify:
-        bad = []
-        for shard in manifest.shards:
-            digest = hashlib.sha256((Path(shard_dir) / shard.file).read_bytes()).hexdigest()
-            if digest != shard.sha256:
-                bad.append(shard.file)
-        text += "\n" + (
-            f"checksums: {len(bad)} shard(s) differ from the manifest: {bad}" if bad else "checksums: all shards match"
-        )
+        problems = verify_shards(shard_dir)
+        if problems:
+            raise DataError(
+                f"{len(problems)} problem(s) in shard set {shard_dir}, it differs from its manifest: "
+                f"{'; '.join(problems[:5])}; {RERUN}"
+            )
+        text += "\nchecksums: all shards match"
     return text
 
 

@@ -38,6 +38,7 @@ from lstm_dist.data.cleaning import Block, build_block, dedupe, fill, infer_freq
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_names, derived_features, derived_names
 from lstm_dist.data.frequency import Frequency
+from lstm_dist.data.integrity import check_output
 from lstm_dist.data.manifest import (
     SUCCESS_FILE,
     ColumnStats,
@@ -50,7 +51,6 @@ from lstm_dist.data.manifest import (
 from lstm_dist.data.readers import (
     Notes,
     Source,
-    _filesystem,
     file_format,
     list_input_files,
     normalize,
@@ -69,6 +69,8 @@ from lstm_dist.data.splits import (
     starts_in,
 )
 from lstm_dist.data.synthetic import write_sample
+from lstm_dist.storage import filesystem as _filesystem  # storage's, under the name this module's code uses
+from lstm_dist.storage import link_or_copy
 
 Part = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # (names, codes [N], ts [N], values [N, V])
 PAD_COL = "is_pad"  # the stored 0/1 start-padding mask column (data.start_padding), before the future covariates
@@ -292,11 +294,10 @@ def clean_bucket(parts: list[Part], *, cfg: DataConfig, freq: Frequency) -> tupl
     short = np.array([r is not None for r in reasons], dtype=bool) & ~padded
     skipped = []
     if short.any():
-        i = int(np.argmax(short))
-        if cfg.short_series == "error":
-            raise DataError(
-                _too_short_message(block.names[i], int(block.lengths[i]), reasons[i], int(short.sum()), cfg)
-            )
+        if cfg.short_series == "error":  # the driver raises, counting the short series of every bucket
+            i = int(np.argmax(short))
+            first = (block.names[i], int(block.lengths[i]), reasons[i], int(short.sum()))
+            return empty, {"names": [], "notes": notes, "skipped": [], "too_short": first}
         skipped = [n for n, s in zip(block.names, short, strict=True) if s]
         block = block.take_series(~short)
         padded = padded[~short]
@@ -351,8 +352,9 @@ def _too_short_message(name: str, num_rows: int, reason: str | None, num_short: 
             "+ validation/test parts"
         )
         fix = "set data.start_padding=true, or lower data.lookback / data.horizon / data.val_size / data.test_size"
+    are = "series is" if num_short == 1 else "series are"
     return (
-        f"series '{name}' is too short: {num_rows} rows, {reason}; it needs {need} ({num_short} series are too "
+        f"series '{name}' is too short: {num_rows} rows, {reason}; it needs {need} ({num_short} {are} too "
         f"short). Set data.short_series=skip to leave such series out, or {fix}"
     )
 
@@ -391,6 +393,7 @@ def build_shard(
         if pad_at is not None:
             raw = np.insert(raw, pad_at, 0.0, axis=1)  # the mask is 0 on real rows (its loc 0, scale 1)
         feats.append(scalers.transform(raw, loc[p], scale[p]).astype(np.float32))  # [n, Fs]
+        _check_float32(feats[-1], raw, name=blk["names"][local], stored_cols=stored_cols)
         ts.append(blk["ts"][rows])
         if r0 < 0:
             assert pad_at is not None and freq is not None, "padding rows need the mask column and the grid"
@@ -403,6 +406,18 @@ def build_shard(
     buf = ipc_bytes(table)
     data = np.frombuffer(buf, dtype=np.uint8)
     return data, hashlib.sha256(data).hexdigest(), table.num_rows
+
+
+def _check_float32(scaled: np.ndarray, raw: np.ndarray, *, name: str, stored_cols: list[str]) -> None:
+    """Shards hold float32: a finite value that scales beyond ±3.4e38 would be stored as inf."""
+    bad = ~np.isfinite(scaled)
+    if bad.any():
+        i, col = np.argwhere(bad)[0]
+        raise DataError(
+            f"series '{name}': column '{stored_cols[col]}' holds {raw[i, col]:g}, which does not fit the float32 "
+            "shards after scaling (beyond ±3.4e38); check the column for corrupt values, or rescale it in the input "
+            "(or set data.scaler when it is none)"
+        )
 
 
 def _write_task(
@@ -565,14 +580,6 @@ def _reusable(
     )
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """A previous shard file under a new name: a hard link (no bytes written), a copy where links fail."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def choose_frequency(cfg: DataConfig, infos: list[dict[str, Any]], *, source: str) -> Frequency:
     """data.freq if set; else the alias most sampled series agree on (pandas.infer_freq per series), else the
     most common step between rows (series with gaps give infer_freq nothing)."""
@@ -702,7 +709,7 @@ def ingest(
     them on the node whose disk holds the input and `out_dir` (a URI work dir's staging dir).
     """
     opts = task_options or {}
-    t_start = time.perf_counter()
+    clock = {"start": time.perf_counter()}
     _check_feature_config(cfg)
     report = IngestReport()
     out = Path(out_dir).resolve()
@@ -713,160 +720,282 @@ def ingest(
     units = _read_units(files, cfg=cfg, target=num_buckets)
     report.num_files = len(files)
 
-    # read: one task per unit; each returns one part per bucket plus an info dict.
-    read_refs = [
+    read = _read_wave(units, cfg=cfg, num_buckets=num_buckets, opts=opts, source=source)
+    report.num_rows_read = sum(i["rows"] for i in read.infos)
+    report.freq, report.freq_alias, report.freq_inferred = read.freq.seconds, read.freq.alias, not cfg.freq
+    clock["read"] = time.perf_counter()
+    block_refs, summaries = _clean_wave(read, cfg=cfg, num_buckets=num_buckets, opts=opts, report=report)
+    clock["clean"] = time.perf_counter()
+
+    layout = _layout(cfg, summaries, read.infos, source=source)
+    plan, reuse = _plan(cfg, layout, freq=read.freq, previous=previous)
+    tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp.mkdir(parents=True)
+    try:
+        results = _write_shards(
+            plan, reuse=reuse, layout=layout, block_refs=block_refs, freq=read.freq, tmp=tmp, opts=opts
+        )
+        manifest = _build_manifest(cfg, layout, _shard_infos(plan, results, layout.series, cfg), freq=read.freq)
+        _publish(manifest, tmp=tmp, out=out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    clock["end"] = time.perf_counter()
+    _fill_report(report, cfg=cfg, manifest=manifest, notes=read.notes, layout=layout, plan=plan, reuse=reuse)
+    report.num_tasks = {"read": len(units), "clean": num_buckets, "write": len(plan) - len(reuse.shards)}
+    report.timings = {
+        "read": clock["read"] - clock["start"],
+        "clean": clock["clean"] - clock["read"],
+        "write": clock["end"] - clock["clean"],
+        "total": clock["end"] - clock["start"],
+    }
+    return manifest, report
+
+
+@dataclass
+class _ReadWave:
+    """What the read tasks returned: per unit the refs of its parts (one per bucket, then its info dict)."""
+
+    refs: list[list[Any]]
+    infos: list[dict[str, Any]]
+    notes: Notes
+    freq: Frequency
+
+
+def _read_wave(
+    units: list[tuple[str, list[int] | None]], *, cfg: DataConfig, num_buckets: int, opts: dict, source: str
+) -> _ReadWave:
+    """read: one task per unit; each returns one part per bucket plus an info dict. Chooses the frequency."""
+    refs = [
         _read_remote.options(num_returns=num_buckets + 1, **opts).remote(loc, rg, cfg, num_buckets) for loc, rg in units
     ]
-    infos = get_or_raise([refs[-1] for refs in read_refs])
-    report.num_rows_read = sum(i["rows"] for i in infos)
+    infos = get_or_raise([r[-1] for r in refs])
     notes = Notes()
     for i in infos:
         notes.merge(i["notes"])
-    freq, report.freq_inferred = choose_frequency(cfg, infos, source=source), not cfg.freq
-    report.freq, report.freq_alias = freq.seconds, freq.alias
-    t_read = time.perf_counter()
+    return _ReadWave(refs=refs, infos=infos, notes=notes, freq=choose_frequency(cfg, infos, source=source))
 
-    # clean: one task per bucket; the cleaned arrays stay in the object store for the writers.
-    bucket_parts = [[refs[b] for refs in read_refs] for b in range(num_buckets)]
-    clean_out = [_clean_remote.options(**opts).remote(cfg, freq, *parts) for parts in bucket_parts]
-    block_refs = [c[0] for c in clean_out]
+
+def _clean_wave(
+    read: _ReadWave, *, cfg: DataConfig, num_buckets: int, opts: dict, report: IngestReport
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """clean: one task per bucket; the cleaned arrays stay in the object store for the writers.
+    Returns (refs of the cleaned blocks, the summaries); notes and skipped series go to `read.notes`/`report`."""
+    bucket_parts = [[refs[b] for refs in read.refs] for b in range(num_buckets)]
+    clean_out = [_clean_remote.options(**opts).remote(cfg, read.freq, *parts) for parts in bucket_parts]
     summaries = get_or_raise([c[1] for c in clean_out])
+    short = sorted((s["too_short"] for s in summaries if s.get("too_short")), key=lambda t: t[0])
+    if short:
+        name, num_rows, reason, _ = short[0]
+        raise DataError(_too_short_message(name, num_rows, reason, sum(t[3] for t in short), cfg))
     for s in summaries:
-        notes.merge(s["notes"])
+        read.notes.merge(s["notes"])
         report.skipped_series += s["skipped"]
     report.skipped_series.sort()
-    t_clean = time.perf_counter()
+    return [c[0] for c in clean_out], summaries
 
+
+@dataclass
+class _Layout:
+    """The series of the new shard set in global order, with their stored columns, scaler stats and padding."""
+
+    entries: list[tuple[str, int, int]]
+    """(name, bucket, position in that bucket's clean summary), sorted by name: the global series index."""
+    derived: list[str]
+    stored_cols: list[str]
+    loc: np.ndarray
+    """float64 [S, Fs]"""
+    scale: np.ndarray
+    """float64 [S, Fs]"""
+    pads: list[int]
+    """Start-padding rows per series."""
+    pad_at: int | None
+    """Position of the padding mask in stored_cols; None when no series is padded."""
+    static_enc: dict[str, dict[str, Any]]
+    series: list[SeriesInfo]
+
+
+def _layout(cfg: DataConfig, summaries: list[dict[str, Any]], infos: list[dict[str, Any]], *, source: str) -> _Layout:
+    """Global series index, stored columns (with the padding mask where needed), scaler stats, manifest entries."""
     derived = derived_names(cfg.target_cols, lags=cfg.lags, moving_averages=cfg.moving_averages, rsi=cfg.rsi_period)
     stored_cols = [*cfg.target_cols, *cfg.covariate_cols, *derived, *cfg.future_cols]
-    # Global series index: sorted names over all buckets.
     entries = sorted((name, b, i) for b, s in enumerate(summaries) for i, name in enumerate(s["names"]))
     if not entries:
         raise DataError(
             f"no series left to write from '{source}' (all were skipped as too short); see data.short_series"
         )
-    num_s, width = len(entries), len(stored_cols)
-    loc, scale = np.zeros((num_s, width)), np.ones((num_s, width))
-    if cfg.scaler_scope == "global":
-        g_loc, g_scale = scalers.combine(
-            [s["partial"] for s in summaries if s["names"]], kind=cfg.scaler, num_cols=width
-        )
-        loc[:], scale[:] = g_loc, g_scale
-    for idx, (_, b, i) in enumerate(entries):
-        if cfg.scaler_scope == "series":
-            loc[idx], scale[idx] = summaries[b]["loc"][i], summaries[b]["scale"][i]
+    loc, scale = _scaler_stats(cfg, summaries, entries, width=len(stored_cols))
     # The mask column exists only when some series is padded, so data without short series is stored as before.
     pads = [int(summaries[b]["pad"][i]) for _, b, i in entries]
     pad_at = None
     if any(pads):
-        pad_at = width - len(cfg.future_cols)  # before the future covariates, which the reader takes from the end
+        pad_at = len(stored_cols) - len(cfg.future_cols)  # before the future covariates, which the reader takes last
         if PAD_COL in stored_cols:
             raise DataError(f"column name '{PAD_COL}' is reserved for the start-padding mask; rename that column")
         stored_cols.insert(pad_at, PAD_COL)
         loc, scale = np.insert(loc, pad_at, 0.0, axis=1), np.insert(scale, pad_at, 1.0, axis=1)
-        width += 1
     static_rows = statics.merge([i["static"] for i in infos], static_cols=cfg.static_cols)
     static_enc = statics.fit_encoding(
         {n: static_rows[n] for n, _, _ in entries if cfg.static_cols}, static_cols=cfg.static_cols
     )
-    series_infos = _series_infos(entries, summaries, loc, scale, stored_cols, pads, static_rows, static_enc, cfg)
-    lengths = [info.num_rows for info in series_infos]
-    where = [(b, i) for _, b, i in entries]
+    series = _series_infos(entries, summaries, loc, scale, stored_cols, pads, static_rows, static_enc, cfg)
+    return _Layout(
+        entries=entries,
+        derived=derived,
+        stored_cols=stored_cols,
+        loc=loc,
+        scale=scale,
+        pads=pads,
+        pad_at=pad_at,
+        static_enc=static_enc,
+        series=series,
+    )
 
-    # write: plan shards from lengths only (so the same data in any file layout gives the same shards),
-    # around the shards kept from a previous set.
+
+def _scaler_stats(
+    cfg: DataConfig, summaries: list[dict[str, Any]], entries: list[tuple[str, int, int]], *, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(loc, scale) [S, width] in global series order: each series' own, or one fit over all train rows."""
+    loc, scale = np.zeros((len(entries), width)), np.ones((len(entries), width))
+    if cfg.scaler_scope == "global":
+        partials = [s["partial"] for s in summaries if s["names"]]
+        loc[:], scale[:] = scalers.combine(partials, kind=cfg.scaler, num_cols=width)
+        return loc, scale
+    for idx, (_, b, i) in enumerate(entries):
+        loc[idx], scale[idx] = summaries[b]["loc"][i], summaries[b]["scale"][i]
+    return loc, scale
+
+
+def _plan(
+    cfg: DataConfig, layout: _Layout, *, freq: Frequency, previous: str | None
+) -> tuple[list[tuple[list[Piece], int | None]], _Reuse]:
+    """Plan shards from lengths only (so the same data in any file layout gives the same shards), around the
+    shards kept from a previous set. Returns (pieces, index into reuse.shards or None) per shard."""
     window = cfg.lookback + cfg.horizon
-    target_rows = rows_per_shard(rows=cfg.rows_per_shard, size_mib=cfg.shard_size_mib, num_features=width)
-    reuse = _reusable(previous, cfg=cfg, freq=freq, stored_cols=stored_cols, series=series_infos)
+    target_rows = rows_per_shard(
+        rows=cfg.rows_per_shard, size_mib=cfg.shard_size_mib, num_features=len(layout.stored_cols)
+    )
+    reuse = _reusable(previous, cfg=cfg, freq=freq, stored_cols=layout.stored_cols, series=layout.series)
+    pads = layout.pads
     # Shards are planned over stored rows (padding first), then pieces go back to real row positions.
     kept = [[_moved(g, pads[g.series]) for g in info.segments] for info in reuse.shards]
-    stored_lengths = [n + p for n, p in zip(lengths, pads, strict=True)]
+    stored_lengths = [info.num_rows + p for info, p in zip(layout.series, pads, strict=True)]
     plan = [
         ([_moved(p, -pads[p.series]) for p in pieces], k)
         for pieces, k in plan_around(stored_lengths, kept=kept, rows_per_shard=target_rows, window=window)
     ]
-    tmp = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:12]}")
-    tmp.mkdir(parents=True)
-    try:
-        pending = {}
-        results: dict[int, tuple[str, int, int]] = {}
-        for k, (pieces, source) in enumerate(plan):
-            if source is not None:
-                prev = reuse.shards[source]
-                assert reuse.directory is not None
-                _link_or_copy(reuse.directory / prev.file, tmp / f"shard-{k:05d}.arrow")
-                results[k] = (prev.sha256, prev.num_rows, prev.num_bytes)
-                continue
-            needed = sorted({where[p.series][0] for p in pieces})
-            pos = {b: j for j, b in enumerate(needed)}
-            args = [(pos[where[p.series][0]], where[p.series][1], p.row_start, p.row_stop, p.series) for p in pieces]
-            sel = [p.series for p in pieces]
-            ref = _write_remote.options(**opts).remote(
-                args, loc[sel], scale[sel], stored_cols, pad_at, freq, *[block_refs[b] for b in needed]
-            )
-            pending[ref] = k
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            k = pending.pop(done[0])
-            data, digest, num_rows = get_or_raise(done[0])
-            name = f"shard-{k:05d}.arrow"
-            with open(tmp / name, "wb") as f:
-                f.write(memoryview(data))
-            results[k] = (digest, num_rows, len(data))
-            del data
-        shards = _shard_infos(plan, results, series_infos, cfg)
-        num_inputs = len(value_columns(cfg))
-        covered = {sp: {g.series for sh in shards for g in sh.segments if g.windows[sp]} for sp in SPLITS}
-        totals = Totals(
-            num_series=num_s,
-            num_rows=sum(lengths),
-            num_stored_rows=sum(s.num_rows for s in shards),
-            num_shards=len(shards),
-            num_bytes=sum(s.num_bytes for s in shards),
-            raw_numeric_bytes=8 * (1 + num_inputs) * sum(lengths),
-            windows={sp: sum(s.windows[sp] for s in shards) for sp in SPLITS},
-            series_per_split={sp: len(covered[sp]) for sp in SPLITS},
-            num_pad_rows=sum(pads),
-        )
-        calendar = list(cfg.calendar_features)
-        manifest = Manifest(
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            data_config=cfg.model_dump(mode="json"),
-            target_cols=list(cfg.target_cols),
-            covariate_cols=list(cfg.covariate_cols),
-            derived_cols=derived,
-            future_cols=list(cfg.future_cols),
-            calendar_features=calendar,
-            stored_cols=stored_cols,
-            x_features=[*stored_cols, *calendar_names(calendar)],
-            future_features=[*cfg.future_cols, *calendar_names(calendar)],
-            lookback=cfg.lookback,
-            horizon=cfg.horizon,
-            stride=cfg.stride,
-            freq=freq.seconds,
-            freq_alias=freq.alias,
-            season_lengths=frequencies.season_lengths(cfg.seasonality, freq.alias),
-            scaler=cfg.scaler,
-            scaler_scope=cfg.scaler_scope,
-            shard_schema=dict(SHARD_SCHEMA),
-            pad_col=PAD_COL if pad_at is not None else None,
-            series=series_infos,
-            shards=shards,
-            totals=totals,
-            static_features=statics.feature_names(static_enc),
-            static_encoding=static_enc,
-        )
-        manifest.save(tmp)
-        if out.exists():
-            shutil.rmtree(out)  # an older or incomplete output of the same step; the new one replaces it
-        os.replace(tmp, out)
-        (out / SUCCESS_FILE).write_text(manifest.created_at + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return plan, reuse
 
-    t_end = time.perf_counter()
-    report.num_series = num_s
+
+def _write_shards(
+    plan: list[tuple[list[Piece], int | None]],
+    *,
+    reuse: _Reuse,
+    layout: _Layout,
+    block_refs: list[Any],
+    freq: Frequency,
+    tmp: Path,
+    opts: dict,
+) -> dict[int, tuple[str, int, int]]:
+    """write: one task per new shard, kept shards linked from the previous set. {k: (sha256, rows, bytes)}."""
+    where = [(b, i) for _, b, i in layout.entries]
+    pending = {}
+    results: dict[int, tuple[str, int, int]] = {}
+    for k, (pieces, source) in enumerate(plan):
+        if source is not None:
+            prev = reuse.shards[source]
+            assert reuse.directory is not None
+            link_or_copy(reuse.directory / prev.file, tmp / f"shard-{k:05d}.arrow")
+            results[k] = (prev.sha256, prev.num_rows, prev.num_bytes)
+            continue
+        needed = sorted({where[p.series][0] for p in pieces})
+        pos = {b: j for j, b in enumerate(needed)}
+        args = [(pos[where[p.series][0]], where[p.series][1], p.row_start, p.row_stop, p.series) for p in pieces]
+        sel = [p.series for p in pieces]
+        ref = _write_remote.options(**opts).remote(
+            args, layout.loc[sel], layout.scale[sel], layout.stored_cols, layout.pad_at, freq,
+            *[block_refs[b] for b in needed],
+        )  # fmt: skip
+        pending[ref] = k
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        k = pending.pop(done[0])
+        data, digest, num_rows = get_or_raise(done[0])
+        with open(tmp / f"shard-{k:05d}.arrow", "wb") as f:
+            f.write(memoryview(data))
+        results[k] = (digest, num_rows, len(data))
+        del data
+    return results
+
+
+def _build_manifest(cfg: DataConfig, layout: _Layout, shards: list[ShardInfo], *, freq: Frequency) -> Manifest:
+    lengths = [s.num_rows for s in layout.series]
+    covered = {sp: {g.series for sh in shards for g in sh.segments if g.windows[sp]} for sp in SPLITS}
+    totals = Totals(
+        num_series=len(layout.series),
+        num_rows=sum(lengths),
+        num_stored_rows=sum(s.num_rows for s in shards),
+        num_shards=len(shards),
+        num_bytes=sum(s.num_bytes for s in shards),
+        raw_numeric_bytes=8 * (1 + len(value_columns(cfg))) * sum(lengths),
+        windows={sp: sum(s.windows[sp] for s in shards) for sp in SPLITS},
+        series_per_split={sp: len(covered[sp]) for sp in SPLITS},
+        num_pad_rows=sum(layout.pads),
+    )
+    calendar = list(cfg.calendar_features)
+    stored_cols = layout.stored_cols
+    return Manifest(
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        data_config=cfg.model_dump(mode="json"),
+        target_cols=list(cfg.target_cols),
+        covariate_cols=list(cfg.covariate_cols),
+        derived_cols=layout.derived,
+        future_cols=list(cfg.future_cols),
+        calendar_features=calendar,
+        stored_cols=stored_cols,
+        x_features=[*stored_cols, *calendar_names(calendar)],
+        future_features=[*cfg.future_cols, *calendar_names(calendar)],
+        lookback=cfg.lookback,
+        horizon=cfg.horizon,
+        stride=cfg.stride,
+        freq=freq.seconds,
+        freq_alias=freq.alias,
+        season_lengths=frequencies.season_lengths(cfg.seasonality, freq.alias),
+        scaler=cfg.scaler,
+        scaler_scope=cfg.scaler_scope,
+        shard_schema=dict(SHARD_SCHEMA),
+        pad_col=PAD_COL if layout.pad_at is not None else None,
+        series=layout.series,
+        shards=shards,
+        totals=totals,
+        static_features=statics.feature_names(layout.static_enc),
+        static_encoding=layout.static_enc,
+    )
+
+
+def _publish(manifest: Manifest, *, tmp: Path, out: Path) -> None:
+    """Save the manifest into `tmp`, rename `tmp` to `out` and write `_SUCCESS` last."""
+    manifest.save(tmp)
+    check_output(tmp, manifest)  # raising here leaves no _SUCCESS, so nothing wrong is ever cached
+    if out.exists():
+        shutil.rmtree(out)  # an older or incomplete output of the same step; the new one replaces it
+    os.replace(tmp, out)
+    (out / SUCCESS_FILE).write_text(manifest.created_at + "\n")
+
+
+def _fill_report(
+    report: IngestReport,
+    *,
+    cfg: DataConfig,
+    manifest: Manifest,
+    notes: Notes,
+    layout: _Layout,
+    plan: list[tuple[list[Piece], int | None]],
+    reuse: _Reuse,
+) -> None:
+    """What was written and reused, and the cleaning counts and warnings."""
+    totals = manifest.totals
+    report.num_series = totals.num_series
     report.num_rows = totals.num_rows
     report.counts = dict(notes.counts)
     report.warnings = notes.warnings
@@ -875,22 +1004,14 @@ def ingest(
     report.raw_numeric_bytes = totals.raw_numeric_bytes
     report.windows = dict(totals.windows)
     report.series_per_split = dict(totals.series_per_split)
-    report.num_padded_series = sum(p > 0 for p in pads)
-    report.num_tasks = {"read": len(units), "clean": num_buckets, "write": len(plan) - len(kept)}
-    report.num_reused_shards = len(kept)
+    report.num_padded_series = sum(p > 0 for p in layout.pads)
+    report.num_reused_shards = len(reuse.shards)
     report.num_changed_series = reuse.num_changed
     report.rebuild_reason = reuse.reason
-    written = {series_infos[p.series].name for pieces, source in plan if source is None for p in pieces}
+    written = {layout.series[p.series].name for pieces, source in plan if source is None for p in pieces}
     report.num_rewritten_series = len(written & reuse.unchanged)
-    report.timings = {
-        "read": t_read - t_start,
-        "clean": t_clean - t_read,
-        "write": t_end - t_clean,
-        "total": t_end - t_start,
-    }
     if report.skipped_series:
         report.warnings.append(
             f"skipped {len(report.skipped_series)} series too short for "
             + ("horizon + 1 rows" if cfg.start_padding else "lookback + horizon + hold-out")
         )
-    return manifest, report

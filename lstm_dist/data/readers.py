@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from lstm_dist.config import DataConfig
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.frequency import check_timezone, localize
+from lstm_dist.storage import filesystem
 
 CSV_EXT = (".csv", ".csv.gz", ".tsv")
 PARQUET_EXT = (".parquet", ".pq", ".parq")
@@ -59,17 +60,9 @@ class Notes:
         self.warnings.extend(other.warnings)
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, path inside it, prefix that turns such a path back into a locator)."""
-    if "://" in path:
-        fs, inner = pafs.FileSystem.from_uri(path)
-        return fs, inner, path.split("://", 1)[0] + "://"
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path)), ""
-
-
 def list_input_files(path: str, *, fmt: str = "auto") -> list[str]:
     """Files named by `path`: a file, a directory (searched recursively) or a glob; sorted, as locators."""
-    fs, inner, prefix = _filesystem(path)
+    fs, inner, prefix = filesystem(path)
     exts = {"csv": CSV_EXT, "parquet": PARQUET_EXT}.get(fmt, CSV_EXT + PARQUET_EXT)
     if any(ch in inner for ch in "*?["):
         base = inner[: min(inner.find(ch) for ch in "*?[" if ch in inner)].rsplit("/", 1)[0] or "/"
@@ -96,6 +89,12 @@ def list_input_files(path: str, *, fmt: str = "auto") -> list[str]:
     return [prefix + p for p in sorted(found)]
 
 
+def check_inputs(cfg: DataConfig) -> None:
+    """Raise DataError when data.path names no input file; cheap, for a pipeline to call before Ray starts."""
+    if cfg.path is not None:
+        list_input_files(cfg.path, fmt=cfg.format)
+
+
 def file_format(locator: str, fmt: str) -> str:
     if fmt != "auto":
         return fmt
@@ -109,22 +108,42 @@ def file_format(locator: str, fmt: str) -> str:
 
 def read_raw(locator: str, *, cfg: DataConfig) -> pa.Table:
     """The file as an Arrow table, untouched. CSV keeps the series column as text."""
-    fs, inner, _ = _filesystem(locator)
+    fs, inner, _ = filesystem(locator)
     fmt = file_format(locator, cfg.format)
     try:
         if fmt == "parquet":
             return pq.read_table(inner, filesystem=fs)
         with fs.open_input_stream(inner, compression="detect") as stream:
-            return pacsv.read_csv(
+            _check_text(stream.read(_SNIFF_BYTES), locator=locator)
+        with fs.open_input_stream(inner, compression="detect") as stream:
+            table = pacsv.read_csv(
                 stream,
                 convert_options=pacsv.ConvertOptions(
                     column_types={cfg.series_col: pa.string()}, strings_can_be_null=True
                 ),
             )
+            table.column_names  # noqa: B018 - decodes the header, which fails on bytes that are not UTF-8
+            return table
     except DataError:
         raise
+    except UnicodeDecodeError:
+        raise DataError(f"{locator}: {_NOT_UTF8}") from None
     except (pa.ArrowInvalid, OSError) as exc:
+        if "invalid UTF8" in str(exc):
+            raise DataError(f"{locator}: {_NOT_UTF8} ({exc})") from None
         raise DataError(f"{locator}: cannot be read as {fmt}: {exc}") from None
+
+
+_SNIFF_BYTES = 4096
+_NOT_UTF8_FIX = "re-save it as UTF-8 ('CSV UTF-8' in a spreadsheet, or iconv -t UTF-8), or give a Parquet file"
+_NOT_UTF8 = f"the file is not UTF-8 text; {_NOT_UTF8_FIX}"
+
+
+def _check_text(head: bytes, *, locator: str) -> None:
+    """Refuse UTF-16/32 text (a byte-order mark, or NUL bytes, which UTF-8 text never holds) by name: Arrow
+    would read such a file as odd columns or fail on the header's bytes."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        raise DataError(f"{locator}: the file looks like UTF-16 (it holds NUL bytes), not UTF-8; {_NOT_UTF8_FIX}")
 
 
 class Source(str):
@@ -153,9 +172,17 @@ def _check_columns(table: pa.Table, *, cfg: DataConfig, source: str) -> None:
         needed += [("target_cols", c) for c in cfg.target_cols]
     needed += [("covariate_cols", c) for c in cfg.covariate_cols] + [("future_cols", c) for c in cfg.future_cols]
     for key, col in needed:
+        if have.count(col) > 1:
+            raise DataError(
+                f"{source}: column '{col}' (data.{key}) appears {have.count(col)} times in the header; rename or "
+                "remove the extra one"
+            )
         if col not in have:
             near = difflib.get_close_matches(col, have, n=1, cutoff=0.6)
             hint = f" Did you mean '{near[0]}'?" if near else ""
+            sep = next((s for s in ";\t|" if len(have) == 1 and s in have[0]), None)
+            if sep is not None:  # one column whose name holds the others: another delimiter than the comma
+                hint = f" The file seems to separate fields with {sep!r}, not commas; write it comma-separated."
             raise DataError(
                 f"{source}: column '{col}' (data.{key}) not found; the file has columns {have}.{hint} "
                 f"Rename the column or set data.{key}."
@@ -223,10 +250,10 @@ def _timestamp_seconds(col: pa.ChunkedArray | pa.Array, *, name: str, source: st
         naive = not pa.types.is_timestamp(t) or t.tz is None
         return np.asarray(ts.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64), naive
     if pa.types.is_integer(t):
-        notes.warn(f"{source}: integer column '{name}' read as unix seconds")
-        return np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64), False
+        return _epoch_seconds(col, name=name, source=source, notes=notes), False
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         text = col.to_pandas()
+        _check_offsets(text, name=name, source=source)
         naive = len(text) > 0 and pd.to_datetime(text.iloc[:1], errors="coerce", format="mixed").dt.tz is None
         parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
         if parsed.isna().any():
@@ -239,6 +266,37 @@ def _timestamp_seconds(col: pa.ChunkedArray | pa.Array, *, name: str, source: st
             )
         return parsed.dt.tz_localize(None).to_numpy("datetime64[s]").astype(np.int64), naive
     raise DataError(f"{source}: column '{name}' has type {t}; timestamps must be dates, datetimes or ISO strings")
+
+
+# Integer timestamps: the unit by magnitude. Seconds reach 1e11 only in the year 5138, milliseconds 1e14 in
+# 5138 too, and so on, so the largest absolute value tells the unit of any date after 1973.
+_EPOCH_UNITS = ((1e11, "seconds", 1), (1e14, "milliseconds", 10**3), (1e17, "microseconds", 10**6))
+
+
+def _epoch_seconds(col: pa.ChunkedArray | pa.Array, *, name: str, source: str, notes: Notes) -> np.ndarray:
+    """Unix seconds int64 [N] from integer epochs in seconds, milliseconds, microseconds or nanoseconds."""
+    raw = np.asarray(col.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    top = float(np.abs(raw).max()) if len(raw) else 0.0
+    unit, div = next(((u, d) for limit, u, d in _EPOCH_UNITS if top < limit), ("nanoseconds", 10**9))
+    if div > 1 and (raw % div).any():
+        raise DataError(
+            f"{source}: integer column '{name}' reads as unix {unit}, but some values are not whole seconds; "
+            "write ISO 8601 timestamps (2024-01-01 13:00:00)"
+        )
+    notes.warn(f"{source}: integer column '{name}' read as unix {unit}")
+    return raw // div
+
+
+def _check_offsets(text: pd.Series, *, name: str, source: str) -> None:
+    """Timestamps with and without a UTC offset in one column are ambiguous: the naive ones would be read
+    in data.timezone, the others converted, and the two can collide or leave holes."""
+    has = text.str.strip().str.contains(r"(?:Z|[+-]\d{2}:?\d{2})$", regex=True)
+    if has.any() and not has.all():
+        a, b = int(np.argmax(has.to_numpy())), int(np.argmin(has.to_numpy()))
+        raise DataError(
+            f"{source}: column '{name}' mixes timestamps with a UTC offset ({text.iloc[a]!r} at {_row_hint(source, a)}) "
+            f"and without ({text.iloc[b]!r} at {_row_hint(source, b)}); write every timestamp with its offset, or none"
+        )
 
 
 def value_columns(cfg: DataConfig) -> list[str]:
@@ -266,21 +324,48 @@ def normalize(
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Long layout as (sorted series names, codes int64 [N], ts int64 [N], values float64 [N, V])."""
     _check_columns(table, cfg=cfg, source=source)
+    if table.num_rows == 0 and not getattr(source, "row_offset", 0):
+        raise DataError(
+            f"{source}: the file has no data rows (only the columns {table.column_names}); add rows, or remove "
+            "the file from data.path"
+        )
     tz = check_timezone(cfg.timezone)
     kw = {"name": cfg.timestamp_col, "source": source, "notes": notes, "tz": tz}
     if cfg.layout == "wide":
-        return _normalize_wide(table, timestamp_column(table.column(cfg.timestamp_col), **kw), cfg=cfg, source=source)
+        ts = timestamp_column(table.column(cfg.timestamp_col), **kw)
+        return _normalize_wide(table, ts, cfg=cfg, source=source, notes=notes)
     series = table.column(cfg.series_col)
     if series.null_count:
         row = int(np.argmax(np.asarray(series.is_null().to_numpy(zero_copy_only=False))))
         raise DataError(f"{source}: column '{cfg.series_col}' (data.series_col) is empty at {_row_hint(source, row)}")
     names, codes = series_codes(series)
     ts = timestamp_column(table.column(cfg.timestamp_col), codes=codes, **kw)
+    if cfg.duplicates == "error":
+        _first_duplicate(names, codes, ts, source=source)
     cols = [numeric_column(table.column(c), name=c, source=source) for c in value_columns(cfg)]
     values = np.stack(cols, axis=1)
+    rows = np.arange(len(ts))
+    values, keep = _nonfinite(values, names, codes, ts, rows=rows, cfg=cfg, source=source, notes=notes)
+    if keep is not None:
+        codes, ts, values, rows = codes[keep], ts[keep], values[keep], rows[keep]
     if cfg.missing == "error":
-        _first_missing(values, names, codes, ts, rows=np.arange(len(ts)), cfg=cfg, source=source)
+        _first_missing(values, names, codes, ts, rows=rows, cfg=cfg, source=source, table=table)
     return names, codes, ts, values
+
+
+def _first_duplicate(names: list[str], codes: np.ndarray, ts: np.ndarray, *, source: str) -> None:
+    """Duplicate (series, timestamp) rows within one file raise naming the file and two of the rows; those
+    across files are found after the merge (cleaning.dedupe), where no file is known."""
+    order = np.lexsort((ts, codes))  # stable: equal keys keep their file order
+    c, t = codes[order], ts[order]
+    dup = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
+    if dup.any():
+        j = int(np.argmax(dup))
+        raise DataError(
+            f"{source}: series '{names[c[j]]}' has {int(dup.sum())} duplicate (series, timestamp) rows, first at "
+            f"{np.datetime64(int(t[j]), 's')}; set data.duplicates to keep_last or mean (or remove one of "
+            f"{_row_hint(source, int(order[j]))} and {_row_hint(source, int(order[j + 1]))})"
+        )
 
 
 def _first_missing(
@@ -292,19 +377,83 @@ def _first_missing(
     rows: np.ndarray,
     cfg: DataConfig,
     source: str,
+    table: pa.Table,
 ) -> None:
     bad = np.isnan(values)
     if bad.any():
         i, col = np.argwhere(bad)[0]
+        name = value_columns(cfg)[col]
+        actual = names[codes[i]] if cfg.layout == "wide" and col == 0 else name  # wide: one target column per series
         raise DataError(
-            f"{source}: column '{value_columns(cfg)[col]}' has a missing value at {_row_hint(source, int(rows[i]))} "
-            f"(series '{names[codes[i]]}', {np.datetime64(int(ts[i]), 's')}); "
+            f"{source}: column '{name}' has a missing value ({_missing_kind(table, actual, int(rows[i]), source)}) "
+            f"at {_row_hint(source, int(rows[i]))} (series '{names[codes[i]]}', {np.datetime64(int(ts[i]), 's')}); "
             "set data.missing to ffill, interpolate, zero or drop to handle missing values"
         )
 
 
+def _missing_kind(table: pa.Table, name: str, row: int, source: str) -> str:
+    """How a missing value was written: the CSV text (`'nan'`, `'NA'`, an empty field), NaN or null."""
+    col = table.column(name)
+    if source.lower().endswith(CSV_EXT):
+        text = _csv_text(source, name, row)
+        return "an empty field" if text == "" else f"the text {text!r}" if text is not None else "null"
+    if col.type == pa.null() or not col[row].is_valid:
+        return "null"
+    return "NaN" if pa.types.is_floating(col.type) else f"the text {col[row].as_py()!r}"
+
+
+def _csv_text(locator: str, name: str, row: int) -> str | None:
+    """The raw text of one CSV cell (Arrow turns `nan`, `NA`, `null`, ... into null when it reads numbers)."""
+    fs, inner, _ = filesystem(locator)
+    try:
+        with fs.open_input_stream(inner, compression="detect") as stream:
+            col = pacsv.read_csv(
+                stream,
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=[name], column_types={name: pa.string()}, null_values=[], strings_can_be_null=False
+                ),
+            ).column(name)
+    except (pa.ArrowInvalid, OSError):  # only for the message: the error is reported without the text then
+        return None
+    return col[row].as_py() if row < len(col) else None
+
+
+def _nonfinite(
+    values: np.ndarray,
+    names: list[str],
+    codes: np.ndarray,
+    ts: np.ndarray,
+    *,
+    rows: np.ndarray,
+    cfg: DataConfig,
+    source: str,
+    notes: Notes,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values, rows to keep or None) under data.nonfinite: ±inf (the text `inf`, or a number beyond float64
+    such as 1e400) raises naming the first (`error`), drops its row (`drop`) or becomes NaN for data.missing
+    to fill (`fill`). An infinite value would give infinite scaler stats and poison every window."""
+    bad = np.isinf(values)
+    if not bad.any():
+        return values, None
+    if cfg.nonfinite == "error":
+        i, col = np.argwhere(bad)[0]
+        name = names[codes[i]] if cfg.layout == "wide" and col == 0 else value_columns(cfg)[col]
+        raise DataError(
+            f"{source}: column '{name}' holds {values[i, col]} at {_row_hint(source, int(rows[i]))} "
+            f"(series '{names[codes[i]]}', {np.datetime64(int(ts[i]), 's')}; the first of {int(bad.sum())} infinite "
+            "values: the text inf, or a number beyond ±1.8e308); fix the file, or set data.nonfinite to drop "
+            "(remove such rows) or fill (fill them by data.missing)"
+        )
+    if cfg.nonfinite == "fill":
+        notes.add("nonfinite_values_filled", int(bad.sum()))
+        return np.where(bad, np.nan, values), None
+    keep = ~bad.any(axis=1)
+    notes.add("nonfinite_rows_dropped", int((~keep).sum()))
+    return values, keep
+
+
 def _normalize_wide(
-    table: pa.Table, ts: np.ndarray, *, cfg: DataConfig, source: str
+    table: pa.Table, ts: np.ndarray, *, cfg: DataConfig, source: str, notes: Notes
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Wide layout: one target column per series; covariates are shared by all series (broadcast)."""
     if len(cfg.target_cols) != 1:
@@ -325,6 +474,10 @@ def _normalize_wide(
     values = np.stack([target, *(np.tile(c, len(names)) for c in covs)], axis=1)
     codes = np.repeat(np.arange(len(names), dtype=np.int64), n)
     ts_long = np.tile(ts, len(names))
+    rows = np.tile(np.arange(n), len(names))
+    values, keep = _nonfinite(values, names, codes, ts_long, rows=rows, cfg=cfg, source=source, notes=notes)
+    if keep is not None:
+        codes, ts_long, values, rows = codes[keep], ts_long[keep], values[keep], rows[keep]
     if cfg.missing == "error":
-        _first_missing(values, names, codes, ts_long, rows=np.tile(np.arange(n), len(names)), cfg=cfg, source=source)
+        _first_missing(values, names, codes, ts_long, rows=rows, cfg=cfg, source=source, table=table)
     return names, codes, ts_long, values

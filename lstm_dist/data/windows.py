@@ -22,6 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_features
+from lstm_dist.data.integrity import require_intact
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.shards import open_shard
 from lstm_dist.data.splits import WINDOW_SPLITS
@@ -48,6 +49,7 @@ class WindowDataset:
         self.shard_dir = Path(shard_dir)
         self.split = split
         m = self._manifest = Manifest.load(self.shard_dir)
+        require_intact(self.shard_dir, m)  # never train or score on a damaged shard set
         self.stride = stride or m.stride
         self._lookback, self._horizon = m.lookback, m.horizon
         self._num_t = len(m.target_cols)

@@ -1,4 +1,4 @@
-"""What a training checkpoint holds, and how the final model is rebuilt from one."""
+"""What a training checkpoint holds: the saved model (models/saved.py), the optimizer state, the history."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lstm_dist.config import ModelConfig
-from lstm_dist.models import Forecaster, build_model
+from lstm_dist.models.saved import load_weights, save_model
 
-STATE_FILE = "state.pt"
-MODEL_FILE = "model.pt"
+STATE_FILE = "state.pt"  # tensors: optimizer, scheduler, grad scaler, torch RNG
+STATE_JSON = "state.json"  # the rest: epoch, early stopping, numpy and Python RNG
 HISTORY_FILE = "history.json"
 
 
@@ -34,26 +33,30 @@ def save_training_state(
 
     `history` (the metrics of every epoch so far) travels with the checkpoint: Ray keeps only the
     metrics of retained checkpoints, and after a restart the latest checkpoint still has them all.
+    Tensors and state dicts go to `state.pt` (read back with weights_only=True); the rest (epoch, early
+    stopping, numpy's and Python's random states) to `state.json` beside it.
     """
-    weights = {"model_args": model_args, "state_dict": model.state_dict()}
-    torch.save(weights, path / MODEL_FILE)
+    save_model(path, model=model, model_args=model_args)
     (path / HISTORY_FILE).write_text(json.dumps(history, indent=1))
     torch.save(
         {
-            "epoch": epoch,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
-            "early_stopping": stopper.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this worker's GPU
-            },
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this worker's GPU
         },
         path / STATE_FILE,
     )
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    rest = {
+        "epoch": epoch,
+        "early_stopping": stopper.state_dict(),
+        "rng_numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "rng_python": [py_version, list(py_state), py_gauss],
+    }
+    (path / STATE_JSON).write_text(json.dumps(rest))
 
 
 def load_training_state(
@@ -66,43 +69,31 @@ def load_training_state(
     stopper: Any,
 ) -> tuple[int, list[dict[str, float]]]:
     """Restore a checkpoint in place; returns (epochs already completed, their metrics)."""
-    model.load_state_dict(torch.load(path / MODEL_FILE, map_location="cpu", weights_only=False)["state_dict"])
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    if not (path / STATE_JSON).is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} has no {STATE_JSON}: it was written before checkpoints were loaded with "
+            "weights_only=True and cannot be resumed safely; rerun the step from scratch (`--force train`)"
+        )
+    load_weights(model, path)
+    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    rest = json.loads((path / STATE_JSON).read_text())
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
-    stopper.load_state_dict(state["early_stopping"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
-    return int(state["epoch"]), load_history(path)
+    stopper.load_state_dict(rest["early_stopping"])
+    torch.set_rng_state(state["rng_torch"])
+    kind, keys, pos, has_gauss, cached = rest["rng_numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    py_version, py_state, py_gauss = rest["rng_python"]
+    random.setstate((py_version, tuple(py_state), py_gauss))
+    if state["rng_cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return int(rest["epoch"]), load_history(path)
 
 
 def load_history(path: str | Path) -> list[dict[str, float]]:
     """Per-epoch metrics stored in a checkpoint directory (every epoch up to that checkpoint)."""
     return json.loads((Path(path) / HISTORY_FILE).read_text())
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load the weights of a checkpoint directory or model.pt into `model` (same architecture and sizes)."""
-    path = Path(path)
-    weights = torch.load(path / MODEL_FILE if path.is_dir() else path, map_location="cpu", weights_only=False)
-    model.load_state_dict(weights["state_dict"])
-
-
-def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:
-    """Rebuild the trained network from a checkpoint directory (or a copy of its model.pt)."""
-    path = Path(path)
-    weights = torch.load(path / MODEL_FILE if path.is_dir() else path, map_location=device, weights_only=False)
-    args = dict(weights["model_args"])
-    # Models saved before window normalisation existed ran without it; the new default must not apply to them.
-    model_cfg = {"window_norm": "none", **args.pop("model")}
-    model = build_model(ModelConfig.model_validate(model_cfg), **args)
-    model.load_state_dict(weights["state_dict"])
-    return model.to(device).eval()
 
 
 def model_args_for(ds) -> dict[str, Any]:

@@ -25,12 +25,13 @@ import torch
 from lstm_dist.config import PipelineConfig
 from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
 from lstm_dist.models import Forecaster, build_model
+from lstm_dist.models.saved import MODEL_FILE, load_weights
 from lstm_dist.ray_compat import quiet_train_report_logs
-from lstm_dist.train.checkpoints import load_training_state, load_weights, model_args_for, save_training_state
+from lstm_dist.storage import local_copy
+from lstm_dist.train.checkpoints import load_training_state, model_args_for, save_training_state
 from lstm_dist.train.precision import Precision, grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
-from lstm_dist.workflow import local_path
 
 # Test-only fault injection: "EPOCH:STEP:RANK:MARKER_FILE" makes that rank's process die
 # (os._exit, like an OOM kill) at that step of that 0-based epoch; the marker file makes it
@@ -160,7 +161,7 @@ def _epoch(
 def _datasets(config: dict[str, Any], *, rank: int) -> tuple[WindowDataset, WindowDataset | _NoWindows]:
     """This worker's view of the train and validation windows (every rank maps the same shards)."""
     # A shard dir on an object store is downloaded once per node, into that node's cache.
-    shard_dir = local_path(config["shard_dir"])
+    shard_dir = local_copy(config["shard_dir"])
     # The final fit trains on split "all" (every window up to the end of each series): nothing is left to
     # validate on, so it runs its fixed epochs and the latest checkpoint is the model.
     train_split = config.get("train_split", "train")
@@ -268,8 +269,8 @@ def _load_init_weights(net: Forecaster, init: str | bytes) -> None:
         load_weights(net, init)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "model.pt").write_bytes(init)
-        load_weights(net, Path(tmp) / "model.pt")
+        (Path(tmp) / MODEL_FILE).write_bytes(init)
+        load_weights(net, Path(tmp) / MODEL_FILE)
 
 
 def epoch_seed(seed: int, *, rank: int, epoch: int) -> int:

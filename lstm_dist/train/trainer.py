@@ -23,10 +23,11 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from lstm_dist.cluster import resources
 from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml
-from lstm_dist.train.checkpoints import MODEL_FILE, load_history
+from lstm_dist.models.saved import MODEL_FILE
+from lstm_dist.storage import Store
+from lstm_dist.train.checkpoints import load_history
 from lstm_dist.train.loop import FAIL_ENV, train_loop_per_worker
 from lstm_dist.train.precision import resolve_precision
-from lstm_dist.workflow import Store
 
 RUN_CONFIG_FILE = "lstm_dist_config.yaml"  # the config a run was started with, beside Ray's files
 RUN_SHARDS_FILE = "lstm_dist_shards.txt"  # the shard directory it trains on
@@ -66,7 +67,7 @@ def fit(
     """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes.
 
     `shard_dir` may be a path inside a step output on an object store (`StepResult.file("shards")`):
-    each worker reads its node's copy (`workflow.local_path`). `storage_dir` may be a URI too: workers
+    each worker reads its node's copy (`storage.local_copy`). `storage_dir` may be a URI too: workers
     on any node then write checkpoints there (Ray Train with a pyarrow filesystem), a rerun resumes from
     there on any machine, and once training ends the run is downloaded to `<local_dir>/<name>/`, so the
     returned paths are local ones; `init_weights` (a driver path) then travels to the workers as bytes.
@@ -142,7 +143,7 @@ def _run_config(
     return ray.train.RunConfig(
         name=name,
         # A URI goes with its filesystem (Ray's own from_uri would miss e.g. an endpoint_override).
-        storage_path=store._inner(store.root) if not store.local else str(storage_dir),
+        storage_path=store.inner(store.root) if not store.local else str(storage_dir),
         storage_filesystem=None if store.local else store.fs,
         # Ray keeps the best `num_to_keep` by the score and, on top, always the latest checkpoint.
         checkpoint_config=ray.train.CheckpointConfig(

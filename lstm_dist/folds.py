@@ -17,6 +17,7 @@ import pandas as pd
 
 from lstm_dist.config import ConfigError, PipelineConfig
 from lstm_dist.evaluate import ETS, MODEL, NAIVE, POINT_METRICS, SNAIVE, THETA, add_baselines, model_frame, score
+from lstm_dist.tables import render_table
 
 FORECASTERS = (MODEL, NAIVE, SNAIVE, ETS, THETA)
 
@@ -127,8 +128,16 @@ def table_text(table: pd.DataFrame) -> str:
         [m for m in FORECASTERS if m in set(table["forecaster"])]
     )
     overall = table[table["fold"] == "all"].set_index("forecaster")[list(POINT_METRICS)]
-    fmt = {"float_format": lambda v: f"{v:.4f}"}
     return (
-        f"MASE per cutoff (fold 1 = oldest) and overall:\n{wide.to_string(**fmt)}\n\n"
-        f"overall, mean over (series, cutoff) (sMAPE in %):\n{overall.to_string(**fmt)}"
+        render_table(
+            ["forecaster", *map(str, wide.columns)],
+            [list(row) for row in wide.itertuples()],
+            title="MASE per cutoff (fold 1 = oldest) and overall:",
+        )
+        + "\n\n"
+        + render_table(
+            ["forecaster", *overall.columns],
+            [list(row) for row in overall.itertuples()],
+            title="overall, mean over (series, cutoff) (sMAPE in %):",
+        )
     )

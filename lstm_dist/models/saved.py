@@ -1,0 +1,63 @@
+"""The saved-model file (`model.pt`): the network's tensors, and the arguments that rebuild it as JSON beside them.
+
+One file, read by training (warm start, resume), evaluation, serving and prediction, always with
+`torch.load(weights_only=True)`: a downloaded model cannot run code when it is opened. The build arguments
+are kept as one JSON string in the file, so saving fails at once on anything the safe loader would refuse
+later (a numpy scalar, an object) instead of a model that cannot be opened after registration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lstm_dist.config import ModelConfig
+from lstm_dist.models.forecaster import Forecaster, build_model
+
+MODEL_FILE = "model.pt"
+
+
+def model_file(path: str | Path) -> Path:
+    """The model.pt of a checkpoint directory, or `path` itself when it is the file."""
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def save_model(path: str | Path, *, model: torch.nn.Module, model_args: dict[str, Any]) -> Path:
+    """Write `model.pt` into the directory `path` (or to the file `path`); returns the file."""
+    path = Path(path)
+    target = path / MODEL_FILE if path.is_dir() else path
+    torch.save({"model_args": json.dumps(model_args), "state_dict": model.state_dict()}, target)
+    return target
+
+
+def _read(path: str | Path, *, device: str = "cpu") -> dict[str, Any]:
+    saved = torch.load(model_file(path), map_location=device, weights_only=True)
+    args = saved["model_args"]
+    # Files written before the JSON form hold a dict of plain values, which the safe loader reads too.
+    saved["model_args"] = json.loads(args) if isinstance(args, str) else dict(args)
+    return saved
+
+
+def read_model_args(path: str | Path) -> dict[str, Any]:
+    """The arguments a saved model was built with ({"model": model config, plus data-dependent sizes})."""
+    return _read(path)["model_args"]
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load the weights of a checkpoint directory or model.pt into `model` (same architecture and sizes)."""
+    model.load_state_dict(_read(path)["state_dict"])
+
+
+def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:
+    """Rebuild the trained network from a checkpoint directory (or a copy of its model.pt)."""
+    saved = _read(path, device=device)
+    args = dict(saved["model_args"])
+    # Models saved before window normalisation existed ran without it; the new default must not apply to them.
+    model_cfg = {"window_norm": "none", **args.pop("model")}
+    model = build_model(ModelConfig.model_validate(model_cfg), **args)
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()

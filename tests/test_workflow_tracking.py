@@ -1,0 +1,55 @@
+"""The workflow engine with the pipelines' on_step hook (tracking.step_runs) on a real MLflow sqlite store:
+each step a nested run under the pipeline's run, with its key, lineage, output and timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+
+from lstm_dist.config import load_config
+from lstm_dist.tracking import start_pipeline_run, step_runs
+from lstm_dist.workflow import CACHED, DONE, Workflow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_each_step_is_a_nested_run_with_its_key_inputs_and_outputs(tmp_path: Path) -> None:
+    cfg = load_config(
+        ROOT / "conf" / "debug.yaml",
+        [f"workflow.work_dir={tmp_path / 'work'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],
+    ).resolved()
+
+    def run_once() -> tuple[str, list]:
+        tracker = start_pipeline_run(cfg, run_name="steps")
+        wf = Workflow(
+            cfg.workflow.work_dir, pipeline="test", steps=("a", "b"), on_step=step_runs(tracker),
+            mlflow_run_id=tracker.run_id, progress=lambda _: None,
+        )  # fmt: skip
+
+        def b_fn(out: str) -> dict:
+            wf.step_context.log_metrics({"inside": 1.0})  # the step logs into its own nested run
+            return {"n": 2}
+
+        a = wf.step("a", lambda out: {"n": 1}, config={"x": 1})
+        b = wf.step("b", b_fn, inputs={"a": a})
+        wf.finish()
+        tracker.finish()
+        assert wf.record["mlflow_run_id"] == tracker.run_id
+        return tracker.run_id, [a, b]
+
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri())
+    for want in (DONE, CACHED):
+        parent, (a, b) = run_once()
+        children = client.search_runs(
+            [client.get_run(parent).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+        )
+        by_name = {r.info.run_name: r for r in children}
+        assert sorted(by_name) == ["a", "b"]
+        run_b = by_name["b"]
+        assert run_b.data.tags["lstm_dist.state"] == want and run_b.data.tags["lstm_dist.key"] == b.key
+        assert run_b.data.tags["lstm_dist.output"] == b.uri
+        assert json.loads(run_b.data.tags["lstm_dist.inputs"]) == {"a": {"key": a.key, "uri": a.uri}}
+        assert run_b.data.metrics["num_items"] == 1 and ("inside" in run_b.data.metrics) == (want == DONE)
+        assert run_b.info.status == "FINISHED"
