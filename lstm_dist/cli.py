@@ -742,8 +742,7 @@ def predict(
     """Batch forecasts of every series in the input, spread over Ray tasks, with the model version in the file."""
     import os
 
-    import ray
-
+    from lstm_dist.cluster import init_ray
     from lstm_dist.predict import PredictError
     from lstm_dist.predict import predict as batch_predict
 
@@ -751,14 +750,7 @@ def predict(
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri() if cfg else None)
     if uri is None:
         _fail("predict: give --tracking-uri (e.g. sqlite:///runs/demo/mlflow.db), set MLFLOW_TRACKING_URI, or --config")
-    if cfg is not None:
-        from lstm_dist.cluster import init_ray
-
-        init_ray(cfg)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(include_dashboard=False)
+    init_ray(cfg)
     try:
         batch_predict(
             model_uri=model,

@@ -281,7 +281,7 @@ class WorkflowConfig(_Section):
     ray_address: str | None = None
     """Ray cluster address; unset: $RAY_ADDRESS, else a local Ray started for the run."""
     num_cpus: int = Field(0, ge=0)
-    """Logical CPUs of a local Ray (0 = the machine's count, at least 4 so 2 workers and a controller fit)."""
+    """Logical CPUs of a local Ray (0 = the CPUs this process may use, raised to num_workers x cpus_per_worker)."""
     warm_start: bool = False
     """Retrain: start the challenger from the champion's weights (same architecture and data shape) instead of fresh."""
 

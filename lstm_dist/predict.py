@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 import ray
 
+from lstm_dist.cluster import resources
 from lstm_dist.data.readers import COLUMN_FIELDS
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.registry import MANIFEST_FILE, Registry, RegistryError
@@ -100,7 +101,7 @@ def predict(
     if manifest["data_config"].get("layout") == "wide":
         parts = [history]  # one frame holds every series
     else:
-        wanted = num_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        wanted = num_tasks or max(1, int(resources().get("CPU", 1)))
         parts = split_series(history, series_col=series_col, num_parts=wanted)
     weights = ray.put(files.weights.read_bytes())
     manifest_text = ray.put(files.manifest.read_text())

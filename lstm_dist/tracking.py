@@ -395,29 +395,10 @@ def context_tags() -> dict[str, str]:
             tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
+    from lstm_dist.cluster import ray_tags
+
     tags.update(ray_tags())
     return tags
-
-
-def ray_tags() -> dict[str, str]:
-    """Size of the connected Ray cluster and its GPU type ({} without Ray started)."""
-    try:
-        import ray
-    except ImportError:
-        return {}
-    if not ray.is_initialized():
-        return {}
-    res = ray.cluster_resources()
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    gpu_types = sorted(
-        {k.split(":", 1)[1] for n in nodes for k in n.get("Resources", {}) if k.startswith("accelerator_type:")}
-    )
-    return {
-        "ray.num_nodes": str(len(nodes)),
-        "ray.num_cpus": f"{res.get('CPU', 0):g}",
-        "ray.num_gpus": f"{res.get('GPU', 0):g}",
-        "ray.gpu_type": ",".join(gpu_types) or ("unknown" if res.get("GPU", 0) else "none"),
-    }
 
 
 def shard_fingerprint(shard_dir: str | Path) -> str:
