@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,19 @@ STATE_JSON = "state.json"  # the rest: epoch, early stopping, numpy and Python R
 HISTORY_FILE = "history.json"
 
 
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides the epoch and the history: the live training objects."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    stopper: Any  # train.schedule.EarlyStopping
+
+
 def save_training_state(
-    path: Path,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    stopper: Any,
-    epoch: int,
-    history: list[dict[str, float]],
-    model_args: dict[str, Any],
+    path: Path, state: TrainingState, *, epoch: int, history: list[dict[str, float]], model_args: dict[str, Any]
 ) -> None:
     """Everything needed to continue training exactly where it stopped, plus a weights-only file for serving.
 
@@ -36,13 +39,13 @@ def save_training_state(
     Tensors and state dicts go to `state.pt` (read back with weights_only=True); the rest (epoch, early
     stopping, numpy's and Python's random states) to `state.json` beside it.
     """
-    save_model(path, model=model, model_args=model_args)
+    save_model(path, model=state.model, model_args=model_args)
     (path / HISTORY_FILE).write_text(json.dumps(history, indent=1))
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict(),
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this worker's GPU
         },
@@ -52,35 +55,27 @@ def save_training_state(
     py_version, py_state, py_gauss = random.getstate()
     rest = {
         "epoch": epoch,
-        "early_stopping": stopper.state_dict(),
+        "early_stopping": state.stopper.state_dict(),
         "rng_numpy": [kind, keys.tolist(), pos, has_gauss, cached],
         "rng_python": [py_version, list(py_state), py_gauss],
     }
     (path / STATE_JSON).write_text(json.dumps(rest))
 
 
-def load_training_state(
-    path: Path,
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    stopper: Any,
-) -> tuple[int, list[dict[str, float]]]:
+def load_training_state(path: Path, into: TrainingState) -> tuple[int, list[dict[str, float]]]:
     """Restore a checkpoint in place; returns (epochs already completed, their metrics)."""
     if not (path / STATE_JSON).is_file():
         raise FileNotFoundError(
             f"checkpoint {path} has no {STATE_JSON}: it was written before checkpoints were loaded with "
             "weights_only=True and cannot be resumed safely; rerun the step from scratch (`--force train`)"
         )
-    load_weights(model, path)
+    load_weights(into.model, path)
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     rest = json.loads((path / STATE_JSON).read_text())
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    stopper.load_state_dict(rest["early_stopping"])
+    into.optimizer.load_state_dict(state["optimizer"])
+    into.scheduler.load_state_dict(state["scheduler"])
+    into.scaler.load_state_dict(state["scaler"])
+    into.stopper.load_state_dict(rest["early_stopping"])
     torch.set_rng_state(state["rng_torch"])
     kind, keys, pos, has_gauss, cached = rest["rng_numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

@@ -28,7 +28,7 @@ from lstm_dist.models import Forecaster, build_model
 from lstm_dist.models.saved import MODEL_FILE, load_weights
 from lstm_dist.ray_compat import quiet_train_report_logs
 from lstm_dist.storage import local_copy
-from lstm_dist.train.checkpoints import load_training_state, model_args_for, save_training_state
+from lstm_dist.train.checkpoints import TrainingState, load_training_state, model_args_for, save_training_state
 from lstm_dist.train.precision import Precision, grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
@@ -63,7 +63,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     w.steps_per_epoch = _steps_per_epoch(cfg, sampler, local_batch=w.local_batch, world_size=world_size)
     state = _training_state(cfg, net, w)
     start_epoch, history = _restore(state, rank=rank)
-    if state["stopper"].stopped:
+    if state.stopper.stopped:
         return  # the run had already stopped early; nothing to continue (no report on any rank)
     ckpt_args = {"model": cfg.model.model_dump(mode="json"), **model_args}
     for epoch in range(start_epoch, tc.epochs):
@@ -89,23 +89,23 @@ class _Worker:
     steps_per_epoch: int = 0
 
 
-def _training_state(cfg: PipelineConfig, net: Forecaster, w: _Worker) -> dict[str, Any]:
-    """What a checkpoint holds besides the epoch and the history (the keys of save/load_training_state)."""
+def _training_state(cfg: PipelineConfig, net: Forecaster, w: _Worker) -> TrainingState:
+    """The optimizer, schedule, grad scaler and early stopping of a run, around its model."""
     tc = cfg.train
     total_steps = w.steps_per_epoch * tc.epochs
     # Built after the model is on its device, so restored optimizer state lands there too.
     optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    return {
-        "model": net,
-        "optimizer": optimizer,
-        "scheduler": warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=int(tc.warmup_frac * total_steps)),
-        "scaler": grad_scaler(w.precision),
-        "stopper": EarlyStopping(patience=tc.patience, min_delta=tc.min_delta),
-    }
+    return TrainingState(
+        model=net,
+        optimizer=optimizer,
+        scheduler=warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=int(tc.warmup_frac * total_steps)),
+        scaler=grad_scaler(w.precision),
+        stopper=EarlyStopping(patience=tc.patience, min_delta=tc.min_delta),
+    )
 
 
 def _epoch(
-    w: _Worker, epoch: int, *, model: torch.nn.Module, state: dict[str, Any], data: tuple, resumed: int
+    w: _Worker, epoch: int, *, model: torch.nn.Module, state: TrainingState, data: tuple, resumed: int
 ) -> dict[str, float]:
     """One epoch on this rank: train, validate (all-reduced), decide on early stopping; returns its metrics."""
     tc, device = w.cfg.train, w.device
@@ -118,12 +118,12 @@ def _epoch(
         torch.cuda.reset_peak_memory_stats(device)
     train = train_epoch(
         model,
-        state["model"],
+        state.model,
         train_ds,
         sampler,
-        optimizer=state["optimizer"],
-        scheduler=state["scheduler"],
-        scaler=state["scaler"],
+        optimizer=state.optimizer,
+        scheduler=state.scheduler,
+        scaler=state.scaler,
         precision=w.precision,
         device=device,
         steps=w.steps_per_epoch,
@@ -135,7 +135,7 @@ def _epoch(
     val = dict.fromkeys(("val_loss", "val_mae", "val_rmse"), math.nan)
     if len(val_ds):
         val = evaluate(
-            state["model"],
+            state.model,
             val_ds,
             rank=w.rank,
             world_size=w.world_size,
@@ -145,12 +145,12 @@ def _epoch(
             max_windows=tc.max_val_windows,
         )
     # Every rank sees the same all-reduced val_loss, so all stop together.
-    stop = state["stopper"].update(val["val_loss"], epoch + 1) if len(val_ds) else False
+    stop = state.stopper.update(val["val_loss"], epoch + 1) if len(val_ds) else False
     return {
         "epoch": epoch + 1,
         **train,
         **val,
-        "best_val_loss": state["stopper"].best,
+        "best_val_loss": state.stopper.best,
         "epoch_time_s": time.perf_counter() - t0,
         "resumed_from_epoch": resumed,  # 0: this epoch ran in a fresh start, k: after restoring epoch k
         "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
@@ -218,13 +218,13 @@ def _steps_per_epoch(
     return min(steps, tc.max_steps_per_epoch) if tc.max_steps_per_epoch else steps
 
 
-def _restore(state: dict[str, Any], *, rank: int) -> tuple[int, list[dict[str, float]]]:
+def _restore(state: TrainingState, *, rank: int) -> tuple[int, list[dict[str, float]]]:
     """Load the run's latest checkpoint into `state`, if there is one; returns (epochs done, history)."""
     checkpoint = ray.train.get_checkpoint()  # Ray: the latest checkpoint after a worker failure or on --resume
     if not checkpoint:
         return 0, []
     with checkpoint.as_directory() as ckpt_dir:
-        start_epoch, history = load_training_state(Path(ckpt_dir), **state)
+        start_epoch, history = load_training_state(Path(ckpt_dir), state)
     if rank == 0:
         print(f"[train] resumed after epoch {start_epoch} from {checkpoint.path}", flush=True)
     return start_epoch, history
@@ -240,7 +240,7 @@ def _epoch_line(metrics: dict[str, float], *, epochs: int) -> str:
 
 def _report(
     metrics: dict[str, float],
-    state: dict[str, Any],
+    state: TrainingState,
     *,
     rank: int,
     history: list[dict[str, float]],
@@ -250,7 +250,7 @@ def _report(
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
         if rank == 0:  # one copy of the weights is enough; every rank still reports
-            save_training_state(Path(tmp), **state, epoch=int(metrics["epoch"]), history=history, model_args=model_args)
+            save_training_state(Path(tmp), state, epoch=int(metrics["epoch"]), history=history, model_args=model_args)
             ckpt = ray.train.Checkpoint.from_directory(tmp)  # Ray: uploaded to storage by report
         ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
 
