@@ -506,4 +506,3 @@ def is_secret_key(key: str) -> bool:
     """Whether a (dotted) config key names a secret (password, token, secret, key): never logged as a param."""
     words = re.split(r"[._-]", key.rsplit(".", 1)[-1].lower())
     return any(word in SECRET_WORDS or word.endswith(("password", "token", "secret")) for word in words)
-
