@@ -234,3 +234,10 @@ def _frame(data: DataLike, *, manifest: Path) -> pd.DataFrame:
     if isinstance(data, str | os.PathLike):
         return read_history(str(data), manifest_path=manifest)
     return data if isinstance(data, pd.DataFrame) else _table(data).to_pandas()
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The model name, version, URI and run recorded in a forecast file written by `lstm-dist predict`."""
+    from lstm_dist.predict import read_metadata as read
+
+    return read(path)

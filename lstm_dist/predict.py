@@ -23,11 +23,11 @@ from typing import Any
 import pandas as pd
 import ray
 
-import lstm_dist
 from lstm_dist.data.readers import COLUMN_FIELDS
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.registry import MANIFEST_FILE, Registry, RegistryError
 from lstm_dist.storage import filesystem
+from lstm_dist.version import __version__
 
 META_PREFIX = "lstm_dist."
 
@@ -117,7 +117,7 @@ def predict(
         **({"as_of": str(as_of)} if as_of else {}),
         **({"future": future} if future else {}),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "lstm_dist_version": lstm_dist.__version__,
+        "lstm_dist_version": __version__,
         "num_series": str(forecast[series_col].nunique() if series_col in forecast else 0),
     }
     write_parquet(forecast, output, metadata=meta)

@@ -23,8 +23,8 @@ from mlflow.exceptions import MlflowException
 
 from lstm_dist.config import redact_uri
 from lstm_dist.models.saved import MODEL_FILE
+from lstm_dist.storage import node_cache
 from lstm_dist.tracking import TrackingError, check_tracking_uri, use_tracking_uri
-from lstm_dist.workflow import cache_root
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 EVAL_KEY_TAG = "lstm_dist.evaluate_key"  # on a model version: the evaluation it was registered from
@@ -171,7 +171,7 @@ class Registry:
         # Name and version are only unique within one registry: a version without recorded checksums (registered
         # before they existed) is keyed by its store, run and source instead.
         key = expected.get(MODEL_FILE) or hashlib.sha256(f"{self.uri}|{mv.run_id}|{mv.source}".encode()).hexdigest()
-        base = private_dir(Path(cache_dir) if cache_dir else cache_root() / "models")
+        base = private_dir(Path(cache_dir) if cache_dir else node_cache() / "models")
         dst = base / f"{mv.name}-v{mv.version}-{key[:16]}"
         files = ModelFiles(uri=uri, name=mv.name, version=str(mv.version), run_id=mv.run_id or "", directory=dst)
         if _verified(dst, expected):

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-import lstm_dist
 from lstm_dist.config import PipelineConfig, dump_yaml, is_secret_key, redact_uri
+from lstm_dist.version import __version__
 
 SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "mysql://", "databricks", "file:")
 # MLflow 3's UI opens an experiment on the page of its kind; without the tag it guesses (often GenAI).
@@ -378,7 +378,7 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
 
 def context_tags() -> dict[str, str]:
     """Package version, git commit (when the package runs from a checkout) and the Ray cluster, if connected."""
-    tags = {"lstm_dist.version": lstm_dist.__version__}
+    tags = {"lstm_dist.version": __version__}
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent

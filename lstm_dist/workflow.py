@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lstm_dist
 from lstm_dist.storage import RECORD, SUCCESS, Store, local_copy, node_cache
+from lstm_dist.version import __version__
 
 RUNS = "_runs"
 PARTIAL = ".partial"
@@ -64,7 +64,7 @@ class WorkflowError(RuntimeError):
 
 def cache_key(name: str, parts: dict[str, Any]) -> str:
     """Stable short hash of a step's name and everything it depends on, plus the package version."""
-    blob = json.dumps({"step": name, "version": lstm_dist.__version__, **_plain(parts)}, sort_keys=True, default=str)
+    blob = json.dumps({"step": name, "version": __version__, **_plain(parts)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -144,7 +144,7 @@ def test_batch_prediction_as_a_job_equals_in_process_predict(head: str, project:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "from 2 task(s)" in proc.stdout
 
-    from lstm_dist.predict import read_metadata
+    from lstm_dist import read_metadata
 
     meta = read_metadata(str(output))
     assert meta["model_name"] == "lstm_debug" and meta["model_version"] == "1"
