@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -71,8 +72,12 @@ def _options(
 
 def _fail(message: str, code: int = 2) -> None:
     """Exit with `message` (one `error:` line for a user error); with -v, the traceback being handled first."""
-    if VERBOSE["on"] and sys.exc_info()[1] is not None:
-        traceback.print_exc()
+    if sys.exc_info()[1] is not None:
+        if VERBOSE["on"]:
+            traceback.print_exc()
+        # Sibling tasks that failed the same way would print Ray's "Unhandled error" blocks when their
+        # never-fetched results are freed; this error line has reported them.
+        os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -345,7 +350,6 @@ def ui(
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the UI server to answer.")] = 180.0,
 ) -> None:
     """Start the MLflow UI on the config's tracking store; print its address once it answers."""
-    import os
     import socket
 
     from lstm_dist.tracking import TrackingError, check_tracking_uri
@@ -380,7 +384,6 @@ def _serve_ui(cmd: list[str], *, env: dict, host: str, port: int, uri: str, log_
     """Run the UI server in its own process group, print its address once it answers on HTTP (it takes tens of
     seconds on a small machine), then wait for it; Ctrl-C or SIGTERM stops the whole group."""
     import contextlib
-    import os
     import signal
     import subprocess
     import time
@@ -814,7 +817,6 @@ def predict(
     ] = None,
 ) -> None:
     """Batch forecasts of every series in the input, spread over Ray tasks, with the model version in the file."""
-    import os
 
     import ray
 
