@@ -187,7 +187,7 @@ def backtest_mase(table: pd.DataFrame, path: str | Path) -> Path:
 def gate_heatmap(model, ds, path: str | Path) -> Path | None:
     """Gate activations of the first LSTM layer over one test window; None for GRU/RNN models."""
     try:
-        from lstm_dist.models.gates import gate_activations, plot_gate_heatmap
+        from lstm_dist.models.gates import gate_activations
     except ImportError:  # the models package has no gate capture
         return None
     if getattr(model.cfg, "cell", None) != "lstm":
@@ -250,3 +250,37 @@ def evaluation_plots(
     if gates is not None:
         paths.append(gates)
     return paths
+
+
+def plot_gate_heatmap(acts: dict[str, np.ndarray], path: str | Path, *, title: str | None = None) -> Path:
+    """One heat map per gate (time across, hidden units down) written as a PNG at `path`.
+
+    Uses matplotlib's object API with the Agg canvas, not pyplot: no global figure state,
+    no display needed, safe inside Ray workers and threads.
+    """
+    path = Path(path)
+    names = list(acts)
+    length, hidden = next(iter(acts.values())).shape
+    fig = Figure(figsize=(min(4 + length / 12, 16), 1.2 + 1.6 * len(names)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names, strict=True):
+        # Sigmoid gates live in [0, 1], the tanh candidate in [-1, 1]: fixed colour ranges make
+        # windows and models comparable at a glance.
+        signed = name == "candidate"
+        image = ax.imshow(
+            acts[name].T,  # [hidden, L]
+            aspect="auto",
+            origin="lower",
+            interpolation="nearest",
+            cmap="RdBu_r" if signed else "viridis",
+            vmin=-1.0 if signed else 0.0,
+            vmax=1.0,
+        )
+        ax.set_ylabel(f"{name}\nunit")
+        fig.colorbar(image, ax=ax, pad=0.01)
+    axes[-1].set_xlabel("step in lookback window")
+    fig.suptitle(title or f"LSTM gate activations (layer 1, {hidden} units, {length} steps)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

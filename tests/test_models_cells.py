@@ -13,7 +13,8 @@ from torch import nn
 from lstm_dist.config import ModelConfig
 from lstm_dist.models import Forecaster, build_model
 from lstm_dist.models.cells import GATES, ExplicitLSTM, GateRecorder
-from lstm_dist.models.gates import gate_activations, plot_gate_heatmap
+from lstm_dist.models.gates import gate_activations
+from lstm_dist.plots import plot_gate_heatmap
 
 
 def _random_lstm(**kw: object) -> nn.LSTM:

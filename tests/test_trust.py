@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lstm_dist.config import dump_yaml, is_secret_key, load_config, redact_uri, save_resolved
+from lstm_dist.config import dump_yaml, is_secret_key, load_config, redact_uri
 from lstm_dist.models import build_model
 from lstm_dist.models.saved import load_model, read_model_args, save_model
+from lstm_dist.storage import save_resolved
 from lstm_dist.tracking import EXPERIMENT_KIND, TrackingError, check_tracking_uri, start_pipeline_run
 
 ROOT = Path(__file__).resolve().parent.parent
