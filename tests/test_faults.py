@@ -180,6 +180,20 @@ def test_an_error_inside_a_ray_task_is_unwrapped(ray_local) -> None:
     assert error_text(info.value) == "file 'x.csv', column 'target': not numeric; fix the file"
 
 
+def test_failed_sibling_tasks_print_no_unhandled_error_blocks(tmp_path: Path) -> None:
+    """Three bad files fail three Ray tasks; the first is reported, the others must not follow as Ray's
+    "Unhandled error ... ray::_read_unit_task()" tracebacks when their results are freed."""
+    for i in range(3):
+        (tmp_path / f"part{i}.csv").write_text("series_id,timestamp,target,temperature\na,2024-01-01 00:00,x,1\n")
+    args = ["data", "ingest", DEBUG, f"data.path={tmp_path}", "data.sample=null", f"workflow.work_dir={tmp_path}/w"]
+    code, err, _ = lstm_dist(*args)
+    assert code == 1
+    assert re.match(
+        r"error: .*part\d\.csv: column 'target' must be numeric, but row 1 \(line 2\) holds 'x'", error_line(err)
+    )
+    assert "Unhandled error" not in err and "ray::" not in err
+
+
 @pytest.fixture(scope="module")
 def registered(ray_local, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """An (untrained) model registered as the pipeline does, with its store and config."""
