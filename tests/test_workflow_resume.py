@@ -92,9 +92,11 @@ def test_killed_during_training_resumes_from_its_checkpoint_and_registers_once(t
     assert re.search(r"\[ingest\[[^\]]+\]\] cached", out) and "[shard] cached" in out, out[-4000:]
     resumed = re.search(rf"\[train\] resuming from checkpoint checkpoint_\S+ \(epoch (\d+) of {EPOCHS}\)", out)
     assert resumed, out[-4000:]
-    assert re.search(rf"\[train\] resumed after epoch {newest} from ", out), out[-4000:]
+    # Workers outlive the killed driver for a moment and may add checkpoints: at least the newest seen here.
+    loaded = re.search(r"\[train\] resumed after epoch (\d+) from ", out)
+    assert loaded and int(loaded.group(1)) >= max(newest, int(resumed.group(1))), out[-4000:]
     epochs_run = [int(m) for m in re.findall(rf"\[train\] epoch (\d+)/{EPOCHS}", out)]
-    assert epochs_run and min(epochs_run) == newest + 1 > 1  # continued, not from epoch 1
+    assert epochs_run and min(epochs_run) == int(loaded.group(1)) + 1 > 1  # continued, not from epoch 1
     assert max(epochs_run) == EPOCHS
     assert "[register] done" in out and "alias: champion" in out
 
