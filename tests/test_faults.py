@@ -100,7 +100,10 @@ def test_a_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
     bad.write_text("data:\n  lookback: [48\n")
     code, out = cli("run", bad)
     assert code == 2
-    assert error_line(out).startswith(f"error: config file '{bad}' is not valid YAML")
+    assert error_line(out) == (
+        f"error: config file '{bad}' is not valid YAML at line 3, column 1: "
+        "expected ',' or ']', but got '<stream end>'; fix the syntax there"
+    )
 
 
 def test_verbose_shows_the_traceback_under_the_same_error_line() -> None:
