@@ -57,6 +57,7 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
     _log_ray_to_file(cfg)
     address = (cfg.workflow.ray_address if cfg else None) or os.environ.get("RAY_ADDRESS")
     if address:
+        check_ray_address(address)
         ray.init(address=address, log_to_driver=True)
         return resources()
     for key, value in _LOCAL_ENV.items():
@@ -125,6 +126,34 @@ def ray_tags() -> dict[str, str]:
         "ray.num_gpus": f"{res.get('GPU', 0):g}",
         "ray.gpu_type": ",".join(gpu_types) or ("unknown" if res.get("GPU", 0) else "none"),
     }
+
+
+def check_ray_address(address: str, *, timeout: float = 3.0) -> None:
+    """Refuse a Ray address that nothing answers within `timeout` seconds (ray.init would retry for minutes).
+
+    A TCP connect to the GCS port (or the Ray Client port of a ray:// address) is enough to tell a dead or
+    mistyped address from a live one; "auto" and "local" are Ray's own and left to it."""
+    import socket
+
+    from lstm_dist.workflow import WorkflowError
+
+    if address in ("auto", "local"):
+        return
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = rest.split("/")[0].rpartition(":")
+    if not host or not port.isdigit():
+        raise WorkflowError(
+            f"workflow.ray_address '{address}' is not host:port (e.g. 10.0.0.5:6379, or ray://host:10001); "
+            "fix it, or leave it empty (and RAY_ADDRESS unset) for a local Ray"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise WorkflowError(
+            f"workflow.ray_address '{address}': nothing answers at {host}:{port} within {timeout:.0f}s "
+            f"({exc.strerror or exc}); start the cluster (ray start --head) or leave workflow.ray_address empty "
+            "(and RAY_ADDRESS unset) for a local Ray"
+        ) from exc
 
 
 def cluster_summary() -> str:

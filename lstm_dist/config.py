@@ -479,7 +479,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)  # where the parser gave up (0-based)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}; fix the syntax there") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...)")
     tree = merge(tree, parse_overrides(overrides or []))

@@ -363,6 +363,7 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
             f"cannot reach the MLflow store at '{redact_uri(uri)}' (tracking.uri or MLFLOW_TRACKING_URI): "
             f"{redact_uri(str(exc))}"
         ) from None
+    end_dead_runs(client, cfg.workflow.work_dir)
     # The parent run is the fluent API's active run, so that log_model lands in it.
     use_tracking_uri(uri)
     run = mlflow.start_run(
@@ -374,6 +375,35 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
     tracker.log_params(cfg.flat())
     tracker.log_text(dump_yaml(cfg), "config/resolved.yaml")
     return tracker
+
+
+def end_dead_runs(client: Any, work_dir: str) -> list[str]:
+    """End as KILLED the MLflow runs (and their step runs) of this work dir's pipeline runs whose process died
+    on this host: killed by a signal, it could not end them, and they would stay RUNNING for ever.
+    Returns the ids of the runs ended."""
+    from lstm_dist.workflow import INTERRUPTED, read_runs
+
+    ended = []
+    for record in read_runs(work_dir, limit=20):
+        run_id = record.get("mlflow_run_id")
+        if record["status"] != INTERRUPTED or not run_id:
+            continue
+        try:
+            info = client.get_run(run_id).info
+        except Exception:  # a run of another store (tracking.uri changed since), or deleted
+            continue
+        if info.status != "RUNNING":
+            continue
+        end_ms = int(record["ended_at"] * 1000)
+        steps = client.search_runs(
+            [info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+        )
+        for step in steps:
+            client.set_terminated(step.info.run_id, status="KILLED", end_time=end_ms)
+        client.set_terminated(run_id, status="KILLED", end_time=end_ms)
+        ended.append(run_id)
+    return ended
 
 
 def context_tags() -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lstm_dist.models.saved import load_weights, save_model
+from lstm_dist.models.saved import MODEL_FILE, load_weights, save_model
 
 STATE_FILE = "state.pt"  # tensors: optimizer, scheduler, grad scaler, torch RNG
 STATE_JSON = "state.json"  # the rest: epoch, early stopping, numpy and Python RNG
@@ -63,7 +63,9 @@ def save_training_state(
 
 
 def load_training_state(path: Path, into: TrainingState) -> tuple[int, list[dict[str, float]]]:
-    """Restore a checkpoint in place; returns (epochs already completed, their metrics)."""
+    """Restore a checkpoint in place (or a newer complete one beside it, see `newest_checkpoint`);
+    returns (epochs already completed, their metrics)."""
+    path = newest_checkpoint(path)
     if not (path / STATE_JSON).is_file():
         raise FileNotFoundError(
             f"checkpoint {path} has no {STATE_JSON}: it was written before checkpoints were loaded with "
@@ -84,6 +86,34 @@ def load_training_state(path: Path, into: TrainingState) -> tuple[int, list[dict
     if state["rng_cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["rng_cuda"])
     return int(rest["epoch"]), load_history(path)
+
+
+def newest_checkpoint(path: Path) -> Path:
+    """The complete checkpoint of the latest epoch among `path` and its sibling `checkpoint_*` directories.
+
+    Ray Train resumes from the latest checkpoint in its snapshot, which is written after the checkpoint
+    itself: a run killed in between resumes an epoch too early. A sibling counts when all its files are
+    there and readable (a kill during the write leaves it incomplete); `path` itself wins a tie."""
+    if not path.name.startswith("checkpoint_"):  # a downloaded copy (remote storage) has no siblings
+        return path
+    best, best_epoch = path, completed_epoch(path)
+    for other in sorted(path.parent.glob("checkpoint_*")):
+        epoch = completed_epoch(other)
+        if epoch is not None and (best_epoch is None or epoch > best_epoch):
+            best, best_epoch = other, epoch
+    return best
+
+
+def completed_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint directory holds, or None when it is incomplete or unreadable."""
+    if not all((path / name).is_file() for name in (MODEL_FILE, STATE_FILE, HISTORY_FILE)):
+        return None
+    try:
+        epoch = int(json.loads((path / STATE_JSON).read_text())["epoch"])
+        json.loads((path / HISTORY_FILE).read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return epoch
 
 
 def load_history(path: str | Path) -> list[dict[str, float]]:

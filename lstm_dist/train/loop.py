@@ -226,7 +226,7 @@ def _restore(state: TrainingState, *, rank: int) -> tuple[int, list[dict[str, fl
     with checkpoint.as_directory() as ckpt_dir:
         start_epoch, history = load_training_state(Path(ckpt_dir), state)
     if rank == 0:
-        print(f"[train] resumed after epoch {start_epoch} from {checkpoint.path}", flush=True)
+        print(f"[train] resumed after epoch {start_epoch}", flush=True)
     return start_epoch, history
 
 
