@@ -517,16 +517,23 @@ def models_list(config: ConfigArg, overrides: OverridesArg = None, name: NameOpt
 @models_app.command("show")
 def models_show(
     config: ConfigArg,
-    version: Annotated[str, typer.Argument(help="A version number, or an alias (champion, challenger).")],
+    version: Annotated[
+        str, typer.Argument(help="A version number, or an alias (champion, challenger); default: champion.")
+    ] = "champion",
     overrides: OverridesArg = None,
     name: NameOpt = None,
 ) -> None:
-    """One version in full: aliases, source run, tags (scores, promotion decision, lineage), signature."""
+    """One version in full: aliases, source run, tags (scores, promotion decision, lineage), signature.
+
+    `lstm-dist models show CONFIG [VERSION] [key=value ...]`: a key=value in VERSION's place is an override."""
     from lstm_dist.registry import RegistryError
 
+    if "=" in version:  # `models show CONFIG tracking.uri=...`: no version given, the champion is meant
+        overrides, version = [version, *(overrides or [])], "champion"
     registry, name, _ = _registry(config, overrides, name)
     try:
         v = registry.version(name, version)
+        signature = registry.signature(name, str(v.version))
     except RegistryError as exc:
         _fail(f"error: {error_text(exc)}", code=1)
     aliases = [a for a, ver in registry.aliases(name).items() if ver == str(v.version)]
@@ -536,6 +543,9 @@ def models_show(
     typer.echo(f"  load:    mlflow.pyfunc.load_model('models:/{name}/{v.version}')")
     for key in sorted(v.tags):
         typer.echo(f"  {key}: {v.tags[key]}")
+    typer.echo(
+        "  signature:\n" + ("\n".join(f"    {line}" for line in signature.splitlines()) if signature else "    -")
+    )
 
 
 @models_app.command("promote")

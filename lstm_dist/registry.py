@@ -158,6 +158,16 @@ class Registry:
 
     # --- loading
 
+    def signature(self, name: str, version: str) -> str | None:
+        """The version's input and output schema as text, or None when it was logged without one."""
+        from mlflow.models import get_model_info
+
+        use_tracking_uri(self.uri)  # models:/ URIs resolve against the fluent API's store
+        sig = get_model_info(f"models:/{name}/{version}").signature
+        if sig is None:
+            return None
+        return f"inputs:  {sig.inputs.to_dict()}\noutputs: {sig.outputs.to_dict() if sig.outputs else '-'}"
+
     def load_python_model(self, name: str, version: str):
         """The pyfunc's Python model object (serving.ForecastModel) of a registered version."""
         use_tracking_uri(self.uri)  # models:/ URIs resolve against the fluent API's store
@@ -209,8 +219,14 @@ class Registry:
 
 
 def open_registry(uri: str) -> Registry:
-    """The registry of the store at `uri`, after the fast checks of tracking.check_tracking_uri."""
+    """The registry of an existing store at `uri`, after the fast checks of tracking.check_tracking_uri.
+    Reading never creates a store: a sqlite file that is not there is an error, not a new empty database."""
     check_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise RegistryError(
+            f"no MLflow store at {redact_uri(uri)}: run a pipeline with this config first, or point at the store "
+            "that holds the model (tracking.uri=... or MLFLOW_TRACKING_URI)"
+        )
     return Registry(uri)
 
 

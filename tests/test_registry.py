@@ -227,6 +227,13 @@ def test_models_commands_list_show_promote_and_rollback(store, shards, tmp_path)
 
     out = runner.invoke(app, ["models", "show", config, "champion", "--name", "m_cli"])
     assert out.exit_code == 0 and f"m_cli v{v2}" in out.output and "promotion: promoted" in out.output, out.output
+    assert "signature:" in out.output and "inputs:" in out.output, out.output  # the signature it promises
+    # No version: the champion. A key=value in its place is an override, and reading never creates a store.
+    assert runner.invoke(app, ["models", "show", config, "--name", "m_cli"]).output == out.output
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    out = runner.invoke(app, ["models", "show", config, f"tracking.uri=sqlite:///{missing}", "--name", "m_cli"])
+    assert out.exit_code == 1 and "no MLflow store at" in out.output and "Invalid alias" not in out.output, out.output
+    assert not missing.exists()
 
     out = runner.invoke(app, ["models", "rollback", config, "--name", "m_cli"])
     assert out.exit_code == 0 and f"champion is v{v1} again (was v{v2})" in out.output, out.output
