@@ -323,8 +323,8 @@ class Workflow:
         )  # fmt: skip
         if still_valid is not None and not still_valid(result):
             self.progress(
-                f"[{_title(name, label)}] cached ({key}) but what it wrote outside the work dir is gone "
-                "(its still_valid check failed): running it again"
+                f"[{_title(name, label)}] cached ({key}) but no longer valid (damaged, or what it wrote outside "
+                "the work dir is gone): running it again"
             )
             return None
         if not self.store.local:
