@@ -729,7 +729,15 @@ def predict(
         str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else the --config's).")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="Config to take the tracking URI and Ray address from.")] = None,
-    num_tasks: Annotated[int, typer.Option(help="Ray tasks (series groups); 0 = the cluster's CPU count.")] = 0,
+    num_tasks: Annotated[
+        int, typer.Option(help="Ray tasks (series groups); implies --ray. 0 = the cluster's CPU count.")
+    ] = 0,
+    use_ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray", help="Spread the series over Ray tasks even when they fit this process (more than 1000 do)."
+        ),
+    ] = False,
     as_of: Annotated[
         str | None,
         typer.Option("--as-of", help="Forecast from this cutoff (a timestamp): rows after it are not input."),
@@ -739,10 +747,9 @@ def predict(
         typer.Option(help="Known-future columns over the horizon (CSV/Parquet: series, timestamp, future cols)."),
     ] = None,
 ) -> None:
-    """Batch forecasts of every series in the input, spread over Ray tasks, with the model version in the file."""
+    """Batch forecasts of every series in the input, with the model version in the file. The model is checked
+    first; a small input is forecast in this process, a large one (or --ray) over Ray tasks."""
     import os
-
-    import ray
 
     from lstm_dist.predict import PredictError
     from lstm_dist.predict import predict as batch_predict
@@ -751,14 +758,19 @@ def predict(
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri() if cfg else None)
     if uri is None:
         _fail("predict: give --tracking-uri (e.g. sqlite:///runs/demo/mlflow.db), set MLFLOW_TRACKING_URI, or --config")
-    if cfg is not None:
-        from lstm_dist.cluster import init_ray
 
-        init_ray(cfg)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        ray.init(include_dashboard=False)
+    def start_ray() -> None:  # called only when the series go to Ray tasks, after the model is found
+        import ray
+
+        if cfg is not None:
+            from lstm_dist.cluster import init_ray
+
+            init_ray(cfg)
+        elif os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"])
+        else:
+            ray.init(include_dashboard=False)
+
     try:
         batch_predict(
             model_uri=model,
@@ -768,6 +780,8 @@ def predict(
             num_tasks=num_tasks,
             as_of=as_of,
             future=future,
+            use_ray=use_ray,
+            start_ray=start_ray,
             progress=typer.echo,
         )
     except (PredictError, *_user_errors()) as exc:
