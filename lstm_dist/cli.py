@@ -753,8 +753,10 @@ def predict(
 
     from lstm_dist.predict import PredictError
     from lstm_dist.predict import predict as batch_predict
+    from lstm_dist.tracking import route_mlflow_logs
 
     cfg = _load(config, []) if config is not None else None
+    route_mlflow_logs(cfg.workflow.work_dir if cfg else None)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri() if cfg else None)
     if uri is None:
         _fail("predict: give --tracking-uri (e.g. sqlite:///runs/demo/mlflow.db), set MLFLOW_TRACKING_URI, or --config")

@@ -36,7 +36,14 @@ from lstm_dist.storage import (
     node_cache,
     save_resolved,
 )
-from lstm_dist.tracking import NullTracker, Tracker, check_tracking_uri, start_pipeline_run, step_runs
+from lstm_dist.tracking import (
+    NullTracker,
+    Tracker,
+    check_tracking_uri,
+    route_mlflow_logs,
+    start_pipeline_run,
+    step_runs,
+)
 from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
 
 STAGED_FILE = "part.parquet"
@@ -432,7 +439,8 @@ class PipelineRun:
 
 def check_run(cfg: PipelineConfig) -> None:
     """What must hold before anything starts (Ray, an MLflow run): the work dir (a path or a URI) exists,
-    the tracking store can work and `data.path` names files."""
+    the tracking store can work and `data.path` names files. MLflow's own log lines go to the work dir's log."""
+    route_mlflow_logs(cfg.workflow.work_dir)
     store = Store(cfg.workflow.work_dir)
     store.mkdir(store.root)
     check_tracking_uri(cfg.tracking_uri())  # MLflow itself would retry a dead server for minutes
