@@ -15,7 +15,13 @@ from pathlib import Path
 from lstm_dist.version import __version__ as __version__  # re-exported
 
 _WORKFLOWS = ("train.py", "retrain.py", "backtest.py")
-_API = ("load_config", "run", "backtest", "forecast", "read_metadata")  # the functions of lstm_dist/api.py, exported here
+_API = (
+    "load_config",
+    "run",
+    "backtest",
+    "forecast",
+    "read_metadata",
+)  # the functions of lstm_dist/api.py, exported here
 
 
 def __getattr__(name: str):

@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml, load_config
 from lstm_dist.storage import save_resolved
 
+# `-v` shows the traceback under an `error:` line; set by the app's callback on every invocation.
+VERBOSE = {"on": False}
+# Errors of the filesystem that a user causes (and fixes): a read-only or full work dir, a path not theirs.
+USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+class _Commands(TyperGroup):
+    """The one error path: a user error raised anywhere below (also inside a Ray task or a Ray Train worker)
+    ends as one `error:` line and exit code 1; anything else keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # typer's Exit and usage errors are no user errors of ours: they pass
+            cause = unwrap(exc)
+            if not isinstance(cause, _user_errors()) and not _user_os_error(cause):
+                raise
+            _fail(f"error: {error_text(cause)}", code=2 if isinstance(cause, ConfigError) else 1)
+
+
 app = typer.Typer(
+    cls=_Commands,
     help=(
         "Distributed LSTM forecasting on Ray, tracked in MLflow.\n\n"
         "Every command takes a YAML config from conf/ plus dotted overrides, e.g.\n\n"
@@ -38,16 +63,68 @@ def _below_override(allow: bool) -> list[str]:
     return ["tracking.allow_below_baseline=true"] if allow else []
 
 
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show the traceback under an error line.")] = False,
+) -> None:
+    VERBOSE["on"] = verbose
+
+
 def _fail(message: str, code: int = 2) -> None:
+    """Exit with `message` (one `error:` line for a user error); with -v, the traceback being handled first."""
+    if sys.exc_info()[1] is not None:
+        if VERBOSE["on"]:
+            traceback.print_exc()
+        # Sibling tasks that failed the same way would print Ray's "Unhandled error" blocks when their
+        # never-fetched results are freed; this error line has reported them.
+        os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The error that a Ray task or a Ray Train worker raised, out of Ray's wrappers around it."""
+    from ray.exceptions import RayTaskError
+    from ray.train import ControllerError, WorkerGroupError
+
+    for _ in range(10):  # wrappers nest (a worker's error inside the controller's), never deeply
+        if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+            exc = exc.cause
+        elif isinstance(exc, WorkerGroupError) and exc.worker_failures:
+            exc = next(iter(exc.worker_failures.values()))
+        elif isinstance(exc, ControllerError) and isinstance(exc.controller_failure, BaseException):
+            exc = exc.controller_failure
+        else:
+            return exc
+    return exc
+
+
+def error_text(exc: BaseException) -> str:
+    """What follows `error: `: the cause's own message (not Ray's `ray::task() (pid=...)` stack); a config
+    error with one problem on one line; a filesystem error with its path and the fix."""
+    exc = unwrap(exc)
+    if _user_os_error(exc):
+        where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        return (
+            f"cannot write{where}: {exc.strerror or exc}; make workflow.work_dir writable (and not full) "
+            "or point workflow.work_dir=DIR elsewhere"
+        )
+    text = str(exc).strip()
+    head, *rest = text.splitlines() or [""]
+    if isinstance(exc, ConfigError) and len(rest) == 1 and rest[0].lstrip().startswith("- "):
+        return f"{head} {rest[0].strip()[2:]}"  # `invalid config (x.yaml): unknown key 'data.foo'. ...`
+    return text
+
+
+def _user_os_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and getattr(exc, "errno", None) in USER_ERRNOS
 
 
 def _load(config: Path, overrides: list[str] | None) -> PipelineConfig:
     try:
         return load_config(config, overrides or []).resolved()
     except ConfigError as exc:
-        _fail(str(exc))
+        _fail(f"error: {error_text(exc)}")
         raise  # unreachable; keeps type checkers calm
 
 
@@ -76,11 +153,13 @@ def explain_config(cfg: PipelineConfig) -> str:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from lstm_dist.data.errors import DataError
+    from lstm_dist.predict import PredictError
+    from lstm_dist.storage import StorageError
     from lstm_dist.tracking import TrackingError
     from lstm_dist.train.precision import PrecisionError
     from lstm_dist.workflow import WorkflowError
 
-    return (DataError, TrackingError, PrecisionError, ConfigError, WorkflowError)
+    return (DataError, TrackingError, PrecisionError, ConfigError, WorkflowError, StorageError, PredictError)
 
 
 @app.command()
@@ -119,11 +198,11 @@ def run(
     from lstm_dist.pipelines.train import print_summary
     from lstm_dist.pipelines.train import run as run_pipeline
 
-    save_resolved(cfg)
     try:
+        save_resolved(cfg)  # the work dir's writability, before Ray starts
         summary = run_pipeline(cfg, force=set(force or ()))
     except _user_errors() as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     print_summary(summary, cfg=cfg)
 
 
@@ -158,7 +237,7 @@ def train(
     try:
         result = train_from_shards(cfg, shard_dir=shards, resume=resume, progress=typer.echo)
     except _user_errors() as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     last = result.history.iloc[-1]
     best = result.history.loc[result.history["val_loss"].idxmin()]
     typer.echo(
@@ -201,7 +280,7 @@ def data_ingest(
         init_ray(cfg)
         _, _, text = ingest_command(cfg, out_dir=str(out) if out else None)
     except _user_errors() as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     typer.echo(text)
 
 
@@ -225,7 +304,7 @@ def data_inspect(
     try:
         typer.echo(inspect_command_text(shard_dir, verify=verify, max_series=max_series))
     except _user_errors() as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
 
 
 def inspect_command_text(shard_dir: Path, *, verify: bool, max_series: int) -> str:
@@ -271,7 +350,6 @@ def ui(
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the UI server to answer.")] = 180.0,
 ) -> None:
     """Start the MLflow UI on the config's tracking store; print its address once it answers."""
-    import os
     import socket
 
     from lstm_dist.tracking import TrackingError, check_tracking_uri
@@ -286,7 +364,7 @@ def ui(
     try:
         check_tracking_uri(uri)
     except TrackingError as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         typer.echo(f"note: {uri} does not exist yet; it fills once a pipeline has run (lstm-dist run {config})")
     if port == 0:
@@ -306,7 +384,6 @@ def _serve_ui(cmd: list[str], *, env: dict, host: str, port: int, uri: str, log_
     """Run the UI server in its own process group, print its address once it answers on HTTP (it takes tens of
     seconds on a small machine), then wait for it; Ctrl-C or SIGTERM stops the whole group."""
     import contextlib
-    import os
     import signal
     import subprocess
     import time
@@ -376,7 +453,7 @@ def tune(
     try:
         parse_space(cfg)
     except ConfigError as exc:
-        _fail(str(exc))
+        _fail(f"error: {error_text(exc)}")
     run(config, [*(overrides or []), "tune.enabled=true"], force=force)
 
 
@@ -398,7 +475,7 @@ def _registry(config: Path, overrides: list[str] | None, name: str | None):
     try:
         registry = open_registry(cfg.tracking_uri())
     except TrackingError as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     return registry, name or cfg.tracking.model_name, cfg
 
 
@@ -408,7 +485,7 @@ def _versions(registry, name: str) -> list:
     try:
         versions = registry.versions(name)
     except RegistryError as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     if not versions:
         _fail(f"no registered model '{name}' in this store (run a pipeline first, or pass --name)", code=1)
     return versions
@@ -451,7 +528,7 @@ def models_show(
     try:
         v = registry.version(name, version)
     except RegistryError as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     aliases = [a for a, ver in registry.aliases(name).items() if ver == str(v.version)]
     typer.echo(f"{name} v{v.version}  aliases: {', '.join(aliases) or '-'}")
     typer.echo(f"  source:  {v.source}")
@@ -475,7 +552,7 @@ def models_promote(
     try:
         previous = promote_version(registry, name=name, version=version)
     except PromotionError as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     typer.echo(f"{name}: champion is v{version}" + (f" (was v{previous})" if previous else ""))
 
 
@@ -488,7 +565,7 @@ def models_rollback(config: ConfigArg, overrides: OverridesArg = None, name: Nam
     try:
         old, new = rollback(registry, name=name)
     except PromotionError as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     typer.echo(f"{name}: champion is v{new} again (was v{old})")
 
 
@@ -540,7 +617,7 @@ def retrain(
     try:
         run_retrain(cfg, force=set(force or ()))
     except _user_errors() as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
 
 
 @app.command()
@@ -568,7 +645,7 @@ def backtest(
     try:
         run_backtest(cfg)
     except _user_errors() as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -620,7 +697,7 @@ def submit(
             note=lambda line: typer.echo(line, err=True),
         )
     except JobError as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
     typer.echo(f"submitted job {job_id}: {' '.join(args)}", err=True)
     if not wait:
         typer.echo(f"follow it with: ray job logs --follow {job_id}", err=True)
@@ -712,7 +789,7 @@ def schedule(
             timezone=timezone,
         )
     except ScheduleError as exc:
-        _fail(f"error: {exc}")
+        _fail(f"error: {error_text(exc)}")
     typer.echo(f"history: {history}")
     try:
         scheduler.run(max_ticks=max_ticks)
@@ -751,6 +828,7 @@ def predict(
     first; a small input is forecast in this process, a large one (or --ray) over Ray tasks."""
     import os
 
+    from lstm_dist.cluster import init_ray
     from lstm_dist.predict import PredictError
     from lstm_dist.predict import predict as batch_predict
     from lstm_dist.tracking import route_mlflow_logs
@@ -760,19 +838,6 @@ def predict(
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri() if cfg else None)
     if uri is None:
         _fail("predict: give --tracking-uri (e.g. sqlite:///runs/demo/mlflow.db), set MLFLOW_TRACKING_URI, or --config")
-
-    def start_ray() -> None:  # called only when the series go to Ray tasks, after the model is found
-        import ray
-
-        if cfg is not None:
-            from lstm_dist.cluster import init_ray
-
-            init_ray(cfg)
-        elif os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"])
-        else:
-            ray.init(include_dashboard=False)
-
     try:
         batch_predict(
             model_uri=model,
@@ -783,11 +848,11 @@ def predict(
             as_of=as_of,
             future=future,
             use_ray=use_ray,
-            start_ray=start_ray,
+            start_ray=lambda: init_ray(cfg),  # only when the series go to Ray tasks, after the model is found
             progress=typer.echo,
         )
     except (PredictError, *_user_errors()) as exc:
-        _fail(f"error: {exc}", code=1)
+        _fail(f"error: {error_text(exc)}", code=1)
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -1,41 +1,192 @@
-"""Connecting to Ray: a local cluster by default, or the one named by the config / RAY_ADDRESS.
+"""The Ray door: the only `ray.init`, the cluster's resources, its one-line summary and its MLflow tags.
 
 Called by the CLI, the pipelines and the tests only; importing lstm_dist never starts Ray.
+
+A local Ray (no `workflow.ray_address`, no `$RAY_ADDRESS`) is started for one user on one machine:
+every Ray process binds to 127.0.0.1 (GCS, raylet, object manager, workers, dashboard and its agents),
+token authentication stays on, and Ray's own log lines go to `<work_dir>/logs/ray.log` instead of the
+terminal, which keeps the pipeline's lines (and the workers' epoch lines, forwarded by `log_to_driver`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import re
+import socket
+import sys
+from pathlib import Path
 
 from lstm_dist.config import PipelineConfig
+from lstm_dist.ray_compat import loopback_node
+
+RAY_LOG_FILE = "logs/ray.log"  # under the work dir: the driver's Ray, Train and Tune log lines
+
+# Set for every Ray this process starts or joins (setdefault: a value the user exported wins).
+_DRIVER_ENV = {
+    # Workers import the package from the driver's environment; keep their logs readable.
+    "RAY_DEDUP_LOGS": "1",
+    # Ray Train patches print() into its logger, which echoes every worker line twice on the driver.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "RAY_TRAIN_V2_ENABLED": "1",
+}
+
+# Set only before starting a local Ray.
+_LOCAL_ENV = {
+    # Ray Train's watcher of node preemption (spot instances) means nothing on one machine; each fit's
+    # watcher also logs a core_worker ERROR about its constructor arguments (ray-project/ray#53727).
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 
 
-def init_ray(cfg: PipelineConfig) -> dict[str, float]:
-    """Start or join Ray once per process; returns the cluster's resources."""
+def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
+    """Start or join Ray once per process; returns the cluster's resources.
+
+    Joins `cfg.workflow.ray_address` or `$RAY_ADDRESS` when set; otherwise starts a local Ray bound
+    to 127.0.0.1 with the machine's CPU count (or `workflow.num_cpus`)."""
     import ray
 
     if ray.is_initialized():
-        return ray.cluster_resources()
-    address = cfg.workflow.ray_address or os.environ.get("RAY_ADDRESS")
-    # Workers import the package from the driver's environment; keep their logs readable.
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Ray Train patches print() into its logger, which echoes every worker line twice on the driver.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+        return resources()
+    for key, value in _DRIVER_ENV.items():
+        os.environ.setdefault(key, value)
+    if not sys.stdout.isatty() or not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in a file or a pipe
+    _log_ray_to_file(cfg)
+    address = (cfg.workflow.ray_address if cfg else None) or os.environ.get("RAY_ADDRESS")
     if address:
+        check_ray_address(address)
         ray.init(address=address, log_to_driver=True)
-    else:
-        # Logical CPUs, not cores: the Train controller, each worker and the ingest tasks each hold one,
-        # so on a 2-core laptop 2 workers + controller would otherwise wait forever for a free CPU.
-        wanted = cfg.workflow.num_cpus or max(os.cpu_count() or 1, cfg.train.num_workers + 2, 4)
-        ray.init(num_cpus=wanted, include_dashboard=False, log_to_driver=True)
-    return ray.cluster_resources()
+        return resources()
+    for key, value in _LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    loopback_node()  # every Ray server on 127.0.0.1, not on all interfaces
+    port = _free_port()
+    ray.init(
+        num_cpus=local_cpus(cfg),
+        # The dashboard serves the State API, which Ray Train's placement-group cleaner polls once a
+        # second; without it every poll logs "Failed to query Ray Train Controller actor state".
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        # The cleaner finds the State API by looking for a running Ray on the machine, and fails when it
+        # finds several (another user's, another run's): tell every process of this job where it is.
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+        log_to_driver=True,  # the workers' epoch lines
+    )
+    return resources()
+
+
+def _free_port() -> int:
+    """A port the OS says is free on 127.0.0.1 now (Ray binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def local_cpus(cfg: PipelineConfig | None) -> int:
+    """Logical CPUs for a local Ray: `workflow.num_cpus`, else the CPUs this process may run on.
+
+    Raised to what one training run needs (the Train controller holds none, each worker
+    `train.cpus_per_worker`), so a config asking for more workers than cores oversubscribes them
+    rather than waiting forever for a free CPU."""
+    if cfg is not None and cfg.workflow.num_cpus:
+        return cfg.workflow.num_cpus
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cfg is None:
+        return cores
+    return max(cores, math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker))
+
+
+def resources() -> dict[str, float]:
+    """The connected cluster's total resources ({"CPU": 4.0, "GPU": 1.0, ...}); {} without Ray started."""
+    import ray
+
+    return ray.cluster_resources() if ray.is_initialized() else {}
+
+
+def ray_tags() -> dict[str, str]:
+    """Size of the connected Ray cluster and its GPU type, as MLflow tags ({} without Ray started)."""
+    try:
+        import ray
+    except ImportError:
+        return {}
+    if not ray.is_initialized():
+        return {}
+    res = resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpu_types = sorted(
+        {k.split(":", 1)[1] for n in nodes for k in n.get("Resources", {}) if k.startswith("accelerator_type:")}
+    )
+    return {
+        "ray.num_nodes": str(len(nodes)),
+        "ray.num_cpus": f"{res.get('CPU', 0):g}",
+        "ray.num_gpus": f"{res.get('GPU', 0):g}",
+        "ray.gpu_type": ",".join(gpu_types) or ("unknown" if res.get("GPU", 0) else "none"),
+    }
+
+
+def check_ray_address(address: str, *, timeout: float = 3.0) -> None:
+    """Refuse a Ray address that nothing answers within `timeout` seconds (ray.init would retry for minutes).
+
+    A TCP connect to the GCS port (or the Ray Client port of a ray:// address) is enough to tell a dead or
+    mistyped address from a live one; "auto" and "local" are Ray's own and left to it."""
+    import socket
+
+    from lstm_dist.workflow import WorkflowError
+
+    if address in ("auto", "local"):
+        return
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = rest.split("/")[0].rpartition(":")
+    if not host or not port.isdigit():
+        raise WorkflowError(
+            f"workflow.ray_address '{address}' is not host:port (e.g. 10.0.0.5:6379, or ray://host:10001); "
+            "fix it, or leave it empty (and RAY_ADDRESS unset) for a local Ray"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise WorkflowError(
+            f"workflow.ray_address '{address}': nothing answers at {host}:{port} within {timeout:.0f}s "
+            f"({exc.strerror or exc}); start the cluster (ray start --head) or leave workflow.ray_address empty "
+            "(and RAY_ADDRESS unset) for a local Ray"
+        ) from exc
 
 
 def cluster_summary() -> str:
-    import ray
+    """One line for the terminal: '1 node(s), 2 CPU, 0 GPU'."""
+    tags = ray_tags()
+    return f"{tags['ray.num_nodes']} node(s), {tags['ray.num_cpus']} CPU, {tags['ray.num_gpus']} GPU"
 
-    res = ray.cluster_resources()
-    nodes = len([n for n in ray.nodes() if n.get("Alive")])
-    return f"{nodes} node(s), {res.get('CPU', 0):.0f} CPU, {res.get('GPU', 0):.0f} GPU"
+
+class _NoColour(logging.Filter):
+    """Ray colours some of its own messages (the dashboard URL); a file gets them without escape codes.
+    (A filter, not a formatter: ray.init replaces the formatters of the handlers on its logger.)"""
+
+    _ansi = re.compile(r"\x1b\[[0-9;]*m")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = self._ansi.sub("", record.getMessage()), None
+        return True
+
+
+def _log_ray_to_file(cfg: PipelineConfig | None) -> None:
+    """Ray's driver-side logger (and Train's, Tune's under it): INFO and up to `<work_dir>/logs/ray.log`,
+    only errors to the terminal. Ray's processes keep their own logs in its session directory."""
+    logger = logging.getLogger("ray")
+    for handler in list(logger.handlers):  # Ray's own: everything from INFO to the terminal
+        logger.removeHandler(handler)
+    logger.propagate = False
+    terminal = logging.StreamHandler(sys.stderr)
+    terminal.setLevel(logging.ERROR)
+    logger.addHandler(terminal)
+    work_dir = cfg.workflow.work_dir if cfg else None
+    if work_dir and "://" not in work_dir:
+        path = Path(work_dir, RAY_LOG_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(path)
+        file.addFilter(_NoColour())
+        logger.addHandler(file)

@@ -281,7 +281,7 @@ class WorkflowConfig(_Section):
     ray_address: str | None = None
     """Ray cluster address; unset: $RAY_ADDRESS, else a local Ray started for the run."""
     num_cpus: int = Field(0, ge=0)
-    """Logical CPUs of a local Ray (0 = the machine's count, at least 4 so 2 workers and a controller fit)."""
+    """Logical CPUs of a local Ray (0 = the CPUs this process may use, raised to num_workers x cpus_per_worker)."""
     warm_start: bool = False
     """Retrain: start the challenger from the champion's weights (same architecture and data shape) instead of fresh."""
 
@@ -479,7 +479,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)  # where the parser gave up (0-based)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file '{path}' is not valid YAML{where}: {problem}; fix the syntax there") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections (data:, model:, ...)")
     tree = merge(tree, parse_overrides(overrides or []))
@@ -506,4 +509,3 @@ def is_secret_key(key: str) -> bool:
     """Whether a (dotted) config key names a secret (password, token, secret, key): never logged as a param."""
     words = re.split(r"[._-]", key.rsplit(".", 1)[-1].lower())
     return any(word in SECRET_WORDS or word.endswith(("password", "token", "secret")) for word in words)
-

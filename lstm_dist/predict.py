@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from lstm_dist.cluster import resources
 from lstm_dist.data.readers import COLUMN_FIELDS
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.registry import MANIFEST_FILE, ModelFiles, Registry, RegistryError
@@ -145,7 +146,7 @@ def _on_ray(
     if wide:
         parts = [history]
     else:
-        wanted = num_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        wanted = num_tasks or max(1, int(resources().get("CPU", 1)))
         parts = split_series(history, series_col=series_col, num_parts=wanted)
     task = ray.remote(num_cpus=1)(_forecast_task)  # made here: importing this module does not import Ray
     weights = ray.put(files.weights.read_bytes())

@@ -36,7 +36,7 @@ RECORD = "_STEP.json"  # the workflow's record at the top of a step output; `loc
 
 
 class StorageError(RuntimeError):
-    """A locator does not name what it should (no committed step output there)."""
+    """A locator does not name what it should (no committed step output there), or the work dir is not writable."""
 
 
 def filesystem(locator: str | os.PathLike) -> tuple[pafs.FileSystem, str, str]:
@@ -242,9 +242,15 @@ def save_resolved(cfg: PipelineConfig) -> Path | str:
 
     Returns its locator: a path, or a URI for an object-store work dir."""
     store = Store(cfg.workflow.work_dir)
-    store.mkdir(store.root)
     path = store.join("last_config.yaml")
-    store.write_text(path, dump_yaml(cfg))
+    try:  # the first write of a run: an unwritable work dir is named here, before Ray or MLflow start
+        store.mkdir(store.root)
+        store.write_text(path, dump_yaml(cfg))
+    except OSError as exc:
+        raise StorageError(
+            f"workflow.work_dir '{store.root}' is not writable ({exc.strerror or exc}); make it writable "
+            "or point workflow.work_dir=DIR at a directory you can write"
+        ) from exc
     return Path(path) if store.local else path
 
 

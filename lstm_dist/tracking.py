@@ -391,6 +391,7 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
             f"cannot reach the MLflow store at '{redact_uri(uri)}' (tracking.uri or MLFLOW_TRACKING_URI): "
             f"{redact_uri(str(exc))}"
         ) from None
+    end_dead_runs(client, cfg.workflow.work_dir)
     # The parent run is the fluent API's active run, so that log_model lands in it.
     use_tracking_uri(uri)
     run = mlflow.start_run(
@@ -402,6 +403,35 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
     tracker.log_params(cfg.flat())
     tracker.log_text(dump_yaml(cfg), "config/resolved.yaml")
     return tracker
+
+
+def end_dead_runs(client: Any, work_dir: str) -> list[str]:
+    """End as KILLED the MLflow runs (and their step runs) of this work dir's pipeline runs whose process died
+    on this host: killed by a signal, it could not end them, and they would stay RUNNING for ever.
+    Returns the ids of the runs ended."""
+    from lstm_dist.workflow import INTERRUPTED, read_runs
+
+    ended = []
+    for record in read_runs(work_dir, limit=20):
+        run_id = record.get("mlflow_run_id")
+        if record["status"] != INTERRUPTED or not run_id:
+            continue
+        try:
+            info = client.get_run(run_id).info
+        except Exception:  # a run of another store (tracking.uri changed since), or deleted
+            continue
+        if info.status != "RUNNING":
+            continue
+        end_ms = int(record["ended_at"] * 1000)
+        steps = client.search_runs(
+            [info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+        )
+        for step in steps:
+            client.set_terminated(step.info.run_id, status="KILLED", end_time=end_ms)
+        client.set_terminated(run_id, status="KILLED", end_time=end_ms)
+        ended.append(run_id)
+    return ended
 
 
 def context_tags() -> dict[str, str]:
@@ -423,29 +453,10 @@ def context_tags() -> dict[str, str]:
             tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
+    from lstm_dist.cluster import ray_tags
+
     tags.update(ray_tags())
     return tags
-
-
-def ray_tags() -> dict[str, str]:
-    """Size of the connected Ray cluster and its GPU type ({} without Ray started)."""
-    try:
-        import ray
-    except ImportError:
-        return {}
-    if not ray.is_initialized():
-        return {}
-    res = ray.cluster_resources()
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    gpu_types = sorted(
-        {k.split(":", 1)[1] for n in nodes for k in n.get("Resources", {}) if k.startswith("accelerator_type:")}
-    )
-    return {
-        "ray.num_nodes": str(len(nodes)),
-        "ray.num_cpus": f"{res.get('CPU', 0):g}",
-        "ray.num_gpus": f"{res.get('GPU', 0):g}",
-        "ray.gpu_type": ",".join(gpu_types) or ("unknown" if res.get("GPU", 0) else "none"),
-    }
 
 
 def shard_fingerprint(shard_dir: str | Path) -> str:

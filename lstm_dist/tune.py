@@ -256,6 +256,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], shard_dir: str, stor
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from lstm_dist.ray_compat import placement_group_callbacks
     from lstm_dist.train.trainer import fit
 
     cfg = trial_config(PipelineConfig.model_validate(base), params)
@@ -267,7 +268,7 @@ def _trial(params: dict[str, Any], *, base: dict[str, Any], shard_dir: str, stor
         name=f"trial_{trial_id}",
         callbacks=[
             TuneReportCallback(),  # Ray: forward rank 0's epoch reports to Tune (and ASHA)
-            _worker_group_recorder(groups, trial_id),
+            *placement_group_callbacks(lambda group: groups.add.remote(trial_id, group)),
         ],
     )
 
@@ -286,12 +287,12 @@ def _group_registry_class():
     @ray.remote(num_cpus=0)
     class PlacementGroupRegistry:
         def __init__(self) -> None:
-            self.groups: dict[str, list[str]] = {}
+            self.groups: dict[str, list] = {}  # trial id -> its PlacementGroup handles
 
-        def add(self, trial_id: str, group_hex: str) -> None:
-            self.groups.setdefault(trial_id, []).append(group_hex)
+        def add(self, trial_id: str, group) -> None:
+            self.groups.setdefault(trial_id, []).append(group)
 
-        def pop(self, trial_id: str | None = None) -> list[str]:
+        def pop(self, trial_id: str | None = None) -> list:
             if trial_id is None:
                 every = [g for groups in self.groups.values() for g in groups]
                 self.groups.clear()
@@ -301,28 +302,12 @@ def _group_registry_class():
     return PlacementGroupRegistry
 
 
-def _worker_group_recorder(groups, trial_id: str):
-    """A Train (internal) worker-group callback that reports each worker group's placement group."""
-    from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+def _remove_groups(groups: list) -> None:
+    from ray.util.placement_group import remove_placement_group
 
-    class WorkerGroupRecorder(WorkerGroupCallback):
-        def after_worker_group_start(self, worker_group) -> None:
-            state = getattr(worker_group, "_worker_group_state", None)
-            handle = getattr(state, "placement_group_handle", None)
-            group = getattr(handle, "placement_group", None)
-            if group is not None:
-                groups.add.remote(trial_id, group.id.hex())
-
-    return WorkerGroupRecorder()
-
-
-def _remove_groups(hex_ids: list[str]) -> None:
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    for hex_id in hex_ids:
+    for group in groups:
         try:
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id))))
+            remove_placement_group(group)
         except Exception:  # already removed by its controller
             pass
 
@@ -358,40 +343,73 @@ def run_tune(
     With a `tracker` (the tune step's run), each trial becomes a nested run under it, and the trials
     table (CSV/JSON) and a plot of every trial's validation loss are logged there."""
     import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from lstm_dist.cluster import resources
     from lstm_dist.train.trainer import use_gpu
 
     params = parse_space(cfg)
     out_dir = Path(out_dir)
-    gpu = use_gpu(cfg)
-    concurrent = max_concurrent(cfg, ray.cluster_resources(), gpu=gpu)
-    if cfg.tune.scheduler == "asha":
-        scheduler = _recording(ASHAScheduler)(
-            max_epochs=cfg.train.epochs,
-            time_attr="epoch",
-            max_t=cfg.train.epochs,
-            grace_period=cfg.tune.grace_period,
-            reduction_factor=cfg.tune.reduction_factor,
-        )
-    else:
-        scheduler = _recording(FIFOScheduler)(max_epochs=cfg.train.epochs)
+    concurrent = max_concurrent(cfg, resources(), gpu=use_gpu(cfg))
+    scheduler = _scheduler(cfg)
     groups = _group_registry_class().remote()
-    trainable = tune.with_parameters(
-        _trial,
-        base=cfg.model_dump(mode="json"),
-        shard_dir=trial_shards or shard_dir,
-        storage_dir=str(out_dir / "train"),
-        groups=groups,
-    )
     progress(
         f"[tune] {cfg.tune.num_samples} trials, {cfg.tune.search} search, scheduler {cfg.tune.scheduler}, "
         f"{concurrent} at a time, {cfg.tune.workers_per_trial} worker(s) each"
         + (f", budget {cfg.tune.time_budget_s:.0f}s" if cfg.tune.time_budget_s else "")
     )
     started = time.time()
-    tuner = tune.Tuner(
+    tuner = _tuner(
+        cfg,
+        params=params,
+        scheduler=scheduler,
+        concurrent=concurrent,
+        groups=groups,
+        shard_dir=trial_shards or shard_dir,
+        out_dir=out_dir,
+    )
+    try:
+        grid = tuner.fit()
+    finally:
+        _remove_groups(ray.get(groups.pop.remote()))
+        ray.kill(groups)
+    trials = trials_table(grid, params=params, max_epochs=cfg.train.epochs, stopped_at=scheduler.stopped_at)
+    budget_hit = bool(cfg.tune.time_budget_s) and time.time() - started >= cfg.tune.time_budget_s
+    if budget_hit:
+        progress(f"[tune] time budget of {cfg.tune.time_budget_s:.0f}s reached; trials still running were stopped")
+    outcome = _outcome(cfg, trials, params=params, errors=grid.errors, shard_dir=shard_dir, out_dir=out_dir)
+    trials.drop(columns=["history"], errors="ignore").to_csv(out_dir / "trials.csv", index=False)
+    if tracker is not None:
+        _log(tracker, outcome, out_dir=out_dir, budget_hit=budget_hit)
+    return outcome
+
+
+def _scheduler(cfg: PipelineConfig):
+    """ASHA or FIFO, recording the epoch at which each trial was stopped."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if cfg.tune.scheduler == "asha":
+        return _recording(ASHAScheduler)(
+            max_epochs=cfg.train.epochs,
+            time_attr="epoch",
+            max_t=cfg.train.epochs,
+            grace_period=cfg.tune.grace_period,
+            reduction_factor=cfg.tune.reduction_factor,
+        )
+    return _recording(FIFOScheduler)(max_epochs=cfg.train.epochs)
+
+
+def _tuner(cfg: PipelineConfig, *, params, scheduler, concurrent: int, groups, shard_dir: str, out_dir: Path):
+    """The Tuner: one function trial per sample, each driving its own TorchTrainer."""
+    from ray import tune
+
+    trainable = tune.with_parameters(
+        _trial,
+        base=cfg.model_dump(mode="json"),
+        shard_dir=shard_dir,
+        storage_dir=str(out_dir / "train"),
+        groups=groups,
+    )
+    return tune.Tuner(
         tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPUS}),
         param_space={p.key: p.domain() for p in params},
         tune_config=tune.TuneConfig(
@@ -410,23 +428,18 @@ def run_tune(
             name="tune", storage_path=str(out_dir), verbose=1, callbacks=[_cleanup_callback(groups)]
         ),
     )
-    try:
-        grid = tuner.fit()
-    finally:
-        _remove_groups(ray.get(groups.pop.remote()))
-        ray.kill(groups)
-    trials = trials_table(grid, params=params, max_epochs=cfg.train.epochs, stopped_at=scheduler.stopped_at)
-    budget_hit = bool(cfg.tune.time_budget_s) and time.time() - started >= cfg.tune.time_budget_s
-    if budget_hit:
-        progress(f"[tune] time budget of {cfg.tune.time_budget_s:.0f}s reached; trials still running were stopped")
+
+
+def _outcome(cfg: PipelineConfig, trials: pd.DataFrame, *, params, errors, shard_dir: str, out_dir: Path):
+    """The best trial among those that reported a validation loss, and the config to train it on train + val."""
     ok = trials[trials["best_val_loss"].notna()]
     if ok.empty:
-        errors = "; ".join(_last_line(e) for e in grid.errors[:3])
-        raise RuntimeError(f"no tune trial reported a validation loss ({len(trials)} trials). First errors: {errors}")
+        first = "; ".join(_last_line(e) for e in errors[:3])
+        raise RuntimeError(f"no tune trial reported a validation loss ({len(trials)} trials). First errors: {first}")
     best = ok.sort_values("best_val_loss").iloc[0]
     best_params = {p.key: _plain(best[p.key]) for p in params}
     best_epoch = int(best["best_epoch"])
-    outcome = TuneOutcome(
+    return TuneOutcome(
         trials=trials,
         best_trial=str(best["trial_id"]),
         best_params=best_params,
@@ -435,11 +448,6 @@ def run_tune(
         final_config=final_config(cfg, best_params, epochs=best_epoch),
         trainval_dir=trainval_view(shard_dir, out_dir / "trainval_shards"),
     )
-    table = trials.drop(columns=["history"], errors="ignore")
-    table.to_csv(out_dir / "trials.csv", index=False)
-    if tracker is not None:
-        _log(tracker, outcome, out_dir=out_dir, budget_hit=budget_hit)
-    return outcome
 
 
 def _log(tracker, outcome: TuneOutcome, *, out_dir: Path, budget_hit: bool) -> None:

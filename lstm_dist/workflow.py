@@ -447,6 +447,7 @@ class Workflow:
         return entry
 
     def _save_record(self) -> None:
+        self.record["updated_at"] = time.time()  # a killed run's duration ends here (read_runs)
         self.store.mkdir(self.store.join(RUNS))
         self.store.write_text(self.store.join(RUNS, f"{self.run_id}.json"), json.dumps(self.record, indent=1))
 
@@ -524,11 +525,19 @@ def read_runs(work_dir: str | os.PathLike, *, limit: int = 5) -> list[dict[str, 
             continue  # a record being replaced right now; the next call sees it
         if run["status"] == RUNNING and run.get("host") == socket.gethostname() and not _alive(run.get("pid")):
             run["status"] = INTERRUPTED
+            run["ended_at"] = _last_seen(run)  # a fixed duration: the process is gone, the clock stops
             for step in run["steps"]:
                 if step["state"] == RUNNING:
                     step["state"] = INTERRUPTED
         runs.append(run)
     return sorted(runs, key=lambda r: r["started_at"], reverse=True)[:limit]
+
+
+def _last_seen(run: dict[str, Any]) -> float:
+    """When a run that died without closing its record was last heard of: its last record save (records
+    from before `updated_at` existed: the end of its last finished step)."""
+    ends = [s["started_at"] + s["seconds"] for s in run["steps"] if s.get("seconds") is not None]
+    return max([run["started_at"], run.get("updated_at") or 0, *ends])
 
 
 def format_status(runs: list[dict[str, Any]], *, now: float | None = None) -> str:

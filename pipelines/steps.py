@@ -478,8 +478,10 @@ def pipeline_run(
     try:
         yield run
     except BaseException as exc:
-        wf.finish(FAILED, message=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
-        tracker.finish("FAILED")
+        try:
+            wf.finish(FAILED, message=f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+        finally:  # a run record that cannot be written (a full or read-only disk) still ends the MLflow run
+            tracker.finish("FAILED")
         raise
     tracker.log_text(json.dumps(wf.summary(), indent=2), "workflow/steps.json")
     wf.finish(DONE, message=run.message)
@@ -572,8 +574,8 @@ def _previous_shards(steps_dir: Path, *, config: dict[str, Any]) -> str | None:
 
 
 def _resume_point(storage: str, name: str) -> tuple[str, int | str] | None:
-    """(checkpoint name, epochs done) that Ray Train will resume `<storage>/<name>` from (a path or a URI),
-    read from its snapshot."""
+    """(checkpoint name, epochs done) that training will resume `<storage>/<name>` from (a path or a URI):
+    Ray Train's snapshot, or a newer complete checkpoint beside it."""
     from lstm_dist.train.trainer import SNAPSHOT_FILE
 
     store = Store(storage)
@@ -583,7 +585,13 @@ def _resume_point(storage: str, name: str) -> tuple[str, int | str] | None:
         return None
     if not latest:
         return None
-    return latest["checkpoint_dir_name"], int(latest.get("metrics", {}).get("epoch", 0)) or "?"
+    name_, epoch = latest["checkpoint_dir_name"], int(latest.get("metrics", {}).get("epoch", 0)) or "?"
+    if store.local:  # the loop resumes from the newest complete checkpoint beside it (a kill can outrun the snapshot)
+        from lstm_dist.train.checkpoints import completed_epoch, newest_checkpoint
+
+        newest = newest_checkpoint(Path(storage) / name / name_)
+        name_, epoch = newest.name, completed_epoch(newest) or epoch
+    return name_, epoch
 
 
 def train_history(train: StepResult):

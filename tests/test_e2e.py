@@ -102,6 +102,28 @@ pred.to_parquet({str(work / "pred.parquet")!r})
         assert group["timestamp"].min() > history[history["series_id"] == sid]["timestamp"].max()
 
 
+# Ray's own lines that a normal run used to print (issue 11): none may reach the terminal.
+RAY_NOISE = (
+    "Failed to query Ray Train Controller actor state",  # Ray Train's placement-group cleaner
+    "PreemptionWatcher",  # core_worker.cc about the preemption watcher's constructor arguments
+    "Token authentication is enabled",  # ray.init's warning
+    "Found multiple active Ray instances",
+    "Started a local Ray instance",
+    "Traceback (most recent call last)",
+)
+
+
+def test_a_run_prints_only_its_own_lines(finished_run) -> None:
+    work, proc = finished_run
+    out = proc.stdout + proc.stderr
+    assert "[train] epoch 2/2" in out  # the workers' epoch lines still come through
+    for noise in RAY_NOISE:
+        assert noise not in out, f"{noise!r} in the output:\n{out[-3000:]}"
+    assert "\x1b[" not in out  # not a TTY: no colour codes
+    log = (work / "w/logs/ray.log").read_text()  # Ray's lines went here instead
+    assert "Started a local Ray instance" in log and "\x1b[" not in log
+
+
 def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:
     work, _ = finished_run
     proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", cwd=work)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from test_train_steps import ArrayWindows, small_model
 
 from lstm_dist.data.windows import DistributedWindowSampler
-from lstm_dist.train.checkpoints import load_training_state, save_training_state
+from lstm_dist.train.checkpoints import TrainingState, load_training_state, save_training_state
 from lstm_dist.train.precision import grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, to_device, train_epoch, train_step
@@ -139,12 +139,12 @@ def test_resume_on_the_gpu_continues_like_an_uninterrupted_run(tmp_path) -> None
 
     net, opt, sched, scaler = setup()
     run(net, opt, sched, scaler, batches[:4])
-    save_training_state(
-        tmp_path, model=net, optimizer=opt, scheduler=sched, scaler=scaler, stopper=EarlyStopping(patience=1),
-        epoch=1, history=[], model_args={},
-    )  # fmt: skip
+    state = TrainingState(model=net, optimizer=opt, scheduler=sched, scaler=scaler, stopper=EarlyStopping(patience=1))
+    save_training_state(tmp_path, state, epoch=1, history=[], model_args={})
     net, opt, sched, scaler = setup(seed=1)
-    load_training_state(tmp_path, model=net, optimizer=opt, scheduler=sched, scaler=scaler, stopper=EarlyStopping(1))
+    load_training_state(
+        tmp_path, TrainingState(model=net, optimizer=opt, scheduler=sched, scaler=scaler, stopper=EarlyStopping(1))
+    )
     assert all(s["exp_avg"].is_cuda for s in opt.state.values())  # restored optimizer state lives on the GPU
     run(net, opt, sched, scaler, batches[4:])
     for p, q in zip(straight, net.parameters(), strict=True):

@@ -16,7 +16,7 @@ from lstm_dist.config import ModelConfig, from_dict
 from lstm_dist.data.windows import DistributedWindowSampler
 from lstm_dist.models import build_model
 from lstm_dist.models.saved import load_model, load_weights
-from lstm_dist.train.checkpoints import load_training_state, save_training_state
+from lstm_dist.train.checkpoints import TrainingState, load_training_state, save_training_state
 from lstm_dist.train.precision import PrecisionError, autocast, grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, to_device, train_epoch, train_step
@@ -226,10 +226,8 @@ def test_checkpoint_round_trip_restores_everything(tmp_path) -> None:
     stop.update(0.5, 1)
     args = {"model": net.cfg.model_dump(mode="json"), **net.build_args}
     history = [{"epoch": 1, "val_loss": 0.5}]
-    save_training_state(
-        tmp_path, model=net, optimizer=opt, scheduler=sched, scaler=grad_scaler("fp32"), stopper=stop,
-        epoch=1, history=history, model_args=args,
-    )  # fmt: skip
+    state = TrainingState(model=net, optimizer=opt, scheduler=sched, scaler=grad_scaler("fp32"), stopper=stop)
+    save_training_state(tmp_path, state, epoch=1, history=history, model_args=args)
     expected_draw = torch.rand(3)  # the RNG state saved above, drawn from
 
     fresh = small_model(ds, seed=1)
@@ -237,7 +235,8 @@ def test_checkpoint_round_trip_restores_everything(tmp_path) -> None:
     sched2 = warmup_cosine(opt2, total_steps=10, warmup_steps=2)
     stop2 = EarlyStopping(patience=3)
     epoch, hist = load_training_state(
-        tmp_path, model=fresh, optimizer=opt2, scheduler=sched2, scaler=grad_scaler("fp32"), stopper=stop2
+        tmp_path,
+        TrainingState(model=fresh, optimizer=opt2, scheduler=sched2, scaler=grad_scaler("fp32"), stopper=stop2),
     )
     assert (epoch, hist, stop2.best) == (1, history, 0.5)
     assert torch.equal(torch.rand(3), expected_draw)

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
+from lstm_dist.cluster import resources
 from lstm_dist.config import DataConfig
 from lstm_dist.data import frequency as frequencies
 from lstm_dist.data import scalers, statics, transforms
@@ -714,7 +715,7 @@ def ingest(
     out = Path(out_dir).resolve()
     source = resolve_input(cfg, out_dir=out, work_dir=work_dir)
     files = list_input_files(source, fmt=cfg.format)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1))) if ray.is_initialized() else max(1, os.cpu_count() or 1)
+    cpus = max(1, int(resources().get("CPU", 0) or os.cpu_count() or 1))
     num_buckets = cfg.num_read_tasks or cpus
     units = _read_units(files, cfg=cfg, target=num_buckets)
     report.num_files = len(files)

@@ -345,11 +345,9 @@ def normalize(
     cols = [numeric_column(table.column(c), name=c, source=source) for c in value_columns(cfg)]
     values = np.stack(cols, axis=1)
     rows = np.arange(len(ts))
-    values, keep = _nonfinite(values, names, codes, ts, rows=rows, cfg=cfg, source=source, notes=notes)
-    if keep is not None:
-        codes, ts, values, rows = codes[keep], ts[keep], values[keep], rows[keep]
-    if cfg.missing == "error":
-        _first_missing(values, names, codes, ts, rows=rows, cfg=cfg, source=source, table=table)
+    codes, ts, values = _checked_values(
+        values, _Where(names, codes, ts, rows, source), cfg=cfg, table=table, notes=notes
+    )
     return names, codes, ts, values
 
 
@@ -368,25 +366,48 @@ def _first_duplicate(names: list[str], codes: np.ndarray, ts: np.ndarray, *, sou
         )
 
 
-def _first_missing(
-    values: np.ndarray,
-    names: list[str],
-    codes: np.ndarray,
-    ts: np.ndarray,
-    *,
-    rows: np.ndarray,
-    cfg: DataConfig,
-    source: str,
-    table: pa.Table,
-) -> None:
+@dataclass(frozen=True)
+class _Where:
+    """Where each row of a file's value block came from: series, timestamp and row in the source file."""
+
+    names: list[str]
+    codes: np.ndarray
+    ts: np.ndarray
+    rows: np.ndarray
+    source: str
+
+    def at(self, i: int) -> str:
+        """Row i as an error names it: `row 7 (line 8) (series 's000', 2024-01-01T06:00:00)`."""
+        stamp = np.datetime64(int(self.ts[i]), "s")
+        return f"{_row_hint(self.source, int(self.rows[i]))} (series '{self.names[self.codes[i]]}', {stamp})"
+
+    def column(self, i: int, col: int, cfg: DataConfig) -> str:
+        """The input column of value `col` in row i (wide layout: one target column per series)."""
+        return self.names[self.codes[i]] if cfg.layout == "wide" and col == 0 else value_columns(cfg)[col]
+
+    def kept(self, keep: np.ndarray) -> _Where:
+        return _Where(self.names, self.codes[keep], self.ts[keep], self.rows[keep], self.source)
+
+
+def _checked_values(
+    values: np.ndarray, where: _Where, *, cfg: DataConfig, table: pa.Table, notes: Notes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, timestamps, values) of a file's block after data.nonfinite, then data.missing=error."""
+    values, keep = _nonfinite(values, where, cfg=cfg, notes=notes)
+    if keep is not None:
+        values, where = values[keep], where.kept(keep)
+    if cfg.missing == "error":
+        _first_missing(values, where, cfg=cfg, table=table)
+    return where.codes, where.ts, values
+
+
+def _first_missing(values: np.ndarray, where: _Where, *, cfg: DataConfig, table: pa.Table) -> None:
     bad = np.isnan(values)
     if bad.any():
         i, col = np.argwhere(bad)[0]
-        name = value_columns(cfg)[col]
-        actual = names[codes[i]] if cfg.layout == "wide" and col == 0 else name  # wide: one target column per series
+        kind = _missing_kind(table, where.column(i, col, cfg), int(where.rows[i]), where.source)
         raise DataError(
-            f"{source}: column '{name}' has a missing value ({_missing_kind(table, actual, int(rows[i]), source)}) "
-            f"at {_row_hint(source, int(rows[i]))} (series '{names[codes[i]]}', {np.datetime64(int(ts[i]), 's')}); "
+            f"{where.source}: column '{value_columns(cfg)[col]}' has a missing value ({kind}) at {where.at(i)}; "
             "set data.missing to ffill, interpolate, zero or drop to handle missing values"
         )
 
@@ -419,15 +440,7 @@ def _csv_text(locator: str, name: str, row: int) -> str | None:
 
 
 def _nonfinite(
-    values: np.ndarray,
-    names: list[str],
-    codes: np.ndarray,
-    ts: np.ndarray,
-    *,
-    rows: np.ndarray,
-    cfg: DataConfig,
-    source: str,
-    notes: Notes,
+    values: np.ndarray, where: _Where, *, cfg: DataConfig, notes: Notes
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(values, rows to keep or None) under data.nonfinite: ±inf (the text `inf`, or a number beyond float64
     such as 1e400) raises naming the first (`error`), drops its row (`drop`) or becomes NaN for data.missing
@@ -437,12 +450,10 @@ def _nonfinite(
         return values, None
     if cfg.nonfinite == "error":
         i, col = np.argwhere(bad)[0]
-        name = names[codes[i]] if cfg.layout == "wide" and col == 0 else value_columns(cfg)[col]
         raise DataError(
-            f"{source}: column '{name}' holds {values[i, col]} at {_row_hint(source, int(rows[i]))} "
-            f"(series '{names[codes[i]]}', {np.datetime64(int(ts[i]), 's')}; the first of {int(bad.sum())} infinite "
-            "values: the text inf, or a number beyond ±1.8e308); fix the file, or set data.nonfinite to drop "
-            "(remove such rows) or fill (fill them by data.missing)"
+            f"{where.source}: column '{where.column(i, col, cfg)}' holds {values[i, col]} at {where.at(i)}, the first "
+            f"of {int(bad.sum())} infinite values (the text inf, or a number beyond ±1.8e308); fix the file, or set "
+            "data.nonfinite to drop (remove such rows) or fill (fill them by data.missing)"
         )
     if cfg.nonfinite == "fill":
         notes.add("nonfinite_values_filled", int(bad.sum()))
@@ -475,9 +486,6 @@ def _normalize_wide(
     codes = np.repeat(np.arange(len(names), dtype=np.int64), n)
     ts_long = np.tile(ts, len(names))
     rows = np.tile(np.arange(n), len(names))
-    values, keep = _nonfinite(values, names, codes, ts_long, rows=rows, cfg=cfg, source=source, notes=notes)
-    if keep is not None:
-        codes, ts_long, values, rows = codes[keep], ts_long[keep], values[keep], rows[keep]
-    if cfg.missing == "error":
-        _first_missing(values, names, codes, ts_long, rows=rows, cfg=cfg, source=source, table=table)
+    where = _Where(names, codes, ts_long, rows, source)
+    codes, ts_long, values = _checked_values(values, where, cfg=cfg, table=table, notes=notes)
     return names, codes, ts_long, values

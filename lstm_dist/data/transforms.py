@@ -14,7 +14,6 @@ import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy import special, stats
 
 from lstm_dist.data import scalers
 from lstm_dist.data.cleaning import Block
@@ -52,6 +51,8 @@ def fit_lambdas(train: np.ndarray, *, kind: str) -> np.ndarray:
     out = np.full(train.shape[1], np.nan)
     if kind != "boxcox":
         return out
+    from scipy import stats  # only for Box-Cox: importing scipy.stats costs every Train worker ~1 s
+
     for j in range(train.shape[1]):
         col = train[:, j]
         if len(col) < 3 or np.ptp(col) == 0:
@@ -69,6 +70,8 @@ def forward(values: np.ndarray, lam: np.ndarray, *, kind: str) -> np.ndarray:
         return values
     if kind == "log1p":
         return np.log1p(values)
+    from scipy import special
+
     return special.boxcox(values, lam)
 
 

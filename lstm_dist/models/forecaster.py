@@ -7,6 +7,7 @@ module with `ray.train.torch.prepare_model`.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -89,25 +90,9 @@ class Forecaster(nn.Module):
         else:
             self.static_table = None
         self.drop = nn.Dropout(cfg.dropout)
-        if cfg.head == "direct":
-            self.head: nn.Module = DirectHead(
-                in_dim=summary_dim,
-                hidden=cfg.hidden_size,
-                horizon=horizon,
-                num_future=num_future,
-                num_targets=num_targets,
-                num_outputs=self.num_outputs,
-            )
-        else:
-            self.head = RecursiveHead(
-                cell=cfg.cell,
-                in_dim=summary_dim,
-                hidden=cfg.hidden_size,
-                horizon=horizon,
-                num_future=num_future,
-                num_targets=num_targets,
-                num_outputs=self.num_outputs,
-            )
+        sizes = {"in_dim": summary_dim, "hidden": cfg.hidden_size, "horizon": horizon, "num_future": num_future}
+        sizes |= {"num_targets": num_targets, "num_outputs": self.num_outputs}
+        self.head: nn.Module = DirectHead(**sizes) if cfg.head == "direct" else RecursiveHead(cell=cfg.cell, **sizes)
         init_recurrent(self)
 
     def _check_inputs(self, x: Tensor, future: Tensor | None, series: Tensor | None, static: Tensor | None) -> None:
@@ -198,19 +183,17 @@ class Forecaster(nn.Module):
             self.train(was_training)
 
 
-def build_model(
-    cfg: ModelConfig,
-    *,
-    num_features: int,
-    num_targets: int,
-    horizon: int,
-    num_future: int = 0,
-    num_series: int = 0,
-    level_of: list[int] | None = None,
-    static: list[list[float]] | None = None,
-    pad_feature: int | None = None,
-) -> Forecaster:
-    """Build the configured forecaster; raises ValueError naming the key for impossible settings."""
+def build_model(cfg: ModelConfig, **dims: Any) -> Forecaster:
+    """Build the configured forecaster from the data's dimensions (the keyword arguments of `Forecaster`);
+    raises ValueError naming the key for impossible settings."""
+    _check_dims(cfg, **dims)
+    if cfg.residual and cfg.num_layers == 1:
+        warnings.warn("model.residual has no effect with model.num_layers=1 (it acts between layers)", stacklevel=2)
+    return Forecaster(cfg, **dims)
+
+
+def _check_dims(cfg: ModelConfig, *, num_features: int, num_targets: int, num_series: int = 0, **dims: Any) -> None:
+    level_of, static = dims.get("level_of"), dims.get("static")
     if num_targets < 1 or num_features < num_targets:
         raise ValueError(f"need 1 <= num_targets <= num_features, got {num_targets} and {num_features}")
     if cfg.series_embedding_dim > 0 and num_series < 1:
@@ -224,16 +207,3 @@ def build_model(
         raise ValueError(f"level_of must give a target index or -1 for each of {num_features} features, got {level_of}")
     if static and (len(static) != num_series or len({len(row) for row in static}) != 1):
         raise ValueError(f"static must hold one equally long row per series ({num_series}), got {len(static)} rows")
-    if cfg.residual and cfg.num_layers == 1:
-        warnings.warn("model.residual has no effect with model.num_layers=1 (it acts between layers)", stacklevel=2)
-    return Forecaster(
-        cfg,
-        num_features=num_features,
-        num_targets=num_targets,
-        horizon=horizon,
-        num_future=num_future,
-        num_series=num_series,
-        level_of=level_of,
-        static=static,
-        pad_feature=pad_feature,
-    )

@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from lstm_dist.config import PipelineConfig
 from lstm_dist.data.windows import DistributedWindowSampler, WindowDataset
 from lstm_dist.models import Forecaster, build_model
 from lstm_dist.models.saved import MODEL_FILE, load_weights
+from lstm_dist.ray_compat import quiet_train_report_logs
 from lstm_dist.storage import local_copy
-from lstm_dist.train.checkpoints import load_training_state, model_args_for, save_training_state
-from lstm_dist.train.precision import grad_scaler, resolve_precision
+from lstm_dist.train.checkpoints import TrainingState, load_training_state, model_args_for, save_training_state
+from lstm_dist.train.precision import Precision, grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
 
@@ -39,14 +41,125 @@ FAIL_ENV = "LSTM_DIST_FAIL_AT"
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = PipelineConfig.model_validate(config["pipeline"])
-    _quiet_report_logs()
+    quiet_train_report_logs()
     tc = cfg.train
     ctx = ray.train.get_context()  # Ray: this worker's place in the group
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # Ray: the GPU assigned to this worker, or cpu
     torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
-    precision = resolve_precision(tc.precision, device)
+    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    w = _Worker(cfg, rank=rank, world_size=world_size, device=device, precision=resolve_precision(tc.precision, device))
 
+    train_ds, val_ds = _datasets(config, rank=rank)
+    model_args = model_args_for(train_ds)
+    torch.manual_seed(tc.seed)  # same seed on every rank: identical initial weights (DDP broadcasts them too)
+    net: Forecaster = build_model(cfg.model, **model_args)
+    if config.get("init_weights"):  # warm start, e.g. from the champion; a checkpoint below takes precedence
+        _load_init_weights(net, config["init_weights"])
+    model = ray.train.torch.prepare_model(net)  # Ray: move to the device, wrap in DDP when world_size > 1
+    net = model.module if hasattr(model, "module") else model
+
+    w.local_batch = _local_batch(tc.batch_size, rank=rank, world_size=world_size)
+    sampler = _sampler(cfg, train_ds, rank=rank, world_size=world_size, local_batch=w.local_batch)
+    w.steps_per_epoch = _steps_per_epoch(cfg, sampler, local_batch=w.local_batch, world_size=world_size)
+    state = _training_state(cfg, net, w)
+    start_epoch, history = _restore(state, rank=rank)
+    if state.stopper.stopped:
+        return  # the run had already stopped early; nothing to continue (no report on any rank)
+    ckpt_args = {"model": cfg.model.model_dump(mode="json"), **model_args}
+    for epoch in range(start_epoch, tc.epochs):
+        metrics = _epoch(w, epoch, model=model, state=state, data=(train_ds, val_ds, sampler), resumed=start_epoch)
+        history.append(metrics)
+        if rank == 0:
+            print(_epoch_line(metrics, epochs=tc.epochs), flush=True)
+        _report(metrics, state, rank=rank, history=history, model_args=ckpt_args)
+        if metrics["stopped_early"]:
+            break
+
+
+@dataclass
+class _Worker:
+    """This worker's place, device and batch geometry: what every epoch needs besides the model."""
+
+    cfg: PipelineConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    precision: Precision
+    local_batch: int = 0
+    steps_per_epoch: int = 0
+
+
+def _training_state(cfg: PipelineConfig, net: Forecaster, w: _Worker) -> TrainingState:
+    """The optimizer, schedule, grad scaler and early stopping of a run, around its model."""
+    tc = cfg.train
+    total_steps = w.steps_per_epoch * tc.epochs
+    # Built after the model is on its device, so restored optimizer state lands there too.
+    optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    return TrainingState(
+        model=net,
+        optimizer=optimizer,
+        scheduler=warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=int(tc.warmup_frac * total_steps)),
+        scaler=grad_scaler(w.precision),
+        stopper=EarlyStopping(patience=tc.patience, min_delta=tc.min_delta),
+    )
+
+
+def _epoch(
+    w: _Worker, epoch: int, *, model: torch.nn.Module, state: TrainingState, data: tuple, resumed: int
+) -> dict[str, float]:
+    """One epoch on this rank: train, validate (all-reduced), decide on early stopping; returns its metrics."""
+    tc, device = w.cfg.train, w.device
+    train_ds, val_ds, sampler = data
+    t0 = time.perf_counter()
+    # Dropout draws depend on (seed, rank, epoch) only, so a resumed epoch replays exactly.
+    torch.manual_seed(epoch_seed(tc.seed, rank=w.rank, epoch=epoch))
+    sampler.set_epoch(epoch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train = train_epoch(
+        model,
+        state.model,
+        train_ds,
+        sampler,
+        optimizer=state.optimizer,
+        scheduler=state.scheduler,
+        scaler=state.scaler,
+        precision=w.precision,
+        device=device,
+        steps=w.steps_per_epoch,
+        local_batch=w.local_batch,
+        grad_accum=tc.grad_accum,
+        grad_clip=tc.grad_clip,
+        fail_step=_fail_step(epoch, w.rank),
+    )
+    val = dict.fromkeys(("val_loss", "val_mae", "val_rmse"), math.nan)
+    if len(val_ds):
+        val = evaluate(
+            state.model,
+            val_ds,
+            rank=w.rank,
+            world_size=w.world_size,
+            precision=w.precision,
+            device=device,
+            batch_size=max(w.local_batch, 256),
+            max_windows=tc.max_val_windows,
+        )
+    # Every rank sees the same all-reduced val_loss, so all stop together.
+    stop = state.stopper.update(val["val_loss"], epoch + 1) if len(val_ds) else False
+    return {
+        "epoch": epoch + 1,
+        **train,
+        **val,
+        "best_val_loss": state.stopper.best,
+        "epoch_time_s": time.perf_counter() - t0,
+        "resumed_from_epoch": resumed,  # 0: this epoch ran in a fresh start, k: after restoring epoch k
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
+        "stopped_early": float(stop),
+    }
+
+
+def _datasets(config: dict[str, Any], *, rank: int) -> tuple[WindowDataset, WindowDataset | _NoWindows]:
+    """This worker's view of the train and validation windows (every rank maps the same shards)."""
     # A shard dir on an object store is downloaded once per node, into that node's cache.
     shard_dir = local_copy(config["shard_dir"])
     # The final fit trains on split "all" (every window up to the end of each series): nothing is left to
@@ -59,134 +172,87 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "the shards hold no validation windows: no early stopping, val metrics are NaN, keep the latest checkpoint",
             stacklevel=1,
         )
-    model_args = model_args_for(train_ds)
-    torch.manual_seed(tc.seed)  # same seed on every rank: identical initial weights (DDP broadcasts them too)
-    net: Forecaster = build_model(cfg.model, **model_args)
-    if config.get("init_weights"):  # warm start, e.g. from the champion; a checkpoint below takes precedence
-        _load_init_weights(net, config["init_weights"])
-    model = ray.train.torch.prepare_model(net)  # Ray: move to the device, wrap in DDP when world_size > 1
-    net = model.module if hasattr(model, "module") else model
+    return train_ds, val_ds
 
-    local_batch = max(1, tc.batch_size // world_size)
-    if rank == 0 and local_batch * world_size != tc.batch_size:
+
+def _local_batch(batch_size: int, *, rank: int, world_size: int) -> int:
+    """Each rank's share of the global batch."""
+    local_batch = max(1, batch_size // world_size)
+    if rank == 0 and local_batch * world_size != batch_size:
         warnings.warn(
-            f"train.batch_size={tc.batch_size} does not split evenly over {world_size} workers; "
+            f"train.batch_size={batch_size} does not split evenly over {world_size} workers; "
             f"the global batch is {local_batch * world_size}",
             stacklevel=1,
         )
+    return local_batch
+
+
+def _sampler(
+    cfg: PipelineConfig, train_ds: WindowDataset, *, rank: int, world_size: int, local_batch: int
+) -> DistributedWindowSampler:
+    """This rank's disjoint share of the train windows, redrawn every epoch."""
     weights = train_ds.window_weights(cfg.data.series_weights)  # per-series sampling weights, or None
     shard_local = cfg.data.batch_locality == "shard"  # every batch from one shard: one gather, fewer series mixed
-    sampler = DistributedWindowSampler(
+    return DistributedWindowSampler(
         len(train_ds),
         rank=rank,
         world_size=world_size,
-        seed=tc.seed,
+        seed=cfg.train.seed,
         weights=weights,
         block=local_batch if shard_local else 0,
         groups=train_ds.window_shards() if shard_local else None,
     )
-    # Every rank takes the same number of steps, or DDP's all-reduce waits forever.
-    steps_per_epoch = sampler.min_len // (local_batch * tc.grad_accum)
-    if steps_per_epoch < 1:
+
+
+def _steps_per_epoch(
+    cfg: PipelineConfig, sampler: DistributedWindowSampler, *, local_batch: int, world_size: int
+) -> int:
+    """Optimizer steps per epoch: the same on every rank, or DDP's all-reduce waits forever."""
+    tc = cfg.train
+    steps = sampler.min_len // (local_batch * tc.grad_accum)
+    if steps < 1:
         raise ValueError(
             f"train.batch_size={tc.batch_size} x train.grad_accum={tc.grad_accum} needs more train windows "
             f"per worker than the {sampler.min_len} each of {world_size} workers gets; lower them or add data"
         )
-    if tc.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
-    total_steps = steps_per_epoch * tc.epochs
+    return min(steps, tc.max_steps_per_epoch) if tc.max_steps_per_epoch else steps
 
-    # Built after the model is on its device, so restored optimizer state lands there too.
-    optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=int(tc.warmup_frac * total_steps))
-    scaler = grad_scaler(precision)
-    stopper = EarlyStopping(patience=tc.patience, min_delta=tc.min_delta)
-    start_epoch, history = 0, []
 
+def _restore(state: TrainingState, *, rank: int) -> tuple[int, list[dict[str, float]]]:
+    """Load the run's latest checkpoint into `state`, if there is one; returns (epochs done, history)."""
     checkpoint = ray.train.get_checkpoint()  # Ray: the latest checkpoint after a worker failure or on --resume
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            start_epoch, history = load_training_state(
-                Path(ckpt_dir), model=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, stopper=stopper
-            )
-        if rank == 0:
-            print(f"[train] resumed after epoch {start_epoch} from {checkpoint.path}", flush=True)
-    if stopper.stopped:
-        return  # the run had already stopped early; nothing to continue (no report on any rank)
+    if not checkpoint:
+        return 0, []
+    with checkpoint.as_directory() as ckpt_dir:
+        start_epoch, history = load_training_state(Path(ckpt_dir), state)
+    if rank == 0:
+        print(f"[train] resumed after epoch {start_epoch}", flush=True)
+    return start_epoch, history
 
-    for epoch in range(start_epoch, tc.epochs):
-        t0 = time.perf_counter()
-        # Dropout draws depend on (seed, rank, epoch) only, so a resumed epoch replays exactly.
-        torch.manual_seed(epoch_seed(tc.seed, rank=rank, epoch=epoch))
-        sampler.set_epoch(epoch)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        train = train_epoch(
-            model,
-            net,
-            train_ds,
-            sampler,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            precision=precision,
-            device=device,
-            steps=steps_per_epoch,
-            local_batch=local_batch,
-            grad_accum=tc.grad_accum,
-            grad_clip=tc.grad_clip,
-            fail_step=_fail_step(epoch, rank),
-        )
-        val = dict.fromkeys(("val_loss", "val_mae", "val_rmse"), math.nan)
-        if len(val_ds):
-            val = evaluate(
-                net,
-                val_ds,
-                rank=rank,
-                world_size=world_size,
-                precision=precision,
-                device=device,
-                batch_size=max(local_batch, 256),
-                max_windows=tc.max_val_windows,
-            )
-        # Every rank sees the same all-reduced val_loss, so all stop together.
-        stop = stopper.update(val["val_loss"], epoch + 1) if len(val_ds) else False
-        metrics = {
-            "epoch": epoch + 1,
-            **train,
-            **val,
-            "best_val_loss": stopper.best,
-            "epoch_time_s": time.perf_counter() - t0,
-            "resumed_from_epoch": start_epoch,  # 0: this epoch ran in a fresh start, k: after restoring epoch k
-            "peak_gpu_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
-            "stopped_early": float(stop),
-        }
-        history.append(metrics)
-        if rank == 0:
-            print(
-                f"[train] epoch {epoch + 1}/{tc.epochs} train_loss={train['train_loss']:.4f} "
-                f"val_loss={val['val_loss']:.4f} val_mae={val['val_mae']:.3f} lr={train['lr']:.2e} "
-                f"{train['samples_per_s']:.0f} samples/s" + (" (early stop)" if stop else ""),
-                flush=True,
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:  # one copy of the weights is enough; every rank still reports
-                save_training_state(
-                    Path(tmp),
-                    model=net,
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
-                    stopper=stopper,
-                    epoch=epoch + 1,
-                    history=history,
-                    model_args={"model": cfg.model.model_dump(mode="json"), **model_args},
-                )
-                ckpt = ray.train.Checkpoint.from_directory(tmp)  # Ray: uploaded to storage by report
-            ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
-        if stop:
-            break
+
+def _epoch_line(metrics: dict[str, float], *, epochs: int) -> str:
+    return (
+        f"[train] epoch {metrics['epoch']}/{epochs} train_loss={metrics['train_loss']:.4f} "
+        f"val_loss={metrics['val_loss']:.4f} val_mae={metrics['val_mae']:.3f} lr={metrics['lr']:.2e} "
+        f"{metrics['samples_per_s']:.0f} samples/s" + (" (early stop)" if metrics["stopped_early"] else "")
+    )
+
+
+def _report(
+    metrics: dict[str, float],
+    state: TrainingState,
+    *,
+    rank: int,
+    history: list[dict[str, float]],
+    model_args: dict[str, Any],
+) -> None:
+    """Report the epoch's metrics from every rank, with rank 0's checkpoint attached."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = None
+        if rank == 0:  # one copy of the weights is enough; every rank still reports
+            save_training_state(Path(tmp), state, epoch=int(metrics["epoch"]), history=history, model_args=model_args)
+            ckpt = ray.train.Checkpoint.from_directory(tmp)  # Ray: uploaded to storage by report
+        ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
 
 
 class _NoWindows:
@@ -221,15 +287,3 @@ def _fail_step(epoch: int, rank: int) -> int:
         return -1
     Path(marker).touch()
     return int(fail_step)
-
-
-def _quiet_report_logs() -> None:
-    """Ray 2.60 logs every report with all its metrics at INFO, under a logger named by its file path,
-    which RunConfig's LoggingConfig does not reach; our own epoch line says what matters."""
-    import logging
-
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:  # another Ray version: leave its logging alone
-        return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)

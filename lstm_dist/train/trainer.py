@@ -21,6 +21,7 @@ import torch
 import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from lstm_dist.cluster import resources
 from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.storage import Store
@@ -48,7 +49,7 @@ class TrainResult:
 def use_gpu(cfg: PipelineConfig) -> bool:
     """Resolve train.use_gpu=auto against the cluster the driver is connected to."""
     if cfg.train.use_gpu == "auto":
-        return ray.cluster_resources().get("GPU", 0) >= 1
+        return resources().get("GPU", 0) >= 1
     return cfg.train.use_gpu == "yes"
 
 
@@ -76,22 +77,7 @@ def fit(
     start; same architecture and data shape); once the run has a checkpoint of its own, that wins.
     `train_split="all"`: the final fit, on every window up to the end of each series, without validation
     (no early stopping; the latest checkpoint is the model)."""
-    gpu = use_gpu(cfg)
-    if gpu and cfg.train.gpus_per_worker < 1 and cfg.train.num_workers > 1:
-        raise ConfigError(
-            f"train.gpus_per_worker={cfg.train.gpus_per_worker} with train.num_workers={cfg.train.num_workers}: "
-            "DDP over NCCL needs a whole GPU per worker; use gpus_per_worker=1, or 1 worker to share a GPU"
-        )
-    if gpu and ray.cluster_resources().get("GPU", 0) < cfg.train.num_workers * cfg.train.gpus_per_worker:
-        warnings.warn(
-            f"train.use_gpu=yes: the cluster has {ray.cluster_resources().get('GPU', 0):.0f} GPU(s) for "
-            f"{cfg.train.num_workers} workers; the run waits until enough GPUs join (e.g. from an autoscaler)",
-            stacklevel=2,
-        )
-    if not gpu:  # refuse fp16 on CPU here, before any worker starts (and retries max_failures times)
-        resolve_precision(cfg.train.precision, torch.device("cpu"))
-    # Test-only fault injection travels from the driver's environment to the workers (see loop.FAIL_ENV).
-    worker_env = {FAIL_ENV: os.environ[FAIL_ENV]} if os.environ.get(FAIL_ENV) else {}
+    gpu = _check_devices(cfg)
     store = Store(storage_dir)
     if not store.local and local_dir is None:
         raise ValueError(f"fit: storage_dir={storage_dir} is a URI; give local_dir for the local copy of the run")
@@ -115,23 +101,7 @@ def fit(
                 **({"GPU": cfg.train.gpus_per_worker} if gpu else {}),
             },
         ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            # A URI goes with its filesystem (Ray's own from_uri would miss e.g. an endpoint_override).
-            storage_path=store.inner(store.root) if not store.local else str(storage_dir),
-            storage_filesystem=None if store.local else store.fs,
-            # Ray keeps the best `num_to_keep` by the score and, on top, always the latest checkpoint.
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.train.keep_checkpoints,
-                checkpoint_score_attribute="val_loss",
-                checkpoint_score_order="min",
-            ),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            # Ray Train's INFO lines (every report, every checkpoint) drown the one progress line per epoch.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
-            callbacks=callbacks,
-        ),
+        run_config=_run_config(cfg, store=store, storage_dir=storage_dir, name=name, callbacks=callbacks),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -141,6 +111,56 @@ def fit(
         run_dir = Path(local_dir) / name
         shutil.rmtree(run_dir, ignore_errors=True)
         store.download(store.join(name), run_dir)
+    return _train_result(result, run_dir)
+
+
+def _check_devices(cfg: PipelineConfig) -> bool:
+    """Whether to train on GPUs; refuses what cannot run before any worker starts (and retries max_failures times)."""
+    gpu = use_gpu(cfg)
+    if gpu and cfg.train.gpus_per_worker < 1 and cfg.train.num_workers > 1:
+        raise ConfigError(
+            f"train.gpus_per_worker={cfg.train.gpus_per_worker} with train.num_workers={cfg.train.num_workers}: "
+            "DDP over NCCL needs a whole GPU per worker; use gpus_per_worker=1, or 1 worker to share a GPU"
+        )
+    gpus = resources().get("GPU", 0)
+    if gpu and gpus < cfg.train.num_workers * cfg.train.gpus_per_worker:
+        warnings.warn(
+            f"train.use_gpu=yes: the cluster has {gpus:.0f} GPU(s) for "
+            f"{cfg.train.num_workers} workers; the run waits until enough GPUs join (e.g. from an autoscaler)",
+            stacklevel=3,
+        )
+    if not gpu:  # fp16 on CPU
+        resolve_precision(cfg.train.precision, torch.device("cpu"))
+    return gpu
+
+
+def _run_config(
+    cfg: PipelineConfig, *, store: Store, storage_dir: str, name: str, callbacks: list | None
+) -> ray.train.RunConfig:
+    """Where the run keeps its checkpoints, which it keeps, and how often it may restart."""
+    # Test-only fault injection travels from the driver's environment to the workers (see loop.FAIL_ENV).
+    worker_env = {FAIL_ENV: os.environ[FAIL_ENV]} if os.environ.get(FAIL_ENV) else {}
+    return ray.train.RunConfig(
+        name=name,
+        # A URI goes with its filesystem (Ray's own from_uri would miss e.g. an endpoint_override).
+        storage_path=store.inner(store.root) if not store.local else str(storage_dir),
+        storage_filesystem=None if store.local else store.fs,
+        # Ray keeps the best `num_to_keep` by the score and, on top, always the latest checkpoint.
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=cfg.train.keep_checkpoints,
+            checkpoint_score_attribute="val_loss",
+            checkpoint_score_order="min",
+        ),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+        # Ray Train's INFO lines (every report, every checkpoint) drown the one progress line per epoch.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        worker_runtime_env={"env_vars": worker_env} if worker_env else None,
+        callbacks=callbacks,
+    )
+
+
+def _train_result(result: ray.train.Result, run_dir: Path) -> TrainResult:
+    """The finished run's checkpoints as paths under `run_dir` (a local copy when the run lives on a URI)."""
 
     def local(ckpt: ray.train.Checkpoint) -> Path:
         return run_dir / Path(ckpt.path).name

@@ -1,0 +1,66 @@
+"""The only uses of Ray's internals (`ray._private`, `ray.*._internal`), each with why no public API does it (Ray 2.60).
+
+Each degrades to doing nothing on a Ray version where the internal is gone, so an upgrade loses a
+safeguard or a nicety, never a run. Exercised by tests/test_local_ray.py (loopback), tests/test_train_ray.py
+(report logs) and tests/test_tracking_server.py (a tuned run, whose trials' placement groups are freed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def loopback_node() -> None:
+    """Make the next local Ray this process starts take 127.0.0.1 as its node address, so that its GCS,
+    raylet, object manager, workers and agents listen on loopback only.
+
+    Why: on Linux, ray.init replaces `_node_ip_address="127.0.0.1"` with the machine's routable address.
+    The one switch that keeps loopback is the single-machine mode Ray uses on macOS and Windows,
+    `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`; Ray reads it once, when `ray` is imported, which in this process
+    already happened. So the variable is set for the processes Ray starts, and the constant that this
+    process's `ray` read from it is set too. A value the user exported wins."""
+    if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") != "0":
+        return
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def quiet_train_report_logs() -> None:
+    """Ray Train 2.60 logs every `ray.train.report` with all its metrics at INFO, in each worker, under a
+    logger named by its file path; `RunConfig(logging_config=...)` does not reach that logger, and our
+    own epoch line says what matters. Call it in the worker, before the first report."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: leave its logging alone
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def placement_group_callbacks(record: Callable[[Any], None]) -> list:
+    """[A Train run callback] that calls `record(placement_group)` each time the run's worker group starts.
+
+    Why: a Tune trial's Train controller is killed with the trial (always when ASHA stops it) before it
+    removes the placement group of its workers, which then stays reserved for the whole job (Ray 2.60);
+    tune.py removes the recorded groups itself when the trial ends. Ray's public `UserCallback` sees
+    reports and errors, not worker groups, so this subclasses the internal `WorkerGroupCallback` and
+    reads the group from the worker group's internal state. [] on a Ray without them."""
+    try:
+        from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+    except ImportError:
+        return []
+
+    class PlacementGroupRecorder(WorkerGroupCallback):
+        def after_worker_group_start(self, worker_group) -> None:
+            state = getattr(worker_group, "_worker_group_state", None)
+            handle = getattr(state, "placement_group_handle", None)
+            group = getattr(handle, "placement_group", None)
+            if group is not None:
+                record(group)
+
+    return [PlacementGroupRecorder()]

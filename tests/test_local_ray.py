@@ -1,0 +1,73 @@
+"""The local Ray that lstm-dist starts (cluster.init_ray): loopback only, the machine's CPUs, Ray's logs in a file.
+
+The Ray test starts its own Ray in a subprocess (the session's shared Ray is started differently)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from lstm_dist.cluster import local_cpus
+from lstm_dist.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBUG = ROOT / "conf/debug.yaml"
+
+# Started by init_ray, then: every TCP socket that a process of this Ray listens on.
+LISTENERS = """
+import json, sys, psutil, ray
+from lstm_dist.cluster import init_ray
+from lstm_dist.config import load_config
+
+init_ray(load_config(sys.argv[1], ["workflow.work_dir=" + sys.argv[2]]))
+ray.get(ray.remote(lambda: 1).remote())  # a worker process too
+procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+names = {p.pid: p.name() for p in procs}
+found = [
+    {"name": names[c.pid], "ip": c.laddr.ip, "port": c.laddr.port}
+    for c in psutil.net_connections(kind="inet")
+    if c.status == psutil.CONN_LISTEN and c.pid in names
+]
+print(json.dumps({"listeners": found, "node_ip": ray.util.get_node_ip_address()}))
+"""
+
+
+@pytest.mark.slow
+def test_a_local_ray_listens_on_loopback_only(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", LISTENERS, str(DEBUG), str(tmp_path / "w")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    names = {entry["name"] for entry in seen["listeners"]}
+    assert {"gcs_server", "raylet"} <= names, seen  # the check saw Ray's servers, not an empty list
+    exposed = [e for e in seen["listeners"] if e["ip"] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert seen["node_ip"] == "127.0.0.1"
+    # Ray's own driver-side lines (token auth, "Started a local Ray instance") went to the work dir's log file.
+    log = (tmp_path / "w/logs/ray.log").read_text()
+    assert "Started a local Ray instance" in log and "\x1b[" not in log
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_local_ray_gets_the_machine_cpus_unless_the_config_says_otherwise() -> None:
+    cores = len(os.sched_getaffinity(0))
+    one_worker = load_config(DEBUG, ["train.num_workers=1"])
+    assert local_cpus(one_worker) == cores
+    assert local_cpus(load_config(DEBUG, ["workflow.num_cpus=7"])) == 7
+    # More workers than cores: enough logical CPUs for one run, or its workers would wait forever.
+    many = load_config(DEBUG, [f"train.num_workers={cores + 3}"])
+    assert local_cpus(many) == cores + 3
+    assert local_cpus(load_config(DEBUG, ["train.num_workers=3", "train.cpus_per_worker=1.5"])) == max(cores, 5)
