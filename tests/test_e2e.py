@@ -111,17 +111,20 @@ RAY_NOISE = (
     "Started a local Ray instance",
     "Traceback (most recent call last)",
 )
+# MLflow's own lines (issue 11): they go to <work_dir>/logs/mlflow.log.
+MLFLOW_NOISE = ("Creating initial MLflow database tables", "Updating database tables", "INFO mlflow", "alembic")
 
 
 def test_a_run_prints_only_its_own_lines(finished_run) -> None:
     work, proc = finished_run
     out = proc.stdout + proc.stderr
     assert "[train] epoch 2/2" in out  # the workers' epoch lines still come through
-    for noise in RAY_NOISE:
+    for noise in RAY_NOISE + MLFLOW_NOISE:
         assert noise not in out, f"{noise!r} in the output:\n{out[-3000:]}"
     assert "\x1b[" not in out  # not a TTY: no colour codes
     log = (work / "w/logs/ray.log").read_text()  # Ray's lines went here instead
     assert "Started a local Ray instance" in log and "\x1b[" not in log
+    assert "Creating initial MLflow database tables" in (work / "w/logs/mlflow.log").read_text()
 
 
 def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:
@@ -173,15 +176,3 @@ def test_bad_input_names_the_column_and_leaves_no_complete_shards(tmp_path: Path
     assert data.read_bytes() == before  # raw input untouched
     complete = [p for p in (tmp_path / "w").rglob("*") if p.name in ("_SUCCESS", "manifest.json")]
     assert complete == []
-
-
-# MLflow's own lines that a normal run used to print (issue 11): they go to <work_dir>/logs/mlflow.log.
-MLFLOW_NOISE = ("Creating initial MLflow database tables", "Updating database tables", "INFO mlflow", "alembic")
-
-
-def test_mlflow_log_lines_go_to_the_work_dir_not_the_terminal(finished_run) -> None:
-    work, proc = finished_run
-    out = proc.stdout + proc.stderr
-    for noise in MLFLOW_NOISE:
-        assert noise not in out, f"{noise!r} in the output:\n{out[-3000:]}"
-    assert "Creating initial MLflow database tables" in (work / "w/logs/mlflow.log").read_text()
