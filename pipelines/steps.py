@@ -223,6 +223,7 @@ def train_step(
                 local_dir=out,
                 name="ray_train",
                 train_split=split,
+                label=name,  # "[train] epoch …" / "[final_fit] epoch …" on the terminal
                 **kwargs,
             )
         result.history.to_csv(Path(out) / "history.csv", index=False)
