@@ -816,7 +816,15 @@ def predict(
         str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI, else the --config's).")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="Config to take the tracking URI and Ray address from.")] = None,
-    num_tasks: Annotated[int, typer.Option(help="Ray tasks (series groups); 0 = the cluster's CPU count.")] = 0,
+    num_tasks: Annotated[
+        int, typer.Option(help="Ray tasks (series groups); implies --ray. 0 = the cluster's CPU count.")
+    ] = 0,
+    use_ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray", help="Spread the series over Ray tasks even when they fit this process (more than 1000 do)."
+        ),
+    ] = False,
     as_of: Annotated[
         str | None,
         typer.Option("--as-of", help="Forecast from this cutoff (a timestamp): rows after it are not input."),
@@ -826,17 +834,20 @@ def predict(
         typer.Option(help="Known-future columns over the horizon (CSV/Parquet: series, timestamp, future cols)."),
     ] = None,
 ) -> None:
-    """Batch forecasts of every series in the input, spread over Ray tasks, with the model version in the file."""
+    """Batch forecasts of every series in the input, with the model version in the file. The model is checked
+    first; a small input is forecast in this process, a large one (or --ray) over Ray tasks."""
+    import os
 
     from lstm_dist.cluster import init_ray
     from lstm_dist.predict import PredictError
     from lstm_dist.predict import predict as batch_predict
+    from lstm_dist.tracking import route_mlflow_logs
 
     cfg = _load(config, []) if config is not None else None
+    route_mlflow_logs(cfg.workflow.work_dir if cfg else None)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri() if cfg else None)
     if uri is None:
         _fail("predict: give --tracking-uri (e.g. sqlite:///runs/demo/mlflow.db), set MLFLOW_TRACKING_URI, or --config")
-    init_ray(cfg)
     try:
         batch_predict(
             model_uri=model,
@@ -846,6 +857,8 @@ def predict(
             num_tasks=num_tasks,
             as_of=as_of,
             future=future,
+            use_ray=use_ray,
+            start_ray=lambda: init_ray(cfg),  # only when the series go to Ray tasks, after the model is found
             progress=typer.echo,
         )
     except (PredictError, *_user_errors()) as exc:

@@ -1,13 +1,15 @@
-"""Batch prediction from a registered model: series spread over Ray tasks, forecasts to one Parquet file.
+"""Batch prediction from a registered model: forecasts of every series to one Parquet file.
 
     lstm-dist predict --model models:/lstm_demo@champion --input data/ --output forecasts.parquet
     lstm-dist predict ... --as-of 2024-03-01T00:00 --future weather.csv   (a cutoff; known-future covariates)
 
-The driver resolves the model URI to a version, downloads its two files (weights, manifest; kept in the
-user's cache and checked against the registry's checksums, see registry.py) and puts them in Ray's object
-store; the input is read with the model's own data config (column names, layout) and its series are split into contiguous groups, one Ray task each. Every task runs the same
-`ForecastModel.forecast` as `mlflow.pyfunc.load_model(...).predict(...)`, so the file equals in-process
-prediction on the same rows. The file's metadata records the model name, version, URI and run.
+The model comes first: the URI is resolved to a version and its two files (weights, manifest) downloaded
+(kept in the user's cache and checked against the registry's checksums, see registry.py), so a wrong URI
+fails before anything starts. The input is read with the model's own data config (column names, layout).
+Up to IN_PROCESS_MAX_SERIES series are forecast in this process, as `lstm_dist.forecast` does; more (or
+`--ray`, or an explicit `--num-tasks`) are split into contiguous groups of series, one Ray task each. Both
+run the same `ForecastModel.forecast` as `mlflow.pyfunc.load_model(...).predict(...)`, so the file is the
+same either way. The file's metadata records the model name, version, URI and run.
 """
 
 from __future__ import annotations
@@ -17,20 +19,23 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import ray
 
 from lstm_dist.cluster import resources
 from lstm_dist.data.readers import COLUMN_FIELDS
 from lstm_dist.models.saved import MODEL_FILE
-from lstm_dist.registry import MANIFEST_FILE, Registry, RegistryError
+from lstm_dist.registry import MANIFEST_FILE, ModelFiles, Registry, RegistryError
 from lstm_dist.storage import filesystem
 from lstm_dist.version import __version__
 
 META_PREFIX = "lstm_dist."
+# Above this many series, batch prediction spreads them over Ray tasks; below, starting Ray costs more
+# (seconds) than forecasting them in this process.
+IN_PROCESS_MAX_SERIES = 1000
 
 
 class PredictError(ValueError):
@@ -80,13 +85,17 @@ def predict(
     num_tasks: int = 0,
     as_of: str | None = None,
     future: str | None = None,
+    use_ray: bool = False,
+    start_ray: Callable[[], Any] | None = None,
     progress=print,
 ) -> dict[str, Any]:
-    """Forecast every series of `source` with the model; write `output` (Parquet). Ray must be initialised.
+    """Forecast every series of `source` with the model; write `output` (Parquet).
 
     `as_of`: forecast from this cutoff (rows after it are not input). `future`: a file of known-future
     columns (series, timestamp, future columns) over the horizon; a model with known-future covariates
-    needs it unless the input carries those rows itself (after the cutoff, or with empty targets)."""
+    needs it unless the input carries those rows itself (after the cutoff, or with empty targets).
+    In this process up to IN_PROCESS_MAX_SERIES series, unless `use_ray` or `num_tasks`; otherwise over
+    Ray tasks (`num_tasks`, 0 = the cluster's CPU count), after calling `start_ray()` (connects to Ray)."""
     started = time.perf_counter()
     try:
         files = Registry(tracking_uri).download(model_uri)
@@ -98,17 +107,16 @@ def predict(
     history = read_history(source, manifest_path=files.manifest)
     known = read_history(future, manifest_path=files.manifest) if future else None
     history, known = _cut_and_check(history, known, manifest_path=files.manifest, as_of=as_of, future=future)
-    if manifest["data_config"].get("layout") == "wide":
-        parts = [history]  # one frame holds every series
+    wide = manifest["data_config"].get("layout") == "wide"  # one frame holds every series: one task
+    many = not wide and history[series_col].nunique() > IN_PROCESS_MAX_SERIES
+    if use_ray or num_tasks or many:
+        if start_ray is not None:
+            start_ray()
+        frames = _on_ray(files, history, known, series_col=series_col, num_tasks=num_tasks, wide=wide)
+        tasks, where = len(frames), f"from {len(frames)} task(s)"
     else:
-        wanted = num_tasks or max(1, int(resources().get("CPU", 1)))
-        parts = split_series(history, series_col=series_col, num_parts=wanted)
-    weights = ray.put(files.weights.read_bytes())
-    manifest_text = ray.put(files.manifest.read_text())
-    refs = [
-        _forecast_task.remote(weights, manifest_text, part, _same_series(known, part, series_col)) for part in parts
-    ]
-    frames = ray.get(refs)
+        frames = [load_forecaster(files.weights, files.manifest).forecast(history, future=known)]
+        tasks, where = 0, "in this process"
     forecast = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     sort_cols = [c for c in (series_col, "step") if c in forecast.columns]
     forecast = forecast.sort_values(sort_cols, kind="stable").reset_index(drop=True)
@@ -124,10 +132,27 @@ def predict(
     write_parquet(forecast, output, metadata=meta)
     seconds = time.perf_counter() - started
     progress(
-        f"[predict] {meta['num_series']} series x {manifest['horizon']} steps from {len(parts)} task(s) "
-        f"in {seconds:.1f}s -> {output}"
+        f"[predict] {meta['num_series']} series x {manifest['horizon']} steps {where} in {seconds:.1f}s -> {output}"
     )
-    return {"rows": len(forecast), "tasks": len(parts), "seconds": seconds, **meta}
+    return {"rows": len(forecast), "tasks": tasks, "seconds": seconds, **meta}
+
+
+def _on_ray(
+    files: ModelFiles, history: pd.DataFrame, known: pd.DataFrame | None, *, series_col: str, num_tasks: int, wide: bool
+) -> list[pd.DataFrame]:
+    """The forecasts of contiguous groups of series, one Ray task each (Ray must be initialised)."""
+    import ray
+
+    if wide:
+        parts = [history]
+    else:
+        wanted = num_tasks or max(1, int(resources().get("CPU", 1)))
+        parts = split_series(history, series_col=series_col, num_parts=wanted)
+    task = ray.remote(num_cpus=1)(_forecast_task)  # made here: importing this module does not import Ray
+    weights = ray.put(files.weights.read_bytes())
+    manifest_text = ray.put(files.manifest.read_text())
+    refs = [task.remote(weights, manifest_text, part, _same_series(known, part, series_col)) for part in parts]
+    return ray.get(refs)
 
 
 def _cut_and_check(
@@ -167,7 +192,6 @@ def _same_series(known: pd.DataFrame | None, part: pd.DataFrame, series_col: str
     return known[known[series_col].astype(str).isin(set(part[series_col].astype(str)))]
 
 
-@ray.remote(num_cpus=1)
 def _forecast_task(
     weights: bytes, manifest_text: str, history: pd.DataFrame, future: pd.DataFrame | None = None
 ) -> pd.DataFrame:

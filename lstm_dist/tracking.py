@@ -35,6 +35,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Per-epoch metrics that mean something only on a GPU or with fp16, with their value otherwise: a history
 # in which they never leave it (a CPU run) does not log them, so the UI shows no flat line of zeros.
 DEVICE_ONLY = {"peak_gpu_mem_mb": 0.0, "loss_scale": 1.0}
+MLFLOW_LOG_FILE = "logs/mlflow.log"  # under the work dir: MLflow's and alembic's own log lines
 # The UI groups charts by the part of a name before '/': losses and scores by split, the optimiser's figures
 # with training, throughput and memory beside MLflow's own system/ metrics. Other names stay as they are.
 PREFIX_GROUPS = (("best_val_", "val/best_"), ("train_", "train/"), ("val_", "val/"), ("test_", "test/"))
@@ -323,6 +324,33 @@ def use_tracking_uri(uri: str) -> None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def route_mlflow_logs(work_dir: str | None, *, verbose: int = 0) -> Path | None:
+    """MLflow's own log lines (`Creating initial MLflow database tables`, migrations, its warnings) and
+    alembic's go to `<work_dir>/logs/mlflow.log` (returned; none for a URI work dir), not the terminal: there
+    only errors, INFO and up with `verbose=1`, DEBUG with 2. Imports mlflow first, because its import
+    installs the terminal handler that this replaces."""
+    import logging
+
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM  # sys.stderr as it is when a line is written
+
+    terminal = logging.StreamHandler(MLFLOW_LOGGING_STREAM)
+    terminal.setLevel({0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG))
+    handlers: list[logging.Handler] = [terminal]
+    path = Path(work_dir, MLFLOW_LOG_FILE) if work_dir and "://" not in work_dir else None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(path))
+        handlers[-1].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("mlflow", "alembic"):
+        logger = logging.getLogger(name)
+        for old in logger.handlers:  # a second pipeline in this process: its file replaces the first's
+            old.close()
+        logger.handlers = list(handlers)
+        logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+        logger.propagate = False
+    return path
 
 
 def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, Any] | None = None) -> Tracker:

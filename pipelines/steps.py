@@ -7,6 +7,7 @@ is taken from the work dir, so a run resumes where an earlier one stopped (lstm_
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,8 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import ray
 
 from lstm_dist.cluster import cluster_summary, init_ray
 from lstm_dist.config import PipelineConfig, load_config
@@ -37,7 +36,14 @@ from lstm_dist.storage import (
     node_cache,
     save_resolved,
 )
-from lstm_dist.tracking import NullTracker, Tracker, check_tracking_uri, start_pipeline_run, step_runs
+from lstm_dist.tracking import (
+    NullTracker,
+    Tracker,
+    check_tracking_uri,
+    route_mlflow_logs,
+    start_pipeline_run,
+    step_runs,
+)
 from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
 
 STAGED_FILE = "part.parquet"
@@ -80,16 +86,16 @@ def input_lineage(cfg: PipelineConfig) -> dict[str, Any]:
 
 def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[StepResult, dict[str, Any]]:
     """ingest (per file) -> shard. Returns the shard step and the lineage of the input data."""
-    from lstm_dist.data.ingest import get_or_raise, ingest
-
     lineage = input_lineage(cfg)
     labels = _labels(list(lineage["files"]))
     items = {labels[f]: {"file": f, "sha256": sha} for f, sha in lineage["files"].items()}
     read_cfg = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k in READ_FIELDS}
 
     def ingest_files(outs: dict[str, str]) -> dict[str, dict[str, Any]]:
+        from lstm_dist.data.ingest import get_or_raise
+
         by_label = {labels[f]: f for f in lineage["files"]}
-        task = _ingest_file.options(**on_driver_node(wf))  # writes into `out`, on the driver's disk
+        task = ray_task(_ingest_file).options(**on_driver_node(wf))  # writes into `out`, on the driver's disk
         refs = {
             label: task.remote(by_label[label], cfg.data.model_dump(mode="json"), out) for label, out in outs.items()
         }
@@ -99,6 +105,8 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
     shard_cfg_key = cfg.data.model_dump(mode="json", exclude={"path", "format"})
 
     def shard_step(out: str) -> dict[str, Any]:
+        from lstm_dist.data.ingest import ingest
+
         # The shard step reads the ingested Arrow copies, listed under one directory by hard links (no copy).
         inputs = Path(out) / "inputs"
         inputs.mkdir()
@@ -185,8 +193,6 @@ def train_step(
 
     `split="all"` is the final fit (every window up to the end of each series, no validation); `after`:
     further steps the result depends on (the final fit's epoch count comes from the evaluated run)."""
-    from lstm_dist.train.trainer import fit
-
     # After a search the final model trains on train + validation (tune.trainval_view): no validation is
     # left to pick an epoch by, so the model is the last epoch (the best trial's best epoch count). The
     # same holds for the final fit on all rows. Workers get the shards' locator and read their own node's
@@ -195,6 +201,8 @@ def train_step(
     shard_loc = tune.file(tune.outputs["trainval_shards"]) if tune and split == "train" else shard.file("shards")
 
     def train(out: str) -> dict[str, Any]:
+        from lstm_dist.train.trainer import fit
+
         shard_dir = local_copy(shard_loc)  # the driver's copy, for the dataset logging
         # Checkpoints go where workers on any node can write them and a rerun on any machine finds them:
         # the attempt itself for a local / mounted work dir, its place in the store for a URI one.
@@ -215,6 +223,7 @@ def train_step(
                 local_dir=out,
                 name="ray_train",
                 train_split=split,
+                label=name,  # "[train] epoch …" / "[final_fit] epoch …" on the terminal
                 **kwargs,
             )
         result.history.to_csv(Path(out) / "history.csv", index=False)
@@ -265,10 +274,12 @@ def best_epoch(train: StepResult) -> int:
 
 def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult) -> StepResult:
     def evaluate(out: str) -> dict[str, Any]:
+        import ray
+
         wf.step_context.log_datasets(shard.local_copy() / "shards", splits={"test": "testing"})
         # Locators, not driver paths: the task may run on any node and reads that node's copies.
         ckpt, shard_dir = train.file(train.outputs["best_checkpoint"]), shard.file("shards")
-        evaluation = ray.get(_evaluate_task.remote(ckpt, shard_dir))
+        evaluation = ray.get(ray_task(_evaluate_task).remote(ckpt, shard_dir))
         (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
         return evaluation
 
@@ -429,7 +440,8 @@ class PipelineRun:
 
 def check_run(cfg: PipelineConfig) -> None:
     """What must hold before anything starts (Ray, an MLflow run): the work dir (a path or a URI) exists,
-    the tracking store can work and `data.path` names files."""
+    the tracking store can work and `data.path` names files. MLflow's own log lines go to the work dir's log."""
+    route_mlflow_logs(cfg.workflow.work_dir)
     store = Store(cfg.workflow.work_dir)
     store.mkdir(store.root)
     check_tracking_uri(cfg.tracking_uri())  # MLflow itself would retry a dead server for minutes
@@ -481,7 +493,15 @@ def pipeline_run(
 # Ray tasks and helpers
 
 
-@ray.remote(num_cpus=1)
+@functools.cache
+def ray_task(fn: Callable) -> Any:
+    """`fn` as a Ray task of one CPU, made on first use: importing the pipelines (a cached rerun, which starts
+    no Ray) does not import Ray."""
+    import ray
+
+    return ray.remote(num_cpus=1)(fn)
+
+
 def _ingest_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, Any]:
     """Read and validate one input file; keep it as Parquet (same columns) for the shard step."""
     import pyarrow.parquet as pq
@@ -497,7 +517,6 @@ def _ingest_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, 
     return {"file": locator, "staged": STAGED_FILE, "num_rows": table.num_rows, "num_series": len(names)}
 
 
-@ray.remote(num_cpus=1)
 def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
     """Score the best checkpoint on the test split (a Ray task, so it runs wherever a CPU is free)."""
     from lstm_dist.data.windows import WindowDataset
@@ -520,6 +539,7 @@ def on_driver_node(wf: Workflow) -> dict[str, Any]:
     dir; for a URI one the attempt is on the driver's disk only, so they run on the driver's node."""
     if wf.store.local:
         return {}
+    import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     node = ray.get_runtime_context().get_node_id()

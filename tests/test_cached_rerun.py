@@ -3,7 +3,8 @@
 The first run is the debug pipeline on a real local Ray and a real MLflow sqlite store. The reruns happen
 with starting Ray made impossible (a trap in place of `init_ray`, or a dead RAY_ADDRESS for the CLI):
 an all-cached rerun passes; one with anything left to do (a forced step, a model gone from the registry)
-walks into the trap, i.e. takes the normal path.
+walks into the trap, i.e. takes the normal path. `predict` on the same small input is forecast in this
+process (the dead RAY_ADDRESS again), after checking the model, and equals `lstm_dist.forecast`.
 """
 
 from __future__ import annotations
@@ -124,3 +125,41 @@ def test_the_cli_reruns_a_cached_pipeline_with_a_dead_ray_address(first_run) -> 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "every step cached" in proc.stdout and f"models:/lstm_debug/{first.version} " in proc.stdout
     assert sorted(_mlflow_runs(cfg)) == sorted(before)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter whose Ray address is dead: joining Ray would fail."""
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9", "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "lstm_dist.cli", *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_predict_on_a_small_input_runs_in_this_process(first_run, tmp_path: Path) -> None:
+    import pandas as pd
+
+    import lstm_dist
+    from lstm_dist.predict import read_metadata
+
+    cfg, first = first_run
+    [history] = (Path(cfg.workflow.work_dir) / "sample").glob("*.parquet")
+    out = tmp_path / "fc.parquet"
+    model = f"models:/{cfg.tracking.model_name}@champion"
+    proc = _cli("predict", "--model", model, "--input", str(history), "--output", str(out),
+                "--tracking-uri", cfg.tracking_uri())  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "in this process" in proc.stdout
+    expected = lstm_dist.forecast(model, history, tracking_uri=cfg.tracking_uri())
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected, check_dtype=False)
+    meta = read_metadata(str(out))
+    assert (meta["model_version"], meta["input"], meta["num_series"]) == (first.version, str(history), "4")
+
+
+def test_predict_checks_the_model_before_ray(first_run, tmp_path: Path) -> None:
+    cfg, _ = first_run
+    [history] = (Path(cfg.workflow.work_dir) / "sample").glob("*.parquet")
+    proc = _cli("predict", "--model", "models:/nothing@champion", "--input", str(history), "--ray",
+                "--output", str(tmp_path / "fc.parquet"), "--tracking-uri", cfg.tracking_uri())  # fmt: skip
+    assert proc.returncode == 1 and "not found in the registry" in proc.stderr, proc.stdout + proc.stderr
+    assert not (tmp_path / "fc.parquet").exists()

@@ -111,17 +111,22 @@ RAY_NOISE = (
     "Started a local Ray instance",
     "Traceback (most recent call last)",
 )
+# MLflow's own lines (issue 11): they go to <work_dir>/logs/mlflow.log.
+MLFLOW_NOISE = ("Creating initial MLflow database tables", "Updating database tables", "INFO mlflow", "alembic")
 
 
 def test_a_run_prints_only_its_own_lines(finished_run) -> None:
     work, proc = finished_run
     out = proc.stdout + proc.stderr
-    assert "[train] epoch 2/2" in out  # the workers' epoch lines still come through
-    for noise in RAY_NOISE:
+    # One line per epoch, printed by the driver from rank 0's progress (train/progress.py), not by a worker.
+    epochs = [line.split(" train_loss=")[0] for line in out.splitlines() if "] epoch " in line]
+    assert epochs == ["[train] epoch 1/2", "[train] epoch 2/2"], out[-3000:]
+    for noise in RAY_NOISE + MLFLOW_NOISE:
         assert noise not in out, f"{noise!r} in the output:\n{out[-3000:]}"
     assert "\x1b[" not in out  # not a TTY: no colour codes
     log = (work / "w/logs/ray.log").read_text()  # Ray's lines went here instead
     assert "Started a local Ray instance" in log and "\x1b[" not in log
+    assert "Creating initial MLflow database tables" in (work / "w/logs/mlflow.log").read_text()
 
 
 def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:

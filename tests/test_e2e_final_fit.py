@@ -83,6 +83,12 @@ def test_the_registered_model_was_refit_on_the_last_rows(two_runs) -> None:
     assert not np.allclose(refit[0]["target"], refit[1]["target"])
 
 
+def test_the_final_fit_has_its_own_epoch_lines(two_runs) -> None:
+    epochs = [line.split(" train_loss=")[0] for line in two_runs["procs"][0].stdout.splitlines() if "] epoch " in line]
+    assert epochs[:2] == ["[train] epoch 1/2", "[train] epoch 2/2"] and epochs[2:], epochs
+    assert all(e.startswith("[final_fit] epoch ") for e in epochs[2:]), epochs
+
+
 def test_the_signature_lists_only_the_used_columns(two_runs) -> None:
     info = _load(two_runs["uri"], 2).metadata
     inputs = {c["name"] for c in info.signature.inputs.to_dict()}

@@ -4,6 +4,8 @@ each step a nested run under the pipeline's run, with its key, lineage, output a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -53,3 +55,23 @@ def test_each_step_is_a_nested_run_with_its_key_inputs_and_outputs(tmp_path: Pat
         assert json.loads(run_b.data.tags["lstm_dist.inputs"]) == {"a": {"key": a.key, "uri": a.uri}}
         assert run_b.data.metrics["num_items"] == 1 and ("inside" in run_b.data.metrics) == (want == DONE)
         assert run_b.info.status == "FINISHED"
+
+
+def _new_store(tmp_path: Path, verbose: int) -> subprocess.CompletedProcess:
+    """A fresh interpreter that routes MLflow's logs, then creates a sqlite store (MLflow logs its tables)."""
+    script = f"""
+from lstm_dist.tracking import route_mlflow_logs
+route_mlflow_logs({str(tmp_path / "w")!r}, verbose={verbose})
+import mlflow
+mlflow.MlflowClient({f"sqlite:///{tmp_path / 'mlflow.db'}"!r}).search_experiments()
+"""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+
+
+def test_mlflow_log_lines_go_to_the_work_dir_and_to_the_terminal_only_when_verbose(tmp_path: Path) -> None:
+    quiet = _new_store(tmp_path, verbose=0)
+    assert "Creating initial MLflow database tables" not in quiet.stdout + quiet.stderr
+    assert "Creating initial MLflow database tables" in (tmp_path / "w/logs/mlflow.log").read_text()
+    (tmp_path / "mlflow.db").unlink()
+    loud = _new_store(tmp_path, verbose=1)
+    assert "Creating initial MLflow database tables" in loud.stderr

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lstm_dist.config import ModelConfig
-from lstm_dist.models.forecaster import Forecaster, build_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from lstm_dist.models.forecaster import Forecaster
 
 MODEL_FILE = "model.pt"
 
@@ -28,6 +30,8 @@ def model_file(path: str | Path) -> Path:
 
 def save_model(path: str | Path, *, model: torch.nn.Module, model_args: dict[str, Any]) -> Path:
     """Write `model.pt` into the directory `path` (or to the file `path`); returns the file."""
+    import torch  # here, not at the top: the registry reads MODEL_FILE without paying for torch
+
     path = Path(path)
     target = path / MODEL_FILE if path.is_dir() else path
     torch.save({"model_args": json.dumps(model_args), "state_dict": model.state_dict()}, target)
@@ -35,6 +39,8 @@ def save_model(path: str | Path, *, model: torch.nn.Module, model_args: dict[str
 
 
 def _read(path: str | Path, *, device: str = "cpu") -> dict[str, Any]:
+    import torch
+
     saved = torch.load(model_file(path), map_location=device, weights_only=True)
     args = saved["model_args"]
     # Files written before the JSON form hold a dict of plain values, which the safe loader reads too.
@@ -54,6 +60,8 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
 
 def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:
     """Rebuild the trained network from a checkpoint directory (or a copy of its model.pt)."""
+    from lstm_dist.models.forecaster import build_model
+
     saved = _read(path, device=device)
     args = dict(saved["model_args"])
     # Models saved before window normalisation existed ran without it; the new default must not apply to them.

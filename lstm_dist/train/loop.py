@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from lstm_dist.ray_compat import quiet_train_report_logs
 from lstm_dist.storage import local_copy
 from lstm_dist.train.checkpoints import TrainingState, load_training_state, model_args_for, save_training_state
 from lstm_dist.train.precision import Precision, grad_scaler, resolve_precision
+from lstm_dist.train.progress import StepReporter
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
 
@@ -66,11 +68,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if state.stopper.stopped:
         return  # the run had already stopped early; nothing to continue (no report on any rank)
     ckpt_args = {"model": cfg.model.model_dump(mode="json"), **model_args}
+    label, queue = config.get("label", "train"), config.get("progress") if rank == 0 else None
     for epoch in range(start_epoch, tc.epochs):
-        metrics = _epoch(w, epoch, model=model, state=state, data=(train_ds, val_ds, sampler), resumed=start_epoch)
+        # Rank 0 sends its progress to the driver's terminal when the driver asked for it (trainer.fit's label).
+        reporter = (
+            None if queue is None else StepReporter(queue, epoch=epoch + 1, epochs=tc.epochs, steps=w.steps_per_epoch)
+        )
+        metrics = _epoch(
+            w, epoch, model=model, state=state, data=(train_ds, val_ds, sampler), resumed=start_epoch,
+            on_step=None if reporter is None else reporter.step,
+        )  # fmt: skip
         history.append(metrics)
-        if rank == 0:
-            print(_epoch_line(metrics, epochs=tc.epochs), flush=True)
+        if reporter is not None:  # (a Queue is falsy while empty: never `if queue`)
+            reporter.done(_epoch_line(metrics, epochs=tc.epochs, label=label))
+        elif rank == 0:
+            print(_epoch_line(metrics, epochs=tc.epochs, label=label), flush=True)
         _report(metrics, state, rank=rank, history=history, model_args=ckpt_args)
         if metrics["stopped_early"]:
             break
@@ -105,7 +117,14 @@ def _training_state(cfg: PipelineConfig, net: Forecaster, w: _Worker) -> Trainin
 
 
 def _epoch(
-    w: _Worker, epoch: int, *, model: torch.nn.Module, state: TrainingState, data: tuple, resumed: int
+    w: _Worker,
+    epoch: int,
+    *,
+    model: torch.nn.Module,
+    state: TrainingState,
+    data: tuple,
+    resumed: int,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
     """One epoch on this rank: train, validate (all-reduced), decide on early stopping; returns its metrics."""
     tc, device = w.cfg.train, w.device
@@ -131,6 +150,7 @@ def _epoch(
         grad_accum=tc.grad_accum,
         grad_clip=tc.grad_clip,
         fail_step=_fail_step(epoch, w.rank),
+        on_step=on_step,
     )
     val = dict.fromkeys(("val_loss", "val_mae", "val_rmse"), math.nan)
     if len(val_ds):
@@ -230,9 +250,9 @@ def _restore(state: TrainingState, *, rank: int) -> tuple[int, list[dict[str, fl
     return start_epoch, history
 
 
-def _epoch_line(metrics: dict[str, float], *, epochs: int) -> str:
+def _epoch_line(metrics: dict[str, float], *, epochs: int, label: str) -> str:
     return (
-        f"[train] epoch {metrics['epoch']}/{epochs} train_loss={metrics['train_loss']:.4f} "
+        f"[{label}] epoch {metrics['epoch']}/{epochs} train_loss={metrics['train_loss']:.4f} "
         f"val_loss={metrics['val_loss']:.4f} val_mae={metrics['val_mae']:.3f} lr={metrics['lr']:.2e} "
         f"{metrics['samples_per_s']:.0f} samples/s" + (" (early stop)" if metrics["stopped_early"] else "")
     )

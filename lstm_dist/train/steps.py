@@ -13,7 +13,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -87,8 +87,10 @@ def train_epoch(
     grad_accum: int = 1,
     grad_clip: float = 0.0,
     fail_step: int = -1,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> dict[str, float]:
-    """`steps` optimizer steps over this rank's share of the windows; metrics summed over all ranks."""
+    """`steps` optimizer steps over this rank's share of the windows; metrics summed over all ranks.
+    `on_step(step, loss)` after each step (rank 0's progress for the driver's terminal)."""
     model.train()
     order = sampler.indices()
     assert len(order) >= steps * grad_accum * local_batch, "steps_per_epoch must fit the sampler's share"
@@ -122,6 +124,8 @@ def train_epoch(
             # After a skipped first step torch warns of "scheduler.step() before optimizer.step()": intended here.
             warnings.simplefilter("ignore", UserWarning)
             scheduler.step()  # also after a skipped step: the schedule counts steps taken, not updates
+        if on_step is not None:
+            on_step(step + 1, loss)
     # One sync per epoch: totals over all ranks (the gradient norm and skips are already global).
     totals = torch.stack([loss_sum, torch.tensor(float(steps * grad_accum * local_batch), device=device)])
     if dist.is_available() and dist.is_initialized():

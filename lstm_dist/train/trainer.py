@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from lstm_dist.storage import Store
 from lstm_dist.train.checkpoints import load_history
 from lstm_dist.train.loop import FAIL_ENV, train_loop_per_worker
 from lstm_dist.train.precision import resolve_precision
+from lstm_dist.train.progress import driver_progress
 
 RUN_CONFIG_FILE = "lstm_dist_config.yaml"  # the config a run was started with, beside Ray's files
 RUN_SHARDS_FILE = "lstm_dist_shards.txt"  # the shard directory it trains on
@@ -63,6 +65,7 @@ def fit(
     init_weights: str | None = None,
     local_dir: str | None = None,
     train_split: str = "train",
+    label: str | None = None,
 ) -> TrainResult:
     """Train with `cfg.train.num_workers` DDP workers; a rerun with the same name/storage resumes.
 
@@ -76,7 +79,9 @@ def fit(
     `init_weights`: a checkpoint directory or model.pt to start from instead of fresh weights (warm
     start; same architecture and data shape); once the run has a checkpoint of its own, that wins.
     `train_split="all"`: the final fit, on every window up to the end of each series, without validation
-    (no early stopping; the latest checkpoint is the model)."""
+    (no early stopping; the latest checkpoint is the model). `label` (the pipeline step, e.g. "final_fit"):
+    rank 0's progress is drawn on this process's terminal, one line per epoch (train/progress.py); without it
+    (a tune trial) the workers print their epoch lines themselves."""
     gpu = _check_devices(cfg)
     store = Store(storage_dir)
     if not store.local and local_dir is None:
@@ -84,14 +89,31 @@ def fit(
     init = str(init_weights) if init_weights else None
     if init and not store.local:  # workers on other nodes cannot open a driver path: send the weights along
         init = Path(init, MODEL_FILE).read_bytes() if Path(init).is_dir() else Path(init).read_bytes()
-    trainer = TorchTrainer(
+    loop_config = {
+        "pipeline": cfg.model_dump(mode="json"),
+        "shard_dir": str(shard_dir),
+        "init_weights": init,
+        "train_split": train_split,
+        "label": label or "train",
+    }
+    run_config = _run_config(cfg, store=store, storage_dir=storage_dir, name=name, callbacks=callbacks)
+    with driver_progress(label) if label else nullcontext() as queue:
+        result = _trainer(cfg, gpu=gpu, loop_config={**loop_config, "progress": queue}, run_config=run_config).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run '{name}' under {storage_dir} reported no checkpoint")
+    run_dir = Path(result.path)
+    if not store.local:  # the finished run as local files: the caller (and MLflow logging) reads them
+        run_dir = Path(local_dir) / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        store.download(store.join(name), run_dir)
+    return _train_result(result, run_dir)
+
+
+def _trainer(cfg: PipelineConfig, *, gpu: bool, loop_config: dict, run_config: ray.train.RunConfig) -> TorchTrainer:
+    """The Ray Train trainer: `cfg.train.num_workers` DDP workers running the loop with `loop_config`."""
+    return TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={
-            "pipeline": cfg.model_dump(mode="json"),
-            "shard_dir": str(shard_dir),
-            "init_weights": init,
-            "train_split": train_split,
-        },
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
@@ -101,17 +123,8 @@ def fit(
                 **({"GPU": cfg.train.gpus_per_worker} if gpu else {}),
             },
         ),
-        run_config=_run_config(cfg, store=store, storage_dir=storage_dir, name=name, callbacks=callbacks),
+        run_config=run_config,
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run '{name}' under {storage_dir} reported no checkpoint")
-    run_dir = Path(result.path)
-    if not store.local:  # the finished run as local files: the caller (and MLflow logging) reads them
-        run_dir = Path(local_dir) / name
-        shutil.rmtree(run_dir, ignore_errors=True)
-        store.download(store.join(name), run_dir)
-    return _train_result(result, run_dir)
 
 
 def _check_devices(cfg: PipelineConfig) -> bool:
@@ -230,6 +243,6 @@ def train_from_shards(
         (run_dir / RUN_CONFIG_FILE).write_text(dump_yaml(cfg))
         (run_dir / RUN_SHARDS_FILE).write_text(str(shard_dir))
     progress(f"[train] run {name}: {cfg.train.num_workers} worker(s), shards {shard_dir}")
-    result = fit(cfg, shard_dir=str(shard_dir), storage_dir=str(storage), name=name)
+    result = fit(cfg, shard_dir=str(shard_dir), storage_dir=str(storage), name=name, label="train")
     result.history.to_csv(run_dir / "history.csv", index=False)
     return result
