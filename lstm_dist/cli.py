@@ -65,9 +65,21 @@ def _below_override(allow: bool) -> list[str]:
 
 @app.callback()
 def _options(
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show the traceback under an error line.")] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "-v",
+            "--verbose",
+            count=True,
+            help="-v: the traceback under an error line, and Ray's and MLflow's INFO lines; -vv: their DEBUG lines.",
+        ),
+    ] = 0,
 ) -> None:
-    VERBOSE["on"] = verbose
+    from lstm_dist.config import VERBOSE_ENV
+
+    VERBOSE["on"] = verbose > 0
+    if verbose:
+        os.environ[VERBOSE_ENV] = str(verbose)  # read by cluster.py and tracking.py (and inherited by Ray's workers)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from lstm_dist.config import PipelineConfig
+from lstm_dist.config import PipelineConfig, verbosity
 from lstm_dist.ray_compat import loopback_node
 
 RAY_LOG_FILE = "logs/ray.log"  # under the work dir: the driver's Ray, Train and Tune log lines
@@ -175,13 +175,13 @@ class _NoColour(logging.Filter):
 
 def _log_ray_to_file(cfg: PipelineConfig | None) -> None:
     """Ray's driver-side logger (and Train's, Tune's under it): INFO and up to `<work_dir>/logs/ray.log`,
-    only errors to the terminal. Ray's processes keep their own logs in its session directory."""
+    only errors to the terminal (INFO with `lstm-dist -v`, DEBUG with `-vv`). Ray's processes keep their own logs in its session directory."""
     logger = logging.getLogger("ray")
     for handler in list(logger.handlers):  # Ray's own: everything from INFO to the terminal
         logger.removeHandler(handler)
     logger.propagate = False
     terminal = logging.StreamHandler(sys.stderr)
-    terminal.setLevel(logging.ERROR)
+    terminal.setLevel({0: logging.ERROR, 1: logging.INFO}.get(verbosity(), logging.DEBUG))  # -v / -vv
     logger.addHandler(terminal)
     work_dir = cfg.workflow.work_dir if cfg else None
     if work_dir and "://" not in work_dir:

@@ -509,3 +509,12 @@ def is_secret_key(key: str) -> bool:
     """Whether a (dotted) config key names a secret (password, token, secret, key): never logged as a param."""
     words = re.split(r"[._-]", key.rsplit(".", 1)[-1].lower())
     return any(word in SECRET_WORDS or word.endswith(("password", "token", "secret")) for word in words)
+
+
+VERBOSE_ENV = "LSTM_DIST_VERBOSE"  # set by `lstm-dist -v` / `-vv`; inherited by Ray workers and jobs
+
+
+def verbosity() -> int:
+    """How loud Ray's and MLflow's own logs are on the terminal: 0 errors only, 1 INFO (-v), 2 DEBUG (-vv)."""
+    value = os.environ.get(VERBOSE_ENV, "0")
+    return int(value) if value.isdigit() else 0

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lstm_dist.config import PipelineConfig, dump_yaml, is_secret_key, redact_uri
+from lstm_dist.config import PipelineConfig, dump_yaml, is_secret_key, redact_uri, verbosity
 from lstm_dist.version import __version__
 
 SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "mysql://", "databricks", "file:")
@@ -326,7 +326,7 @@ def use_tracking_uri(uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-def route_mlflow_logs(work_dir: str | None, *, verbose: int = 0) -> Path | None:
+def route_mlflow_logs(work_dir: str | None, *, verbose: int | None = None) -> Path | None:
     """MLflow's own log lines (`Creating initial MLflow database tables`, migrations, its warnings) and
     alembic's go to `<work_dir>/logs/mlflow.log` (returned; none for a URI work dir), not the terminal: there
     only errors, INFO and up with `verbose=1`, DEBUG with 2. Imports mlflow first, because its import
@@ -335,6 +335,7 @@ def route_mlflow_logs(work_dir: str | None, *, verbose: int = 0) -> Path | None:
 
     from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM  # sys.stderr as it is when a line is written
 
+    verbose = verbosity() if verbose is None else verbose  # `lstm-dist -v` / `-vv`
     terminal = logging.StreamHandler(MLFLOW_LOGGING_STREAM)
     terminal.setLevel({0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG))
     handlers: list[logging.Handler] = [terminal]

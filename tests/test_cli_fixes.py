@@ -229,3 +229,20 @@ def test_run_explain_prints_every_key_value_and_description() -> None:
     docstring = re.search(r"\n    epochs: [^\n]*\n    \"\"\"(.+?)\"\"\"", source).group(1)
     assert lines[epochs + 1].strip() == docstring.split("\n")[0].strip()
     assert "[ingest]" not in result.output  # nothing runs
+
+
+@pytest.mark.parametrize(("flags", "level"), [([], "ERROR"), (["-v"], "INFO"), (["-vv"], "DEBUG")])
+def test_verbosity_sets_how_loud_mlflow_and_ray_are(flags, level, monkeypatch, tmp_path: Path) -> None:
+    import logging
+
+    from lstm_dist.config import VERBOSE_ENV
+    from lstm_dist.tracking import route_mlflow_logs
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    out = CliRunner().invoke(app, [*flags, "run", str(ROOT / "conf/debug.yaml"), "--show-config"])
+    assert out.exit_code == 0, out.output
+    route_mlflow_logs(str(tmp_path))
+    terminal = [h for h in logging.getLogger("mlflow").handlers if not isinstance(h, logging.FileHandler)]
+    assert [logging.getLevelName(h.level) for h in terminal] == [level]
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    route_mlflow_logs(str(tmp_path))  # leave MLflow quiet for the tests after this one
