@@ -845,9 +845,12 @@ def predict(
         str | None,
         typer.Option(help="Known-future columns over the horizon (CSV/Parquet: series, timestamp, future cols)."),
     ] = None,
+    overrides: OverridesArg = None,
 ) -> None:
     """Batch forecasts of every series in the input, with the model version in the file. The model is checked
-    first; a small input is forecast in this process, a large one (or --ray) over Ray tasks."""
+    first; a small input is forecast in this process, a large one (or --ray) over Ray tasks.
+
+    `key=value` overrides apply to --config, as for `run` (e.g. workflow.work_dir=runs/x for that run's store)."""
     import os
 
     from lstm_dist.cluster import init_ray
@@ -855,7 +858,9 @@ def predict(
     from lstm_dist.predict import predict as batch_predict
     from lstm_dist.tracking import route_mlflow_logs
 
-    cfg = _load(config, []) if config is not None else None
+    if overrides and config is None:
+        _fail(f"predict: the overrides {overrides} need --config CONFIG (they change that config)")
+    cfg = _load(config, overrides) if config is not None else None
     route_mlflow_logs(cfg.workflow.work_dir if cfg else None)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri() if cfg else None)
     if uri is None:

@@ -149,6 +149,12 @@ def test_run_then_forecast_equals_the_cli_on_a_file(api_run) -> None:
     assert out.exit_code == 0, out.output
     cli = pd.read_parquet(work / "cli.parquet")
     pd.testing.assert_frame_equal(fc, cli, check_dtype=False)
+    # --config with key=value overrides, as `run` takes them: the store of that run, no --tracking-uri.
+    args = ["predict", "--model", "models:/lstm_debug@champion", "--input", str(work / "history.parquet")]
+    args += ["--output", str(work / "cli2.parquet"), "--config", str(DEBUG), f"workflow.work_dir={work / 'w'}"]
+    out = CliRunner(env={"MLFLOW_TRACKING_URI": None}).invoke(app, args)
+    assert out.exit_code == 0, out.output
+    pd.testing.assert_frame_equal(pd.read_parquet(work / "cli2.parquet"), cli)
 
     # The history as a path or as a pyarrow Table: the same forecast.
     by_path = lstm_dist.forecast("models:/lstm_debug/1", work / "history.parquet", tracking_uri=result.tracking_uri)
