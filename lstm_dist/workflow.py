@@ -448,8 +448,14 @@ class Workflow:
 
     def _save_record(self) -> None:
         self.record["updated_at"] = time.time()  # a killed run's duration ends here (read_runs)
-        self.store.mkdir(self.store.join(RUNS))
-        self.store.write_text(self.store.join(RUNS, f"{self.run_id}.json"), json.dumps(self.record, indent=1))
+        text = json.dumps(self.record, indent=1)
+        try:
+            self.store.mkdir(self.store.join(RUNS))
+            self.store.write_text(self.store.join(RUNS, f"{self.run_id}.json"), text)
+        except OSError:  # the work dir went read-only or full: keep the record where `status` still finds it
+            folder = _spare_runs(self.work_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{self.run_id}.json").write_text(text)
 
     def _check_not_busy(self) -> None:
         """Refuse to start while another live run of this machine works in the same work dir."""
@@ -515,14 +521,8 @@ def _alive(pid: Any) -> bool:
 
 def read_runs(work_dir: str | os.PathLike, *, limit: int = 5) -> list[dict[str, Any]]:
     """The latest run records of a work dir, newest first; a dead `running` run reads as `interrupted`."""
-    store = Store(work_dir)
-    names = [n for n in store.listdir(store.join(RUNS)) if n.endswith(".json")]
     runs = []
-    for name in sorted(names, reverse=True)[: limit + 5]:  # a few more: runs started in the same millisecond
-        try:
-            run = json.loads(store.read_text(store.join(RUNS, name)))
-        except (OSError, ValueError):
-            continue  # a record being replaced right now; the next call sees it
+    for run in _newest_records(work_dir, limit=limit + 5):  # a few more: runs started in the same millisecond
         if run["status"] == RUNNING and run.get("host") == socket.gethostname() and not _alive(run.get("pid")):
             run["status"] = INTERRUPTED
             run["ended_at"] = _last_seen(run)  # a fixed duration: the process is gone, the clock stops
@@ -531,6 +531,33 @@ def read_runs(work_dir: str | os.PathLike, *, limit: int = 5) -> list[dict[str, 
                     step["state"] = INTERRUPTED
         runs.append(run)
     return sorted(runs, key=lambda r: r["started_at"], reverse=True)[:limit]
+
+
+def _spare_runs(work_dir: str | os.PathLike) -> Path:
+    """Where this machine keeps the run records a work dir could not take (it went read-only or full)."""
+    return node_cache() / "runs" / hashlib.sha256(Store(work_dir).root.encode()).hexdigest()[:16]
+
+
+def _newest_records(work_dir: str | os.PathLike, *, limit: int) -> list[dict[str, Any]]:
+    """The newest run records in the work dir and this machine's spares; of two copies of a run, the later save."""
+    store, spare = Store(work_dir), _spare_runs(work_dir)
+    try:
+        newest = sorted(n for n in store.listdir(store.join(RUNS)) if n.endswith(".json"))[-limit:]
+    except OSError:  # the records folder is unreadable (or not a folder): the spares may still tell
+        newest = []
+    readers = [lambda n=n: store.read_text(store.join(RUNS, n)) for n in newest]
+    if spare.is_dir():
+        readers += [p.read_text for p in sorted(spare.glob("*.json"))[-limit:]]
+    runs: dict[str, dict[str, Any]] = {}
+    for read in readers:
+        try:
+            run = json.loads(read())
+        except (OSError, ValueError):
+            continue  # a record being replaced right now; the next call sees it
+        kept = runs.get(run["run_id"])
+        if kept is None or run.get("updated_at", 0) > kept.get("updated_at", 0):
+            runs[run["run_id"]] = run
+    return list(runs.values())
 
 
 def _last_seen(run: dict[str, Any]) -> float:

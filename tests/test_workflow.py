@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -59,9 +60,9 @@ def test_cache_key_depends_on_config_inputs_and_version(monkeypatch: pytest.Monk
     assert base != cache_key("s", {"config": {"x": 2}, "inputs": {"a": "k1"}})
     assert base != cache_key("s", {"config": {"x": 1}, "inputs": {"a": "k2"}})
     assert base != cache_key("t", {"config": {"x": 1}, "inputs": {"a": "k1"}})
-    import lstm_dist
+    import lstm_dist.workflow
 
-    monkeypatch.setattr(lstm_dist, "__version__", "9.9.9")
+    monkeypatch.setattr(lstm_dist.workflow, "__version__", "9.9.9")
     assert base != cache_key("s", {"config": {"x": 1}, "inputs": {"a": "k1"}})
 
 
@@ -120,6 +121,24 @@ def test_a_failing_step_leaves_nothing_complete_and_is_recorded(tmp_path: Path) 
     seen = []
     wf(tmp_path).step("a", lambda out: seen.append(sorted(os.listdir(out))) or {}, config={})
     assert seen == [[]]
+
+
+def test_a_run_whose_work_dir_stops_taking_writes_still_reads_as_failed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LSTM_DIST_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    w = wf(work)
+
+    def lose_the_disk(out: str) -> dict:
+        shutil.rmtree(work / RUNS)
+        (work / RUNS).write_text("")  # its run records can no longer be written (as on a read-only disk)
+        raise OSError(30, "Read-only file system")
+
+    with pytest.raises(OSError):
+        w.step("a", lose_the_disk, config={})
+    w.finish(FAILED, message="OSError: Read-only file system")
+    (run,) = read_runs(work)
+    assert run["status"] == FAILED and run["steps"][0]["state"] == FAILED  # not `interrupted`
+    assert "failed" in format_status([run])
 
 
 def test_a_resumable_step_finds_its_unfinished_attempt(tmp_path: Path) -> None:
