@@ -238,11 +238,10 @@ def test_verbosity_sets_how_loud_mlflow_and_ray_are(flags, level, monkeypatch, t
     from lstm_dist.config import VERBOSE_ENV
     from lstm_dist.tracking import route_mlflow_logs
 
-    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    monkeypatch.setenv(VERBOSE_ENV, "0")  # and back to what it was after the test: the CLI writes os.environ
     out = CliRunner().invoke(app, [*flags, "run", str(ROOT / "conf/debug.yaml"), "--show-config"])
     assert out.exit_code == 0, out.output
     route_mlflow_logs(str(tmp_path))
     terminal = [h for h in logging.getLogger("mlflow").handlers if not isinstance(h, logging.FileHandler)]
     assert [logging.getLevelName(h.level) for h in terminal] == [level]
-    monkeypatch.delenv(VERBOSE_ENV, raising=False)
-    route_mlflow_logs(str(tmp_path))  # leave MLflow quiet for the tests after this one
+    route_mlflow_logs(str(tmp_path), verbose=0)  # leave MLflow quiet for the tests after this one
