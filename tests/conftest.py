@@ -13,6 +13,16 @@ import pytest
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+@pytest.fixture(autouse=True)
+def _cli_environment_stays_put(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI writes LSTM_DIST_VERBOSE (`-v`) and RAY_IGNORE_UNHANDLED_ERRORS (after an error line) into
+    os.environ, for its own Ray workers. Run in-process (CliRunner), that would leak into every later test and
+    its subprocesses: each test starts with both unset and leaves them as they were."""
+    for key in ("LSTM_DIST_VERBOSE", "RAY_IGNORE_UNHANDLED_ERRORS"):
+        monkeypatch.setenv(key, "")  # recorded first, so the teardown restores what was there before
+        monkeypatch.delenv(key)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray with 4 logical CPUs (more than the 2 cores, so a controller and 2 workers fit)."""
