@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 
 from lstm_dist.config import PipelineConfig, verbosity
@@ -133,8 +134,6 @@ def check_ray_address(address: str, *, timeout: float = 3.0) -> None:
 
     A TCP connect to the GCS port (or the Ray Client port of a ray:// address) is enough to tell a dead or
     mistyped address from a live one; "auto" and "local" are Ray's own and left to it."""
-    import socket
-
     from lstm_dist.workflow import WorkflowError
 
     if address in ("auto", "local"):
@@ -146,14 +145,27 @@ def check_ray_address(address: str, *, timeout: float = 3.0) -> None:
             f"workflow.ray_address '{address}' is not host:port (e.g. 10.0.0.5:6379, or ray://host:10001); "
             "fix it, or leave it empty (and RAY_ADDRESS unset) for a local Ray"
         )
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as exc:
+    failure = _no_answer(host.strip("[]"), int(port), timeout=timeout)
+    if failure is not None:
         raise WorkflowError(
             f"workflow.ray_address '{address}': nothing answers at {host}:{port} within {timeout:.0f}s "
-            f"({exc.strerror or exc}); start the cluster (ray start --head) or leave workflow.ray_address empty "
-            "(and RAY_ADDRESS unset) for a local Ray"
-        ) from exc
+            f"({failure.strerror or failure}); start the cluster (ray start --head) or leave workflow.ray_address "
+            "empty (and RAY_ADDRESS unset) for a local Ray"
+        ) from failure
+
+
+def _no_answer(host: str, port: int, *, timeout: float) -> OSError | None:
+    """None once a TCP connect to host:port succeeds; the last error if none does within `timeout` seconds
+    (a cluster that is still starting refuses for a moment, so a refusal is asked again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=max(0.2, deadline - time.monotonic())).close()
+            return None
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                return exc
+            time.sleep(0.2)
 
 
 def cluster_summary() -> str:

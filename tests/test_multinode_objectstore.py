@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,17 @@ def start_node(args: list[str], *, env: dict[str, str], log: Path) -> subprocess
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def wait_for_port(port: int, *, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s (see the head's log)")
+
+
 def stop_node(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -85,6 +97,7 @@ def cluster(s3):
                 log=Path(temp_dir) / "head.log",
             )
         )
+        wait_for_port(port, seconds=120)  # the head's GCS: a loaded machine takes a while to start it
         procs.append(
             start_node(
                 [f"--address={address}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
