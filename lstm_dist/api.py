@@ -117,7 +117,7 @@ def forecast(
     names). `as_of`: forecast from this cutoff (rows after it are not input). `future`: known-future
     columns (series, timestamp, `data.future_cols`) over the horizon, same kinds as `history`.
     `tracking_uri`: the MLflow store; default $MLFLOW_TRACKING_URI, else the store of `config`."""
-    from lstm_dist.predict import PredictError, load_forecaster
+    from lstm_dist.predict import PredictError, in_file_order, load_forecaster
     from lstm_dist.registry import Registry, RegistryError
 
     if config is not None and not isinstance(config, PipelineConfig):
@@ -134,9 +134,7 @@ def forecast(
     rows = _frame(history, manifest=files.manifest)
     known = _frame(future, manifest=files.manifest) if future is not None else None
     out = load_forecaster(files.weights, files.manifest).forecast(rows, as_of=as_of, future=known)
-    series_col = json.loads(files.manifest.read_text())["data_config"]["series_col"]
-    order = [c for c in (series_col, "step") if c in out.columns]  # as `lstm-dist predict` orders its file
-    return out.sort_values(order, kind="stable").reset_index(drop=True)
+    return in_file_order(out, json.loads(files.manifest.read_text())["data_config"]["series_col"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,9 +117,7 @@ def predict(
     else:
         frames = [load_forecaster(files.weights, files.manifest).forecast(history, future=known)]
         tasks, where = 0, "in this process"
-    forecast = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    sort_cols = [c for c in (series_col, "step") if c in forecast.columns]
-    forecast = forecast.sort_values(sort_cols, kind="stable").reset_index(drop=True)
+    forecast = in_file_order(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), series_col)
     meta = {
         **files.metadata(),
         "input": source,
@@ -135,6 +133,12 @@ def predict(
         f"[predict] {meta['num_series']} series x {manifest['horizon']} steps {where} in {seconds:.1f}s -> {output}"
     )
     return {"rows": len(forecast), "tasks": tasks, "seconds": seconds, **meta}
+
+
+def in_file_order(forecast: pd.DataFrame, series_col: str) -> pd.DataFrame:
+    """Forecast rows as the forecast file holds them: by series, then horizon step (stable)."""
+    order = [c for c in (series_col, "step") if c in forecast.columns]
+    return forecast.sort_values(order, kind="stable").reset_index(drop=True)
 
 
 def _on_ray(
