@@ -172,8 +172,8 @@ class ModelConfig(_Section):
     """Size of a learned per-series embedding fed to the head; 0 disables it."""
     tbptt_chunk: int = Field(0, ge=0)
     """Truncated BPTT: process the lookback in chunks of k steps, detaching state between them; 0 = full BPTT."""
-    window_norm: Literal["none", "last", "mean", "revin"] = "mean"
-    """Normalise each input window's targets by its own level (last value / mean) and spread; `revin` adds a learnt affine."""
+    window_norm: Literal["none", "last", "mean", "revin", "diff"] = "mean"
+    """Per-window level (last value / mean) and spread of the targets; `revin`: + learnt affine; `diff`: first differences."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

@@ -35,7 +35,7 @@ def _shifted(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("mode", ["last", "mean", "revin"])
+@pytest.mark.parametrize("mode", ["last", "mean", "revin", "diff"])
 @pytest.mark.parametrize(("loss", "head"), [("mse", "direct"), ("quantile", "recursive"), ("gaussian", "direct")])
 def test_forecast_is_equivariant_to_level_and_scale(mode: str, loss: str, head: str) -> None:
     model = _model(mode, loss, head)
@@ -60,8 +60,9 @@ def test_without_window_norm_the_forecast_does_not_follow_the_level() -> None:
     assert not torch.allclose(model.point(model(_shifted(x, a, b))), model.point(model(x)) + b, atol=1e-2)
 
 
-def test_a_flat_window_gives_finite_forecasts() -> None:
-    model = _model("last")
+@pytest.mark.parametrize("mode", ["last", "diff"])
+def test_a_flat_window_gives_finite_forecasts(mode: str) -> None:
+    model = _model(mode)
     x = torch.full((B, L, F), 7.0)
     out = model(x)
     assert torch.isfinite(out).all() and torch.isfinite(model.loss(out, torch.full((B, H, T), 7.0), x=x))
@@ -80,7 +81,7 @@ def test_level_of_maps_lags_and_moving_averages_to_their_target() -> None:
     assert got == [0, 1, -1, 0, 1, -1, -1]
 
 
-@pytest.mark.parametrize("mode", ["last", "mean"])
+@pytest.mark.parametrize("mode", ["last", "mean", "diff"])
 def test_start_padding_is_left_out_of_the_window_stats(mode: str) -> None:
     """With a padding mask feature, padded steps neither move the stats nor reach the network."""
     level_of = [*LEVEL_OF, -1]  # the mask channel last
@@ -99,3 +100,93 @@ def test_start_padding_is_left_out_of_the_window_stats(mode: str) -> None:
     poisoned = x.clone()
     poisoned[:, :pad, :T] = 1e3
     torch.testing.assert_close(model(poisoned), model(x))
+
+    # The stats of the padded window are those of its real part alone.
+    norm = model.window_norm
+    for got, want in zip(norm.stats(x), norm.stats(x[:, pad:]), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def _constant_head(model, values: list[float]):
+    """The direct head emits `values` (one per output column P) at every step and target, whatever the input."""
+    last = model.head.mlp[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(values).repeat(model.num_targets))  # [T * P], target-major
+    return model
+
+
+def _trend(slope: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """[B, L, F]: target t a straight line start[t] + slope[t] * step (its lag too); other channels noise."""
+    x = torch.randn(B, L, F, generator=torch.Generator().manual_seed(3))
+    line = start + slope * torch.arange(L, dtype=torch.float32)[:, None]  # [L, T]
+    for f, t in enumerate(LEVEL_OF):
+        if t >= 0:
+            x[..., f] = line[:, t]
+    return x
+
+
+def test_diff_mode_sums_the_increments_from_the_last_value() -> None:
+    """Zero increments: a flat forecast at the last value; increment c: a line of slope c * scale (here the
+    trend's own slope, as a straight line's differences all equal the slope: their RMS is its size)."""
+    slope, start = torch.tensor([0.5, -2.0]), torch.tensor([3.0, 100.0])
+    x = _trend(slope, start)
+    last = start + slope * (L - 1)  # [T]
+    steps = torch.arange(1, H + 1, dtype=torch.float32)[:, None]  # [H, 1]
+    flat = _constant_head(_model("diff"), [0.0])(x)[..., 0]  # [B, H, T]
+    torch.testing.assert_close(flat, last.expand(B, H, T))
+    for c in (1.0, -0.5):
+        line = _constant_head(_model("diff"), [c])(x)[..., 0]
+        torch.testing.assert_close(line, (last + c * slope.abs() * steps).expand(B, H, T))
+
+
+def test_diff_mode_inputs_are_the_target_differences_and_levels_for_the_rest() -> None:
+    model = _model("diff")
+    x = torch.randn(B, L, F, generator=torch.Generator().manual_seed(4)).cumsum(dim=1)
+    loc, scale = model.window_norm.stats(x)
+    z = model.window_norm.normalize(x, loc, scale)
+    d = x[:, 1:, :T] - x[:, :-1, :T]
+    torch.testing.assert_close(scale, d.square().mean(dim=1, keepdim=True).sqrt())
+    torch.testing.assert_close(z[:, 1:, :T], d / scale)
+    assert (z[:, 0, :T] == 0).all()
+    torch.testing.assert_close(z[..., 3], (x[..., 3] - loc[..., 1]) / scale[..., 1])  # the lag of target 1: a level
+    torch.testing.assert_close(z[..., [2, 4]], x[..., [2, 4]])  # covariates untouched
+
+
+def test_diff_mode_gaussian_variances_add_up_and_quantiles_are_summed() -> None:
+    x = _trend(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 5.0]))
+    _, scale = _model("diff").window_norm.stats(x)  # [B, 1, T]
+    steps = torch.arange(1, H + 1, dtype=torch.float32)[:, None]  # [H, 1]
+    raw = 0.3
+    gauss = _constant_head(_model("diff", "gaussian"), [0.2, raw])
+    out = gauss(x)
+    assert out.shape == (B, H, T, 2)
+    step_std = torch.nn.functional.softplus(torch.tensor(raw)) + 1e-4  # losses.gaussian_scale
+    band = gauss.interval(out)
+    width = (band["q0.9"] - band["q0.5"]) / 1.2815515655446004  # the std of the summed forecast
+    torch.testing.assert_close(width, (scale * step_std * steps.sqrt()).expand(B, H, T), rtol=1e-4, atol=1e-5)
+    quant = _constant_head(_model("diff", "quantile"), [-1.0, 0.0, 2.0])
+    out = quant(x)
+    assert out.shape == (B, H, T, 3)
+    last = x[:, -1:, :T]
+    torch.testing.assert_close(quant.interval(out)["q0.9"], last + 2.0 * scale * steps)
+    torch.testing.assert_close(quant.interval(out)["q0.1"], last - scale * steps)
+
+
+# Not quantile: there each step feeds back its median increment, and the median of the summed quantile
+# columns is their sum only while the columns do not cross (random weights make them cross).
+@pytest.mark.parametrize("loss", ["mse", "gaussian"])
+def test_diff_mode_recursive_head_feeds_back_increments(loss: str) -> None:
+    """The recursive head's input is a difference at every step: the last observed one, then its own increments."""
+    model = _model("diff", loss, "recursive")
+    x = torch.randn(B, L, F, generator=torch.Generator().manual_seed(5)).cumsum(dim=1)
+    fed = []
+    model.head.cell.register_forward_pre_hook(lambda _mod, args: fed.append(args[0][:, :T].clone()))
+    forecast = model.point(model(x))  # [B, H, T]
+    loc, scale = model.window_norm.stats(x)
+    levels = torch.cat([loc, forecast], dim=1)  # [B, 1 + H, T]
+    want = (torch.cat([x[:, -2:-1, :T], levels], dim=1).diff(dim=1) / scale)[:, :H]  # [B, H, T]
+    torch.testing.assert_close(torch.stack(fed, dim=1), want, rtol=1e-4, atol=1e-5)
+    model.train()
+    model.loss(model(x), torch.randn(B, H, T), x=x).backward()
+    assert all(p.grad is not None for p in model.head.parameters())

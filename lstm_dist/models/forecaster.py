@@ -29,7 +29,8 @@ class Forecaster(nn.Module):
     (gaussian: mean, raw scale; see `losses.gaussian_scale`).
 
     With `model.window_norm` set, the network runs on window-normalised targets and its outputs are
-    mapped back (see `window_norm.WindowNorm`), so `forward` returns the same units either way.
+    mapped back (see `window_norm.WindowNorm`), so `forward` returns the same units either way; with
+    `diff` the network emits per-step increments, summed over the horizon before they are mapped back.
     `level_of[f]` names the target whose units feature f is in (-1: none); default: the targets only.
     `pad_feature`: index of the start-padding mask feature in x, if any (window stats skip padding).
     """
@@ -138,6 +139,8 @@ class Forecaster(nn.Module):
             return self._network(x, future=future, series=series, static=static)
         loc, scale = self.window_norm.stats(x)  # [B, 1, T] each
         out = self._network(self.window_norm.normalize(x, loc, scale), future=future, series=series, static=static)
+        if self.window_norm.integrates:  # increments -> levels (window units), before mapping back
+            out = losses.integrate(out, cfg=self.cfg)
         return losses.rescale(out, *self.window_norm.output_affine(loc, scale), cfg=self.cfg)  # [B, H, T, P]
 
     def _network(self, x: Tensor, *, future: Tensor | None, series: Tensor | None, static: Tensor | None) -> Tensor:

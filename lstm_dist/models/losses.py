@@ -52,8 +52,27 @@ def rescale(out: Tensor, loc: Tensor, scale: Tensor, *, cfg: ModelConfig) -> Ten
         return out * scale + loc
     mean = out[..., :1] * scale + loc
     std = gaussian_scale(out[..., 1:]) * scale.abs()
-    raw = _softplus_inverse((std - _MIN_SCALE).clamp_min(1e-8))
-    return torch.cat([mean, raw], dim=-1)
+    return torch.cat([mean, _raw_scale(std)], dim=-1)
+
+
+def _raw_scale(std: Tensor) -> Tensor:
+    """The raw output whose `gaussian_scale` is `std`."""
+    return _softplus_inverse((std - _MIN_SCALE).clamp_min(1e-8))
+
+
+def integrate(out: Tensor, *, cfg: ModelConfig) -> Tensor:
+    """Levels from per-step increments `out` [B, H, T, P] (model.window_norm=diff), summed over the horizon.
+
+    Values (point, each quantile, the gaussian mean) are cumulated, so a loss on the result trains the
+    increments whose sums hit the targets (for quantiles: whose sums hit the quantiles of the level).
+    Gaussian: the increments are taken as independent, so the variances add up.
+    """
+    out = out.float()
+    if cfg.loss != "gaussian":
+        return out.cumsum(dim=1)
+    mean = out[..., :1].cumsum(dim=1)
+    std = gaussian_scale(out[..., 1:]).square().cumsum(dim=1).sqrt()
+    return torch.cat([mean, _raw_scale(std)], dim=-1)
 
 
 def compute_loss(

@@ -6,6 +6,11 @@ back to the train-part mean. Here each input window is re-centred and re-scaled 
 (per target channel), the network works in those units, and its outputs are mapped back, so the
 forecast is relative to where the series is now. Callers see the same (series-scaled) units as
 without it.
+
+Mode `diff` goes one step further (first differences inside the model): the network reads the
+window's step-to-step changes and emits per-step increments, which `losses.integrate` sums over the
+horizon from the last observed value. A trend then is a constant input the network can continue,
+not a level it must extrapolate; with data.target_transform=log1p the changes are growth rates.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ class WindowNorm(nn.Module):
 
     `mode`: `last` centres on the last observed value, `mean` / `revin` on the window mean; the scale
     is the window's standard deviation (floored at MIN_WINDOW_SCALE). `revin` adds a learnable affine
-    per target. `level_of[f]` is the target index feature f is in the units of (the target itself, its
+    per target. `diff` centres on the last value and scales by the root mean square of the window's
+    step-to-step differences (the in-sample naive forecast's RMSE, RMSSE's scale); the target channels
+    become those differences in window units (see `normalize`) and the outputs are increments. `level_of[f]` is the target index feature f is in the units of (the target itself, its
     lags and moving averages) or -1 (covariates, RSI, calendar): those channels are normalised alike.
     `pad_feature`: the start-padding mask channel (1 on padding rows, data.start_padding), or None:
     padding steps are left out of the stats and their level channels set to 0 in window units.
@@ -35,7 +42,7 @@ class WindowNorm(nn.Module):
 
     def __init__(self, mode: str, *, num_targets: int, level_of: Sequence[int], pad_feature: int | None = None) -> None:
         super().__init__()
-        assert mode in ("last", "mean", "revin"), mode
+        assert mode in ("last", "mean", "revin", "diff"), mode
         self.mode, self.num_targets, self.pad_feature = mode, num_targets, pad_feature
         is_level = torch.tensor([float(t >= 0) for t in level_of])
         self.register_buffer("is_level", is_level, persistent=False)  # [F]
@@ -54,10 +61,30 @@ class WindowNorm(nn.Module):
             return None
         return (x[..., self.pad_feature : self.pad_feature + 1].float() < 0.5).float()
 
+    @property
+    def integrates(self) -> bool:
+        """Whether the network's outputs are per-step increments to be summed over the horizon (mode `diff`)."""
+        return self.mode == "diff"
+
+    def _diffs(self, y: Tensor, real: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(d, pair): d [B, L, T] = y[t] - y[t-1] where both steps are real, else 0 (the first step's too);
+        pair [B, L, 1] 1.0 where d is such a real difference."""
+        pair = torch.ones_like(y[..., :1]) if real is None else real.clone()  # [B, L, 1]
+        pair[:, 0] = 0.0  # no step before the first
+        if real is not None:
+            pair[:, 1:] *= real[:, :-1]  # the first real step follows padding: no difference either
+        d = torch.zeros_like(y)
+        d[:, 1:] = y[:, 1:] - y[:, :-1]
+        return d * pair, pair
+
     def stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(loc, scale), each fp32 [B, 1, T], of the target channels of `x` [B, L, F] (targets first)."""
         y = x[..., : self.num_targets].float()  # [B, L, T]
         real = self._real(x)
+        if self.mode == "diff":  # RMS, not std: a steady trend has spread-free differences but a size
+            d, pair = self._diffs(y, real)
+            rms = (d.square().sum(dim=1, keepdim=True) / pair.sum(dim=1, keepdim=True).clamp_min(1.0)).sqrt()
+            return y[:, -1:], rms.clamp_min(MIN_WINDOW_SCALE)
         if real is None:
             mean = y.mean(dim=1, keepdim=True)  # [B, 1, T]
             std = y.std(dim=1, keepdim=True, unbiased=False)
@@ -86,6 +113,9 @@ class WindowNorm(nn.Module):
             bias = zeros.index_copy(0, self.channels, self.bias[self.target_of])
             out = out * gain + bias
         real = self._real(x)
+        if self.mode == "diff":  # the targets themselves as differences; their lags and averages stay levels
+            d, _ = self._diffs(x[..., : self.num_targets].float(), real)
+            out = torch.cat([d / scale, out[..., self.num_targets :]], dim=-1)
         if real is not None:  # padding rows of level channels: 0 in window units, as 0 is their value when scaled
             out = out * (1.0 - self.is_level * (1.0 - real))  # [B, L, F]
         return out.to(x.dtype)
