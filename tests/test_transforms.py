@@ -106,7 +106,8 @@ def test_ingest_and_inference_round_trip_in_original_units(tmp_path, kind: str) 
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_pyfunc_forecast_follows_a_shifted_and_scaled_history(tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["last", "diff"])
+def test_pyfunc_forecast_follows_a_shifted_and_scaled_history(tmp_path, mode: str) -> None:
     """Series scaler off, window normalisation on: a*history + b forecasts a*forecast + b, end to end."""
     raw = _raw()
     raw.to_parquet(tmp_path / "raw.parquet")
@@ -115,10 +116,31 @@ def test_pyfunc_forecast_follows_a_shifted_and_scaled_history(tmp_path) -> None:
     ds = WindowDataset(str(tmp_path / "shards"), split="train")
     torch.manual_seed(0)
     pyfunc = ForecastModel()
-    pyfunc.net = build_model(ModelConfig(hidden_size=8, window_norm="last"), **model_args_for(ds)).eval()
+    pyfunc.net = build_model(ModelConfig(hidden_size=8, window_norm=mode), **model_args_for(ds)).eval()
     pyfunc.manifest = manifest
     a, b = 2.5, 40.0
     base = pyfunc.forecast(raw).target.to_numpy()
     moved = pyfunc.forecast(raw.assign(target=a * raw.target + b)).target.to_numpy()
     np.testing.assert_allclose(moved, a * base + b, rtol=1e-4)
     assert not np.allclose(base, base[0])  # a real forecast, not a constant that trivially follows
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_diff_with_log1p_forecasts_growth_rates(tmp_path) -> None:
+    """log1p + window_norm=diff: the network reads log growth rates, so a history x a forecasts x a (the
+    series scaler off; log1p(a*y) = log(a) + log1p(y) up to 1/y, small at these levels)."""
+    raw = _raw().assign(target=lambda df: 1e4 * df.target)
+    raw.to_parquet(tmp_path / "raw.parquet")
+    cfg = DataConfig(
+        path=str(tmp_path / "raw.parquet"), lookback=L, horizon=H, lags=[3], scaler="none", target_transform="log1p"
+    )
+    manifest, _ = ingest(cfg, out_dir=str(tmp_path / "shards"))
+    ds = WindowDataset(str(tmp_path / "shards"), split="train")
+    torch.manual_seed(0)
+    pyfunc = ForecastModel()
+    pyfunc.net = build_model(ModelConfig(hidden_size=8, window_norm="diff"), **model_args_for(ds)).eval()
+    pyfunc.manifest = manifest
+    base = pyfunc.forecast(raw).target.to_numpy()
+    np.testing.assert_allclose(pyfunc.forecast(raw.assign(target=3.0 * raw.target)).target, 3.0 * base, rtol=1e-3)
+    growth = np.diff(np.log(base.reshape(2, H)), axis=1)
+    assert (base > 0).all() and not np.allclose(growth, 0.0, atol=1e-6)  # a real forecast, not a flat line
