@@ -49,9 +49,9 @@ from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
 STAGED_FILE = "part.parquet"
 FINGERPRINT_TAG = "lstm_dist.data_fingerprint"  # on a model version: the content hash of its input data
 FILES_TAG = "lstm_dist.data_files"
-# Up to this many series (x targets), the evaluate step scores in the driver: a Ray task would do the same
-# one-CPU work after starting a worker process that imports torch and statsforecast anew (~3-5 s of the debug
-# pipeline's evaluate step; benchmarks/RESULTS.md). Above it, where a CPU is free (ETS/Theta: ~0.5 s a series).
+# Up to this many series (x targets), the evaluate step scores in the driver: a Ray task does the same one-CPU
+# work after a worker start and a torch import the driver has already paid for in the train step (4-5 s of a
+# debug run's evaluate step). Above it, in a Ray task wherever a CPU is free (ETS + Theta: ~0.5 s a series).
 EVAL_IN_PROCESS_MAX_SERIES = 100
 # The DataConfig fields that reading and validating one input file depends on (the ingest step's key).
 READ_FIELDS = ("format", *COLUMN_FIELDS, "missing")
