@@ -49,6 +49,10 @@ from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
 STAGED_FILE = "part.parquet"
 FINGERPRINT_TAG = "lstm_dist.data_fingerprint"  # on a model version: the content hash of its input data
 FILES_TAG = "lstm_dist.data_files"
+# Up to this many series (x targets), the evaluate step scores in the driver: a Ray task does the same one-CPU
+# work after a worker start and a torch import the driver has already paid for in the train step (4-5 s of a
+# debug run's evaluate step). Above it, in a Ray task wherever a CPU is free (ETS + Theta: ~0.5 s a series).
+EVAL_IN_PROCESS_MAX_SERIES = 100
 # The DataConfig fields that reading and validating one input file depends on (the ingest step's key).
 READ_FIELDS = ("format", *COLUMN_FIELDS, "missing")
 
@@ -274,12 +278,16 @@ def best_epoch(train: StepResult) -> int:
 
 def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult) -> StepResult:
     def evaluate(out: str) -> dict[str, Any]:
-        import ray
-
-        wf.step_context.log_datasets(shard.local_copy() / "shards", splits={"test": "testing"})
+        shards = shard.local_copy() / "shards"
+        wf.step_context.log_datasets(shards, splits={"test": "testing"})
         # Locators, not driver paths: the task may run on any node and reads that node's copies.
         ckpt, shard_dir = train.file(train.outputs["best_checkpoint"]), shard.file("shards")
-        evaluation = ray.get(ray_task(_evaluate_task).remote(ckpt, shard_dir))
+        if evaluates_in_process(Manifest.load(shards)):
+            evaluation = _evaluate_task(ckpt, shard_dir)
+        else:
+            import ray
+
+            evaluation = ray.get(ray_task(_evaluate_task).remote(ckpt, shard_dir))
         (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
         return evaluation
 
@@ -517,14 +525,29 @@ def _ingest_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, 
     return {"file": locator, "staged": STAGED_FILE, "num_rows": table.num_rows, "num_series": len(names)}
 
 
+def evaluates_in_process(manifest: Manifest) -> bool:
+    """Whether the evaluate step scores in the driver (small data) rather than in a Ray task."""
+    return manifest.num_series * manifest.num_targets <= EVAL_IN_PROCESS_MAX_SERIES
+
+
 def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
-    """Score the best checkpoint on the test split (a Ray task, so it runs wherever a CPU is free)."""
+    """Score the best checkpoint on the test split (in the driver for small data, else a Ray task, so it runs
+    wherever a CPU is free)."""
+    import torch
+
     from lstm_dist.data.windows import WindowDataset
     from lstm_dist.evaluate import evaluate_model
     from lstm_dist.models.saved import load_model
 
     model, test = load_model(local_copy(checkpoint)), WindowDataset(local_copy(shard_dir), split="test")
-    evaluation = evaluate_model(model, test, season=test.manifest.season_length)
+    # One thread, as in a one-CPU Ray task (Ray sets OMP_NUM_THREADS=1 there): a multi-threaded matmul may
+    # sum in another order, and the scores must not depend on where the step ran.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evaluation = evaluate_model(model, test, season=test.manifest.season_length)
+    finally:
+        torch.set_num_threads(threads)
     return {
         "metrics": evaluation.metrics,
         "by_step": evaluation.by_step.tolist(),
