@@ -174,6 +174,9 @@ class ModelConfig(_Section):
     """Truncated BPTT: process the lookback in chunks of k steps, detaching state between them; 0 = full BPTT."""
     window_norm: Literal["none", "last", "mean", "revin", "diff"] = "mean"
     """Per-window level (last value / mean) and spread of the targets; `revin`: + learnt affine; `diff`: first differences."""
+    window_prior_steps: float = Field(1.0, ge=0)
+    """Window norm: steps of the series' own spread (1 in the scaler's units) added to each window's spread estimate,
+    so the starts of short, padded series are not divided by ~0; 0 = the window's own spread (exactly scale-equivariant)."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:

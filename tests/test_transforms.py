@@ -108,7 +108,8 @@ def test_ingest_and_inference_round_trip_in_original_units(tmp_path, kind: str) 
 @pytest.mark.usefixtures("ray_local")
 @pytest.mark.parametrize("mode", ["last", "diff"])
 def test_pyfunc_forecast_follows_a_shifted_and_scaled_history(tmp_path, mode: str) -> None:
-    """Series scaler off, window normalisation on: a*history + b forecasts a*forecast + b, end to end."""
+    """Series scaler off, window normalisation on (without the spread prior, which is in the scaler's units):
+    a*history + b forecasts a*forecast + b, end to end."""
     raw = _raw()
     raw.to_parquet(tmp_path / "raw.parquet")
     cfg = DataConfig(path=str(tmp_path / "raw.parquet"), lookback=L, horizon=H, lags=[3], scaler="none")
@@ -116,7 +117,9 @@ def test_pyfunc_forecast_follows_a_shifted_and_scaled_history(tmp_path, mode: st
     ds = WindowDataset(str(tmp_path / "shards"), split="train")
     torch.manual_seed(0)
     pyfunc = ForecastModel()
-    pyfunc.net = build_model(ModelConfig(hidden_size=8, window_norm=mode), **model_args_for(ds)).eval()
+    pyfunc.net = build_model(
+        ModelConfig(hidden_size=8, window_norm=mode, window_prior_steps=0), **model_args_for(ds)
+    ).eval()
     pyfunc.manifest = manifest
     a, b = 2.5, 40.0
     base = pyfunc.forecast(raw).target.to_numpy()
@@ -138,7 +141,9 @@ def test_diff_with_log1p_forecasts_growth_rates(tmp_path) -> None:
     ds = WindowDataset(str(tmp_path / "shards"), split="train")
     torch.manual_seed(0)
     pyfunc = ForecastModel()
-    pyfunc.net = build_model(ModelConfig(hidden_size=8, window_norm="diff"), **model_args_for(ds)).eval()
+    pyfunc.net = build_model(
+        ModelConfig(hidden_size=8, window_norm="diff", window_prior_steps=0), **model_args_for(ds)
+    ).eval()
     pyfunc.manifest = manifest
     base = pyfunc.forecast(raw).target.to_numpy()
     np.testing.assert_allclose(pyfunc.forecast(raw.assign(target=3.0 * raw.target)).target, 3.0 * base, rtol=1e-3)

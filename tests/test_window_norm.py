@@ -8,6 +8,7 @@ import torch
 from lstm_dist.config import ModelConfig
 from lstm_dist.data.features import level_of
 from lstm_dist.models import build_model
+from lstm_dist.models.window_norm import MIN_WINDOW_SCALE
 
 B, L, H, T = 5, 16, 4, 2
 # Features: 2 targets, a covariate, a lag of target 1, a calendar-like column.
@@ -15,9 +16,10 @@ LEVEL_OF = [0, 1, -1, 1, -1]
 F = len(LEVEL_OF)
 
 
-def _model(mode: str, loss: str = "mse", head: str = "direct"):
+def _model(mode: str, loss: str = "mse", head: str = "direct", prior: float = 0.0):
+    """Without the spread prior by default: the window's own stats, exactly level and scale equivariant."""
     torch.manual_seed(0)
-    cfg = ModelConfig(hidden_size=8, window_norm=mode, loss=loss, head=head)
+    cfg = ModelConfig(hidden_size=8, window_norm=mode, loss=loss, head=head, window_prior_steps=prior)
     model = build_model(cfg, num_features=F, num_targets=T, horizon=H, level_of=LEVEL_OF)
     if mode == "revin":  # away from the identity, so the affine is exercised
         with torch.no_grad():
@@ -86,7 +88,7 @@ def test_start_padding_is_left_out_of_the_window_stats(mode: str) -> None:
     """With a padding mask feature, padded steps neither move the stats nor reach the network."""
     level_of = [*LEVEL_OF, -1]  # the mask channel last
     torch.manual_seed(0)
-    cfg = ModelConfig(hidden_size=8, window_norm=mode)
+    cfg = ModelConfig(hidden_size=8, window_norm=mode, window_prior_steps=0)  # exact scale equivariance
     model = build_model(cfg, num_features=F + 1, num_targets=T, horizon=H, level_of=level_of, pad_feature=F).eval()
     x = torch.randn(B, L, F + 1, generator=torch.Generator().manual_seed(2)).cumsum(dim=1)
     pad = 5
@@ -221,3 +223,56 @@ def test_diff_mode_learns_to_continue_trends(head: str) -> None:
 
 
 _ONE_TARGET = {"num_features": 1, "num_targets": 1, "horizon": H}
+
+
+@pytest.mark.parametrize("mode", ["last", "mean", "diff"])
+def test_with_the_spread_prior_the_forecast_follows_a_shift_exactly(mode: str) -> None:
+    """model.window_prior_steps (default 1) leaves level equivariance exact; scale goes through the series scaler."""
+    model = _model(mode, prior=1.0)
+    x = torch.randn(B, L, F, generator=torch.Generator().manual_seed(2)).cumsum(dim=1)
+    ones, b = torch.ones(T), torch.tensor([10.0, -4.0])
+    torch.testing.assert_close(model(_shifted(x, ones, b))[..., 0], model(x)[..., 0] + b, rtol=1e-4, atol=1e-4)
+    a = torch.tensor([3.0, 0.5])
+    assert not torch.allclose(model(_shifted(x, a, 0 * b))[..., 0], model(x)[..., 0] * a, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["last", "mean", "diff"])
+def test_a_window_of_few_real_steps_is_not_divided_by_the_floor(mode: str) -> None:
+    """Two real steps, almost equal, after padding: without a prior the spread is the floor (inputs and
+    outputs scaled by 1/100 and 100, errors huge in loss units); with one step of the series' spread (1)
+    it is ~sqrt(1/3), while a full window's spread moves little."""
+    cfg = dict(hidden_size=8, window_norm=mode)
+    steps = 48
+    x = torch.zeros(2, steps, 2)
+    x[0, :, 0] = torch.linspace(-1.0, 1.0, steps) + 0.3 * torch.sin(torch.arange(steps, dtype=torch.float32))
+    x[1, : steps - 2, 1] = 1.0  # padding rows
+    x[1, -2:, 0] = torch.tensor([0.500, 0.501])
+    scales = []
+    for prior in (0.0, 1.0):
+        net = build_model(
+            ModelConfig(**cfg, window_prior_steps=prior), num_features=2, num_targets=1, horizon=H, pad_feature=1
+        )
+        scales.append(net.window_norm.stats(x)[1][:, 0, 0])  # [2]
+    without, with_prior = scales
+    assert without[1].item() == pytest.approx(MIN_WINDOW_SCALE, abs=2e-3)
+    assert with_prior[1].item() > 0.5
+    if mode != "diff":  # (differences are far smaller than the unit spread: the prior weighs more on them)
+        assert with_prior[0].item() == pytest.approx(without[0].item(), rel=0.05)
+
+
+def test_a_model_saved_before_the_spread_prior_loads_without_it(tmp_path) -> None:
+    """Its saved config has no window_prior_steps: it must forecast as it did, not take the new default."""
+    import json
+
+    from lstm_dist.models.saved import load_model, read_model_args, save_model
+
+    model = _model("mean", prior=0.0)
+    args = {"model": model.cfg.model_dump(), **model.build_args, "level_of": LEVEL_OF}
+    del args["model"]["window_prior_steps"]
+    path = save_model(tmp_path, model=model, model_args=args)
+    assert "window_prior_steps" not in json.dumps(read_model_args(path))
+    loaded = load_model(path)
+    assert loaded.window_norm.prior_steps == 0.0
+    x = torch.zeros(1, L, F)
+    x[0, -1, :2] = 1.0  # a spike on an otherwise flat window: the prior would change its spread
+    torch.testing.assert_close(loaded(x), model(x))

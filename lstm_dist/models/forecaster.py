@@ -69,7 +69,13 @@ class Forecaster(nn.Module):
         if level_of is None:
             level_of = [*range(num_targets), *([-1] * (num_features - num_targets))]
         self.window_norm = (
-            WindowNorm(cfg.window_norm, num_targets=num_targets, level_of=level_of, pad_feature=pad_feature)
+            WindowNorm(
+                cfg.window_norm,
+                num_targets=num_targets,
+                level_of=level_of,
+                pad_feature=pad_feature,
+                prior_steps=cfg.window_prior_steps,
+            )
             if cfg.window_norm != "none"
             else None
         )

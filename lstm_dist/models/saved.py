@@ -64,8 +64,8 @@ def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:
 
     saved = _read(path, device=device)
     args = dict(saved["model_args"])
-    # Models saved before window normalisation existed ran without it; the new default must not apply to them.
-    model_cfg = {"window_norm": "none", **args.pop("model")}
+    # Models saved before window normalisation (or its prior) existed ran without it; new defaults must not apply.
+    model_cfg = {"window_norm": "none", "window_prior_steps": 0.0, **args.pop("model")}
     model = build_model(ModelConfig.model_validate(model_cfg), **args)
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()

@@ -38,12 +38,27 @@ class WindowNorm(nn.Module):
     lags and moving averages) or -1 (covariates, RSI, calendar): those channels are normalised alike.
     `pad_feature`: the start-padding mask channel (1 on padding rows, data.start_padding), or None:
     padding steps are left out of the stats and their level channels set to 0 in window units.
+    `prior_steps` (model.window_prior_steps): the spread is estimated as if the window also held that many
+    steps of the series' own spread (1 in series-scaled units). A window of one to three real steps (the
+    start of a short series, left-padded) otherwise has a spread of ~0: its inputs and outputs are
+    divided and multiplied by the floor, and its errors, huge in window units, dominate the loss. With a
+    prior the forecast follows a shifted history exactly, a scaled one only through the series scaler
+    (which absorbs the scale); 0 keeps it exactly scale-equivariant.
     """
 
-    def __init__(self, mode: str, *, num_targets: int, level_of: Sequence[int], pad_feature: int | None = None) -> None:
+    def __init__(
+        self,
+        mode: str,
+        *,
+        num_targets: int,
+        level_of: Sequence[int],
+        pad_feature: int | None = None,
+        prior_steps: float = 0.0,
+    ) -> None:
         super().__init__()
         assert mode in ("last", "mean", "revin", "diff"), mode
         self.mode, self.num_targets, self.pad_feature = mode, num_targets, pad_feature
+        self.prior_steps = prior_steps
         is_level = torch.tensor([float(t >= 0) for t in level_of])
         self.register_buffer("is_level", is_level, persistent=False)  # [F]
         channels = [f for f, t in enumerate(level_of) if t >= 0]
@@ -83,17 +98,19 @@ class WindowNorm(nn.Module):
         real = self._real(x)
         if self.mode == "diff":  # RMS, not std: a steady trend has spread-free differences but a size
             d, pair = self._diffs(y, real)
-            rms = (d.square().sum(dim=1, keepdim=True) / pair.sum(dim=1, keepdim=True).clamp_min(1.0)).sqrt()
-            return y[:, -1:], rms.clamp_min(MIN_WINDOW_SCALE)
+            return y[:, -1:], self._spread(d.square().sum(dim=1, keepdim=True), pair.sum(dim=1, keepdim=True))
         if real is None:
-            mean = y.mean(dim=1, keepdim=True)  # [B, 1, T]
-            std = y.std(dim=1, keepdim=True, unbiased=False)
-        else:  # the last step is always real; padding carries no level
-            count = real.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1, 1]
-            mean = (y * real).sum(dim=1, keepdim=True) / count
-            std = (((y - mean) ** 2 * real).sum(dim=1, keepdim=True) / count).sqrt()
-        loc = y[:, -1:] if self.mode == "last" else mean
-        return loc, std.clamp_min(MIN_WINDOW_SCALE)
+            real = torch.ones_like(y[..., :1])  # [B, L, 1]
+        count = real.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1, 1]; the last step is always real
+        mean = (y * real).sum(dim=1, keepdim=True) / count  # padding carries no level
+        squares = ((y - mean) ** 2 * real).sum(dim=1, keepdim=True)
+        return (y[:, -1:] if self.mode == "last" else mean), self._spread(squares, count)
+
+    def _spread(self, squares: Tensor, count: Tensor) -> Tensor:
+        """Scale [B, 1, T] from a sum of squared deviations [B, 1, T] over `count` [B, 1, 1] real steps, as if
+        the window also held `prior_steps` steps of the series' own spread (1 in series-scaled units)."""
+        prior = self.prior_steps
+        return ((squares + prior) / (count + prior).clamp_min(1.0)).sqrt().clamp_min(MIN_WINDOW_SCALE)
 
     def _gain(self) -> Tensor:
         g = self.gain
