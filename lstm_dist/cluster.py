@@ -39,6 +39,10 @@ _LOCAL_ENV = {
     # Ray Train's watcher of node preemption (spot instances) means nothing on one machine; each fit's
     # watcher also logs a core_worker ERROR about its constructor arguments (ray-project/ray#53727).
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # The Train controller polls its workers every 2 s by default, so every fit waits up to 2 s to see that
+    # training ended (and again while the worker group stops): 4.9 s of teardown per fit on a 2-core machine,
+    # 0.9 s at 0.2 s (benchmarks/RESULTS.md). A poll is one small task per worker: cheap on one machine.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
 }
 
 
@@ -51,18 +55,13 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
 
     if ray.is_initialized():
         return resources()
-    for key, value in _DRIVER_ENV.items():
-        os.environ.setdefault(key, value)
-    if not sys.stdout.isatty() or not sys.stderr.isatty():
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in a file or a pipe
-    _log_ray_to_file(cfg)
     address = (cfg.workflow.ray_address if cfg else None) or os.environ.get("RAY_ADDRESS")
+    set_ray_env(local=not address)
+    _log_ray_to_file(cfg)
     if address:
         check_ray_address(address)
         ray.init(address=address, log_to_driver=True)
         return resources()
-    for key, value in _LOCAL_ENV.items():
-        os.environ.setdefault(key, value)
     loopback_node()  # every Ray server on 127.0.0.1, not on all interfaces
     port = _free_port()
     ray.init(
@@ -78,6 +77,15 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
         log_to_driver=True,  # the workers' epoch lines
     )
     return resources()
+
+
+def set_ray_env(*, local: bool) -> None:
+    """The environment this project gives a Ray it starts (`local`) or joins, set before `ray.init`
+    (setdefault: a value the user exported wins). Tests that start their own Ray call it too."""
+    for key, value in (_DRIVER_ENV | _LOCAL_ENV if local else _DRIVER_ENV).items():
+        os.environ.setdefault(key, value)
+    if not sys.stdout.isatty() or not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in a file or a pipe
 
 
 def _free_port() -> int:

@@ -28,9 +28,12 @@ def ray_local():
     """A local Ray with 4 logical CPUs (more than the 2 cores, so a controller and 2 workers fit)."""
     import ray
 
+    from lstm_dist.cluster import set_ray_env
+
     if ray.is_initialized():
         yield ray
         return
+    set_ray_env(local=True)  # as the CLI's local Ray: no preemption watcher, a 0.2 s Train controller poll
     # A short temp dir: Ray's socket paths must stay under the OS limit of ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(num_cpus=4, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
