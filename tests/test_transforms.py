@@ -129,6 +129,32 @@ def test_pyfunc_forecast_follows_a_shifted_and_scaled_history(tmp_path, mode: st
 
 
 @pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize("mode", ["mean", "diff"])
+def test_a_shifted_and_scaled_data_set_gets_the_forecast_shifted_and_scaled(tmp_path, mode: str) -> None:
+    """The defaults (per-series standard scaler, window spread prior 1): ingest a*y + b instead of y and the
+    same network forecasts a*forecast + b, because the series scaler absorbs the level and the scale."""
+    raw = _raw()
+    a, b = 2.5, 40.0
+    torch.manual_seed(0)
+    net = None
+    forecasts = []
+    for name, frame in (("base", raw), ("moved", raw.assign(target=a * raw.target + b))):
+        frame.to_parquet(tmp_path / f"{name}.parquet")
+        cfg = DataConfig(path=str(tmp_path / f"{name}.parquet"), lookback=L, horizon=H, lags=[3])
+        manifest, _ = ingest(cfg, out_dir=str(tmp_path / name))
+        if net is None:  # one network for both: the same weights see both data sets
+            args = model_args_for(WindowDataset(str(tmp_path / name), split="train"))
+            net = build_model(ModelConfig(hidden_size=8, window_norm=mode), **args).eval()
+        pyfunc = ForecastModel()
+        pyfunc.net, pyfunc.manifest = net, manifest
+        forecasts.append(pyfunc.forecast(frame).target.to_numpy())
+    base, moved = forecasts
+    assert net.window_norm.prior_steps == 1.0  # the default is what is tested
+    np.testing.assert_allclose(moved, a * base + b, rtol=1e-4)
+    assert not np.allclose(base, base[0])
+
+
+@pytest.mark.usefixtures("ray_local")
 def test_diff_with_log1p_forecasts_growth_rates(tmp_path) -> None:
     """log1p + window_norm=diff: the network reads log growth rates, so a history x a forecasts x a (the
     series scaler off; log1p(a*y) = log(a) + log1p(y) up to 1/y, small at these levels)."""
