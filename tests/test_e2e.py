@@ -152,14 +152,16 @@ def test_a_cached_register_step_registers_again_in_a_wiped_tracking_store(finish
 
 
 @pytest.mark.parametrize(
-    ("rows", "fragments"),
+    ("rows", "fragments", "before_ray"),
     [
-        ("timestamp,series_id,value\n2024-01-01 00:00,a,1.0\n", ["target", "value"]),
-        ("timestamp,series_id,target\n2024-01-01 00:00,a,1.0\n2024-01-01 01:00,a,oops\n", ["target", "oops"]),
+        ("timestamp,series_id,value\n2024-01-01 00:00,a,1.0\n", ["target", "value"], True),  # the header says so
+        ("timestamp,series_id,target\n2024-01-01 00:00,a,1.0\n2024-01-01 01:00,a,oops\n", ["target", "oops"], False),
     ],
     ids=["missing-column", "non-numeric-target"],
 )
-def test_bad_input_names_the_column_and_leaves_no_complete_shards(tmp_path: Path, rows: str, fragments) -> None:
+def test_bad_input_names_the_column_and_leaves_no_complete_shards(
+    tmp_path: Path, rows: str, fragments, before_ray: bool
+) -> None:
     data = tmp_path / "bad.csv"
     data.write_text(rows)
     before = data.read_bytes()
@@ -176,5 +178,6 @@ def test_bad_input_names_the_column_and_leaves_no_complete_shards(tmp_path: Path
     for fragment in fragments + [str(data)]:
         assert fragment in proc.stderr, f"{fragment!r} not in stderr:\n{proc.stderr[-2000:]}"
     assert data.read_bytes() == before  # raw input untouched
+    assert ("[ray]" not in proc.stdout) == before_ray, proc.stdout[-2000:]  # a header check needs no Ray
     complete = [p for p in (tmp_path / "w").rglob("*") if p.name in ("_SUCCESS", "manifest.json")]
     assert complete == []

@@ -89,10 +89,35 @@ def list_input_files(path: str, *, fmt: str = "auto") -> list[str]:
     return [prefix + p for p in sorted(found)]
 
 
+# Headers read by check_inputs before Ray starts: enough to catch a misspelt column in seconds rather than
+# after Ray's start-up, few enough that thousands of files on object storage are not opened twice.
+_HEADERS_CHECKED = 8
+
+
 def check_inputs(cfg: DataConfig) -> None:
-    """Raise DataError when data.path names no input file; cheap, for a pipeline to call before Ray starts."""
-    if cfg.path is not None:
-        list_input_files(cfg.path, fmt=cfg.format)
+    """Raise DataError when data.path names no input file, or when the first files' headers lack a configured
+    column; cheap (file listing and headers only), for a pipeline to call before Ray starts."""
+    if cfg.path is None:
+        return
+    for locator in list_input_files(cfg.path, fmt=cfg.format)[:_HEADERS_CHECKED]:
+        _check_columns(_header(locator, cfg=cfg), cfg=cfg, source=locator)
+
+
+def _header(locator: str, *, cfg: DataConfig) -> pa.Table:
+    """An empty table with the file's columns: Parquet's schema, or a CSV's first block."""
+    fs, inner, _ = filesystem(locator)
+    fmt = file_format(locator, cfg.format)
+    try:
+        if fmt == "parquet":
+            return pq.read_schema(inner, filesystem=fs).empty_table()
+        with fs.open_input_stream(inner, compression="detect") as stream:
+            _check_text(stream.read(_SNIFF_BYTES), locator=locator)
+        with fs.open_input_stream(inner, compression="detect") as stream:
+            return pacsv.open_csv(stream).schema.empty_table()
+    except DataError:
+        raise
+    except (UnicodeDecodeError, pa.ArrowInvalid, OSError):
+        return read_raw(locator, cfg=cfg)  # the full read says what is wrong, with the same messages as ingest
 
 
 def file_format(locator: str, fmt: str) -> str:
