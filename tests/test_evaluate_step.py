@@ -13,7 +13,7 @@ from lstm_dist.data.windows import WindowDataset
 from lstm_dist.models import build_model
 from lstm_dist.models.saved import save_model
 from lstm_dist.train.checkpoints import model_args_for
-from pipelines import steps
+from lstm_dist.pipelines import steps
 
 DEBUG = Path(__file__).resolve().parent.parent / "conf" / "debug.yaml"
 
