@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lstm_dist.pipelines import steps
 
 from lstm_dist.config import load_config
 from lstm_dist.data.manifest import Manifest
@@ -13,7 +14,6 @@ from lstm_dist.data.windows import WindowDataset
 from lstm_dist.models import build_model
 from lstm_dist.models.saved import save_model
 from lstm_dist.train.checkpoints import model_args_for
-from lstm_dist.pipelines import steps
 
 DEBUG = Path(__file__).resolve().parent.parent / "conf" / "debug.yaml"
 
