@@ -17,6 +17,8 @@ import re
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lstm_dist.config import PipelineConfig, verbosity
@@ -39,11 +41,15 @@ _LOCAL_ENV = {
     # Ray Train's watcher of node preemption (spot instances) means nothing on one machine; each fit's
     # watcher also logs a core_worker ERROR about its constructor arguments (ray-project/ray#53727).
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    # The Train controller polls its workers every 2 s by default, so every fit waits up to 2 s to see that
-    # training ended (and again while the worker group stops): 4.9 s of teardown per fit on a 2-core machine,
-    # 0.9 s at 0.2 s (benchmarks/RESULTS.md). A poll is one small task per worker: cheap on one machine.
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
 }
+
+# The Train controller polls its workers every 2 s by default, so a fit waits up to 2 s to see that training
+# ended (and again while the worker group stops): 4.9 s of teardown per fit on a 2-core machine, 0.9 s at
+# 0.2 s (benchmarks/RESULTS.md); a poll is one small task per worker. Set per fit (`quick_train_poll`), not for
+# the whole Ray: with it, Tune trials stopped by ASHA left their workers' placement groups reserved
+# (tests/test_tracking_server.py hung waiting for CPUs), so trials keep Ray's default.
+_TRAIN_POLL = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+_started_local = False  # whether this process's Ray is a local one this project set up
 
 
 def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
@@ -82,10 +88,27 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
 def set_ray_env(*, local: bool) -> None:
     """The environment this project gives a Ray it starts (`local`) or joins, set before `ray.init`
     (setdefault: a value the user exported wins). Tests that start their own Ray call it too."""
+    global _started_local
+    _started_local = local
     for key, value in (_DRIVER_ENV | _LOCAL_ENV if local else _DRIVER_ENV).items():
         os.environ.setdefault(key, value)
     if not sys.stdout.isatty() or not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in a file or a pipe
+
+
+@contextmanager
+def quick_train_poll() -> Iterator[None]:
+    """Around one Ray Train fit on a local Ray: its controller polls the workers every 0.2 s (Ray Train
+    passes the driver's value to the controller it starts). A value the user exported wins."""
+    key, value = _TRAIN_POLL
+    if not _started_local or key in os.environ:
+        yield
+        return
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 def _free_port() -> int:

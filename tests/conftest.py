@@ -33,7 +33,7 @@ def ray_local():
     if ray.is_initialized():
         yield ray
         return
-    set_ray_env(local=True)  # as the CLI's local Ray: no preemption watcher, a 0.2 s Train controller poll
+    set_ray_env(local=True)  # as the CLI's local Ray: no preemption watcher; fits poll every 0.2 s
     # A short temp dir: Ray's socket paths must stay under the OS limit of ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(num_cpus=4, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)

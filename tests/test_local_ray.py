@@ -71,3 +71,24 @@ def test_local_ray_gets_the_machine_cpus_unless_the_config_says_otherwise() -> N
     many = load_config(DEBUG, [f"train.num_workers={cores + 3}"])
     assert local_cpus(many) == cores + 3
     assert local_cpus(load_config(DEBUG, ["train.num_workers=3", "train.cpus_per_worker=1.5"])) == max(cores, 5)
+
+
+def test_a_local_fit_polls_quickly_and_a_users_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Train's controller takes the poll interval from the driver's environment at fit(): set around a fit
+    on a local Ray only (never for the whole Ray, whose Tune trials must keep the default), then removed."""
+    from lstm_dist import cluster
+
+    key = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(cluster, "_started_local", True)
+    with cluster.quick_train_poll():
+        assert os.environ[key] == "0.2"
+    assert key not in os.environ
+    monkeypatch.setattr(cluster, "_started_local", False)  # a cluster joined by address: Ray's default
+    with cluster.quick_train_poll():
+        assert key not in os.environ
+    monkeypatch.setattr(cluster, "_started_local", True)
+    monkeypatch.setenv(key, "1.5")
+    with cluster.quick_train_poll():
+        assert os.environ[key] == "1.5"
+    assert os.environ[key] == "1.5"

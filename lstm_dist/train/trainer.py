@@ -22,7 +22,7 @@ import torch
 import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lstm_dist.cluster import resources
+from lstm_dist.cluster import quick_train_poll, resources
 from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.storage import Store
@@ -97,7 +97,7 @@ def fit(
         "label": label or "train",
     }
     run_config = _run_config(cfg, store=store, storage_dir=storage_dir, name=name, callbacks=callbacks)
-    with driver_progress(label) if label else nullcontext() as queue:
+    with driver_progress(label) if label else nullcontext() as queue, quick_train_poll():
         result = _trainer(cfg, gpu=gpu, loop_config={**loop_config, "progress": queue}, run_config=run_config).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run '{name}' under {storage_dir} reported no checkpoint")
