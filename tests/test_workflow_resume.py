@@ -25,7 +25,11 @@ from lstm_dist.workflow import CACHED, DONE, INTERRUPTED, read_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "lstm_dist.cli"]
-EPOCHS = 8
+EPOCHS = 12
+# Long enough epochs that the kill lands mid-training: the debug data's 7 steps an epoch take ~0.2 s, and
+# with the controller's 0.2 s poll (cluster.quick_train_poll) every epoch was checkpointed before Ray's
+# snapshot, which the test waits for, appeared. 3000 steps per series give 50 steps an epoch.
+STEPS_PER_EPOCH = 50
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +56,8 @@ def test_killed_during_training_resumes_from_its_checkpoint_and_registers_once(t
         str(ROOT / "conf/debug.yaml"),
         f"workflow.work_dir={work}",
         f"train.epochs={EPOCHS}",
-        "train.max_steps_per_epoch=10",
+        f"train.max_steps_per_epoch={STEPS_PER_EPOCH}",
+        "data.sample.num_steps=3000",
         "train.patience=0",
     ]
     log = tmp_path / "first.log"
@@ -82,6 +87,7 @@ def test_killed_during_training_resumes_from_its_checkpoint_and_registers_once(t
     # Ray's snapshot may lag the checkpoints on disk (killed between the two writes): the newest complete wins.
     on_disk = [newest_checkpoint(c) for c in work.glob("train/*.partial/ray_train/checkpoint_*")]
     newest = max(json.loads((c / STATE_JSON).read_text())["epoch"] for c in on_disk)
+    assert newest < EPOCHS, f"every epoch was checkpointed before the workers stopped ({newest} of {EPOCHS})"
 
     second = subprocess.run(
         [*CLI, *args], cwd=tmp_path, env=env_for(ray_tmp), capture_output=True, text=True, timeout=600
