@@ -34,7 +34,8 @@ class WindowNorm(nn.Module):
     is the window's standard deviation (floored at MIN_WINDOW_SCALE). `revin` adds a learnable affine
     per target. `diff` centres on the last value and scales by the root mean square of the window's
     step-to-step differences (the in-sample naive forecast's RMSE, RMSSE's scale); the target channels
-    become those differences in window units (see `normalize`) and the outputs are increments. `level_of[f]` is the target index feature f is in the units of (the target itself, its
+    become those differences in window units (see `normalize`) and the outputs are increments.
+    `level_of[f]` is the target index feature f is in the units of (the target itself, its
     lags and moving averages) or -1 (covariates, RSI, calendar): those channels are normalised alike.
     `pad_feature`: the start-padding mask channel (1 on padding rows, data.start_padding), or None:
     padding steps are left out of the stats and their level channels set to 0 in window units.
