@@ -245,3 +245,26 @@ def test_verbosity_sets_how_loud_mlflow_and_ray_are(flags, level, monkeypatch, t
     terminal = [h for h in logging.getLogger("mlflow").handlers if not isinstance(h, logging.FileHandler)]
     assert [logging.getLevelName(h.level) for h in terminal] == [level]
     route_mlflow_logs(str(tmp_path), verbose=0)  # leave MLflow quiet for the tests after this one
+
+
+# ---------------------------------------------------------------------------------------------
+# the console script's exit: Python's shutdown steps that matter run, the module teardown does not
+
+
+@pytest.mark.parametrize(("code", "status", "err"), [(0, 0, ""), (3, 3, ""), (None, 0, ""), ("bad", 1, "bad\n")])
+def test_the_quick_exit_joins_threads_runs_atexit_and_flushes(code, status: int, err: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = f"""
+import atexit, sys, threading, time
+from lstm_dist.cli import _exit
+atexit.register(lambda: open({str(tmp_path / "atexit")!r}, "w").write("ran"))
+threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", end=" "))).start()
+print("unflushed", end=" ")  # a pipe: block-buffered, written only by the final flush
+_exit({code!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == status
+    assert proc.stdout == "unflushed thread done " and proc.stderr == err
+    assert (tmp_path / "atexit").read_text() == "ran"
