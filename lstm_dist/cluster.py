@@ -139,6 +139,15 @@ def resources() -> dict[str, float]:
     return ray.cluster_resources() if ray.is_initialized() else {}
 
 
+def node_cpus(cap: int) -> int:
+    """CPUs of the connected cluster's largest node, at most `cap` (at least 1): how many a task that wants
+    a whole node's cores can ask for and still be placed."""
+    import ray
+
+    cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
+    return max(1, min(cap, int(max(cpus, default=1))))
+
+
 def ray_tags() -> dict[str, str]:
     """Size of the connected Ray cluster and its GPU type, as MLflow tags ({} without Ray started)."""
     try:

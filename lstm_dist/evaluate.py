@@ -149,10 +149,13 @@ def _attach_actuals(frame: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
 # Baselines (statsforecast)
 
 
-def add_baselines(frame: pd.DataFrame, history: pd.DataFrame, *, season: int, slow_on: str = "last") -> pd.DataFrame:
+def add_baselines(
+    frame: pd.DataFrame, history: pd.DataFrame, *, season: int, slow_on: str = "last", n_jobs: int = 1
+) -> pd.DataFrame:
     """Naive and seasonal naive on every window of `frame`; AutoETS and AutoTheta on the last window of each
-    series (`slow_on="last"`, they cost ~0.1-1 s a fit) or on every window (`"all"`). Each baseline sees only
-    the series' rows up to the window's cutoff. Missing forecasts (ETS/Theta elsewhere) are NaN."""
+    series (`slow_on="last"`, they cost ~0.1-1 s a fit) or on every window (`"all"`), fitted in `n_jobs`
+    processes. Each baseline sees only the series' rows up to the window's cutoff. Missing forecasts
+    (ETS/Theta elsewhere) are NaN."""
     from statsforecast.models import AutoETS, AutoTheta, Naive, SeasonalNaive
 
     windows = frame[["unique_id", "cutoff"]].drop_duplicates().reset_index(drop=True)
@@ -168,6 +171,7 @@ def add_baselines(frame: pd.DataFrame, history: pd.DataFrame, *, season: int, sl
         horizon=horizon,
         keep=None,
         models={ETS: AutoETS(season_length=season), THETA: AutoTheta(season_length=season)},
+        n_jobs=n_jobs,
     )
     keys = ["unique_id", "cutoff", "step"]
     frame = frame.drop(columns=[c for c in (NAIVE, SNAIVE, ETS, THETA) if c in frame], errors="ignore")
@@ -175,7 +179,13 @@ def add_baselines(frame: pd.DataFrame, history: pd.DataFrame, *, season: int, sl
 
 
 def _forecast_windows(
-    windows: pd.DataFrame, history: pd.DataFrame, *, horizon: int, keep: int | None, models: dict[str, Any]
+    windows: pd.DataFrame,
+    history: pd.DataFrame,
+    *,
+    horizon: int,
+    keep: int | None,
+    models: dict[str, Any],
+    n_jobs: int = 1,
 ) -> pd.DataFrame:
     """statsforecast forecasts of `horizon` steps after each (unique_id, cutoff) in `windows`, each fitted on
     that series' rows up to its cutoff (the last `keep` of them when set). Integer time: one row = one step."""
@@ -188,7 +198,7 @@ def _forecast_windows(
         y = by_id[uid]["y"].to_numpy()[: int(np.searchsorted(by_id[uid]["ds"].to_numpy(), cutoff, side="right"))]
         y = y[-keep:] if keep else y
         panels.append(pd.DataFrame({"unique_id": k, "ds": np.arange(len(y)), "y": y}))
-    sf = StatsForecast(models=list(models.values()), freq=1, n_jobs=1, fallback_model=Naive())
+    sf = StatsForecast(models=list(models.values()), freq=1, n_jobs=n_jobs, fallback_model=Naive())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short-history notes per window; NaN forecasts say the same
         out = sf.forecast(df=pd.concat(panels, ignore_index=True), h=horizon)
@@ -297,17 +307,24 @@ def metrics_table(m: dict[str, float], *, num_windows: int | None = None, num_la
 
 
 def evaluate_model(
-    model: Forecaster, ds, *, season: int, baselines: bool = True, history: pd.DataFrame | None = None
+    model: Forecaster,
+    ds,
+    *,
+    season: int,
+    baselines: bool = True,
+    history: pd.DataFrame | None = None,
+    n_jobs: int = 1,
 ) -> Evaluation:
     """Score the model on every window of `ds` (a test split) and, with `baselines`, the statsforecast
-    baselines on the same windows (ETS/Theta: last window per series); see the module docstring."""
+    baselines on the same windows (ETS/Theta: last window per series, fitted in `n_jobs` processes); see the
+    module docstring."""
     data = getattr(ds, "ds", ds)
     if history is None:
         history = target_history(data.shard_dir, data.manifest)
     frame = model_frame(model, ds, history=history)
     models = [MODEL]
     if baselines:
-        frame = add_baselines(frame, history, season=season)
+        frame = add_baselines(frame, history, season=season, n_jobs=n_jobs)
         models += [NAIVE, SNAIVE]
     metrics = summarize(score(frame, history, season=season, models=models))
     metrics.update(interval_scores(frame))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstm_dist.cluster import cluster_summary, init_ray
+from lstm_dist.cluster import cluster_summary, init_ray, node_cpus
 from lstm_dist.config import PipelineConfig, load_config
 from lstm_dist.data.integrity import verify_shards
 from lstm_dist.data.manifest import Manifest
@@ -53,6 +53,8 @@ FILES_TAG = "lstm_dist.data_files"
 # work after a worker start and a torch import the driver has already paid for in the train step (4-5 s of a
 # debug run's evaluate step). Above it, in a Ray task wherever a CPU is free (ETS + Theta: ~0.5 s a series).
 EVAL_IN_PROCESS_MAX_SERIES = 100
+# Cores the evaluate task of a large data set asks for (one statsforecast process each).
+EVAL_MAX_CPUS = 8
 # The DataConfig fields that reading and validating one input file depends on (the ingest step's key).
 READ_FIELDS = ("format", *COLUMN_FIELDS, "missing")
 
@@ -287,7 +289,10 @@ def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard
         else:
             import ray
 
-            evaluation = ray.get(ray_task(_evaluate_task).remote(ckpt, shard_dir))
+            # Nothing else runs during this step: its AutoETS/AutoTheta fits (most of its time on many
+            # series) take a whole node's cores, one process each.
+            cpus = node_cpus(EVAL_MAX_CPUS)
+            evaluation = ray.get(ray_task(_evaluate_task).options(num_cpus=cpus).remote(ckpt, shard_dir, n_jobs=cpus))
         (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
         return evaluation
 
@@ -530,9 +535,9 @@ def evaluates_in_process(manifest: Manifest) -> bool:
     return manifest.num_series * manifest.num_targets <= EVAL_IN_PROCESS_MAX_SERIES
 
 
-def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
+def _evaluate_task(checkpoint: str, shard_dir: str, n_jobs: int = 1) -> dict[str, Any]:
     """Score the best checkpoint on the test split (in the driver for small data, else a Ray task, so it runs
-    wherever a CPU is free)."""
+    wherever the CPUs are free); the statistical baselines are fitted in `n_jobs` processes."""
     import torch
 
     from lstm_dist.data.windows import WindowDataset
@@ -545,7 +550,7 @@ def _evaluate_task(checkpoint: str, shard_dir: str) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        evaluation = evaluate_model(model, test, season=test.manifest.season_length)
+        evaluation = evaluate_model(model, test, season=test.manifest.season_length, n_jobs=n_jobs)
     finally:
         torch.set_num_threads(threads)
     return {

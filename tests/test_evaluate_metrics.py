@@ -121,6 +121,16 @@ def test_baselines_are_fitted_up_to_each_cutoff():
     assert m["ets_mae"] < 0.5 * m["naive_mae"] and m["theta_mae"] < 0.5 * m["naive_mae"]
 
 
+def test_baselines_fitted_in_several_processes_are_the_same():
+    rng = np.random.default_rng(0)
+    history = _history({f"s{i}": list(np.tile([1.0, 5.0, 9.0], 12) * (i + 1) + rng.normal(size=36)) for i in range(6)})
+    frame = pd.concat([_frame(history, uid=f"s{i}", cutoff_pos=30, forecast=[0.0] * 4) for i in range(6)])
+    one = add_baselines(frame, history, season=3)
+    two = add_baselines(frame, history, season=3, n_jobs=2)
+    assert one[[ETS, THETA]].notna().all().all()
+    pd.testing.assert_frame_equal(one, two)
+
+
 def test_interval_scores_pinball_and_coverage():
     history = _history({"a": [1, 4, 3, 2, 5, 4, 6, 5]})
     frame = _frame(history, uid="a", cutoff_pos=5, forecast=[6, 5])

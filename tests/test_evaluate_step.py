@@ -8,6 +8,7 @@ import pytest
 import torch
 from lstm_dist.pipelines import steps
 
+from lstm_dist.cluster import node_cpus
 from lstm_dist.config import load_config
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.windows import WindowDataset
@@ -42,7 +43,10 @@ def test_in_process_scores_equal_the_ray_tasks(scored, ray_local) -> None:
     threads = torch.get_num_threads()
     here = steps._evaluate_task(str(ckpt), str(shards))
     assert torch.get_num_threads() == threads  # the driver's thread count is given back
-    there = ray_local.get(steps.ray_task(steps._evaluate_task).remote(str(ckpt), str(shards)))
+    # As the step sends it for large data: a node's CPUs, the baselines fitted in that many processes.
+    cpus = node_cpus(steps.EVAL_MAX_CPUS)
+    task = steps.ray_task(steps._evaluate_task).options(num_cpus=cpus)
+    there = ray_local.get(task.remote(str(ckpt), str(shards), n_jobs=cpus))
     assert here["num_windows"] == there["num_windows"] > 0
     assert here["metrics"].keys() == there["metrics"].keys()
     assert {"ets_mase", "theta_mase", "model_pinball"} <= here["metrics"].keys()
