@@ -25,7 +25,7 @@ from lstm_dist.workflow import CACHED, DONE, INTERRUPTED, read_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "lstm_dist.cli"]
-EPOCHS = 8
+EPOCHS = 12
 # Long enough epochs that the kill lands mid-training: the debug data's 7 steps an epoch take ~0.2 s, and
 # with the controller's 0.2 s poll (cluster.quick_train_poll) every epoch was checkpointed before Ray's
 # snapshot, which the test waits for, appeared. 3000 steps per series give 50 steps an epoch.
