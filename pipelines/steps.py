@@ -49,10 +49,11 @@ from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
 STAGED_FILE = "part.parquet"
 FINGERPRINT_TAG = "lstm_dist.data_fingerprint"  # on a model version: the content hash of its input data
 FILES_TAG = "lstm_dist.data_files"
-# Up to this many series (x targets), the evaluate step scores in the driver: a Ray task does the same one-CPU
-# work after a worker start and a torch import the driver has already paid for in the train step (4-5 s of a
-# debug run's evaluate step). Above it, in a Ray task wherever a CPU is free (ETS + Theta: ~0.5 s a series).
-EVAL_IN_PROCESS_MAX_SERIES = 100
+# Up to this many target values (rows x targets), the evaluate step scores in the driver: a Ray task does the
+# same work after a worker start and a torch import the driver has already paid for in the train step (4-5 s of
+# a debug run's evaluate step: 4 series x 400 rows). Above it, in a Ray task that takes a node's cores: the
+# AutoETS/AutoTheta fits grow with the history (the demo's 20 series x 2,000 hourly rows: 49 s in one process).
+EVAL_IN_PROCESS_MAX_VALUES = 20_000
 # Cores the evaluate task of a large data set asks for (one statsforecast process each).
 EVAL_MAX_CPUS = 8
 # The DataConfig fields that reading and validating one input file depends on (the ingest step's key).
@@ -532,7 +533,7 @@ def _ingest_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, 
 
 def evaluates_in_process(manifest: Manifest) -> bool:
     """Whether the evaluate step scores in the driver (small data) rather than in a Ray task."""
-    return manifest.num_series * manifest.num_targets <= EVAL_IN_PROCESS_MAX_SERIES
+    return sum(s.num_rows for s in manifest.series) * manifest.num_targets <= EVAL_IN_PROCESS_MAX_VALUES
 
 
 def _evaluate_task(checkpoint: str, shard_dir: str, n_jobs: int = 1) -> dict[str, Any]:
