@@ -533,7 +533,7 @@ def _ingest_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, 
 
 def evaluates_in_process(manifest: Manifest) -> bool:
     """Whether the evaluate step scores in the driver (small data) rather than in a Ray task."""
-    return sum(s.num_rows for s in manifest.series) * manifest.num_targets <= EVAL_IN_PROCESS_MAX_VALUES
+    return manifest.totals.num_rows * manifest.num_targets <= EVAL_IN_PROCESS_MAX_VALUES
 
 
 def _evaluate_task(checkpoint: str, shard_dir: str, n_jobs: int = 1) -> dict[str, Any]:

@@ -26,11 +26,16 @@ def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
     return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def debug_run(work: Path) -> subprocess.CompletedProcess:
+    """`lstm-dist run conf/debug.yaml` into `work/w`, with two DDP workers (the debug config has one): the
+    whole pipeline through DDP, as on a cluster."""
+    return cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", "train.num_workers=2", cwd=work)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     work = tmp_path_factory.mktemp("e2e")
-    # Two DDP workers (the debug config has one): the whole pipeline through DDP, as on a cluster.
-    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", "train.num_workers=2", cwd=work)
+    proc = debug_run(work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc
 
@@ -132,8 +137,7 @@ def test_a_run_prints_only_its_own_lines(finished_run) -> None:
 
 def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:
     work, _ = finished_run
-    # the same config as the first run (two workers), so every step is cached
-    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", "train.num_workers=2", cwd=work)
+    proc = debug_run(work)  # the first run's config: every step is cached
     assert proc.returncode == 0, proc.stderr[-3000:]
     for step in ("ingest", "shard", "train", "evaluate", "register"):
         assert f"[{step}] cached" in proc.stdout
@@ -145,7 +149,7 @@ def test_a_cached_register_step_registers_again_in_a_wiped_tracking_store(finish
 
     work, _ = finished_run
     (work / "w" / "mlflow.db").unlink()  # the store the model was registered in is gone; the work dir is not
-    proc = cli("run", str(ROOT / "conf/debug.yaml"), f"workflow.work_dir={work / 'w'}", "train.num_workers=2", cwd=work)
+    proc = debug_run(work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[evaluate] cached" in proc.stdout and "[register] done" in proc.stdout, proc.stdout[-3000:]
     assert "[register] cached" in proc.stdout and "but no longer valid" in proc.stdout

@@ -59,6 +59,6 @@ def test_in_process_scores_equal_the_ray_tasks(scored, ray_local) -> None:
 def test_small_data_is_scored_in_process(scored, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = Manifest.load(scored[0])
     assert steps.evaluates_in_process(manifest)  # the debug data: 4 series x 400 rows
-    values = sum(s.num_rows for s in manifest.series) * manifest.num_targets
+    values = manifest.totals.num_rows * manifest.num_targets
     monkeypatch.setattr(steps, "EVAL_IN_PROCESS_MAX_VALUES", values - 1)
     assert not steps.evaluates_in_process(manifest)
