@@ -12,7 +12,9 @@ import base64
 import hashlib
 import json
 import os
+import sqlite3
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -354,6 +356,49 @@ def route_mlflow_logs(work_dir: str | None, *, verbose: int | None = None) -> Pa
     return path
 
 
+def seed_sqlite_store(uri: str) -> None:
+    """A sqlite store that does not exist yet starts as a copy of an empty store made by this MLflow version.
+
+    MLflow builds a new store by running every one of its schema migrations (about 2 s on a 2-core machine,
+    for each new work dir); a copy takes milliseconds. The empty store is made once per MLflow version by
+    MLflow itself and kept in this machine's cache (`storage.node_cache`), without the Default experiment,
+    which MLflow then adds to each copy with that store's own location. Nothing is overwritten: the copy is
+    linked into place only where no file is. Any problem with the cache leaves MLflow to build the store."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    try:
+        template = _empty_store()
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.tmp-") as tmp:
+            copy = Path(tmp, path.name)
+            copy.write_bytes(template.read_bytes())
+            os.link(copy, path)  # fails, and changes nothing, when a store appeared there meanwhile
+    except (OSError, sqlite3.Error):
+        return
+
+
+def _empty_store() -> Path:
+    """This MLflow version's empty sqlite store, without the Default experiment: made once, then reused."""
+    import mlflow
+
+    from lstm_dist.storage import node_cache
+
+    cached = node_cache() / f"mlflow-{mlflow.__version__}-empty.db"
+    if cached.is_file():
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cached.parent, prefix=".mlflow-empty-") as tmp:
+        db = Path(tmp, "empty.db")
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # MLflow's own migrations
+        with sqlite3.connect(db) as con:  # its Default experiment points into this temp dir
+            con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+        con.close()
+        os.replace(db, cached)  # concurrent makers write the same content: the last one wins
+    return cached
+
+
 def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, Any] | None = None) -> Tracker:
     """Open the pipeline's parent run, creating the experiment (artifacts under work_dir) on first use."""
     import mlflow
@@ -361,6 +406,7 @@ def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, An
 
     uri = cfg.tracking_uri()
     check_tracking_uri(uri)
+    seed_sqlite_store(uri)
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)

@@ -132,7 +132,9 @@ def test_a_run_prints_only_its_own_lines(finished_run) -> None:
     assert "\x1b[" not in out  # not a TTY: no colour codes
     log = (work / "w/logs/ray.log").read_text()  # Ray's lines went here instead
     assert "Started a local Ray instance" in log and "\x1b[" not in log
-    assert "Creating initial MLflow database tables" in (work / "w/logs/mlflow.log").read_text()
+    # MLflow's lines go to their own file (tests/test_workflow_tracking.py); a new store is a copy of an empty
+    # one (tracking.seed_sqlite_store), so MLflow may have nothing to say here.
+    assert (work / "w/logs/mlflow.log").exists() and "\x1b[" not in (work / "w/logs/mlflow.log").read_text()
 
 
 def test_rerun_uses_the_cache_and_registers_nothing_new(finished_run) -> None:

@@ -87,6 +87,9 @@ def test_the_final_fit_has_its_own_epoch_lines(two_runs) -> None:
     epochs = [line.split(" train_loss=")[0] for line in two_runs["procs"][0].stdout.splitlines() if "] epoch " in line]
     assert epochs[:2] == ["[train] epoch 1/2", "[train] epoch 2/2"] and epochs[2:], epochs
     assert all(e.startswith("[final_fit] epoch ") for e in epochs[2:]), epochs
+    lines = [line for line in two_runs["procs"][0].stdout.splitlines() if "] epoch " in line]
+    # The held-out run reports its validation; the final fit has none to report (no "val_loss=nan").
+    assert all("val_loss=" in line for line in lines[:2]) and not any("val_" in line for line in lines[2:]), lines
 
 
 def test_the_signature_lists_only_the_used_columns(two_runs) -> None:

@@ -251,10 +251,13 @@ def _restore(state: TrainingState, *, rank: int) -> tuple[int, list[dict[str, fl
 
 
 def _epoch_line(metrics: dict[str, float], *, epochs: int, label: str) -> str:
+    """One line per epoch; without a validation split (a final fit, a refit after tuning) no val_ figures."""
+    val = metrics["val_loss"] == metrics["val_loss"]  # NaN when nothing was validated
     return (
         f"[{label}] epoch {metrics['epoch']}/{epochs} train_loss={metrics['train_loss']:.4f} "
-        f"val_loss={metrics['val_loss']:.4f} val_mae={metrics['val_mae']:.3f} lr={metrics['lr']:.2e} "
-        f"{metrics['samples_per_s']:.0f} samples/s" + (" (early stop)" if metrics["stopped_early"] else "")
+        + (f"val_loss={metrics['val_loss']:.4f} val_mae={metrics['val_mae']:.3f} " if val else "")
+        + f"lr={metrics['lr']:.2e} {metrics['samples_per_s']:.0f} samples/s"
+        + (" (early stop)" if metrics["stopped_early"] else "")
     )
 
 
