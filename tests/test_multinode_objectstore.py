@@ -4,7 +4,8 @@ Two `ray start` nodes on 127.0.0.1 (a head and a second node), each raylet with 
 which its worker processes inherit: each node has its own node-local cache, as on separate machines. The
 driver has a third one. The debug pipeline runs against the cluster with an `s3://` work dir (moto's S3
 server): training workers and the evaluate task read the shards and checkpoints through their own node's
-copy (`storage.local_copy`), Ray Train writes checkpoints into the bucket. A second run is all cached.
+copy (`storage.local_copy`), Ray Train writes checkpoints into the bucket. A second run is all cached, and a
+retrain finds no new data in the bucket.
 
 The head gets 1 CPU and the second node 2, so the two training workers (1 CPU each, packed) cannot both
 sit on the head. All processes share one file system here, so a driver path leaking to a worker would
@@ -118,6 +119,7 @@ import ray
 from lstm_dist.cluster import init_ray
 from lstm_dist.config import load_config
 from lstm_dist.storage import save_resolved
+from lstm_dist.pipelines import retrain
 from lstm_dist.pipelines.train import run
 
 cfg = load_config({conf!r}, {overrides!r}).resolved()
@@ -139,7 +141,8 @@ probe = dict(ray.get([where.options(scheduling_strategy=On(n, soft=False)).remot
 driver = ray.get_runtime_context().get_node_id()
 runs = [run(cfg, progress=lambda _: None) for _ in range(2)]
 out = [{{"steps": r.steps, "version": r.version, "mae": r.metrics["test_model_mae"]}} for r in runs]
-print(json.dumps({{"runs": out, "probe": probe, "driver": driver}}))
+decision = retrain.run(cfg, progress=lambda _: None).decision
+print(json.dumps({{"runs": out, "probe": probe, "driver": driver, "decision": decision}}))
 """
 
 
@@ -227,6 +230,18 @@ def test_debug_pipeline_on_two_nodes_with_an_s3_work_dir(s3, cluster, tmp_path: 
     assert all(s["state"] == DONE and s["uri"].startswith(work) for s in first["steps"])
     assert all(s["state"] == CACHED for s in second["steps"]) and second["version"] == first["version"] == "1"
     assert second["mae"] == first["mae"]
+    assert report["decision"] == "no new data"  # the retrain reads the same fingerprint back from the bucket
+
+    bucket = fs.get_file_info(pafs.FileSelector(work.removeprefix("s3://"), recursive=True))
+    files = {i.path[len(work.removeprefix("s3://")) + 1 :] for i in bucket if i.type == pafs.FileType.File}
+    for s in first["steps"]:
+        assert f"{s['name']}/{s['key']}/{SUCCESS}" in files, s
+    assert any(k.startswith("sample/") and k.endswith(".parquet") for k in files)  # generated into the bucket
+    assert {"_fingerprints.json", "last_config.yaml", "retrain_decisions.jsonl"} <= set(files)
+    assert any(k.startswith("mlartifacts/") and "/model" in k for k in files)  # sqlite store, artifacts in the bucket
+    assert len([k for k in files if k.startswith("_runs/")]) == 2
+    assert not [k for k in files if ".partial" in k]
+    assert not (tmp_path / "s3:").exists()  # nothing went to a local directory named after the URI
 
     # The second node's processes read the shards through their own copy, downloaded from the bucket.
     node2_shards = list(caches["node2"].glob("work/*/shard/*/shards/manifest.json"))
