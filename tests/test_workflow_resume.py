@@ -25,11 +25,12 @@ from lstm_dist.workflow import CACHED, DONE, INTERRUPTED, read_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "lstm_dist.cli"]
-EPOCHS = 12
-# Long enough epochs that the kill lands mid-training: the debug data's 7 steps an epoch take ~0.2 s, and
-# with the controller's 0.2 s poll (cluster.quick_train_poll) every epoch was checkpointed before Ray's
-# snapshot, which the test waits for, appeared. 3000 steps per series give 50 steps an epoch.
-STEPS_PER_EPOCH = 50
+# Enough epochs that the kill lands mid-training: Ray's snapshot of the first checkpoint, which the test waits
+# for, appears some epochs after it (with the controller's 0.2 s poll, cluster.quick_train_poll). On a quiet
+# 2-core machine that was after epoch 8-10 of 24-50 batches each (~0.1-0.2 s an epoch). Longer series would
+# lengthen the epochs, but also the evaluate step's AutoETS fits (17 s at 3000 steps): more, short epochs instead.
+EPOCHS = 30
+STEPS_PER_EPOCH = 50  # 1200 steps per series give 24 batches of 64 windows an epoch
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def test_killed_during_training_resumes_from_its_checkpoint_and_registers_once(t
         f"workflow.work_dir={work}",
         f"train.epochs={EPOCHS}",
         f"train.max_steps_per_epoch={STEPS_PER_EPOCH}",
-        "data.sample.num_steps=3000",
+        "data.sample.num_steps=1200",
         "train.patience=0",
     ]
     log = tmp_path / "first.log"
