@@ -364,7 +364,7 @@ def ui(
     """Start the MLflow UI on the config's tracking store; print its address once it answers."""
     import socket
 
-    from lstm_dist.tracking import TrackingError, check_tracking_uri
+    from lstm_dist.tracking import TrackingError, check_tracking_uri, seed_sqlite_store
 
     cfg = _load(config, overrides)
     uri = cfg.tracking_uri()
@@ -379,6 +379,7 @@ def ui(
         _fail(f"error: {error_text(exc)}", code=1)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         typer.echo(f"note: {uri} does not exist yet; it fills once a pipeline has run (lstm-dist run {config})")
+        seed_sqlite_store(uri)  # an empty store: the server starts without building one
     if port == 0:
         with socket.socket() as s:
             s.bind((host, 0))
