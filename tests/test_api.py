@@ -137,6 +137,7 @@ def test_run_then_forecast_equals_the_cli_on_a_file(api_run) -> None:
     # Lineage: the registered version names the Parquet copy of the frame as its input.
     tags = mlflow.MlflowClient(result.tracking_uri).get_model_version("lstm_debug", "1").tags
     assert str(written) in json.loads(tags["lstm_dist.data_files"])
+    assert tags["refit"] == "false"  # debug.yaml registers the evaluated model (train.final_fit: false)
 
     fc = lstm_dist.forecast("models:/lstm_debug@champion", df, tracking_uri=result.tracking_uri)
     assert len(fc) == df["series_id"].nunique() * cfg.data.horizon
