@@ -119,10 +119,11 @@ def forecast(
     `tracking_uri`: the MLflow store; default $MLFLOW_TRACKING_URI, else the store of `config`."""
     from lstm_dist.predict import PredictError, in_file_order, load_forecaster
     from lstm_dist.registry import Registry, RegistryError
+    from lstm_dist.tracking import store_uri
 
     if config is not None and not isinstance(config, PipelineConfig):
         config = load_config(config)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (config.tracking_uri() if config else None)
+    uri = store_uri(tracking_uri, config)
     if uri is None:
         raise PredictError(
             "forecast: give tracking_uri= (e.g. sqlite:///runs/demo/mlflow.db), set MLFLOW_TRACKING_URI, or config="

@@ -852,18 +852,17 @@ def predict(
     first; a small input is forecast in this process, a large one (or --ray) over Ray tasks.
 
     `key=value` overrides apply to --config, as for `run` (e.g. workflow.work_dir=runs/x for that run's store)."""
-    import os
 
     from lstm_dist.cluster import init_ray
     from lstm_dist.predict import PredictError
     from lstm_dist.predict import predict as batch_predict
-    from lstm_dist.tracking import route_mlflow_logs
+    from lstm_dist.tracking import route_mlflow_logs, store_uri
 
     if overrides and config is None:
         _fail(f"predict: the overrides {overrides} need --config CONFIG (they change that config)")
     cfg = _load(config, overrides) if config is not None else None
     route_mlflow_logs(cfg.workflow.work_dir if cfg else None)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri() if cfg else None)
+    uri = store_uri(tracking_uri, cfg)
     if uri is None:
         _fail("predict: give --tracking-uri (e.g. sqlite:///runs/demo/mlflow.db), set MLFLOW_TRACKING_URI, or --config")
     try:

@@ -259,6 +259,12 @@ def step_runs(tracker: NullTracker) -> Callable[[Any], AbstractContextManager[Nu
 # The store and the pipeline's parent run
 
 
+def store_uri(given: str | None, cfg: PipelineConfig | None) -> str | None:
+    """The MLflow store a command reads models from: the URI given, else $MLFLOW_TRACKING_URI, else the store of
+    `cfg`; None when there is none of the three."""
+    return given or os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking_uri() if cfg else None)
+
+
 def check_tracking_uri(uri: str) -> None:
     """Fail fast, with the fix, on a tracking URI that cannot work (MLflow itself retries for minutes)."""
     where = f"'{redact_uri(uri)}' (tracking.uri or MLFLOW_TRACKING_URI)"

@@ -8,10 +8,6 @@ pipeline on an s3:// work dir runs in tests/test_multinode_objectstore.py, on tw
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -23,7 +19,6 @@ from lstm_dist.workflow import CACHED, DONE, FAILED, Workflow, read_runs
 
 pytest.importorskip("moto", reason="moto[server] (the dev extra) serves the S3 API these tests use")
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("a", "b")
 
 
