@@ -1,10 +1,10 @@
 """End to end: the CLI in a subprocess on conf/debug.yaml, against a real local Ray and a real MLflow sqlite store.
 
 Two pipeline runs into one work dir, with the refit on all rows (train.final_fit) and a known-future column
-(temperature), on an input with columns the model does not use, each with two DDP workers (the debug config
-has one), as on a cluster. The second run's input differs from the first only in the last
-`horizon` targets of every series, which no held-out training (train/val) sees: the evaluated models come
-out identical, the registered (refit) ones do not. Then reruns: all cached, and into a wiped store.
+(temperature), on an input with columns the model does not use. The second run's input differs from the
+first only in the last `horizon` targets of every series, which no held-out training (train/val) sees: the
+evaluated models come out identical, the registered (refit) ones do not. Then reruns: all cached, and into
+a wiped store. The pipeline with two DDP workers runs in tests/test_multinode_objectstore.py (on two nodes).
 """
 
 from __future__ import annotations
@@ -41,10 +41,9 @@ def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
 
 
 def debug_run(work: Path, data: str) -> subprocess.CompletedProcess:
-    """`lstm-dist run conf/debug.yaml` on `work/<data>` into `work/w`: refit on all rows, temperature known ahead,
-    two DDP workers (the debug config has one), as on a cluster."""
+    """`lstm-dist run conf/debug.yaml` on `work/<data>` into `work/w`: refit on all rows, temperature known ahead."""
     args = [f"workflow.work_dir={work / 'w'}", f"data.path={work / data}", "data.covariate_cols=[]"]
-    args += ["data.future_cols=[temperature]", "train.final_fit=true", "train.num_workers=2"]
+    args += ["data.future_cols=[temperature]", "train.final_fit=true"]
     return cli("run", str(ROOT / "conf/debug.yaml"), *args, cwd=work)
 
 
@@ -99,7 +98,6 @@ print(json.dumps(dict(params=parent.data.params, steps=steps, epochs=[m.step for
         .splitlines()[-1]
     )
     assert info["params"]["train.epochs"] == "2" and info["params"]["data.lookback"] == "48"
-    assert info["params"]["train.num_workers"] == "2"
     assert info["steps"] == ["evaluate", "final_fit", "ingest", "register", "shard", "train"]
     assert sorted(info["epochs"]) == [1, 2]  # the held-out run's validation; the final fit has none
     assert "config/resolved.yaml" in info["arts"] and "data/manifest.json" in info["arts"]
