@@ -140,6 +140,7 @@ RAY_NOISE = (
     "Traceback (most recent call last)",
 )
 # MLflow's own lines (issue 11): they go to <work_dir>/logs/mlflow.log.
+READY = re.compile(r"\[train\] 1 worker\(s\) on cpu, \d+ steps an epoch: ready after \d+\.\d s")
 MLFLOW_NOISE = ("Creating initial MLflow database tables", "Updating database tables", "INFO mlflow", "alembic")
 
 
@@ -149,6 +150,10 @@ def test_a_run_prints_only_its_own_lines(two_runs) -> None:
     # One line per epoch, printed by the driver from rank 0's progress (train/progress.py), not by a worker.
     epochs = [line.split(" train_loss=")[0] for line in out.splitlines() if "] epoch " in line]
     assert epochs[:2] == ["[train] epoch 1/2", "[train] epoch 2/2"], out[-3000:]
+    # Between "[train] running" and the first epoch: one line when Ray Train's workers are ready.
+    lines = out.splitlines()
+    ready = [i for i, line in enumerate(lines) if READY.fullmatch(line)]
+    assert len(ready) == 1 and ready[0] < lines.index(next(x for x in lines if "[train] epoch 1/2" in x)), out[-3000:]
     for noise in RAY_NOISE + MLFLOW_NOISE:
         assert noise not in out, f"{noise!r} in the output:\n{out[-3000:]}"
     assert "\x1b[" not in out  # not a TTY: no colour codes

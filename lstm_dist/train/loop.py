@@ -31,7 +31,7 @@ from lstm_dist.ray_compat import quiet_train_report_logs
 from lstm_dist.storage import local_copy
 from lstm_dist.train.checkpoints import TrainingState, load_training_state, model_args_for, save_training_state
 from lstm_dist.train.precision import Precision, grad_scaler, resolve_precision
-from lstm_dist.train.progress import StepReporter
+from lstm_dist.train.progress import StepReporter, report_ready
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, train_epoch
 
@@ -69,6 +69,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return  # the run had already stopped early; nothing to continue (no report on any rank)
     ckpt_args = {"model": cfg.model.model_dump(mode="json"), **model_args}
     label, queue = config.get("label", "train"), config.get("progress") if rank == 0 else None
+    if queue is not None:
+        report_ready(queue, f"{world_size} worker(s) on {w.device.type}, {w.steps_per_epoch} steps an epoch")
     for epoch in range(start_epoch, tc.epochs):
         # Rank 0 sends its progress to the driver's terminal when the driver asked for it (trainer.fit's label).
         reporter = (

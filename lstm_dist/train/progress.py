@@ -1,4 +1,5 @@
-"""Training progress on the driver's terminal: one line per epoch, from rank 0 of the training loop.
+"""Training progress on the driver's terminal: a line when the workers are ready, one line per epoch, from
+rank 0 of the training loop.
 
 The workers run in other processes (other machines on a cluster), so rank 0 sends its progress over a
 Ray queue (an actor the driver creates; `ray.util.queue`): a few step updates a second, then the epoch's
@@ -39,6 +40,12 @@ class StepReporter:
         self.queue.put({"epoch": self.epoch, "line": line})
 
 
+def report_ready(queue: Any, what: str) -> None:
+    """Rank 0, once its model, data and state are set up, before the first epoch: the driver prints `what`
+    with the seconds since the fit began (Ray Train's start-up: its actors, worker processes, torch)."""
+    queue.put({"epoch": 0, "ready": what})
+
+
 @contextmanager
 def driver_progress(label: str) -> Iterator[Any]:
     """The queue for rank 0's progress (pass it to the workers), drawn on this process's terminal while
@@ -48,11 +55,16 @@ def driver_progress(label: str) -> Iterator[Any]:
     queue = Queue(actor_options={"num_cpus": 0})
     view = _Bars(label) if sys.stdout.isatty() else _Lines()
     stop = threading.Event()
+    started = time.monotonic()
 
     def pump() -> None:
         while True:
             try:
-                view.show(queue.get(timeout=0.2))
+                message = queue.get(timeout=0.2)
+                if "ready" in message:
+                    ready = f"[{label}] {message['ready']}: ready after {time.monotonic() - started:.1f} s"
+                    message = {"epoch": 0, "line": ready}
+                view.show(message)
             except Empty:
                 if stop.is_set():
                     return
@@ -97,6 +109,8 @@ class _Bars:
             transient=True,
         )
         self.bars.start()
+        # Until rank 0 says it is ready (Ray Train's start-up takes seconds): a pulsing bar, replaced by that line.
+        self.tasks[0] = self.bars.add_task(f"[{label}] starting Ray Train's workers", total=None, rate="-", loss="-")
 
     def show(self, message: dict[str, Any]) -> None:
         epoch = message["epoch"]
