@@ -852,7 +852,6 @@ def predict(
     first; a small input is forecast in this process, a large one (or --ray) over Ray tasks.
 
     `key=value` overrides apply to --config, as for `run` (e.g. workflow.work_dir=runs/x for that run's store)."""
-
     from lstm_dist.cluster import init_ray
     from lstm_dist.predict import PredictError
     from lstm_dist.predict import predict as batch_predict

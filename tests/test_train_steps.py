@@ -249,3 +249,14 @@ def test_checkpoint_round_trip_restores_everything(tmp_path) -> None:
     warm = small_model(ds, seed=2)  # warm start (fit's init_weights): weights only, from the dir or model.pt
     load_weights(warm, tmp_path / "model.pt")
     assert torch.equal(warm.eval()(x), net(x))
+
+
+def test_an_epoch_line_shows_validation_only_when_there_was_one() -> None:
+    from lstm_dist.train.loop import _epoch_line
+
+    metrics = {"epoch": 3, "train_loss": 0.5, "val_loss": 0.25, "val_mae": 1.5, "lr": 1e-3, "samples_per_s": 900.0,
+               "stopped_early": False}  # fmt: skip
+    line = _epoch_line(metrics, epochs=5, label="train")
+    assert line == "[train] epoch 3/5 train_loss=0.5000 val_loss=0.2500 val_mae=1.500 lr=1.00e-03 900 samples/s"
+    refit = _epoch_line({**metrics, "val_loss": float("nan"), "val_mae": float("nan")}, epochs=5, label="final_fit")
+    assert refit == "[final_fit] epoch 3/5 train_loss=0.5000 lr=1.00e-03 900 samples/s"

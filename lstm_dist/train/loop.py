@@ -254,7 +254,7 @@ def _restore(state: TrainingState, *, rank: int) -> tuple[int, list[dict[str, fl
 
 def _epoch_line(metrics: dict[str, float], *, epochs: int, label: str) -> str:
     """One line per epoch; without a validation split (a final fit, a refit after tuning) no val_ figures."""
-    val = metrics["val_loss"] == metrics["val_loss"]  # NaN when nothing was validated
+    val = not math.isnan(metrics["val_loss"])  # NaN when nothing was validated
     return (
         f"[{label}] epoch {metrics['epoch']}/{epochs} train_loss={metrics['train_loss']:.4f} "
         + (f"val_loss={metrics['val_loss']:.4f} val_mae={metrics['val_mae']:.3f} " if val else "")
