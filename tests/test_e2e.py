@@ -140,8 +140,9 @@ RAY_NOISE = (
     "Traceback (most recent call last)",
 )
 # MLflow's own lines (issue 11): they go to <work_dir>/logs/mlflow.log.
-READY = re.compile(r"\[train\] 1 worker\(s\) on cpu, \d+ steps an epoch: ready after \d+\.\d s")
 MLFLOW_NOISE = ("Creating initial MLflow database tables", "Updating database tables", "INFO mlflow", "alembic")
+# The driver's line once Ray Train's workers are set up (train/progress.py).
+READY = re.compile(r"\[train\] 1 worker\(s\) on cpu, \d+ steps an epoch: ready after \d+\.\d s")
 
 
 def test_a_run_prints_only_its_own_lines(two_runs) -> None:
