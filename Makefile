@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/lstm-dist run $(CONFIG)
 
+# Two pytest processes, each taking whole modules (a module's Ray, server or pipeline fixtures are built
+# once): most of the suite waits on Ray and MLflow processes, so two keep a 2-core machine busy.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -62,6 +62,7 @@ def _backtest(work: Path, data: Path):
     return cfg, run(cfg, progress=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_backtest_folds_never_see_rows_after_their_cutoff(ray_local, tmp_path: Path) -> None:
     clean = write_sample(tmp_path / "clean.parquet", num_series=4, num_steps=400, seed=0)
     cfg, first = _backtest(tmp_path / "a", clean)

@@ -76,6 +76,7 @@ def test_the_margin_is_relative_and_nan_never_passes() -> None:
     assert not baseline_gate({"model_mase": 0.5}, margin=0.0, allow_below=False).passed  # no baseline score
 
 
+@pytest.mark.slow
 def test_pipeline_gate_override_and_retrain(ray_local, tmp_path: Path) -> None:
     """A deliberately bad model (one epoch at lr 1e-6) on the seasonal sample data: registered, tagged, not
     champion; `run --allow-below-baseline` crowns that same version; a retrain's bad challenger leaves it."""

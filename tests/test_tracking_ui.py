@@ -10,11 +10,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from http_wait import stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_ui_serves_the_configured_store_at_the_printed_address(tmp_path: Path) -> None:
     db = tmp_path / "mlflow.db"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
