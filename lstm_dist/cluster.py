@@ -79,7 +79,11 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
         dashboard_port=port,
         # The cleaner finds the State API by looking for a running Ray on the machine, and fails when it
         # finds several (another user's, another run's): tell every process of this job where it is.
-        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+        runtime_env={
+            "env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"},
+            # Each worker process quiets Ray Train's warnings that mean nothing on one machine.
+            "worker_process_setup_hook": "lstm_dist.ray_compat.quiet_local_ray_worker",
+        },
         log_to_driver=True,  # the workers' epoch lines
     )
     return resources()

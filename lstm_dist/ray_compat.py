@@ -42,6 +42,22 @@ def quiet_train_report_logs() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+# Ray Train 2.60's controller asks Ray Data's autoscaling coordinator (an actor it creates) for its workers'
+# resources and waits 5 s for the answer; on a loaded machine the first fit's coordinator is not up by then and
+# the controller logs a warning with a full traceback, which the driver prints. One machine has no autoscaler.
+_AUTOSCALING_REQUEST_LOGGER = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
+
+
+def quiet_local_ray_worker() -> None:
+    """Run by every worker process of a local Ray this project starts (`cluster.init_ray` passes it as the
+    runtime env's `worker_process_setup_hook`), before the process runs anything: the Train controller's
+    "Failed to send resource request" warning (and its traceback) is dropped; errors still show.
+
+    Why: no public setting turns the controller's autoscaling requests off, and a logger's level is the one
+    thing that reaches into the controller's process. Naming the logger needs no import of Ray Train."""
+    logging.getLogger(_AUTOSCALING_REQUEST_LOGGER).setLevel(logging.ERROR)
+
+
 def placement_group_callbacks(record: Callable[[Any], None]) -> list:
     """[A Train run callback] that calls `record(placement_group)` each time the run's worker group starts.
 

@@ -1,10 +1,12 @@
-"""The local Ray that lstm-dist starts (cluster.init_ray): loopback only, the machine's CPUs, Ray's logs in a file.
+"""The local Ray that lstm-dist starts (cluster.init_ray): loopback only, the machine's CPUs, Ray's logs in a file,
+Ray Train's one-machine warnings quiet in its worker processes.
 
 The Ray test starts its own Ray in a subprocess (the session's shared Ray is started differently)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,7 +28,18 @@ from lstm_dist.cluster import init_ray
 from lstm_dist.config import load_config
 
 init_ray(load_config(sys.argv[1], ["workflow.work_dir=" + sys.argv[2]]))
-ray.get(ray.remote(lambda: 1).remote())  # a worker process too
+
+
+class Probe:  # an actor with env vars of its own, as Ray Train starts its controller
+    def level(self):
+        import logging
+        from lstm_dist.ray_compat import _AUTOSCALING_REQUEST_LOGGER
+
+        return logging.getLogger(_AUTOSCALING_REQUEST_LOGGER).level
+
+
+probe = ray.remote(Probe).options(runtime_env={"env_vars": {"PROBE": "1"}}).remote()
+hook_level = ray.get(probe.level.remote())  # a worker process too
 procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
 names = {p.pid: p.name() for p in procs}
 found = [
@@ -34,7 +47,7 @@ found = [
     for c in psutil.net_connections(kind="inet")
     if c.status == psutil.CONN_LISTEN and c.pid in names
 ]
-print(json.dumps({"listeners": found, "node_ip": ray.util.get_node_ip_address()}))
+print(json.dumps({"listeners": found, "node_ip": ray.util.get_node_ip_address(), "hook_level": hook_level}))
 """
 
 
@@ -56,6 +69,9 @@ def test_a_local_ray_listens_on_loopback_only(tmp_path: Path) -> None:
     exposed = [e for e in seen["listeners"] if e["ip"] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert seen["node_ip"] == "127.0.0.1"
+    # Every worker process ran the setup hook, one with env vars of its own (as Train's controller) included:
+    # Train's autoscaling-request warning is dropped there (this process never set that logger's level).
+    assert seen["hook_level"] == logging.ERROR
     # Ray's own driver-side lines (token auth, "Started a local Ray instance") went to the work dir's log file.
     log = (tmp_path / "w/logs/ray.log").read_text()
     assert "Started a local Ray instance" in log and "\x1b[" not in log
