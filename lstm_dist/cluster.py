@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lstm_dist.config import PipelineConfig, verbosity
-from lstm_dist.ray_compat import loopback_node
+from lstm_dist.ray_compat import loopback_node, quiet_local_ray_worker
 
 RAY_LOG_FILE = "logs/ray.log"  # under the work dir: the driver's Ray, Train and Tune log lines
 
@@ -82,7 +82,7 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
         runtime_env={
             "env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"},
             # Each worker process quiets Ray Train's warnings that mean nothing on one machine.
-            "worker_process_setup_hook": "lstm_dist.ray_compat.quiet_local_ray_worker",
+            "worker_process_setup_hook": f"{quiet_local_ray_worker.__module__}.{quiet_local_ray_worker.__name__}",
         },
         log_to_driver=True,  # the workers' epoch lines
     )
