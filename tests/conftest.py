@@ -78,5 +78,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Modules with slow tests run first, the others after them, each group in its usual order. `make test`'s
     pytest-xdist workers take whole modules in this order: the long end-to-end modules start early, and the
     quick ones fill the time left at the end instead of leaving one worker idle behind a long module."""
-    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

@@ -199,10 +199,10 @@ def test_the_registered_model_was_refit_on_the_last_rows(two_runs) -> None:
 
 
 def test_the_final_fit_has_its_own_epoch_lines(two_runs) -> None:
-    epochs = [line.split(" train_loss=")[0] for line in two_runs["procs"][0].stdout.splitlines() if "] epoch " in line]
+    lines = [line for line in two_runs["procs"][0].stdout.splitlines() if "] epoch " in line]
+    epochs = [line.split(" train_loss=")[0] for line in lines]
     assert epochs[:2] == ["[train] epoch 1/2", "[train] epoch 2/2"] and epochs[2:], epochs
     assert all(e.startswith("[final_fit] epoch ") for e in epochs[2:]), epochs
-    lines = [line for line in two_runs["procs"][0].stdout.splitlines() if "] epoch " in line]
     # The held-out run reports its validation; the final fit has none to report (no "val_loss=nan").
     assert all("val_loss=" in line for line in lines[:2]) and not any("val_" in line for line in lines[2:]), lines
 
