@@ -314,6 +314,7 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
 
     Rebuilt from the shards and the manifest's scaler stats: the model's input example and the
     history the forecast plots start from. It holds `lookback` + warm-up + `extra_rows` rows per series.
+    Timestamps are naive: UTC, or wall-clock time in `data.timezone` (MLflow's datetime type refuses offsets).
     """
     from lstm_dist.data import statics, transforms
     from lstm_dist.data.features import warmup_rows
@@ -353,8 +354,9 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
         for col, value in zip(m.static_encoding, statics.decode(info.static, m.static_encoding), strict=True):
             frame[col] = value  # static covariates travel on every history row, as in the input
         stamps = pd.DatetimeIndex(ts.astype("datetime64[s]").astype("datetime64[ns]"))
-        if (cfg.get("timezone") or "UTC") != "UTC":  # naive would be read as local time: say it is UTC
-            stamps = stamps.tz_localize("UTC")
+        tz = cfg.get("timezone") or "UTC"
+        if tz != "UTC":  # local wall-clock time, naive: how the model reads naive input, and all MLflow's schema takes
+            stamps = stamps.tz_localize("UTC").tz_convert(tz).tz_localize(None)
         frame.insert(0, cfg.get("timestamp_col", "timestamp"), stamps)
         if m.future_cols:  # the last `horizon` rows become the known future: their targets are left empty
             frame.loc[frame.index[-m.horizon :], m.target_cols] = np.nan

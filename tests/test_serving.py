@@ -86,6 +86,30 @@ def registered(ray_local, tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
+def test_a_model_with_a_local_time_zone_is_logged_and_reads_local_wall_clock_time(ray_local, tmp_path) -> None:
+    """data.timezone other than UTC: the input example (and so the signature) holds naive local times, which
+    MLflow accepts and the model reads as local time; the pyfunc forecasts what the model does in-process."""
+    import mlflow.pyfunc
+
+    cfg, shards, ckpt = make_model(tmp_path, ["data.timezone=Asia/Tokyo", "tracking.model_name=serving_tz"])
+    example = history_from_shards(shards)
+    tracker = start_pipeline_run(cfg, run_name="serving_tz")
+    try:
+        uri, _ = log_forecaster(
+            tracker, checkpoint_dir=ckpt, shard_dir=shards, input_example=example, registered_name=None
+        )
+    finally:
+        tracker.finish()
+    assert example["timestamp"].dt.tz is None
+    last = example["timestamp"].iloc[-1]
+    served = mlflow.pyfunc.load_model(uri).predict(example)
+    local = ForecastModel()
+    local.load_artifacts({"model": str(ckpt / MODEL_FILE), "manifest": str(shards / "manifest.json")})
+    direct = local.forecast(example)
+    assert served["target"].to_numpy() == pytest.approx(direct["target"].to_numpy())
+    assert served["timestamp"].iloc[0] == last.tz_localize("Asia/Tokyo") + pd.Timedelta(hours=1)
+
+
 def test_the_version_describes_its_data_scores_and_how_to_load_it(registered) -> None:
     version = Registry(registered["cfg"].tracking_uri()).version(NAME, registered["version"])
     card = version.description
