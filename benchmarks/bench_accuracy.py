@@ -67,9 +67,15 @@ SPECS = {
     # One series, so 14 day-ahead origins (the last two weeks) instead of 3; the weekly seasonal naive beside
     # the daily one (MASE's scale stays the daily one); calendar features in Melbourne's local time.
     "vic_elec": Spec(
-        "vic_elec", "30min", 48, 48, "conf/halfhourly.yaml", windows=14, extra_seasons=(336,),
+        "vic_elec",
+        "30min",
+        48,
+        48,
+        "conf/halfhourly.yaml",
+        windows=14,
+        extra_seasons=(336,),
         timezone="Australia/Melbourne",
-    ),  # fmt: skip
+    ),
 }
 
 
