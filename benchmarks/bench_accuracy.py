@@ -225,7 +225,8 @@ def _as_input(frame: pd.DataFrame, spec: Spec) -> pd.DataFrame:
 
 
 def _fit_pipeline(train: pd.DataFrame, spec: Spec, *, work: Path, overrides: list[str]):
-    """The whole pipeline (conf/<frequency>.yaml) on `train`; the registered pyfunc model."""
+    """The whole pipeline (conf/<frequency>.yaml) on `train`; a function forecasting a history with the registered
+    model (its pyfunc; the Python API where the timestamps carry an offset, which MLflow's input check refuses)."""
     import mlflow.pyfunc
     from lstm_dist.pipelines.train import run
 
