@@ -150,7 +150,7 @@ def _steps(cfg, wf: Workflow, tracker: Tracker, *, champion: Champion | None, li
         if init_weights:
             progress(f"[retrain] warm start: the challenger starts from champion v{champion.version}'s weights")
     challenger = train_step(cfg, wf, shard, init_weights=init_weights, progress=progress)
-    evaluation = evaluate_step(cfg, wf, train=challenger, shard=shard)
+    evaluation = evaluate_step(cfg, wf, train=challenger, shard=shard, progress=progress)
     progress(evaluation.outputs["table"])
     tracker.log_metrics({f"test_{k}": v for k, v in evaluation.outputs["metrics"].items()})
     final = None

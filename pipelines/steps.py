@@ -279,13 +279,22 @@ def best_epoch(train: StepResult) -> int:
     return int(history.loc[val.idxmin(), "epoch"])
 
 
-def evaluate_step(cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult) -> StepResult:
+def evaluate_step(
+    cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult, progress=print
+) -> StepResult:
     def evaluate(out: str) -> dict[str, Any]:
         shards = shard.local_copy() / "shards"
         wf.step_context.log_datasets(shards, splits={"test": "testing"})
         # Locators, not driver paths: the task may run on any node and reads that node's copies.
         ckpt, shard_dir = train.file(train.outputs["best_checkpoint"]), shard.file("shards")
-        if evaluates_in_process(Manifest.load(shards)):
+        manifest = Manifest.load(shards)
+        longest = max(s.num_rows for s in manifest.series) - manifest.horizon
+        # On long series AutoETS/AutoTheta take minutes (about 4 on 50,000 half-hourly points): say so first.
+        progress(
+            f"[evaluate] the model and naive baselines on every test window; AutoETS and AutoTheta on the last "
+            f"one of {len(manifest.series):,} series (histories up to {longest:,} rows)"
+        )
+        if evaluates_in_process(manifest):
             evaluation = _evaluate_task(ckpt, shard_dir)
         else:
             import ray

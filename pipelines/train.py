@@ -103,7 +103,7 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker | NullTracker, pr
     tracker.log_history(train_history(train))
     tracker.log_artifact(train.local_copy() / "history.csv", artifact_path="train")
 
-    evaluation = evaluate_step(cfg, wf, train=train, shard=shard)
+    evaluation = evaluate_step(cfg, wf, train=train, shard=shard, progress=progress)
     tracker.log_metrics({f"test_{k}": v for k, v in evaluation.outputs["metrics"].items()})
     progress(evaluation.outputs["table"])
     results = Results(shard=shard, lineage=lineage, tune=tune, train=train, evaluation=evaluation)

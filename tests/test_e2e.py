@@ -141,6 +141,10 @@ RAY_NOISE = (
 )
 # MLflow's own lines (issue 11): they go to <work_dir>/logs/mlflow.log.
 MLFLOW_NOISE = ("Creating initial MLflow database tables", "Updating database tables", "INFO mlflow", "alembic")
+# Said before the evaluate step scores (pipelines/steps.py evaluate_step).
+EVALUATING = re.compile(
+    r"\[evaluate\] .* AutoETS and AutoTheta on the last one of 4 series \(histories up to \d+ rows\)"
+)
 # The driver's line once Ray Train's workers are set up (train/progress.py).
 READY = re.compile(r"\[train\] 1 worker\(s\) on cpu, \d+ steps an epoch: ready after \d+\.\d s")
 
@@ -155,6 +159,10 @@ def test_a_run_prints_only_its_own_lines(two_runs) -> None:
     lines = out.splitlines()
     ready = [i for i, line in enumerate(lines) if READY.fullmatch(line)]
     assert len(ready) == 1 and ready[0] < lines.index(next(x for x in lines if "[train] epoch 1/2" in x)), out[-3000:]
+    # Before the evaluate step's statistical baselines (minutes on long series): what it fits, on how much.
+    said = [i for i, line in enumerate(lines) if EVALUATING.fullmatch(line)]
+    done = next(i for i, line in enumerate(lines) if line.startswith("[evaluate] done"))
+    assert len(said) == 1 and said[0] < done, out[-3000:]
     for noise in RAY_NOISE + MLFLOW_NOISE:
         assert noise not in out, f"{noise!r} in the output:\n{out[-3000:]}"
     assert "\x1b[" not in out  # not a TTY: no colour codes
