@@ -353,10 +353,9 @@ def history_from_shards(shard_dir: str | Path, *, num_series: int = 1, extra_row
         frame.insert(0, cfg.get("series_col", "series_id"), info.name)
         for col, value in zip(m.static_encoding, statics.decode(info.static, m.static_encoding), strict=True):
             frame[col] = value  # static covariates travel on every history row, as in the input
-        stamps = pd.DatetimeIndex(ts.astype("datetime64[s]").astype("datetime64[ns]"))
-        tz = cfg.get("timezone") or "UTC"
-        if tz != "UTC":  # local wall-clock time, naive: how the model reads naive input, and all MLflow's schema takes
-            stamps = stamps.tz_localize("UTC").tz_convert(tz).tz_localize(None)
+        # Local wall-clock time, naive (UTC without data.timezone): how the model reads naive input, and all that
+        # MLflow's datetime schema takes.
+        stamps = m.frequency().to_local(ts).tz_localize(None).as_unit("ns")
         frame.insert(0, cfg.get("timestamp_col", "timestamp"), stamps)
         if m.future_cols:  # the last `horizon` rows become the known future: their targets are left empty
             frame.loc[frame.index[-m.horizon :], m.target_cols] = np.nan
