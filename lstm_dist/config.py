@@ -289,6 +289,13 @@ class WorkflowConfig(_Section):
     """Retrain: start the challenger from the champion's weights (same architecture and data shape) instead of fresh."""
 
 
+class EvaluateConfig(_Section):
+    baseline_history: int = Field(1000, ge=0)
+    """Rows of each series' history, up to the forecast origin, that AutoETS and AutoTheta are fitted on (the
+    last N; 0 = all). Their fit time grows with the history: a day-ahead fit on 52,000 half-hourly points took
+    80 s, on the last 1,000 about 1 s, scoring alike over 14 origins (benchmarks/RESULTS.md)."""
+
+
 class BacktestConfig(_Section):
     windows: int = Field(3, ge=1)
     """Rolling-origin backtest (`lstm-dist backtest`): number of cutoffs, the last leaving exactly one horizon."""
@@ -311,6 +318,8 @@ class PipelineConfig(_Section):
     """MLflow tracking and registry."""
     workflow: WorkflowConfig = Field(default_factory=WorkflowConfig)
     """Where the pipeline keeps its state and runs."""
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    """Scoring against the statistical baselines (the evaluate step and backtests)."""
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     """Rolling-origin backtest (`lstm-dist backtest`)."""
 

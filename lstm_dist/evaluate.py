@@ -3,7 +3,7 @@
 Everything is scored from one long frame (`unique_id, ds, cutoff, step, y, <forecaster>...`): one row per
 forecast window (series, cutoff), step and target. `cutoff` is the last observed time of the window (its
 forecast origin). The model's rows come from `model_frame`; `add_baselines` adds naive, seasonal naive
-(every window) and AutoETS / AutoTheta (fitted on the whole history up to the origin); `score` hands the
+(every window) and AutoETS / AutoTheta (fitted on the history up to the origin, or its last N rows); `score` hands the
 frame to utilsforecast (MASE with the in-sample seasonal-naive scale, sMAPE, MAE, RMSE, pinball loss and
 interval coverage), per series, then averaged over series as `utilsforecast.evaluation.evaluate` does.
 The evaluate step and the backtest both score this frame.
@@ -150,12 +150,18 @@ def _attach_actuals(frame: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_baselines(
-    frame: pd.DataFrame, history: pd.DataFrame, *, season: int, slow_on: str = "last", n_jobs: int = 1
+    frame: pd.DataFrame,
+    history: pd.DataFrame,
+    *,
+    season: int,
+    slow_on: str = "last",
+    n_jobs: int = 1,
+    slow_history: int = 0,
 ) -> pd.DataFrame:
     """Naive and seasonal naive on every window of `frame`; AutoETS and AutoTheta on the last window of each
     series (`slow_on="last"`, they cost ~0.1-1 s a fit) or on every window (`"all"`), fitted in `n_jobs`
-    processes. Each baseline sees only the series' rows up to the window's cutoff. Missing forecasts
-    (ETS/Theta elsewhere) are NaN."""
+    processes on the last `slow_history` rows (0: all). Each baseline sees only the series' rows up to the
+    window's cutoff. Missing forecasts (ETS/Theta elsewhere) are NaN."""
     from statsforecast.models import AutoETS, AutoTheta, Naive, SeasonalNaive
 
     windows = frame[["unique_id", "cutoff"]].drop_duplicates().reset_index(drop=True)
@@ -169,7 +175,7 @@ def add_baselines(
         slow_windows.reset_index(drop=True),
         history,
         horizon=horizon,
-        keep=None,
+        keep=slow_history or None,
         models={ETS: AutoETS(season_length=season), THETA: AutoTheta(season_length=season)},
         n_jobs=n_jobs,
     )
@@ -314,17 +320,18 @@ def evaluate_model(
     baselines: bool = True,
     history: pd.DataFrame | None = None,
     n_jobs: int = 1,
+    slow_history: int = 0,
 ) -> Evaluation:
     """Score the model on every window of `ds` (a test split) and, with `baselines`, the statsforecast
-    baselines on the same windows (ETS/Theta: last window per series, fitted in `n_jobs` processes); see the
-    module docstring."""
+    baselines on the same windows (ETS/Theta: last window per series, fitted in `n_jobs` processes on the last
+    `slow_history` rows, 0: all); see the module docstring."""
     data = getattr(ds, "ds", ds)
     if history is None:
         history = target_history(data.shard_dir, data.manifest)
     frame = model_frame(model, ds, history=history)
     models = [MODEL]
     if baselines:
-        frame = add_baselines(frame, history, season=season, n_jobs=n_jobs)
+        frame = add_baselines(frame, history, season=season, n_jobs=n_jobs, slow_history=slow_history)
         models += [NAIVE, SNAIVE]
     metrics = summarize(score(frame, history, season=season, models=models))
     metrics.update(interval_scores(frame))

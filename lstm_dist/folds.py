@@ -118,9 +118,10 @@ def score_folds(frame: pd.DataFrame, history: pd.DataFrame, *, season: int) -> p
     return pd.DataFrame(rows)
 
 
-def with_baselines(frame: pd.DataFrame, history: pd.DataFrame, *, season: int) -> pd.DataFrame:
-    """The backtest's baselines: all four on every fold (folds are few), fitted up to each cutoff."""
-    return add_baselines(frame, history, season=season, slow_on="all")
+def with_baselines(frame: pd.DataFrame, history: pd.DataFrame, *, season: int, slow_history: int = 0) -> pd.DataFrame:
+    """The backtest's baselines: all four on every fold (folds are few), fitted up to each cutoff (AutoETS and
+    AutoTheta on the last `slow_history` rows before it, 0: all)."""
+    return add_baselines(frame, history, season=season, slow_on="all", slow_history=slow_history)
 
 
 def table_text(table: pd.DataFrame) -> str:

@@ -76,7 +76,9 @@ def _folds(cfg: PipelineConfig, wf: Workflow, tracker, progress) -> BacktestSumm
         frame["fold"] = fold
         frames.append(frame)
         progress(f"[backtest] fold {fold}/{b.windows}: cutoff {frame['cutoff'].max()} forecast")
-    forecasts = bt.with_baselines(pd.concat(frames, ignore_index=True), history, season=season)
+    forecasts = bt.with_baselines(
+        pd.concat(frames, ignore_index=True), history, season=season, slow_history=cfg.evaluate.baseline_history
+    )
     table = bt.score_folds(forecasts, history, season=season)
     csv = out_dir / f"backtest-{wf.run_id}.csv"
     table.to_csv(csv, index=False)

@@ -288,28 +288,35 @@ def evaluate_step(
         # Locators, not driver paths: the task may run on any node and reads that node's copies.
         ckpt, shard_dir = train.file(train.outputs["best_checkpoint"]), shard.file("shards")
         manifest = Manifest.load(shards)
-        longest = max(s.num_rows for s in manifest.series) - manifest.horizon
-        # On long series AutoETS/AutoTheta take minutes (about 4 on 50,000 half-hourly points): say so first.
+        rows = max(s.num_rows for s in manifest.series) - manifest.horizon
+        rows = min(rows, cfg.evaluate.baseline_history or rows)
+        # On many series AutoETS/AutoTheta take a while (~1 s a series on 1,000 rows): say so first.
         progress(
             f"[evaluate] the model and naive baselines on every test window; AutoETS and AutoTheta on the last "
-            f"one of {len(manifest.series):,} series (histories up to {longest:,} rows)"
+            f"one of {len(manifest.series):,} series (fitted on up to {rows:,} rows)"
         )
+        slow_history = cfg.evaluate.baseline_history
         if evaluates_in_process(manifest):
-            evaluation = _evaluate_task(ckpt, shard_dir)
+            evaluation = _evaluate_task(ckpt, shard_dir, slow_history=slow_history)
         else:
             import ray
 
             # Nothing else runs during this step: its AutoETS/AutoTheta fits (most of its time on many
             # series) take a whole node's cores, one process each.
             cpus = node_cpus(EVAL_MAX_CPUS)
-            evaluation = ray.get(ray_task(_evaluate_task).options(num_cpus=cpus).remote(ckpt, shard_dir, n_jobs=cpus))
+            task = ray_task(_evaluate_task).options(num_cpus=cpus)
+            evaluation = ray.get(task.remote(ckpt, shard_dir, n_jobs=cpus, slow_history=slow_history))
         (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
         return evaluation
 
     return wf.step(
         "evaluate",
         evaluate,
-        config={"seasonality": cfg.data.seasonality, "scores": "utilsforecast+statsforecast"},
+        config={
+            "seasonality": cfg.data.seasonality,
+            "scores": "utilsforecast+statsforecast",
+            "baseline_history": cfg.evaluate.baseline_history,
+        },
         inputs={"train": train, "shard": shard},
     )
 
@@ -545,9 +552,10 @@ def evaluates_in_process(manifest: Manifest) -> bool:
     return manifest.totals.num_rows * manifest.num_targets <= EVAL_IN_PROCESS_MAX_VALUES
 
 
-def _evaluate_task(checkpoint: str, shard_dir: str, n_jobs: int = 1) -> dict[str, Any]:
+def _evaluate_task(checkpoint: str, shard_dir: str, n_jobs: int = 1, slow_history: int = 0) -> dict[str, Any]:
     """Score the best checkpoint on the test split (in the driver for small data, else a Ray task, so it runs
-    wherever the CPUs are free); the statistical baselines are fitted in `n_jobs` processes."""
+    wherever the CPUs are free); the statistical baselines are fitted in `n_jobs` processes, AutoETS and
+    AutoTheta on each series' last `slow_history` rows (0: all)."""
     import torch
 
     from lstm_dist.data.windows import WindowDataset
@@ -560,7 +568,8 @@ def _evaluate_task(checkpoint: str, shard_dir: str, n_jobs: int = 1) -> dict[str
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        evaluation = evaluate_model(model, test, season=test.manifest.season_length, n_jobs=n_jobs)
+        season = test.manifest.season_length
+        evaluation = evaluate_model(model, test, season=season, n_jobs=n_jobs, slow_history=slow_history)
     finally:
         torch.set_num_threads(threads)
     return {

@@ -143,7 +143,7 @@ RAY_NOISE = (
 MLFLOW_NOISE = ("Creating initial MLflow database tables", "Updating database tables", "INFO mlflow", "alembic")
 # Said before the evaluate step scores (pipelines/steps.py evaluate_step).
 EVALUATING = re.compile(
-    r"\[evaluate\] .* AutoETS and AutoTheta on the last one of 4 series \(histories up to \d+ rows\)"
+    r"\[evaluate\] .* AutoETS and AutoTheta on the last one of 4 series \(fitted on up to \d+ rows\)"
 )
 # The driver's line once Ray Train's workers are set up (train/progress.py).
 READY = re.compile(r"\[train\] 1 worker\(s\) on cpu, \d+ steps an epoch: ready after \d+\.\d s")

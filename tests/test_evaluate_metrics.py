@@ -131,6 +131,21 @@ def test_baselines_fitted_in_several_processes_are_the_same():
     pd.testing.assert_frame_equal(one, two)
 
 
+def test_slow_baselines_see_only_the_last_rows_they_are_given():
+    # A level shift 24 rows before the cutoff: fitted on the last 12 rows only, ETS and Theta see one level and
+    # forecast it; the same fit on the history with everything before those rows dropped gives the same numbers.
+    rng = np.random.default_rng(1)
+    y = np.concatenate([np.full(40, 100.0), np.full(24, 10.0)]) + rng.normal(scale=0.5, size=64)
+    history = _history({"a": list(y)})
+    frame = _frame(history, uid="a", cutoff_pos=59, forecast=[0.0] * 4)
+    bounded = add_baselines(frame, history, season=3, slow_history=12)
+    by_hand = add_baselines(frame, history.iloc[60 - 12 :], season=3)
+    pd.testing.assert_frame_equal(bounded, by_hand)
+    whole = add_baselines(frame, history, season=3)
+    assert not np.allclose(whole[[ETS, THETA]], bounded[[ETS, THETA]])
+    assert np.allclose(bounded[[ETS, THETA]], 10.0, atol=2.0)
+
+
 def test_interval_scores_pinball_and_coverage():
     history = _history({"a": [1, 4, 3, 2, 5, 4, 6, 5]})
     frame = _frame(history, uid="a", cutoff_pos=5, forecast=[6, 5])
