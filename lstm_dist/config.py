@@ -197,7 +197,7 @@ class TrainConfig(_Section):
     gpus_per_worker: float = Field(1.0, gt=0, le=1)
     """GPUs reserved per worker on GPU; a fraction lets a 1-worker run share a GPU (NCCL needs a GPU per rank)."""
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    """`auto`: fp16 autocast + GradScaler on CUDA, fp32 on CPU. fp16 on CPU is refused."""
+    """`auto`: fp16 autocast + GradScaler on CUDA, fp32 on CPU. fp16 on CPU is refused, and bf16 on a CPU without bf16 kernels for the cell (AVX-512 BF16 / AMX)."""
     epochs: int = Field(10, ge=1)
     """Maximum number of epochs."""
     batch_size: int = Field(256, ge=1)

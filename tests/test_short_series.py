@@ -19,7 +19,7 @@ from lstm_dist.data.errors import DataError
 from lstm_dist.data.features import calendar_features
 from lstm_dist.data.frequency import from_seconds
 from lstm_dist.data.inference import make_inference_batch
-from lstm_dist.data.ingest import PAD_COL, build_shard, ingest
+from lstm_dist.data.ingest import FEW_VAL_WINDOWS, PAD_COL, build_shard, ingest
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.shards import ipc_bytes, open_shard, shard_table
 from lstm_dist.data.splits import SPLITS, needs_padding, padded_bounds, start_range
@@ -153,6 +153,16 @@ def naive_windows(raw: pd.DataFrame, names: list[str], split: str) -> dict[str, 
             ys.append(z[rows[-1] + 1 : rows[-1] + 1 + H, :1])
             series.append(idx)
     return {"x": np.array(xs).reshape(-1, L, 5), "y": np.array(ys).reshape(-1, H, 1), "series": np.array(series)}
+
+
+def test_few_validation_windows_are_reported(mixed):
+    # A handful of short series leave a few validation windows: early stopping on them is noise, and the
+    # report says so, with the key to change.
+    report = mixed[3]
+    n = report.windows["val"]
+    assert 0 < n < FEW_VAL_WINDOWS
+    assert [w for w in report.warnings if w.startswith(f"only {n} validation window(s)") and "data.val_size" in w]
+    assert f"warning: only {n} validation window(s)" in report.summary()
 
 
 def test_padded_windows_equal_a_manual_left_pad(mixed):

@@ -17,7 +17,7 @@ from lstm_dist.data.windows import DistributedWindowSampler
 from lstm_dist.models import build_model
 from lstm_dist.models.saved import load_model, load_weights
 from lstm_dist.train.checkpoints import TrainingState, load_training_state, save_training_state
-from lstm_dist.train.precision import PrecisionError, autocast, grad_scaler, resolve_precision
+from lstm_dist.train.precision import PrecisionError, autocast, cpu_bf16_works, grad_scaler, resolve_precision
 from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
 from lstm_dist.train.steps import evaluate, to_device, train_epoch, train_step
 
@@ -86,7 +86,24 @@ def test_fp16_on_cpu_is_refused_with_a_clear_message() -> None:
     with pytest.raises(PrecisionError, match=r"fp16 needs a CUDA GPU.*bf16 or fp32"):
         resolve_precision("fp16", CPU)
     assert resolve_precision("auto", CPU) == "fp32"
-    assert resolve_precision("bf16", CPU) == "bf16"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_bf16_on_cpu_is_taken_where_the_cell_runs_in_it_and_refused_by_name_elsewhere(cell: str) -> None:
+    # oneDNN's bf16 LSTM needs AVX-512 BF16 or AMX: on an AVX2-only CPU the forward pass raises deep in torch.
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](3, 4, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            runs = bool(torch.isfinite(module(torch.randn(2, 5, 3))[0]).all())
+    except RuntimeError:
+        runs = False
+    if runs:
+        assert resolve_precision("bf16", CPU, cell=cell) == "bf16"
+    else:
+        with pytest.raises(
+            PrecisionError, match=rf"train.precision=bf16: this CPU has no bf16 kernel for the {cell.upper()}"
+        ):
+            resolve_precision("bf16", CPU, cell=cell)
 
 
 def test_fit_refuses_fp16_on_cpu_before_starting_workers() -> None:
@@ -106,6 +123,7 @@ def test_fit_refuses_fractional_gpus_with_several_workers() -> None:
         fit(cfg, shard_dir="/nonexistent", storage_dir="/nonexistent", name="never")
 
 
+@pytest.mark.skipif(not cpu_bf16_works("lstm"), reason="this CPU has no bf16 LSTM kernel (AVX-512 BF16 / AMX)")
 def test_bf16_path_runs_on_cpu_and_learns() -> None:
     ds = ArrayWindows()
     with autocast("bf16", CPU):

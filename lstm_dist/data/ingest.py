@@ -73,6 +73,9 @@ from lstm_dist.storage import filesystem as _filesystem  # storage's, under the 
 from lstm_dist.storage import link_or_copy
 
 Part = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # (names, codes [N], ts [N], values [N, V])
+# Fewer validation windows than this get a warning: early stopping on them is noise (one weekly series with
+# data.val_size equal to the horizon has one, and stopped after 7 epochs of 8 steps: benchmarks/RESULTS.md).
+FEW_VAL_WINDOWS = 20
 PAD_COL = "is_pad"  # the stored 0/1 start-padding mask column (data.start_padding), before the future covariates
 
 
@@ -1010,6 +1013,12 @@ def _fill_report(
     report.rebuild_reason = reuse.reason
     written = {layout.series[p.series].name for pieces, source in plan if source is None for p in pieces}
     report.num_rewritten_series = len(written & reuse.unchanged)
+    if 0 < report.windows.get("val", 0) < FEW_VAL_WINDOWS:
+        report.warnings.append(
+            f"only {report.windows['val']} validation window(s): early stopping and the epoch count of the final "
+            "fit rest on them, and on so few they are noise; raise data.val_size (e.g. a year of steps on one "
+            "weekly series) or add series"
+        )
     if report.skipped_series:
         report.warnings.append(
             f"skipped {len(report.skipped_series)} series too short for "

@@ -49,7 +49,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()  # Ray: the GPU assigned to this worker, or cpu
     torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
-    w = _Worker(cfg, rank=rank, world_size=world_size, device=device, precision=resolve_precision(tc.precision, device))
+    precision = resolve_precision(tc.precision, device, cell=cfg.model.cell)
+    w = _Worker(cfg, rank=rank, world_size=world_size, device=device, precision=precision)
 
     train_ds, val_ds = _datasets(config, rank=rank)
     model_args = model_args_for(train_ds)

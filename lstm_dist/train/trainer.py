@@ -143,7 +143,7 @@ def _check_devices(cfg: PipelineConfig) -> bool:
             stacklevel=3,
         )
     if not gpu:  # fp16 on CPU
-        resolve_precision(cfg.train.precision, torch.device("cpu"))
+        resolve_precision(cfg.train.precision, torch.device("cpu"), cell=cfg.model.cell)
     return gpu
 
 
