@@ -53,9 +53,17 @@ def quiet_local_ray_worker() -> None:
     runtime env's `worker_process_setup_hook`), before the process runs anything: the Train controller's
     "Failed to send resource request" warning (and its traceback) is dropped; errors still show.
 
-    Why: no public setting turns the controller's autoscaling requests off, and a logger's level is the one
-    thing that reaches into the controller's process. Naming the logger needs no import of Ray Train."""
-    logging.getLogger(_AUTOSCALING_REQUEST_LOGGER).setLevel(logging.ERROR)
+    Why: no public setting turns the controller's autoscaling requests off, and the logger is the one thing
+    that reaches into the controller's process. A filter, not a level: the controller then configures its
+    `ray.train` logger with `logging.config.dictConfig`, which resets the level of every logger under it to
+    NOTSET (and keeps their filters). Naming the logger needs no import of Ray Train."""
+    logger = logging.getLogger(_AUTOSCALING_REQUEST_LOGGER)
+    logger.setLevel(logging.ERROR)
+    logger.addFilter(_errors_only)
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def placement_group_callbacks(record: Callable[[Any], None]) -> list:
