@@ -81,6 +81,21 @@ def stop_node(proc: subprocess.Popen) -> None:
         pass
 
 
+def start_second_node(args: list[str], *, env: dict[str, str], log: Path, attempts: int = 3) -> subprocess.Popen:
+    """`start_node`, tried again when the node does not come up. On a slow, loaded 2-core machine a joining
+    raylet can die at start-up: Ray 2.60 gives its dashboard agent a fixed 15 s to write its port file
+    (`NodeManager::WaitForDashboardAgentPorts`, ray-project/ray#65983), and `ray start` then exits."""
+    for attempt in range(1, attempts + 1):
+        proc = start_node(args, env=env, log=log.with_suffix(f".{attempt}.log"))
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if "Ray runtime started" in log.with_suffix(f".{attempt}.log").read_text():
+                return proc
+            time.sleep(0.5)
+        stop_node(proc)
+    raise RuntimeError(f"the second Ray node did not start in {attempts} attempts; see {log.parent}/node2.*.log")
+
+
 @pytest.fixture(scope="module")
 def cluster(s3):
     """A head (1 CPU) and a second node (2 CPUs) on 127.0.0.1; {address, caches, temp_dir, env}."""
@@ -100,7 +115,7 @@ def cluster(s3):
         )
         wait_for_port(port, seconds=120)  # the head's GCS: a loaded machine takes a while to start it
         procs.append(
-            start_node(
+            start_second_node(
                 [f"--address={address}", "--num-cpus=2", f"--temp-dir={temp_dir}"],
                 env=clean_env(**s3_env, **{CACHE_ENV: str(caches["node2"])}),
                 log=Path(temp_dir) / "node2.log",
