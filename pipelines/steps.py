@@ -288,14 +288,14 @@ def evaluate_step(
         # Locators, not driver paths: the task may run on any node and reads that node's copies.
         ckpt, shard_dir = train.file(train.outputs["best_checkpoint"]), shard.file("shards")
         manifest = Manifest.load(shards)
+        slow_history = cfg.evaluate.baseline_history
         rows = max(s.num_rows for s in manifest.series) - manifest.horizon
-        rows = min(rows, cfg.evaluate.baseline_history or rows)
+        rows = min(rows, slow_history or rows)
         # On many series AutoETS/AutoTheta take a while (~1 s a series on 1,000 rows): say so first.
         progress(
             f"[evaluate] the model and naive baselines on every test window; AutoETS and AutoTheta on the last "
             f"one of {len(manifest.series):,} series (fitted on up to {rows:,} rows)"
         )
-        slow_history = cfg.evaluate.baseline_history
         if evaluates_in_process(manifest):
             evaluation = _evaluate_task(ckpt, shard_dir, slow_history=slow_history)
         else:

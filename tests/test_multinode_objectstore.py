@@ -86,10 +86,11 @@ def start_second_node(args: list[str], *, env: dict[str, str], log: Path, attemp
     raylet can die at start-up: Ray 2.60 gives its dashboard agent a fixed 15 s to write its port file
     (`NodeManager::WaitForDashboardAgentPorts`, ray-project/ray#65983), and `ray start` then exits."""
     for attempt in range(1, attempts + 1):
-        proc = start_node(args, env=env, log=log.with_suffix(f".{attempt}.log"))
+        attempt_log = log.with_suffix(f".{attempt}.log")
+        proc = start_node(args, env=env, log=attempt_log)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if "Ray runtime started" in log.with_suffix(f".{attempt}.log").read_text():
+            if "Ray runtime started" in attempt_log.read_text():
                 return proc
             time.sleep(0.5)
         stop_node(proc)
