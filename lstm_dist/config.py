@@ -72,8 +72,10 @@ class DataConfig(_Section):
     """Scaler for targets and covariates, fitted on the train part only."""
     scaler_scope: Literal["series", "global"] = "series"
     """Fit one scaler per series or one for all series."""
-    calendar_features: list[Literal["hour", "weekday", "month", "dayofyear"]] = Field(default_factory=list)
-    """Calendar features added as sine/cosine pairs (known in the future)."""
+    calendar_features: list[Literal["hour", "weekday", "month", "dayofyear", "holiday"]] = Field(default_factory=list)
+    """Calendar features, known in the future: sine/cosine pairs; `holiday`: days since and until a public holiday of data.holidays."""
+    holidays: str = ""
+    """Public holiday calendar of the `holiday` feature: a country code and optional subdivision (python-holidays), e.g. AU-VIC, US-CA, GB, DE-BY."""
     duplicates: Literal["error", "keep_last", "mean"] = "error"
     """What to do with duplicate (series, timestamp) rows."""
     missing: Literal["error", "ffill", "interpolate", "zero", "drop"] = "error"
@@ -142,7 +144,32 @@ class DataConfig(_Section):
             raise ValueError(
                 "data.static_cols needs layout=long (a wide file has no per-series rows to read them from)"
             )
+        _check_holidays(self.holidays, wanted="holiday" in self.calendar_features)
         return self
+
+
+def _check_holidays(spec: str, *, wanted: bool) -> None:
+    """data.holidays names a calendar python-holidays knows, and is set exactly when the `holiday` feature is on."""
+    if wanted != bool(spec):
+        raise ValueError(
+            "the calendar feature 'holiday' needs data.holidays (e.g. data.holidays=AU-VIC)"
+            if wanted
+            else f"data.holidays={spec} is used by the calendar feature 'holiday'; add it to data.calendar_features"
+        )
+    if not spec:
+        return
+    import holidays
+
+    country, _, subdiv = spec.partition("-")
+    known = holidays.list_supported_countries()
+    if country not in known:
+        raise ValueError(
+            f"data.holidays={spec}: no holiday calendar for country '{country}'; use an ISO code: AU, US, GB, DE, ..."
+        )
+    if subdiv and subdiv not in known[country]:
+        raise ValueError(
+            f"data.holidays={spec}: {country} has no subdivision '{subdiv}'; choose from {', '.join(known[country])}"
+        )
 
 
 class ModelConfig(_Section):

@@ -357,3 +357,66 @@ def test_manifest_records_season_lengths(seasonality, want: list[int], ray_local
     assert manifest.season_lengths == want and manifest.season_length == want[0]
     old = manifest.model_copy(update={"season_lengths": []})  # a manifest written before the field existed
     assert old.season_length == want[0]
+
+
+# ---------------------------------------------------------------- public holidays (data.holidays)
+
+
+def test_holiday_feature_counts_local_days_to_the_regions_holidays() -> None:
+    """Days since/until a public holiday, by the local date: Boxing Day 2016 starts at 00:00 in Melbourne, while
+    it is still Christmas Day (a Sunday, not a holiday that year) in UTC; Melbourne Cup day is Victoria's only."""
+    from lstm_dist.data.features import HOLIDAY_REACH_DAYS as R
+    from lstm_dist.data.features import calendar_features
+
+    mel = pd.DatetimeIndex(["2016-12-26 00:30", "2016-12-29 12:00", "2016-11-01 12:00", "2016-09-12 12:00"])
+    ts = _unix(mel.tz_localize("Australia/Melbourne"))
+    vic = calendar_features(ts, ["holiday"], tz="Australia/Melbourne", holidays="AU-VIC") * R
+    assert np.allclose(vic[0], [0, 0])  # Boxing Day
+    assert np.allclose(vic[1], [2, 3])  # Dec 29: two days after the 27th (Christmas observed), three before Jan 1
+    assert np.allclose(vic[2], [0, 0])  # Melbourne Cup
+    assert np.allclose(vic[3], [R, R])  # nothing within a week: both capped
+    assert not np.allclose(calendar_features(ts[:1], ["holiday"], holidays="AU-VIC")[0], 0)  # 13:30 UTC on Dec 25
+    national = calendar_features(ts[2:3], ["holiday"], tz="Australia/Melbourne", holidays="AU")[0]
+    assert not np.allclose(national, 0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"calendar_features": ["holiday"]}, r"'holiday' needs data\.holidays"),
+        ({"holidays": "AU-VIC"}, r"data\.holidays=AU-VIC is used by .*add it to data\.calendar_features"),
+        ({"calendar_features": ["holiday"], "holidays": "XX"}, r"data\.holidays=XX: no holiday calendar for .*'XX'"),
+        (
+            {"calendar_features": ["holiday"], "holidays": "AU-ZZ"},
+            r"data\.holidays=AU-ZZ: AU has no subdivision 'ZZ'.*VIC",
+        ),
+    ],
+)
+def test_holidays_config_names_the_key_and_the_fix(kw: dict, match: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=match):
+        _cfg(**kw)
+
+
+def test_holiday_feature_reaches_windows_and_forecasts(ray_local, tmp_path: Path) -> None:
+    """Ingest records the calendar; training windows and the forecast's future inputs carry the same distances."""
+    from lstm_dist.data.features import calendar_features
+    from lstm_dist.data.inference import make_inference_batch
+    from lstm_dist.data.ingest import ingest
+    from lstm_dist.data.windows import WindowDataset
+
+    idx = pd.date_range("2016-10-17", periods=70, freq="D", tz="Australia/Melbourne")
+    frame = pd.DataFrame({"timestamp": idx.tz_localize(None), "series_id": "s0", "target": np.arange(70.0)})
+    path = _write(frame, tmp_path / "in.csv")
+    cfg = _cfg(path=path, lookback=8, horizon=3, val_size=6, test_size=6, timezone="Australia/Melbourne",
+               calendar_features=["holiday"], holidays="AU-VIC")  # fmt: skip
+    manifest, _ = ingest(cfg, out_dir=str(tmp_path / "shards"))
+    assert manifest.holidays == "AU-VIC" and manifest.x_features[-2:] == ["holiday_since", "holiday_until"]
+
+    batch = WindowDataset(str(tmp_path / "shards"), split="train").batch(np.arange(5))
+    want = calendar_features(batch["t0"][:, None], ["holiday"], tz="Australia/Melbourne", holidays="AU-VIC")
+    assert np.allclose(batch["future"][:, :1, -2:], want) and np.ptp(batch["x"][..., -2:]) > 0
+
+    future = make_inference_batch(frame, manifest=manifest)["future"]  # the history ends on Christmas Day 2016
+    assert np.allclose(future[0, :, -2:] * 7, [[0, 0], [0, 0], [1, 4]])  # Boxing Day, the 27th, the 28th

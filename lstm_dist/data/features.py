@@ -6,6 +6,7 @@ inference batches get identical numbers from the same code.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,19 +15,27 @@ from lstm_dist.data.frequency import Frequency
 
 # Period of each calendar feature, in its own unit.
 CALENDAR_PERIODS: dict[str, float] = {"hour": 24.0, "weekday": 7.0, "month": 12.0, "dayofyear": 366.0}
+HOLIDAY = "holiday"
+"""The calendar feature of public holidays (data.holidays names the calendar): days since the last holiday and
+until the next, each capped at HOLIDAY_REACH_DAYS and divided by it (both 0 on a holiday)."""
+HOLIDAY_REACH_DAYS = 7
 
 
 def calendar_names(names: Sequence[str]) -> list[str]:
-    """Column names of the calendar features, two per entry: `hour_sin`, `hour_cos`, ..."""
-    return [f"{n}_{f}" for n in names for f in ("sin", "cos")]
+    """Column names of the calendar features, two per entry: `hour_sin`, `hour_cos`, ..., `holiday_since`, `holiday_until`."""
+    return [f"{n}_{f}" for n in names for f in (("since", "until") if n == HOLIDAY else ("sin", "cos"))]
 
 
-def calendar_features(ts: np.ndarray, names: Sequence[str], *, tz: str = "UTC") -> np.ndarray:
-    """Sine/cosine calendar features of unix-second timestamps `ts` [...] -> float32 [..., 2 * len(names)], in the
-    local time of `tz` (daylight-saving aware: 08:00 in Berlin is hour 8 in summer and in winter)."""
+def calendar_features(ts: np.ndarray, names: Sequence[str], *, tz: str = "UTC", holidays: str = "") -> np.ndarray:
+    """Calendar features of unix-second timestamps `ts` [...] -> float32 [..., 2 * len(names)], in the local time of
+    `tz` (daylight-saving aware: 08:00 in Berlin is hour 8 in summer and in winter): a sine/cosine pair per
+    periodic feature; for `holiday`, the distance in local days to the public holidays of `holidays` (`AU-VIC`)."""
     ts = Frequency("s", tz).wall_clock(ts) if tz != "UTC" else np.asarray(ts, dtype=np.int64)
     out = np.empty((*ts.shape, 2 * len(names)), dtype=np.float32)
     for i, name in enumerate(names):
+        if name == HOLIDAY:
+            out[..., 2 * i : 2 * i + 2] = holiday_distances(ts // 86_400, holidays)
+            continue
         if name == "hour":
             value = (ts % 86_400) / 3600.0  # fractional hour: sub-hourly data gets a smooth cycle
         elif name == "weekday":
@@ -42,6 +51,40 @@ def calendar_features(ts: np.ndarray, names: Sequence[str], *, tz: str = "UTC") 
         out[..., 2 * i] = np.sin(angle)
         out[..., 2 * i + 1] = np.cos(angle)
     return out
+
+
+def holiday_distances(days: np.ndarray, spec: str) -> np.ndarray:
+    """Local days since 1970 [...] -> [..., 2]: days since the last public holiday of `spec` and until the next
+    (0 on a holiday), each capped at HOLIDAY_REACH_DAYS and divided by it."""
+    if not spec:
+        raise ValueError("the calendar feature 'holiday' needs data.holidays, e.g. data.holidays=AU-VIC")
+    days = np.asarray(days, dtype=np.int64)
+    out = np.ones((*days.shape, 2), dtype=np.float32)
+    if days.size == 0:
+        return out
+    years = days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
+    hol = _holiday_days(
+        spec, int(years.min()) - 1, int(years.max()) + 1
+    )  # a year either side: distances across New Year
+    if hol.size == 0:
+        return out
+    after = np.searchsorted(hol, days, side="right")  # holidays on or before each day: hol[:after]
+    since = np.where(after > 0, days - hol[np.maximum(after - 1, 0)], HOLIDAY_REACH_DAYS)
+    before = np.searchsorted(hol, days, side="left")  # the first holiday on or after each day: hol[before]
+    until = np.where(before < hol.size, hol[np.minimum(before, hol.size - 1)] - days, HOLIDAY_REACH_DAYS)
+    out[..., 0] = np.minimum(since, HOLIDAY_REACH_DAYS) / HOLIDAY_REACH_DAYS
+    out[..., 1] = np.minimum(until, HOLIDAY_REACH_DAYS) / HOLIDAY_REACH_DAYS
+    return out
+
+
+@functools.cache
+def _holiday_days(spec: str, first_year: int, last_year: int) -> np.ndarray:
+    """Sorted days since 1970 of the public holidays of `spec` (`AU`, `AU-VIC`) in [first_year, last_year]."""
+    import holidays  # python-holidays: the public holidays of ~200 countries and their subdivisions
+
+    country, _, subdiv = spec.partition("-")
+    cal = holidays.country_holidays(country, subdiv=subdiv or None, years=range(first_year, last_year + 1))
+    return np.array(sorted(np.datetime64(d, "D").astype(np.int64) for d in cal), dtype=np.int64)
 
 
 def derived_names(

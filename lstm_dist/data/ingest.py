@@ -955,6 +955,7 @@ def _build_manifest(cfg: DataConfig, layout: _Layout, shards: list[ShardInfo], *
         derived_cols=layout.derived,
         future_cols=list(cfg.future_cols),
         calendar_features=calendar,
+        holidays=cfg.holidays,
         stored_cols=stored_cols,
         x_features=[*stored_cols, *calendar_names(calendar)],
         future_features=[*cfg.future_cols, *calendar_names(calendar)],

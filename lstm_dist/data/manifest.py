@@ -131,6 +131,8 @@ class Manifest(_Model):
     """Known-future covariates from the input."""
     calendar_features: list[str]
     """Calendar features, computed from timestamps when batches are read (never stored)."""
+    holidays: str = ""
+    """The public holiday calendar of the `holiday` calendar feature (data.holidays); empty without it."""
     stored_cols: list[str]
     """Column order of the float32 `features` matrix of each shard."""
     x_features: list[str]

@@ -57,6 +57,7 @@ class WindowDataset:
         self._num_future_cols = len(m.future_cols)
         self._calendar = list(m.calendar_features)
         self._tz = m.frequency().tz  # calendar features are local time
+        self._holidays = m.holidays
         window = m.lookback + m.horizon
 
         # Window starts per segment form an arithmetic progression: keep (shard, first row, count) only.
@@ -203,7 +204,9 @@ class WindowDataset:
         if self._calendar:
             if ts is None:
                 ts = np.empty((0, lookback + self._horizon), dtype=np.int64)
-            cal = calendar_features(ts, self._calendar, tz=self._tz)  # [B, L+H, 2C], from the real timestamps
+            cal = calendar_features(
+                ts, self._calendar, tz=self._tz, holidays=self._holidays
+            )  # [B, L+H, 2C], from the real timestamps
             x = np.concatenate([win_x, cal[:, :lookback]], axis=2)  # [B, L, F]
             future = np.concatenate([fut, cal[:, lookback:]], axis=2)  # [B, H, Ff]
         else:
