@@ -58,6 +58,7 @@ class Spec:
     windows: int = NUM_WINDOWS  # rolling origins, one horizon apart
     extra_seasons: tuple[int, ...] = ()  # further seasonal naives (e.g. the weekly one of half-hourly data)
     timezone: str = "UTC"  # local time of the calendar features; this project then gets UTC-aware timestamps
+    overrides: tuple[str, ...] = ()  # what a user of this project would set for this data (e.g. its holidays)
 
 
 SPECS = {
@@ -77,7 +78,8 @@ SPECS = {
         extra_seasons=(336,),
         timezone="Australia/Melbourne",
     ),
-    # Hourly footfall at three Melbourne sensors (the fourth has months missing): a week of day-ahead origins.
+    # Hourly footfall at three Melbourne sensors (the fourth has months missing): a week of day-ahead origins,
+    # with Victoria's public holidays as inputs.
     "pedestrian": Spec(
         "pedestrian",
         "h",
@@ -87,6 +89,7 @@ SPECS = {
         windows=7,
         extra_seasons=(168,),
         timezone="Australia/Melbourne",
+        overrides=("data.calendar_features=[hour,weekday,holiday]", "data.holidays=AU-VIC"),
     ),
     # One weekly series: 8 quarter-ahead origins (two years).
     "us_gasoline": Spec("us_gasoline", "W-MON", 13, 52, "conf/weekly.yaml", windows=8),
@@ -275,6 +278,7 @@ def _fit_pipeline(train: pd.DataFrame, spec: Spec, *, work: Path, overrides: lis
             f"tracking.uri=sqlite:///{work / 'runs' / 'mlflow.db'}",
             f"data.horizon={spec.horizon}",
             f"data.timezone={spec.timezone}",
+            *spec.overrides,
             *overrides,
         ],
     ).resolved()

@@ -215,6 +215,8 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
+    backend: Literal["ray", "local"] = "ray"
+    """`ray`: Ray Train workers (DDP over num_workers, restarts, checkpoints on any node); `local`: one worker in the driver's process, no Ray Train start-up (small runs; needs num_workers=1)."""
     num_workers: int = Field(2, ge=1)
     """Ray Train workers (DDP ranks)."""
     use_gpu: Literal["auto", "yes", "no"] = "auto"
@@ -256,6 +258,15 @@ class TrainConfig(_Section):
     final_fit: bool = True
     """Before registering, retrain on every row up to the end of each series for the held-out run's best epoch
     count, and register that model (its held-out scores are the evaluated model's); false registers the evaluated model."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.backend == "local" and self.num_workers != 1:
+            raise ValueError(
+                f"train.backend=local trains one worker in this process, but train.num_workers={self.num_workers}; "
+                "set train.num_workers=1, or train.backend=ray for DDP"
+            )
+        return self
 
 
 class TuneConfig(_Section):

@@ -230,8 +230,10 @@ def apply_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
 
 
 def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
-    """The config one trial trains with: sampled values, tune.workers_per_trial workers."""
+    """The config one trial trains with: sampled values, tune.workers_per_trial Ray Train workers (a trial's fit
+    reports to Tune through Ray Train, whatever train.backend says)."""
     trial = apply_params(cfg, params)
+    trial.train.backend = "ray"
     trial.train.num_workers = cfg.tune.workers_per_trial
     return trial
 

@@ -623,10 +623,14 @@ def _previous_shards(steps_dir: Path, *, config: dict[str, Any]) -> str | None:
 
 def _resume_point(storage: str, name: str) -> tuple[str, int | str] | None:
     """(checkpoint name, epochs done) that training will resume `<storage>/<name>` from (a path or a URI):
-    Ray Train's snapshot, or a newer complete checkpoint beside it."""
+    Ray Train's snapshot, or a newer complete checkpoint beside it; a local run's record (train.local)."""
+    from lstm_dist.train.local import read_record
     from lstm_dist.train.trainer import SNAPSHOT_FILE
 
     store = Store(storage)
+    record = read_record(Path(storage) / name) if store.local else {}
+    if record:  # a train.backend=local run: checkpoint_<epoch>
+        return record["latest"], int(record["latest"].rpartition("_")[2])
     try:
         latest = json.loads(store.read_text(store.join(name, SNAPSHOT_FILE)))["latest_checkpoint_result"]
     except (OSError, ValueError, KeyError):

@@ -3,7 +3,9 @@
 Two pipeline runs into one work dir, with the refit on all rows (train.final_fit) and a known-future column
 (temperature), on an input with columns the model does not use. The second run's input differs from the
 first only in the last `horizon` targets of every series, which no held-out training (train/val) sees: the
-evaluated models come out identical, the registered (refit) ones do not. Then reruns: all cached, and into
+evaluated models come out identical, the registered (refit) ones do not. The first trains on Ray Train, the
+second in the driver's process (train.backend=local): identical evaluated models also say that both backends
+train the same weights. Then reruns: all cached, and into
 a wiped store. The pipeline with two DDP workers runs in tests/test_multinode_objectstore.py (on two nodes).
 """
 
@@ -40,10 +42,10 @@ def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
     return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def debug_run(work: Path, data: str) -> subprocess.CompletedProcess:
+def debug_run(work: Path, data: str, *extra: str) -> subprocess.CompletedProcess:
     """`lstm-dist run conf/debug.yaml` on `work/<data>` into `work/w`: refit on all rows, temperature known ahead."""
     args = [f"workflow.work_dir={work / 'w'}", f"data.path={work / data}", "data.covariate_cols=[]"]
-    args += ["data.future_cols=[temperature]", "train.final_fit=true"]
+    args += ["data.future_cols=[temperature]", "train.final_fit=true", *extra]
     return cli("run", str(ROOT / "conf/debug.yaml"), *args, cwd=work)
 
 
@@ -56,10 +58,11 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tail = second.groupby("series_id").cumcount(ascending=False) < HORIZON
     second.loc[tail, "target"] += 500.0
     procs = []
-    for name, frame in (("a", first), ("b", second)):
+    # The first run trains on Ray Train, the second in the driver's process (debug.yaml's train.backend=local).
+    for name, frame, extra in (("a", first, ["train.backend=ray"]), ("b", second, [])):
         (work / name).mkdir()
         frame.to_parquet(work / name / "input.parquet")
-        proc = debug_run(work, name)
+        proc = debug_run(work, name, *extra)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         procs.append(proc)
     return {"work": work, "uri": f"sqlite:///{work / 'w' / 'mlflow.db'}", "frames": (first, second), "procs": procs}

@@ -96,9 +96,11 @@ def test_local_ray_gets_the_machine_cpus_unless_the_config_says_otherwise() -> N
     assert local_cpus(one_worker) == cores
     assert local_cpus(load_config(DEBUG, ["workflow.num_cpus=7"])) == 7
     # More workers than cores: enough logical CPUs for one run, or its workers would wait forever.
-    many = load_config(DEBUG, [f"train.num_workers={cores + 3}"])
+    many = load_config(DEBUG, ["train.backend=ray", f"train.num_workers={cores + 3}"])
     assert local_cpus(many) == cores + 3
-    assert local_cpus(load_config(DEBUG, ["train.num_workers=3", "train.cpus_per_worker=1.5"])) == max(cores, 5)
+    assert local_cpus(
+        load_config(DEBUG, ["train.backend=ray", "train.num_workers=3", "train.cpus_per_worker=1.5"])
+    ) == max(cores, 5)
 
 
 def test_a_local_fit_polls_quickly_and_a_users_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:

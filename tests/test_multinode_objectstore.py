@@ -227,6 +227,7 @@ def test_debug_pipeline_on_two_nodes_with_an_s3_work_dir(s3, cluster, tmp_path: 
         f"workflow.work_dir={work}",
         f"workflow.ray_address={cluster['address']}",
         "train.epochs=1",
+        "train.backend=ray",
         "train.num_workers=2",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]

@@ -2,7 +2,7 @@
 
 Every fit here uses the same tiny config, so their final losses can be compared exactly: a run that
 lost a worker mid-epoch, or was stopped and resumed, must end where an uninterrupted run ends.
-About five fits of ~20-40 s each (worker-group start dominates on 2 cores).
+Four Ray Train fits of ~20-60 s each (worker-group start dominates on 2 cores) and one in-process fit.
 """
 
 from __future__ import annotations
@@ -85,10 +85,13 @@ def reference(shards: Path):
 
 @pytest.fixture(scope="module")
 def single(shards: Path):
+    """The 1-worker run, in this process (train.backend=local: the weights of a 1-worker Ray Train run,
+    tests/test_e2e.py), which spares this module one Ray Train start-up."""
     from lstm_dist.train.trainer import fit
 
     work = shards.parent
-    return fit(config(work, num_workers=1), shard_dir=str(shards), storage_dir=str(work / "runs"), name="single")
+    cfg = config(work, num_workers=1, backend="local")
+    return fit(cfg, shard_dir=str(shards), storage_dir=str(work / "runs"), name="single")
 
 
 def test_two_workers_match_one_worker_with_the_same_global_batch(reference, single) -> None:

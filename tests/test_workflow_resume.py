@@ -60,6 +60,7 @@ def test_killed_during_training_resumes_from_its_checkpoint_and_registers_once(t
         f"train.max_steps_per_epoch={STEPS_PER_EPOCH}",
         "data.sample.num_steps=1200",
         "train.patience=0",
+        "train.backend=ray",  # Ray Train's checkpoints and snapshot (train.backend=local: tests/test_local_train.py)
     ]
     log = tmp_path / "first.log"
     with open(log, "w") as out:

@@ -1,4 +1,5 @@
-"""The per-worker training loop run by Ray Train: read it top to bottom.
+"""The per-worker training loop run by Ray Train (or, with train.backend=local, in this process): read it top to
+bottom.
 
 Each Ray Train worker runs `train_loop_per_worker`: it memory-maps the shards, draws its
 own disjoint share of window indices each epoch, trains a DDP-wrapped forecaster, evaluates
@@ -13,7 +14,8 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,14 +43,45 @@ from lstm_dist.train.steps import evaluate, train_epoch
 FAIL_ENV = "LSTM_DIST_FAIL_AT"
 
 
+class RaySession:
+    """Ray Train's side of the loop: this worker's place and device, its checkpoints and its reports."""
+
+    def __init__(self) -> None:
+        ctx = ray.train.get_context()  # Ray: this worker's place in the group
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()  # Ray: the GPU assigned to this worker, or cpu
+
+    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(net)  # Ray: move to the device, wrap in DDP when world_size > 1
+
+    @contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        """The latest checkpoint after a worker failure or on --resume, as a directory; None on a fresh start."""
+        checkpoint = ray.train.get_checkpoint()  # Ray: the run's latest checkpoint
+        if not checkpoint:
+            yield None
+            return
+        with checkpoint.as_directory() as ckpt_dir:
+            yield Path(ckpt_dir)
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None  # Ray: uploaded by report
+        ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    cfg = PipelineConfig.model_validate(config["pipeline"])
+    """The loop as a Ray Train worker runs it."""
     quiet_train_report_logs()
+    run_loop(config, RaySession())
+
+
+def run_loop(config: dict[str, Any], session: Any) -> None:
+    """Train one rank: `session` is its place, device, checkpoints and reports (RaySession in a Ray Train worker,
+    train.local.LocalSession in this process)."""
+    cfg = PipelineConfig.model_validate(config["pipeline"])
     tc = cfg.train
-    ctx = ray.train.get_context()  # Ray: this worker's place in the group
-    device = ray.train.torch.get_device()  # Ray: the GPU assigned to this worker, or cpu
+    device, rank, world_size = session.device, session.rank, session.world_size
     torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
-    rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     precision = resolve_precision(tc.precision, device, cell=cfg.model.cell)
     w = _Worker(cfg, rank=rank, world_size=world_size, device=device, precision=precision)
 
@@ -58,14 +91,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     net: Forecaster = build_model(cfg.model, **model_args)
     if config.get("init_weights"):  # warm start, e.g. from the champion; a checkpoint below takes precedence
         _load_init_weights(net, config["init_weights"])
-    model = ray.train.torch.prepare_model(net)  # Ray: move to the device, wrap in DDP when world_size > 1
+    model = session.prepare(net)
     net = model.module if hasattr(model, "module") else model
 
     w.local_batch = _local_batch(tc.batch_size, rank=rank, world_size=world_size)
     sampler = _sampler(cfg, train_ds, rank=rank, world_size=world_size, local_batch=w.local_batch)
     w.steps_per_epoch = _steps_per_epoch(cfg, sampler, local_batch=w.local_batch, world_size=world_size)
     state = _training_state(cfg, net, w)
-    start_epoch, history = _restore(state, rank=rank)
+    start_epoch, history = _restore(state, session)
     if state.stopper.stopped:
         return  # the run had already stopped early; nothing to continue (no report on any rank)
     ckpt_args = {"model": cfg.model.model_dump(mode="json"), **model_args}
@@ -86,7 +119,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             reporter.done(_epoch_line(metrics, epochs=tc.epochs, label=label))
         elif rank == 0:
             print(_epoch_line(metrics, epochs=tc.epochs, label=label), flush=True)
-        _report(metrics, state, rank=rank, history=history, model_args=ckpt_args)
+        _report(metrics, state, session, history=history, model_args=ckpt_args)
         if metrics["stopped_early"]:
             break
 
@@ -241,14 +274,13 @@ def _steps_per_epoch(
     return min(steps, tc.max_steps_per_epoch) if tc.max_steps_per_epoch else steps
 
 
-def _restore(state: TrainingState, *, rank: int) -> tuple[int, list[dict[str, float]]]:
+def _restore(state: TrainingState, session: Any) -> tuple[int, list[dict[str, float]]]:
     """Load the run's latest checkpoint into `state`, if there is one; returns (epochs done, history)."""
-    checkpoint = ray.train.get_checkpoint()  # Ray: the latest checkpoint after a worker failure or on --resume
-    if not checkpoint:
-        return 0, []
-    with checkpoint.as_directory() as ckpt_dir:
-        start_epoch, history = load_training_state(Path(ckpt_dir), state)
-    if rank == 0:
+    with session.restored() as ckpt_dir:
+        if ckpt_dir is None:
+            return 0, []
+        start_epoch, history = load_training_state(ckpt_dir, state)
+    if session.rank == 0:
         print(f"[train] resumed after epoch {start_epoch}", flush=True)
     return start_epoch, history
 
@@ -267,18 +299,18 @@ def _epoch_line(metrics: dict[str, float], *, epochs: int, label: str) -> str:
 def _report(
     metrics: dict[str, float],
     state: TrainingState,
+    session: Any,
     *,
-    rank: int,
     history: list[dict[str, float]],
     model_args: dict[str, Any],
 ) -> None:
     """Report the epoch's metrics from every rank, with rank 0's checkpoint attached."""
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = None
-        if rank == 0:  # one copy of the weights is enough; every rank still reports
-            save_training_state(Path(tmp), state, epoch=int(metrics["epoch"]), history=history, model_args=model_args)
-            ckpt = ray.train.Checkpoint.from_directory(tmp)  # Ray: uploaded to storage by report
-        ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
+        if session.rank == 0:  # one copy of the weights is enough; every rank still reports
+            ckpt = Path(tmp)
+            save_training_state(ckpt, state, epoch=int(metrics["epoch"]), history=history, model_args=model_args)
+        session.report(metrics, ckpt)
 
 
 class _NoWindows:

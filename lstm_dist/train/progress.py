@@ -47,12 +47,15 @@ def report_ready(queue: Any, what: str) -> None:
 
 
 @contextmanager
-def driver_progress(label: str) -> Iterator[Any]:
+def driver_progress(label: str, *, local: bool = False) -> Iterator[Any]:
     """The queue for rank 0's progress (pass it to the workers), drawn on this process's terminal while
-    the block runs; every message sent before the block ends is shown."""
+    the block runs; every message sent before the block ends is shown. `local`: the loop runs in this
+    process (train.backend=local), so a plain thread-safe queue carries it."""
+    import queue as queues
+
     from ray.util.queue import Empty, Queue
 
-    queue = Queue(actor_options={"num_cpus": 0})
+    queue = queues.Queue() if local else Queue(actor_options={"num_cpus": 0})
     view = _Bars(label) if sys.stdout.isatty() else _Lines()
     stop = threading.Event()
     started = time.monotonic()
@@ -65,7 +68,7 @@ def driver_progress(label: str) -> Iterator[Any]:
                     ready = f"[{label}] {message['ready']}: ready after {time.monotonic() - started:.1f} s"
                     message = {"epoch": 0, "line": ready}
                 view.show(message)
-            except Empty:
+            except (Empty, queues.Empty):
                 if stop.is_set():
                     return
             except Exception:  # noqa: BLE001 - the queue's actor is gone (Ray shut down): nothing more to show
@@ -79,7 +82,8 @@ def driver_progress(label: str) -> Iterator[Any]:
         stop.set()
         thread.join(timeout=10)
         view.close()
-        queue.shutdown()
+        if not local:
+            queue.shutdown()  # the queue's actor
 
 
 class _Lines:

@@ -27,6 +27,7 @@ from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.storage import Store
 from lstm_dist.train.checkpoints import load_history
+from lstm_dist.train.local import RECORD_FILE, best_of, run_local
 from lstm_dist.train.loop import FAIL_ENV, train_loop_per_worker
 from lstm_dist.train.precision import resolve_precision
 from lstm_dist.train.progress import driver_progress
@@ -96,6 +97,12 @@ def fit(
         "train_split": train_split,
         "label": label or "train",
     }
+    if cfg.train.backend == "local" and not callbacks:  # a tune trial (callbacks) reports through Ray Train
+        run_dir = Path(storage_dir if store.local else local_dir) / name
+        with driver_progress(label, local=True) if label else nullcontext() as queue:
+            config = {**loop_config, "progress": queue}
+            record = run_local(config, run_dir=run_dir, keep=cfg.train.keep_checkpoints, device=_device(gpu))
+        return _local_result(record, run_dir)
     run_config = _run_config(cfg, store=store, storage_dir=storage_dir, name=name, callbacks=callbacks)
     with driver_progress(label) if label else nullcontext() as queue, quick_train_poll():
         result = _trainer(cfg, gpu=gpu, loop_config={**loop_config, "progress": queue}, run_config=run_config).fit()
@@ -107,6 +114,22 @@ def fit(
         shutil.rmtree(run_dir, ignore_errors=True)
         store.download(store.join(name), run_dir)
     return _train_result(result, run_dir)
+
+
+def _device(gpu: bool) -> torch.device:
+    return torch.device("cuda" if gpu else "cpu")
+
+
+def _local_result(record: dict, run_dir: Path) -> TrainResult:
+    """A local run's checkpoints (train.local) as a TrainResult, like `_train_result` for a Ray Train run."""
+    latest = run_dir / record["latest"]
+    return TrainResult(
+        best_checkpoint=run_dir / best_of(record),
+        latest_checkpoint=latest,
+        history=pd.DataFrame(load_history(latest)),
+        run_dir=run_dir,
+        checkpoints=[run_dir / e["dir"] for e in record["checkpoints"]],
+    )
 
 
 def _trainer(cfg: PipelineConfig, *, gpu: bool, loop_config: dict, run_config: ray.train.RunConfig) -> TorchTrainer:
@@ -192,6 +215,11 @@ def _train_result(result: ray.train.Result, run_dir: Path) -> TrainResult:
     )
 
 
+def has_checkpoints(run_dir: Path) -> bool:
+    """Whether `run_dir` is a training run that can be resumed: Ray Train's snapshot, or a local run's record."""
+    return (run_dir / SNAPSHOT_FILE).exists() or (run_dir / RECORD_FILE).exists()
+
+
 def train_from_shards(
     cfg: PipelineConfig, *, shard_dir: str | Path | None, resume: str | None = None, progress=print
 ) -> TrainResult:
@@ -206,8 +234,8 @@ def train_from_shards(
     storage = Path(cfg.workflow.work_dir) / "train_runs"
     if resume:
         run_dir = storage / resume
-        if not (run_dir / SNAPSHOT_FILE).exists():
-            runs = sorted(p.name for p in storage.glob("*") if (p / SNAPSHOT_FILE).exists()) if storage.is_dir() else []
+        if not has_checkpoints(run_dir):
+            runs = sorted(p.name for p in storage.glob("*") if has_checkpoints(p)) if storage.is_dir() else []
             raise ConfigError(
                 f"--resume {resume}: no training run with checkpoints at {run_dir}; "
                 f"runs under {storage}: {', '.join(runs) or 'none'}"
