@@ -361,7 +361,10 @@ def ui(
     port: Annotated[int, typer.Option(help="Port of the UI; 0 picks a free one.")] = 5000,
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the UI server to answer.")] = 180.0,
     workers: Annotated[
-        int, typer.Option(min=1, help="Server processes; one serves a person's browser (MLflow's default, 4, starts 4x slower).")
+        int,
+        typer.Option(
+            min=1, help="Server processes; one serves a person's browser (MLflow's default, 4, starts 4x slower)."
+        ),
     ] = 1,
 ) -> None:
     """Start the MLflow UI on the config's tracking store; print its address once it answers."""
