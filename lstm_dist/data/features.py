@@ -63,9 +63,8 @@ def holiday_distances(days: np.ndarray, spec: str) -> np.ndarray:
     if days.size == 0:
         return out
     years = days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
-    hol = _holiday_days(
-        spec, int(years.min()) - 1, int(years.max()) + 1
-    )  # a year either side: distances across New Year
+    # A year either side: the distances across New Year.
+    hol = _holiday_days(spec, int(years.min()) - 1, int(years.max()) + 1)
     if hol.size == 0:
         return out
     after = np.searchsorted(hol, days, side="right")  # holidays on or before each day: hol[:after]

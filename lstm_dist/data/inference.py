@@ -55,11 +55,9 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
     x, ts_in = _input_windows(block, stored, loc, scale, manifest=manifest)  # [S, L, Fs], [S, L]
     horizon_ts = freq.next_steps(block.ts[block.offsets[1:] - 1], horizon)  # [S, H] on the calendar grid
     t0 = horizon_ts[:, 0]  # [S]
-    calendar = list(manifest.calendar_features)
+    calendar, holidays = list(manifest.calendar_features), manifest.holidays
     if calendar:
-        x = np.concatenate(
-            [x, calendar_features(ts_in, calendar, tz=freq.tz, holidays=manifest.holidays)], axis=2
-        )  # [S, L, F]
+        x = np.concatenate([x, calendar_features(ts_in, calendar, tz=freq.tz, holidays=holidays)], axis=2)  # [S, L, F]
     num_fut = len(manifest.future_cols)
     fut = np.zeros((num_s, horizon, 0), dtype=np.float32)
     if num_fut:
@@ -69,9 +67,7 @@ def make_inference_batch(history: pd.DataFrame, *, manifest: Manifest, future: p
         messages.append("`future` was given but the manifest has no future_cols; it is ignored")
         warnings.warn(messages[-1], stacklevel=2)
     if calendar:
-        fut = np.concatenate(
-            [fut, calendar_features(horizon_ts, calendar, tz=freq.tz, holidays=manifest.holidays)], axis=2
-        )  # [S, H, Ff]
+        fut = np.concatenate([fut, calendar_features(horizon_ts, calendar, tz=freq.tz, holidays=holidays)], axis=2)
     return {
         "x": x,
         "future": fut,

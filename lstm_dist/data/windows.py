@@ -204,9 +204,8 @@ class WindowDataset:
         if self._calendar:
             if ts is None:
                 ts = np.empty((0, lookback + self._horizon), dtype=np.int64)
-            cal = calendar_features(
-                ts, self._calendar, tz=self._tz, holidays=self._holidays
-            )  # [B, L+H, 2C], from the real timestamps
+            # [B, L+H, 2C], from the real timestamps
+            cal = calendar_features(ts, self._calendar, tz=self._tz, holidays=self._holidays)
             x = np.concatenate([win_x, cal[:, :lookback]], axis=2)  # [B, L, F]
             future = np.concatenate([fut, cal[:, lookback:]], axis=2)  # [B, H, Ff]
         else:
