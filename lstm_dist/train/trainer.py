@@ -82,7 +82,11 @@ def fit(
     `train_split="all"`: the final fit, on every window up to the end of each series, without validation
     (no early stopping; the latest checkpoint is the model). `label` (the pipeline step, e.g. "final_fit"):
     rank 0's progress is drawn on this process's terminal, one line per epoch (train/progress.py); without it
-    (a tune trial) the workers print their epoch lines themselves."""
+    (a tune trial) the workers print their epoch lines themselves.
+
+    `train.backend=local` (one worker) runs the same loop in this process instead of Ray Train's workers
+    (train/local.py): no Ray Train start-up; checkpoints under `<storage_dir>/<name>/` (`<local_dir>/<name>/` for
+    a URI), kept and resumed the same way. A tune trial (`callbacks`) always trains on Ray Train."""
     gpu = _check_devices(cfg)
     store = Store(storage_dir)
     if not store.local and local_dir is None:
@@ -99,10 +103,7 @@ def fit(
     }
     if cfg.train.backend == "local" and not callbacks:  # a tune trial (callbacks) reports through Ray Train
         run_dir = Path(storage_dir if store.local else local_dir) / name
-        with driver_progress(label, local=True) if label else nullcontext() as queue:
-            config = {**loop_config, "progress": queue}
-            record = run_local(config, run_dir=run_dir, keep=cfg.train.keep_checkpoints, device=_device(gpu))
-        return _local_result(record, run_dir)
+        return _fit_local(cfg, loop_config, run_dir=run_dir, gpu=gpu, label=label)
     run_config = _run_config(cfg, store=store, storage_dir=storage_dir, name=name, callbacks=callbacks)
     with driver_progress(label) if label else nullcontext() as queue, quick_train_poll():
         result = _trainer(cfg, gpu=gpu, loop_config={**loop_config, "progress": queue}, run_config=run_config).fit()
@@ -116,12 +117,14 @@ def fit(
     return _train_result(result, run_dir)
 
 
-def _device(gpu: bool) -> torch.device:
-    return torch.device("cuda" if gpu else "cpu")
-
-
-def _local_result(record: dict, run_dir: Path) -> TrainResult:
-    """A local run's checkpoints (train.local) as a TrainResult, like `_train_result` for a Ray Train run."""
+def _fit_local(cfg: PipelineConfig, loop_config: dict, *, run_dir: Path, gpu: bool, label: str | None) -> TrainResult:
+    """train.backend=local: the loop in this process (train/local.py), its checkpoints in `run_dir`; a TrainResult
+    like `_train_result`'s for a Ray Train run."""
+    device = torch.device("cuda" if gpu else "cpu")
+    with driver_progress(label, local=True) if label else nullcontext() as queue:
+        record = run_local(
+            {**loop_config, "progress": queue}, run_dir=run_dir, keep=cfg.train.keep_checkpoints, device=device
+        )
     latest = run_dir / record["latest"]
     return TrainResult(
         best_checkpoint=run_dir / best_of(record),
