@@ -629,8 +629,9 @@ def _resume_point(storage: str, name: str) -> tuple[str, int | str] | None:
 
     store = Store(storage)
     record = read_record(Path(storage) / name) if store.local else {}
-    if record:  # a train.backend=local run: checkpoint_<epoch>
-        return record["latest"], int(record["latest"].rpartition("_")[2])
+    if record:  # a train.backend=local run: its record names the latest checkpoint and its epoch
+        latest = next(e for e in record["checkpoints"] if e["dir"] == record["latest"])
+        return latest["dir"], latest["epoch"]
     try:
         latest = json.loads(store.read_text(store.join(name, SNAPSHOT_FILE)))["latest_checkpoint_result"]
     except (OSError, ValueError, KeyError):
