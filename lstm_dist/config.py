@@ -216,7 +216,7 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     backend: Literal["ray", "local"] = "ray"
-    """`ray`: Ray Train workers (DDP over num_workers, restarts, checkpoints on any node); `local`: one worker in the driver's process, no Ray Train start-up (small runs; needs num_workers=1)."""
+    """`ray`: Ray Train workers (DDP over num_workers, restarts, checkpoints on any node); `local`: one worker in the driver's process, no Ray Train start-up (small runs; needs num_workers=1); tune trials with tune.workers_per_trial=1 then train in their own Tune process."""
     num_workers: int = Field(2, ge=1)
     """Ray Train workers (DDP ranks)."""
     use_gpu: Literal["auto", "yes", "no"] = "auto"

@@ -195,6 +195,7 @@ class Tracker:
             yield
         finally:
             monitor.finish()
+            _publish_last_sample(monitor)
 
     @contextmanager
     def step(self, name: str, **tags: Any) -> Iterator[Tracker]:
@@ -610,3 +611,14 @@ def _finite(value: Any) -> bool:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _publish_last_sample(monitor) -> None:
+    """One more sample as the body ends, with what was sampled since the last one: a body shorter than the
+    sampling interval (a small local fit) would otherwise log no system metrics at all."""
+    try:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception as exc:  # the run's metrics matter more than its last system sample
+        warnings.warn(f"no final MLflow system metrics sample: {exc}", stacklevel=2)

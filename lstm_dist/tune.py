@@ -1,7 +1,9 @@
-"""Hyperparameter search: the `tune.space` of a config -> Ray Tune trials, each a real Ray Train run.
+"""Hyperparameter search: the `tune.space` of a config -> Ray Tune trials, each a real Ray Train run, or with
+train.backend=local and one worker a trial, the training loop in the trial's own process.
 
 In Ray 2.60 (Train V2) a Tune trial is a plain function that builds and fits its own `TorchTrainer`;
-`TuneReportCallback` forwards each epoch's report of rank 0 to Tune, so ASHA can stop weak trials.
+`TuneReportCallback` forwards each epoch's report of rank 0 to Tune, so ASHA can stop weak trials. An
+in-process trial reports each epoch to Tune itself (`TuneSession`).
 The space is written in the YAML config as dotted keys, one distribution each:
 
     tune:
@@ -20,6 +22,8 @@ import difflib
 import functools
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,12 +234,19 @@ def apply_params(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
 
 
 def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
-    """The config one trial trains with: sampled values, tune.workers_per_trial Ray Train workers (a trial's fit
-    reports to Tune through Ray Train, whatever train.backend says)."""
+    """The config one trial trains with: sampled values, tune.workers_per_trial workers (on Ray Train unless the
+    trial trains in its own process, `in_process_trials`)."""
     trial = apply_params(cfg, params)
-    trial.train.backend = "ray"
+    if not in_process_trials(cfg):
+        trial.train.backend = "ray"
     trial.train.num_workers = cfg.tune.workers_per_trial
     return trial
+
+
+def in_process_trials(cfg: PipelineConfig) -> bool:
+    """Whether each trial trains in its own Tune process (train.backend=local, one worker a trial) instead of
+    driving a Ray Train run: no Ray Train start-up per trial, which on small data is most of a trial."""
+    return cfg.train.backend == "local" and cfg.tune.workers_per_trial == 1
 
 
 def max_concurrent(cfg: PipelineConfig, resources: dict[str, float], *, gpu: bool) -> int:
@@ -251,6 +262,49 @@ def max_concurrent(cfg: PipelineConfig, resources: dict[str, float], *, gpu: boo
         gpus_per_worker = getattr(cfg.train, "gpus_per_worker", 1.0)  # a fraction lets trials share a GPU
         fit = min(fit, int(resources.get("GPU", 0) // (workers * gpus_per_worker)))
     return max(1, min(fit, cfg.tune.num_samples))
+
+
+class TuneSession:
+    """A trial's own process as rank 0 of 1 (train.backend=local): its checkpoints and reports go to Ray Tune,
+    which keeps them in the trial's directory and gives the latest back when the trial restarts."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, device) -> None:
+        self.device = device
+
+    def prepare(self, net):
+        return net.to(self.device)
+
+    @contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        import ray.tune
+
+        checkpoint = ray.tune.get_checkpoint()  # Ray: the trial's latest checkpoint when it is restarted
+        if not checkpoint:
+            yield None
+            return
+        with checkpoint.as_directory() as ckpt_dir:
+            yield Path(ckpt_dir)
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        import ray.tune
+
+        ckpt = ray.tune.Checkpoint.from_directory(checkpoint) if checkpoint else None
+        ray.tune.report(metrics, checkpoint=ckpt)  # Ray: to the scheduler (ASHA) and the trial's directory
+
+
+def _local_trial(params: dict[str, Any], *, base: dict[str, Any], shard_dir: str, **_) -> None:
+    """One Tune trial in its own process: the training loop with this trial's config (in_process_trials)."""
+    import ray
+    import torch
+
+    from lstm_dist.train.loop import run_loop
+
+    cfg = trial_config(PipelineConfig.model_validate(base), params)
+    device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")  # Ray: the GPU given to this trial, if any
+    loop_config = {"pipeline": cfg.model_dump(mode="json"), "shard_dir": shard_dir, "train_split": "train"}
+    run_loop(loop_config, TuneSession(device))
 
 
 def _trial(params: dict[str, Any], *, base: dict[str, Any], shard_dir: str, storage_dir: str, groups) -> None:
@@ -404,15 +458,16 @@ def _tuner(cfg: PipelineConfig, *, params, scheduler, concurrent: int, groups, s
     """The Tuner: one function trial per sample, each driving its own TorchTrainer."""
     from ray import tune
 
+    local = in_process_trials(cfg)
     trainable = tune.with_parameters(
-        _trial,
+        _local_trial if local else _trial,
         base=cfg.model_dump(mode="json"),
         shard_dir=shard_dir,
         storage_dir=str(out_dir / "train"),
         groups=groups,
     )
     return tune.Tuner(
-        tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPUS}),
+        tune.with_resources(trainable, _trial_resources(cfg, local=local)),
         param_space={p.key: p.domain() for p in params},
         tune_config=tune.TuneConfig(
             metric=METRIC,
@@ -427,9 +482,27 @@ def _tuner(cfg: PipelineConfig, *, params, scheduler, concurrent: int, groups, s
             trial_dirname_creator=lambda trial: trial.trial_id,  # short paths: no config values in names
         ),
         run_config=tune.RunConfig(
-            name="tune", storage_path=str(out_dir), verbose=1, callbacks=[_cleanup_callback(groups)]
+            name="tune",
+            storage_path=str(out_dir),
+            verbose=1,
+            callbacks=[_cleanup_callback(groups)],
+            # In-process trials keep checkpoints as a Ray Train run would (train/trainer._run_config).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                checkpoint_score_attribute=METRIC,
+                checkpoint_score_order=MODE,
+            ),
         ),
     )
+
+
+def _trial_resources(cfg: PipelineConfig, *, local: bool) -> dict[str, float]:
+    """An in-process trial holds what its one worker would; a Ray Train trial only drives its workers."""
+    from lstm_dist.train.trainer import use_gpu
+
+    if not local:
+        return {"cpu": TRIAL_DRIVER_CPUS}
+    return {"cpu": cfg.train.cpus_per_worker, **({"gpu": cfg.train.gpus_per_worker} if use_gpu(cfg) else {})}
 
 
 def _outcome(cfg: PipelineConfig, trials: pd.DataFrame, *, params, errors, shard_dir: str, out_dir: Path):

@@ -84,6 +84,8 @@ def test_quniform_samples_become_ints_and_trials_use_workers_per_trial() -> None
     assert trial.train.batch_size == 96 and isinstance(trial.train.batch_size, int)
     assert trial.model.dropout == 0.25 and trial.train.num_workers == 3
     assert cfg.train.batch_size == 64  # the base config is left alone
+    assert cfg.train.backend == "local" and trial.train.backend == "ray"  # 3 workers: DDP on Ray Train
+    assert trial_config(load_config(DEBUG), {}).train.backend == "local"  # 1 worker: in the trial's process
 
 
 def test_final_config_trains_the_best_epochs_without_early_stopping() -> None:
