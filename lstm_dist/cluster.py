@@ -69,24 +69,35 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
         ray.init(address=address, log_to_driver=True)
         return resources()
     loopback_node()  # every Ray server on 127.0.0.1, not on all interfaces
-    port = _free_port()
-    ray.init(
-        num_cpus=local_cpus(cfg),
+    # Each worker process quiets Ray Train's warnings that mean nothing on one machine.
+    runtime_env = {
+        "worker_process_setup_hook": f"{quiet_local_ray_worker.__module__}.{quiet_local_ray_worker.__name__}"
+    }
+    dashboard = {"include_dashboard": False}
+    if uses_ray_train(cfg):
         # The dashboard serves the State API, which Ray Train's placement-group cleaner polls once a
         # second; without it every poll logs "Failed to query Ray Train Controller actor state".
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
+        port = _free_port()
+        dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
         # The cleaner finds the State API by looking for a running Ray on the machine, and fails when it
         # finds several (another user's, another run's): tell every process of this job where it is.
-        runtime_env={
-            "env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"},
-            # Each worker process quiets Ray Train's warnings that mean nothing on one machine.
-            "worker_process_setup_hook": f"{quiet_local_ray_worker.__module__}.{quiet_local_ray_worker.__name__}",
-        },
+        runtime_env["env_vars"] = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    ray.init(
+        num_cpus=local_cpus(cfg),
+        **dashboard,
+        runtime_env=runtime_env,
         log_to_driver=True,  # the workers' epoch lines
     )
     return resources()
+
+
+def uses_ray_train(cfg: PipelineConfig | None) -> bool:
+    """Whether a run of `cfg` may start Ray Train (unknown without a config): only then does a local Ray start
+    its dashboard's modules (Ray Train's State API), about ten more processes and 2.5 s more start-up on a
+    2-core machine, which nothing else here needs. Ray's API server starts either way."""
+    if cfg is None or cfg.train.backend == "ray":
+        return True
+    return cfg.tune.enabled and cfg.tune.workers_per_trial > 1  # tune.in_process_trials is false
 
 
 def set_ray_env(*, local: bool) -> None:

@@ -26,7 +26,7 @@ import json, sys, psutil, ray
 from lstm_dist.cluster import init_ray
 from lstm_dist.config import load_config
 
-init_ray(load_config(sys.argv[1], ["workflow.work_dir=" + sys.argv[2]]))
+init_ray(load_config(sys.argv[1], ["workflow.work_dir=" + sys.argv[2], *sys.argv[3:]]))
 
 
 class Probe:  # an actor with env vars of its own, as Ray Train starts its controller
@@ -54,21 +54,27 @@ probe = ray.remote(Probe).options(runtime_env={"env_vars": {"PROBE": "1"}}).remo
 hook_passed = ray.get(probe.passed.remote())  # a worker process too
 procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
 names = {p.pid: p.name() for p in procs}
+commands = {p.pid: " ".join(p.cmdline()[:3]) for p in procs}
 found = [
-    {"name": names[c.pid], "ip": c.laddr.ip, "port": c.laddr.port}
+    {"name": names[c.pid], "ip": c.laddr.ip, "port": c.laddr.port, "command": commands[c.pid]}
     for c in psutil.net_connections(kind="inet")
     if c.status == psutil.CONN_LISTEN and c.pid in names
 ]
-print(json.dumps({"listeners": found, "node_ip": ray.util.get_node_ip_address(), "hook_passed": hook_passed}))
+modules = [c for c in commands.values() if c.startswith("ray-dashboard-")]  # the dashboard's module processes
+print(json.dumps({"listeners": found, "node_ip": ray.util.get_node_ip_address(), "hook_passed": hook_passed,
+                  "dashboard_modules": modules}))
 """
 
 
 @pytest.mark.slow
-def test_a_local_ray_listens_on_loopback_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["ray", "local"])
+def test_a_local_ray_listens_on_loopback_only(tmp_path: Path, backend: str) -> None:
+    """With train.backend=ray the dashboard runs too (Ray Train's State API) and listens on loopback as well;
+    a run that never starts Ray Train (train.backend=local, debug.yaml's) starts none of its modules."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, "-c", LISTENERS, str(DEBUG), str(tmp_path / "w")],
+        [sys.executable, "-c", LISTENERS, str(DEBUG), str(tmp_path / "w"), f"train.backend={backend}"],
         env=env,
         capture_output=True,
         text=True,
@@ -78,6 +84,8 @@ def test_a_local_ray_listens_on_loopback_only(tmp_path: Path) -> None:
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     names = {entry["name"] for entry in seen["listeners"]}
     assert {"gcs_server", "raylet"} <= names, seen  # the check saw Ray's servers, not an empty list
+    # Ray always starts its API server; the dashboard's modules (a process each) only for Ray Train.
+    assert bool(seen["dashboard_modules"]) == (backend == "ray"), seen["dashboard_modules"]
     exposed = [e for e in seen["listeners"] if e["ip"] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert seen["node_ip"] == "127.0.0.1"

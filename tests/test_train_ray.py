@@ -8,7 +8,9 @@ search of two Ray Train trials.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -122,6 +124,33 @@ def test_metrics_and_checkpoints_of_a_run(reference) -> None:
     assert reference.latest_checkpoint in reference.checkpoints and reference.best_checkpoint in reference.checkpoints
     assert len(reference.checkpoints) <= 2
     assert checkpoint_dirs(reference.run_dir) == reference.checkpoints
+
+
+def test_the_pipeline_resumes_a_ray_train_run_from_its_newest_complete_checkpoint(reference, tmp_path) -> None:
+    """The train step's resume point (pipelines/steps._resume_point) on a copy of a real Ray Train run: Ray's
+    snapshot names the latest checkpoint, but a kill between a checkpoint's write and the snapshot's leaves the
+    snapshot one behind: the newest complete checkpoint beside it wins, an incomplete one does not."""
+    from lstm_dist.pipelines.steps import _resume_point
+
+    from lstm_dist.train.checkpoints import MODEL_FILE, STATE_JSON
+    from lstm_dist.train.trainer import SNAPSHOT_FILE
+
+    run = tmp_path / "runs" / "reference"
+    shutil.copytree(reference.run_dir, run)
+    latest = reference.latest_checkpoint.name
+    assert _resume_point(str(tmp_path / "runs"), "reference") == (latest, 3)
+    # The snapshot still names an older checkpoint (epoch 1) than the one on disk.
+    older = run / "checkpoint_0000-older"
+    shutil.copytree(run / latest, older)
+    (older / STATE_JSON).write_text(json.dumps({**json.loads((older / STATE_JSON).read_text()), "epoch": 1}))
+    snapshot = json.loads((run / SNAPSHOT_FILE).read_text())
+    snapshot["latest_checkpoint_result"]["checkpoint_dir_name"] = older.name
+    snapshot["latest_checkpoint_result"]["metrics"]["epoch"] = 1
+    (run / SNAPSHOT_FILE).write_text(json.dumps(snapshot))
+    (run / "checkpoint_9999-partial").mkdir()  # killed while writing: only the weights made it
+    shutil.copy(run / latest / MODEL_FILE, run / "checkpoint_9999-partial" / MODEL_FILE)
+    assert _resume_point(str(tmp_path / "runs"), "reference") == (latest, 3)
+    assert _resume_point(str(tmp_path / "runs"), "missing") is None
 
 
 def test_a_worker_killed_mid_epoch_restarts_from_the_last_checkpoint(shards, reference, monkeypatch) -> None:
