@@ -3,7 +3,7 @@
 Every fit here uses the same tiny config, so their final losses can be compared exactly: a run that
 lost a worker mid-epoch, or was stopped and resumed, must end where an uninterrupted run ends.
 Four Ray Train fits of ~20-60 s each (worker-group start dominates on 2 cores), one in-process fit and a Tune
-search of two Ray Train trials.
+search of one Ray Train trial.
 """
 
 from __future__ import annotations
@@ -207,19 +207,16 @@ def test_tune_trials_on_ray_train_train_like_a_local_run_and_release_their_worke
     from lstm_dist.tune import run_tune
 
     work = shards.parent
-    tune = {"enabled": True, "num_samples": 2, "scheduler": "none", "max_concurrent_trials": 2}
-    tune |= {"space": {"train.lr": {"choice": [0.01, 0.02]}}, "start_from": [{"train.lr": 0.01}, {"train.lr": 0.02}]}
+    # One trial (each costs a Ray Train start-up): CONFIG's own values, sampled from a one-value space.
+    tune = {"enabled": True, "num_samples": 1, "scheduler": "none", "space": {"train.lr": {"choice": [0.01]}}}
     cfg = from_dict({**CONFIG, "tune": tune, "workflow": {"work_dir": str(work)}}).resolved()
     groups_before = set(placement_group_table())
-    lines: list[str] = []
-    outcome = run_tune(cfg, shard_dir=str(shards), out_dir=work / "tune_ray", progress=lines.append)
+    outcome = run_tune(cfg, shard_dir=str(shards), out_dir=work / "tune_ray", progress=lambda line: None)
     trials = outcome.trials
-    assert len(trials) == 2 and list(trials["stopped"]) == ["no", "no"], trials
-    assert "2 at a time, 1 worker(s) each" in lines[0]
-    assert len(list((work / "tune_ray" / "train").glob("trial_*/checkpoint_manager_snapshot.json"))) == 2
-    # The lr=0.01 trial is the 1-worker run of CONFIG: the same losses as the in-process run, epoch by epoch.
-    (history,) = trials.loc[trials["train.lr"] == 0.01, "history"]
-    assert history["val_loss"] == pytest.approx(list(single.history["val_loss"]), rel=1e-6)
+    assert len(trials) == 1 and list(trials["stopped"]) == ["no"], trials
+    assert len(list((work / "tune_ray" / "train").glob("trial_*/checkpoint_manager_snapshot.json"))) == 1
+    # The trial is the 1-worker run of CONFIG: the same losses as the in-process run, epoch by epoch.
+    assert trials["history"][0]["val_loss"] == pytest.approx(list(single.history["val_loss"]), rel=1e-6)
     # Every placement group a trial reserved for its workers is gone (tune._group_registry_class).
     new = {k: v for k, v in placement_group_table().items() if k not in groups_before}
     assert new and all(g["state"] == "REMOVED" for g in new.values()), new
