@@ -455,7 +455,8 @@ def _scheduler(cfg: PipelineConfig):
 
 
 def _tuner(cfg: PipelineConfig, *, params, scheduler, concurrent: int, groups, shard_dir: str, out_dir: Path):
-    """The Tuner: one function trial per sample, each driving its own TorchTrainer."""
+    """The Tuner: one function trial per sample, each driving its own TorchTrainer or training in its own process
+    (`in_process_trials`)."""
     from ray import tune
 
     local = in_process_trials(cfg)
