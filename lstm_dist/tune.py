@@ -22,8 +22,7 @@ import difflib
 import functools
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,16 +275,12 @@ class TuneSession:
     def prepare(self, net):
         return net.to(self.device)
 
-    @contextmanager
-    def restored(self) -> Iterator[Path | None]:
+    def restored(self) -> AbstractContextManager[Path | None]:
         import ray.tune
 
-        checkpoint = ray.tune.get_checkpoint()  # Ray: the trial's latest checkpoint when it is restarted
-        if not checkpoint:
-            yield None
-            return
-        with checkpoint.as_directory() as ckpt_dir:
-            yield Path(ckpt_dir)
+        from lstm_dist.train.loop import checkpoint_dir
+
+        return checkpoint_dir(ray.tune.get_checkpoint())  # Ray: the trial's latest checkpoint when it is restarted
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
         import ray.tune

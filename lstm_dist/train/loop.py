@@ -15,7 +15,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,19 +54,23 @@ class RaySession:
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(net)  # Ray: move to the device, wrap in DDP when world_size > 1
 
-    @contextmanager
-    def restored(self) -> Iterator[Path | None]:
+    def restored(self) -> AbstractContextManager[Path | None]:
         """The latest checkpoint after a worker failure or on --resume, as a directory; None on a fresh start."""
-        checkpoint = ray.train.get_checkpoint()  # Ray: the run's latest checkpoint
-        if not checkpoint:
-            yield None
-            return
-        with checkpoint.as_directory() as ckpt_dir:
-            yield Path(ckpt_dir)
+        return checkpoint_dir(ray.train.get_checkpoint())  # Ray: the run's latest checkpoint
 
     def report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None  # Ray: uploaded by report
         ray.train.report(metrics, checkpoint=ckpt)  # Ray: same number of calls on every rank
+
+
+@contextmanager
+def checkpoint_dir(checkpoint: Any) -> Iterator[Path | None]:
+    """A Ray checkpoint (Train's or Tune's) as a local directory while the block runs; None without one."""
+    if not checkpoint:
+        yield None
+        return
+    with checkpoint.as_directory() as ckpt_dir:
+        yield Path(ckpt_dir)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
