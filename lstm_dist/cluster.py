@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lstm_dist.config import PipelineConfig, verbosity
-from lstm_dist.ray_compat import loopback_node, quiet_local_ray_worker
+from lstm_dist.ray_compat import local_gpu_count, loopback_node, quiet_local_ray_worker
 
 RAY_LOG_FILE = "logs/ray.log"  # under the work dir: the driver's Ray, Train and Tune log lines
 
@@ -95,9 +95,43 @@ def uses_ray_train(cfg: PipelineConfig | None) -> bool:
     """Whether a run of `cfg` may start Ray Train (unknown without a config): only then does a local Ray start
     its dashboard's modules (Ray Train's State API), about ten more processes and 2.5 s more start-up on a
     2-core machine, which nothing else here needs. Ray's API server starts either way."""
-    if cfg is None or cfg.train.backend == "ray":
+    if cfg is None or train_backend(cfg) == "ray":
         return True
     return cfg.tune.enabled and cfg.tune.workers_per_trial > 1  # tune.in_process_trials is false
+
+
+def train_backend(cfg: PipelineConfig) -> str:
+    """`train.backend` as a run of `cfg` uses it, `ray` or `local`. `auto` is `ray` (DDP over
+    `train.num_workers`) when the run joins a Ray cluster or its local Ray has two GPUs or more, and `local`
+    otherwise: one worker in the driver's process, with the CPUs of all `train.num_workers`
+    (`local_train_config`). On one machine's CPUs, DDP over processes does the same work per CPU-second as one
+    process (benchmarks/RESULTS.md, Training) but pays Ray Train's start-up, 15-20 s a fit on 2 cores."""
+    if cfg.train.backend != "auto":
+        return cfg.train.backend
+    if cfg.workflow.ray_address or os.environ.get("RAY_ADDRESS"):
+        return "ray"
+    if cfg.train.use_gpu == "no":
+        return "local"
+    gpus = resources().get("GPU", 0) if _ray_started() else local_gpu_count()
+    return "ray" if gpus >= 2 else "local"
+
+
+def local_train_config(cfg: PipelineConfig) -> PipelineConfig:
+    """`cfg` as `train.backend=local` trains it: one worker holding the CPUs of all `train.num_workers` (threads),
+    so a config written for DDP keeps its CPU budget, its global batch and so its optimizer steps."""
+    if cfg.train.backend == "local":
+        return cfg
+    local = cfg.model_copy(deep=True)
+    local.train.cpus_per_worker = cfg.train.num_workers * cfg.train.cpus_per_worker
+    local.train.num_workers = 1
+    local.train.backend = "local"
+    return local
+
+
+def _ray_started() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def set_ray_env(*, local: bool) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -215,8 +215,8 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    backend: Literal["ray", "local"] = "ray"
-    """`ray`: Ray Train workers (DDP over num_workers, restarts, checkpoints on any node); `local`: one worker in the driver's process, no Ray Train start-up (small runs; needs num_workers=1); tune trials with tune.workers_per_trial=1 then train in their own Tune process."""
+    backend: Literal["ray", "local", "auto"] = "ray"
+    """`ray`: Ray Train workers (DDP over num_workers, restarts, checkpoints on any node); `local`: one worker in the driver's process, no Ray Train start-up (small runs; needs num_workers=1); tune trials with tune.workers_per_trial=1 then train in their own Tune process; `auto`: `ray` on a Ray cluster or a machine with 2+ GPUs, else `local` with the CPUs of all num_workers."""
     num_workers: int = Field(2, ge=1)
     """Ray Train workers (DDP ranks)."""
     use_gpu: Literal["auto", "yes", "no"] = "auto"
@@ -258,6 +258,12 @@ class TrainConfig(_Section):
     final_fit: bool = True
     """Before registering, retrain on every row up to the end of each series for the held-out run's best epoch
     count, and register that model (its held-out scores are the evaluated model's); false registers the evaluated model."""
+
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _yes_no(cls, value: Any) -> Any:
+        """YAML reads an unquoted `no` / `yes` (`train.use_gpu=no`) as a boolean."""
+        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -31,6 +31,23 @@ def loopback_node() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def local_gpu_count() -> int:
+    """The GPUs a local Ray started by this process would have: NVIDIA ones seen by NVML (or another vendor's),
+    at most as many as CUDA_VISIBLE_DEVICES lists. 0 when none, or when the detection fails.
+
+    Why: `train.backend=auto` decides before `ray.init` whether the run will use Ray Train (which needs the
+    dashboard's State API, started only then), and no public API says what Ray would detect."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        count = manager.get_current_node_num_accelerators()
+        visible = manager.get_current_process_visible_accelerator_ids()
+    except Exception:  # noqa: BLE001 - another Ray version, or no driver: count none
+        return 0
+    return count if visible is None else min(count, len(visible))
+
+
 def quiet_train_report_logs() -> None:
     """Ray Train 2.60 logs every `ray.train.report` with all its metrics at INFO, in each worker, under a
     logger named by its file path; `RunConfig(logging_config=...)` does not reach that logger, and our

@@ -406,6 +406,18 @@ def _empty_store() -> Path:
     return cached
 
 
+def warm_store(uri: str) -> None:
+    """Make a local sqlite store ready, as `start_pipeline_run` would, and leave MLflow's client for it in
+    MLflow's cache of stores (1.6 s on a 2-core machine, most of it importing MLflow's SQL store): `warmup` calls
+    it in a background thread while Ray starts. A store behind a server needs nothing here."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import mlflow
+
+    seed_sqlite_store(uri)
+    mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def start_pipeline_run(cfg: PipelineConfig, *, run_name: str, tags: dict[str, Any] | None = None) -> Tracker:
     """Open the pipeline's parent run, creating the experiment (artifacts under work_dir) on first use."""
     import mlflow

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from lstm_dist.cluster import train_backend
 from lstm_dist.config import ConfigError, PipelineConfig, from_dict
 
 # name -> (argument shape shown in errors, number of list arguments or None for a non-empty list)
@@ -243,9 +244,10 @@ def trial_config(cfg: PipelineConfig, params: dict[str, Any]) -> PipelineConfig:
 
 
 def in_process_trials(cfg: PipelineConfig) -> bool:
-    """Whether each trial trains in its own Tune process (train.backend=local, one worker a trial) instead of
-    driving a Ray Train run: no Ray Train start-up per trial, which on small data is most of a trial."""
-    return cfg.train.backend == "local" and cfg.tune.workers_per_trial == 1
+    """Whether each trial trains in its own Tune process (train.backend local, or auto resolved to it; one worker a
+    trial) instead of driving a Ray Train run: no Ray Train start-up per trial, which on small data is most of a
+    trial."""
+    return train_backend(cfg) == "local" and cfg.tune.workers_per_trial == 1
 
 
 def max_concurrent(cfg: PipelineConfig, resources: dict[str, float], *, gpu: bool) -> int:

@@ -44,6 +44,7 @@ from lstm_dist.tracking import (
     start_pipeline_run,
     step_runs,
 )
+from lstm_dist.warmup import Warmup
 from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
 
 STAGED_FILE = "part.parquet"
@@ -488,13 +489,15 @@ def pipeline_run(
     tags: dict[str, Any] | None = None,
     progress=print,
 ) -> Iterator[PipelineRun]:
-    """The life of one execution around its steps: the checks (`check_run`), Ray, the MLflow parent run
-    (tagged with the pipeline, the cluster and `tags`) and the workflow's run record. Both end `done` /
-    FINISHED (with the steps as `workflow/steps.json`), or `failed` / FAILED with the error's first line
-    when the body raises, which then propagates."""
+    """The life of one execution around its steps: the checks (`check_run`), Ray (with the warm-up of
+    `lstm_dist.warmup` beside it), the MLflow parent run (tagged with the pipeline, the cluster and `tags`) and the
+    workflow's run record. Both end `done` / FINISHED (with the steps as `workflow/steps.json`), or `failed` /
+    FAILED with the error's first line when the body raises, which then propagates."""
     check_run(cfg)
+    warm = Warmup(cfg).start()  # MLflow's store and the later steps' imports, while Ray starts
     init_ray(cfg)
     progress(f"[ray] {cluster_summary()}")
+    warm.store_ready()
     tracker = start_pipeline_run(cfg, run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}")
     tracker.set_tags({"lstm_dist.pipeline": pipeline, "ray.cluster": cluster_summary(), **(tags or {})})
     try:

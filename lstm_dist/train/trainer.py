@@ -22,7 +22,7 @@ import torch
 import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lstm_dist.cluster import quick_train_poll, resources
+from lstm_dist.cluster import local_train_config, quick_train_poll, resources, train_backend
 from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.storage import Store
@@ -86,7 +86,10 @@ def fit(
 
     `train.backend=local` (one worker) runs the same loop in this process instead of Ray Train's workers
     (train/local.py): no Ray Train start-up; checkpoints under `<storage_dir>/<name>/` (`<local_dir>/<name>/` for
-    a URI), kept and resumed the same way. A tune trial (`callbacks`) always trains on Ray Train."""
+    a URI), kept and resumed the same way; `auto` resolves to one or the other (`cluster.train_backend`). A tune
+    trial (`callbacks`) always trains on Ray Train."""
+    if train_backend(cfg) == "local" and not callbacks:  # a tune trial (callbacks) reports through Ray Train
+        cfg = local_train_config(cfg)
     gpu = _check_devices(cfg)
     store = Store(storage_dir)
     if not store.local and local_dir is None:
@@ -101,7 +104,7 @@ def fit(
         "train_split": train_split,
         "label": label or "train",
     }
-    if cfg.train.backend == "local" and not callbacks:  # a tune trial (callbacks) reports through Ray Train
+    if cfg.train.backend == "local" and not callbacks:
         run_dir = Path(storage_dir if store.local else local_dir) / name
         return _fit_local(cfg, loop_config, run_dir=run_dir, gpu=gpu, label=label)
     run_config = _run_config(cfg, store=store, storage_dir=storage_dir, name=name, callbacks=callbacks)
