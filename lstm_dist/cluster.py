@@ -69,12 +69,14 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
         ray.init(address=address, log_to_driver=True)
         return resources()
     loopback_node()  # every Ray server on 127.0.0.1, not on all interfaces
-    # Each worker process quiets Ray Train's warnings that mean nothing on one machine.
-    runtime_env = {
-        "worker_process_setup_hook": f"{quiet_local_ray_worker.__module__}.{quiet_local_ray_worker.__name__}"
-    }
-    dashboard = {"include_dashboard": False}
+    # No runtime env without Ray Train: with one, Ray starts no worker ahead of the first task (the ingest task
+    # then waits 1.1 s longer for its worker on a 2-core machine, benchmarks/RESULTS.md).
+    runtime_env, dashboard = {}, {"include_dashboard": False}
     if uses_ray_train(cfg):
+        # Each worker process quiets Ray Train's warnings that mean nothing on one machine.
+        runtime_env["worker_process_setup_hook"] = (
+            f"{quiet_local_ray_worker.__module__}.{quiet_local_ray_worker.__name__}"
+        )
         # The dashboard serves the State API, which Ray Train's placement-group cleaner polls once a
         # second; without it every poll logs "Failed to query Ray Train Controller actor state".
         port = _free_port()
@@ -85,7 +87,7 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
     ray.init(
         num_cpus=local_cpus(cfg),
         **dashboard,
-        runtime_env=runtime_env,
+        runtime_env=runtime_env or None,
         log_to_driver=True,  # the workers' epoch lines
     )
     return resources()

@@ -62,7 +62,7 @@ found = [
 ]
 modules = [c for c in commands.values() if c.startswith("ray-dashboard-")]  # the dashboard's module processes
 print(json.dumps({"listeners": found, "node_ip": ray.util.get_node_ip_address(), "hook_passed": hook_passed,
-                  "dashboard_modules": modules}))
+                  "dashboard_modules": modules, "job_runtime_env": sorted(ray.get_runtime_context().runtime_env)}))
 """
 
 
@@ -70,7 +70,8 @@ print(json.dumps({"listeners": found, "node_ip": ray.util.get_node_ip_address(),
 @pytest.mark.parametrize("backend", ["ray", "local"])
 def test_a_local_ray_listens_on_loopback_only(tmp_path: Path, backend: str) -> None:
     """With train.backend=ray the dashboard runs too (Ray Train's State API) and listens on loopback as well;
-    a run that never starts Ray Train (train.backend=local, debug.yaml's) starts none of its modules."""
+    a run that never starts Ray Train (train.backend=local, debug.yaml's) starts none of its modules, and no
+    worker set-up hook (a job runtime env keeps Ray from starting workers ahead of the first task)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray", dir="/tmp")}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
@@ -89,9 +90,13 @@ def test_a_local_ray_listens_on_loopback_only(tmp_path: Path, backend: str) -> N
     exposed = [e for e in seen["listeners"] if e["ip"] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert seen["node_ip"] == "127.0.0.1"
-    # Every worker process ran the setup hook, one with env vars of its own (as Train's controller) included:
-    # Train's autoscaling-request warning is dropped there, even after Train's own logging set-up; errors pass.
-    assert seen["hook_passed"] == ["ERROR"]
+    if backend == "ray":
+        # Every worker process ran the setup hook, one with env vars of its own (as Train's controller) included:
+        # Train's autoscaling-request warning is dropped there, even after Train's own logging set-up; errors pass.
+        assert seen["hook_passed"] == ["ERROR"]
+    else:  # no Ray Train, so no hook: the job has no runtime env, and Ray starts workers before the first task
+        assert seen["job_runtime_env"] == [], seen["job_runtime_env"]
+        assert seen["hook_passed"] == ["WARNING", "ERROR"]
     # Ray's own driver-side lines (token auth, "Started a local Ray instance") went to the work dir's log file.
     log = (tmp_path / "w/logs/ray.log").read_text()
     assert "Started a local Ray instance" in log and "\x1b[" not in log
