@@ -112,6 +112,15 @@ def test_optuna_search_builds_when_installed() -> None:
     assert type(searcher).__name__ == "OptunaSearch"
 
 
+def test_optuna_search_without_optuna_names_the_extra_and_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lstm_dist.config import ConfigError
+    from lstm_dist.tune import _search_alg
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError, installed or not
+    with pytest.raises(ConfigError, match=r"pip install 'lstm_dist\[optuna\]' \(or set tune\.search=random\)"):
+        _search_alg(load_config(DEBUG, ["tune.search=optuna"]), max_concurrent=2)
+
+
 def test_cli_refuses_a_bad_space_before_starting_ray(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_ADDRESS": "", "MLFLOW_TRACKING_URI": ""}
     proc = subprocess.run(
