@@ -88,7 +88,8 @@ def fit(
     (train/local.py): no Ray Train start-up; checkpoints under `<storage_dir>/<name>/` (`<local_dir>/<name>/` for
     a URI), kept and resumed the same way; `auto` resolves to one or the other (`cluster.train_backend`). A tune
     trial (`callbacks`) always trains on Ray Train."""
-    if train_backend(cfg) == "local" and not callbacks:  # a tune trial (callbacks) reports through Ray Train
+    local = train_backend(cfg) == "local" and not callbacks  # a tune trial (callbacks) reports through Ray Train
+    if local:
         cfg = local_train_config(cfg)
     gpu = _check_devices(cfg)
     store = Store(storage_dir)
@@ -104,7 +105,7 @@ def fit(
         "train_split": train_split,
         "label": label or "train",
     }
-    if cfg.train.backend == "local" and not callbacks:
+    if local:
         run_dir = Path(storage_dir if store.local else local_dir) / name
         return _fit_local(cfg, loop_config, run_dir=run_dir, gpu=gpu, label=label)
     run_config = _run_config(cfg, store=store, storage_dir=storage_dir, name=name, callbacks=callbacks)
