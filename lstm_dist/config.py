@@ -255,15 +255,24 @@ class TrainConfig(_Section):
     """Worker-group restarts from the latest checkpoint after a worker dies."""
     max_val_windows: int = Field(0, ge=0)
     """Cap on validation windows evaluated per epoch (0 = all)."""
-    final_fit: bool = True
-    """Before registering, retrain on every row up to the end of each series for the held-out run's best epoch
-    count, and register that model (its held-out scores are the evaluated model's); false registers the evaluated model."""
+    final_fit: Literal["continue", "refit", "off"] = "continue"
+    """Before registering, train on every row up to the end of each series and register that model (its held-out scores are the evaluated model's). `continue`: from the evaluated weights, for final_fit_epochs x the held-out run's best epoch count at final_fit_lr x lr; `refit`: from fresh weights for the best epoch count (twice the training time); `off` (or false): register the evaluated model. `true` means `refit`."""
+    final_fit_epochs: float = Field(0.25, gt=0, le=1)
+    """`continue` final fit: its epochs as a fraction of the held-out run's best epoch count (at least 1)."""
+    final_fit_lr: float = Field(0.3, gt=0, le=1)
+    """`continue` final fit: its peak learning rate as a fraction of lr."""
 
     @field_validator("use_gpu", mode="before")
     @classmethod
     def _yes_no(cls, value: Any) -> Any:
         """YAML reads an unquoted `no` / `yes` (`train.use_gpu=no`) as a boolean."""
         return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("final_fit", mode="before")
+    @classmethod
+    def _final_fit_bool(cls, value: Any) -> Any:
+        """The switch was a boolean: `true` keeps its meaning (a refit from fresh weights), `false` is `off`."""
+        return {True: "refit", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -16,8 +16,8 @@ Run it as `lstm-dist retrain conf/demo.yaml [key=value ...]`, on a schedule with
      each model with its own scalers, and moves `champion` only if the challenger beats it by
      `tracking.promotion_margin`. The decision is tagged on the version, on the MLflow run, and appended
      to <work_dir>/retrain_decisions.jsonl. A failed retrain never touches the aliases.
-     With `train.final_fit` (the default) the version registered is the challenger's config retrained on
-     every row (pipelines/steps.py final_fit_step); the decision stays on the held-out scores.
+     With `train.final_fit` (on by default) the version registered is the challenger trained on every
+     row (pipelines/steps.py final_fit_step); the decision stays on the held-out scores.
 
 The champion lookups (`get_champion`, `already_decided`) read the registry through lstm_dist.registry.
 """
@@ -154,7 +154,7 @@ def _steps(cfg, wf: Workflow, tracker: Tracker, *, champion: Champion | None, li
     progress(evaluation.outputs["table"])
     tracker.log_metrics({f"test_{k}": v for k, v in evaluation.outputs["metrics"].items()})
     final = None
-    if cfg.train.final_fit:
+    if cfg.train.final_fit != "off":
         final = final_fit_step(cfg, wf, shard, train=challenger, init_weights=init_weights, progress=progress)
     reg = register_step(
         cfg, wf, tracker, train=challenger, shard=shard, evaluation=evaluation, lineage=lineage, final=final

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -57,6 +58,8 @@ FILES_TAG = "lstm_dist.data_files"
 EVAL_IN_PROCESS_MAX_VALUES = 20_000
 # Cores the evaluate task of a large data set asks for (one statsforecast process each).
 EVAL_MAX_CPUS = 8
+# The train.* keys that only shape the final fit (final_fit_step), left out of the train step's cache key.
+FINAL_FIT_KEYS = {"final_fit", "final_fit_epochs", "final_fit_lr"}
 # The DataConfig fields that reading and validating one input file depends on (the ingest step's key).
 READ_FIELDS = ("format", *COLUMN_FIELDS, "missing")
 
@@ -247,27 +250,42 @@ def train_step(
     extra = {"init_weights": init_weights} if init_weights else {}
     if split != "train":
         extra["split"] = split
-    # train.final_fit says what happens after this step, not how it trains: it stays out of the key.
-    config = {"model": cfg.model, "train": cfg.train.model_dump(mode="json", exclude={"final_fit"})}
+    # train.final_fit* say what happens after this step, not how it trains: they stay out of the key (the final
+    # fit's own key holds their effect: its epochs, learning rate and initial weights).
+    config = {"model": cfg.model, "train": cfg.train.model_dump(mode="json", exclude=FINAL_FIT_KEYS)}
     return wf.step(name, train, config=config, inputs=inputs, extra=extra, resumable=True)
 
 
 def final_fit_step(
     cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, train: StepResult, init_weights=None, progress=print
 ) -> StepResult:
-    """The evaluated config retrained on every window whose targets lie up to the end of each series.
+    """The evaluated config trained on every window whose targets lie up to the end of each series.
 
-    No validation is left, so it trains for the epoch count the held-out run chose (its best epoch) with
-    early stopping off, and its latest checkpoint is the model (tune's train + validation refit does the
-    same). Its scores on the test windows would be scores on training data: it is not evaluated; the
-    registered version carries the evaluated model's held-out scores."""
-    from lstm_dist.tune import final_config
-
-    refit = final_config(cfg, {}, epochs=best_epoch(train))
+    No validation is left, so early stopping is off and its latest checkpoint is the model. `continue` starts
+    from the evaluated model's weights; `refit` from `init_weights` (fresh, or the champion's in a warm-started
+    retrain), as tune's train + validation refit does. Its scores on the test windows would be scores on
+    training data: it is not evaluated; the registered version carries the evaluated model's held-out scores."""
+    final = final_fit_config(cfg, best_epoch=best_epoch(train))
+    if cfg.train.final_fit == "continue":
+        init_weights = str(train.local_copy() / train.outputs["best_checkpoint"])
     return train_step(
-        refit, wf, shard, name="final_fit", split="all", after={"train": train}, init_weights=init_weights,
+        final, wf, shard, name="final_fit", split="all", after={"train": train}, init_weights=init_weights,
         progress=progress,
     )  # fmt: skip
+
+
+def final_fit_config(cfg: PipelineConfig, *, best_epoch: int) -> PipelineConfig:
+    """The final fit's config: the evaluated one without validation, for the held-out run's best epoch count
+    (`refit`), or for `train.final_fit_epochs` of it at `train.final_fit_lr` x lr (`continue`: the weights
+    only have to take in the rows after the training part, which a short, gentler run does)."""
+    from lstm_dist.tune import final_config
+
+    tc = cfg.train
+    if tc.final_fit != "continue":
+        return final_config(cfg, {}, epochs=best_epoch)
+    final = final_config(cfg, {}, epochs=math.ceil(best_epoch * tc.final_fit_epochs))
+    final.train.lr = tc.lr * tc.final_fit_lr
+    return final
 
 
 def best_epoch(train: StepResult) -> int:
@@ -354,7 +372,7 @@ def register_step(
         gate = baseline_gate(
             metrics, margin=cfg.tracking.baseline_margin, allow_below=cfg.tracking.allow_below_baseline
         )
-        tracker.set_tags(refit_tags(final, shard=shard))
+        tracker.set_tags(refit_tags(final, shard=shard, mode=cfg.train.final_fit))
         model_uri, version = _log_model(
             cfg, tracker, train=train, shard=shard, evaluation=evaluation, lineage=lineage, final=final,
             eval_key=eval_key,
@@ -418,7 +436,11 @@ def _log_model(
         shard_dir=shards,
         input_example=history_from_shards(shards),
         registered_name=cfg.tracking.model_name,
-        version_tags={EVAL_KEY_TAG: eval_key, **lineage_tags(lineage, keys), **refit_tags(final, shard=shard)},
+        version_tags={
+            EVAL_KEY_TAG: eval_key,
+            **lineage_tags(lineage, keys),
+            **refit_tags(final, shard=shard, mode=cfg.train.final_fit),
+        },
         heldout_checkpoint=train.local_copy() / train.outputs["best_checkpoint"] if final else None,
         description=model_card(cfg, shard_dir=shards, scores=evaluation.outputs["table"], refit=bool(final)),
     )
@@ -431,8 +453,9 @@ def _still_registered(uri: str, name: str, eval_key: str, *, version: str) -> bo
     return found is not None and str(found.version) == str(version)
 
 
-def refit_tags(final: StepResult | None, *, shard: StepResult) -> dict[str, str]:
-    """`refit`: whether the registered weights were retrained on all rows; with its epochs, rows and windows."""
+def refit_tags(final: StepResult | None, *, shard: StepResult, mode: str) -> dict[str, str]:
+    """`refit`: whether the registered weights were trained on all rows; how (`continue` from the evaluated
+    weights, or a `refit` from fresh ones), for how many epochs, on how many rows, up to when."""
     if final is None:
         return {"refit": "false"}
     from lstm_dist.data.manifest import Manifest
@@ -440,6 +463,7 @@ def refit_tags(final: StepResult | None, *, shard: StepResult) -> dict[str, str]
     m = Manifest.load(shard.local_copy() / "shards")
     return {
         "refit": "true",
+        "refit.mode": mode,
         "refit.epochs": str(final.outputs["epochs"]),
         "refit.rows": str(m.totals.num_rows),
         "refit.last_timestamp": str(max(s.last_timestamp for s in m.series)),

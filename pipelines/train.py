@@ -10,8 +10,9 @@ Run it as `lstm-dist run conf/demo.yaml [key=value ...]`, or as a Ray job entryp
   train     Ray Train (DDP); checkpoints every epoch in the step's directory, so a killed run resumes there
   evaluate  the best checkpoint on the test split (MASE, sMAPE, MAE, RMSE by utilsforecast), against naive,
             seasonal naive, AutoETS and AutoTheta (statsforecast) on the same windows
-  final_fit (train.final_fit) the same config retrained on every window up to the end of each series, for the
-            evaluated run's best epoch count: the model that is registered sees the most recent data
+  final_fit (train.final_fit) the evaluated model trained on every window up to the end of each series, for a
+            quarter of its best epoch count (or retrained from fresh weights for all of it: `refit`), so the
+            model that is registered sees the most recent data
   register  MLflow model + alias (champion / challenger), tagged with the lineage of its input data
 """
 
@@ -110,7 +111,9 @@ def _steps(cfg: PipelineConfig, wf: Workflow, tracker: Tracker | NullTracker, pr
     if not cfg.tracking.register_model:
         return results
 
-    final = final_fit_step(train_cfg, wf, shard, train=train, progress=progress) if cfg.train.final_fit else None
+    final = (
+        final_fit_step(train_cfg, wf, shard, train=train, progress=progress) if cfg.train.final_fit != "off" else None
+    )
     results.register = register_step(
         cfg, wf, tracker, train=train, shard=shard, evaluation=evaluation, lineage=lineage, final=final
     )

@@ -45,7 +45,7 @@ def cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
 def debug_run(work: Path, data: str, *extra: str) -> subprocess.CompletedProcess:
     """`lstm-dist run conf/debug.yaml` on `work/<data>` into `work/w`: refit on all rows, temperature known ahead."""
     args = [f"workflow.work_dir={work / 'w'}", f"data.path={work / data}", "data.covariate_cols=[]"]
-    args += ["data.future_cols=[temperature]", "train.final_fit=true", *extra]
+    args += ["data.future_cols=[temperature]", "train.final_fit=continue", *extra]
     return cli("run", str(ROOT / "conf/debug.yaml"), *args, cwd=work)
 
 
@@ -193,7 +193,8 @@ def test_the_registered_model_was_refit_on_the_last_rows(two_runs) -> None:
     for version in ("1", "2"):
         tags = client.get_model_version("lstm_debug", version).tags
         assert tags["refit"] == "true" and tags["refit.rows"] == str(4 * 400)
-        assert int(tags["refit.epochs"]) in (1, 2) and "promotion" in tags
+        # continue: a quarter of the held-out run's best epoch (1 or 2), rounded up
+        assert tags["refit.mode"] == "continue" and tags["refit.epochs"] == "1" and "promotion" in tags
     first, _ = two_runs["frames"]
     cut = first["timestamp"].max() - pd.Timedelta(hours=HORIZON)  # the rows after it give the known future
     models = [_load(two_runs["uri"], v).unwrap_python_model() for v in (1, 2)]

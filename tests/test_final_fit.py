@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from test_serving import make_model
 
+from lstm_dist.config import load_config
 from lstm_dist.data.errors import DataError
 from lstm_dist.data.splits import SPLITS, split_bounds, start_range
 from lstm_dist.data.windows import WindowDataset
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.serving import ForecastModel, history_from_shards
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 @pytest.mark.parametrize(("num_rows", "lookback", "horizon"), [(100, 10, 5), (61, 7, 3), (400, 48, 12)])
@@ -102,3 +107,25 @@ def test_the_final_fit_trains_for_the_epoch_the_evaluated_run_kept(tmp_path) -> 
     assert best_epoch(SimpleNamespace(local_copy=lambda: tmp_path)) == 2
     history.assign(val_loss=np.nan).to_csv(tmp_path / "history.csv", index=False)  # trained without validation
     assert best_epoch(SimpleNamespace(local_copy=lambda: tmp_path)) == 4
+
+
+@pytest.mark.parametrize(("best", "epochs"), [(1, 1), (4, 1), (17, 5), (30, 8)])
+def test_a_continued_final_fit_is_a_short_gentle_run(best, epochs) -> None:
+    from lstm_dist.pipelines.steps import final_fit_config
+
+    cfg = load_config(CONF / "monthly.yaml")
+    assert cfg.train.final_fit == "continue"  # the default
+    final = final_fit_config(cfg, best_epoch=best)
+    assert (final.train.epochs, final.train.patience) == (epochs, 0)
+    assert final.train.lr == pytest.approx(cfg.train.lr * 0.3)
+    assert final.train.keep_checkpoints >= epochs and final.model == cfg.model
+    # The refit from fresh weights trains the whole best epoch count at the full rate.
+    refit = final_fit_config(load_config(CONF / "monthly.yaml", ["train.final_fit=refit"]), best_epoch=best)
+    assert (refit.train.epochs, refit.train.lr) == (best, cfg.train.lr)
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"), [("true", "refit"), ("false", "off"), ("off", "off"), ("continue", "continue")]
+)
+def test_the_final_fit_switch_keeps_its_boolean_meaning(value, mode) -> None:
+    assert load_config(CONF / "monthly.yaml", [f"train.final_fit={value}"]).train.final_fit == mode
