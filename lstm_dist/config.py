@@ -204,9 +204,16 @@ class ModelConfig(_Section):
     window_prior_steps: float = Field(1.0, ge=0)
     """Window norm: steps of the series' own spread (1 in the scaler's units) added to each window's spread estimate,
     so the starts of short, padded series are not divided by ~0; 0 = the window's own spread (exactly scale-equivariant)."""
+    skip_season: int = Field(0, ge=0)
+    """A seasonal-naive skip: the network forecasts the change from the value this many steps earlier (the last such value in the window, repeated past one season), e.g. 24 for hourly data; 0 = off. Needs data.lookback >= it and the direct head."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
+        if self.skip_season and (self.head != "direct" or self.window_norm == "diff"):
+            raise ValueError(
+                "model.skip_season adds the value one season back to the direct head's level forecasts: set "
+                "model.head=direct and a model.window_norm other than diff, or model.skip_season=0"
+            )
         if self.loss == "quantile" and 0.5 not in self.quantiles:
             raise ValueError("model.quantiles must include 0.5 (the point forecast) when model.loss is quantile")
         if any(not 0 < q < 1 for q in self.quantiles):
@@ -375,6 +382,15 @@ class PipelineConfig(_Section):
     """Scoring against the statistical baselines (the evaluate step and backtests)."""
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
     """Rolling-origin backtest (`lstm-dist backtest`)."""
+
+    @model_validator(mode="after")
+    def _check_skip(self) -> PipelineConfig:
+        if self.model.skip_season > self.data.lookback:
+            raise ValueError(
+                f"model.skip_season={self.model.skip_season} reaches back further than data.lookback="
+                f"{self.data.lookback}: raise data.lookback to at least {self.model.skip_season} or lower the season"
+            )
+        return self
 
     def tracking_uri(self) -> str:
         """The MLflow tracking URI this config resolves to."""

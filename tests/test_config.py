@@ -82,6 +82,11 @@ BAD = [
         ["tracking.promotion_metric", "'mae'", "'rmse'"],
     ),
     ({"data": {"sample": {"num_sries": 3}}}, ["data.sample.num_sries", "Did you mean 'data.sample.num_series'"]),
+    (
+        {"data": {"sample": {}, "lookback": 12}, "model": {"skip_season": 24}},
+        ["model.skip_season=24", "data.lookback=12", "at least 24"],
+    ),
+    ({"data": {"sample": {}}, "model": {"skip_season": 24, "head": "recursive"}}, ["model.head=direct"]),
 ]
 
 

@@ -299,3 +299,16 @@ def test_fp16_autocast_on_cuda(cell: str) -> None:
     assert out.dtype == torch.float16 and torch.isfinite(out).all() and loss.dtype == torch.float32
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("norm", ["none", "mean", "revin"])
+@pytest.mark.parametrize("loss", ["mae", "quantile", "gaussian"])
+def test_skip_season_starts_from_the_seasonal_naive(norm: str, loss: str) -> None:
+    cfg = ModelConfig(hidden_size=8, skip_season=4, window_norm=norm, loss=loss, dropout=0.0, quantiles=[0.1, 0.5, 0.9])
+    net = build_model(cfg, num_features=3, num_targets=2, horizon=6)
+    x = torch.randn(5, 10, 3) * 3 + 7
+    assert not torch.allclose(net.point(net.predict(x)), x[:, [6, 7, 8, 9, 6, 7], :2], atol=1e-3)
+    nn.init.zeros_(net.head.mlp[-1].weight)  # the network adds nothing: what is left is the skip
+    nn.init.zeros_(net.head.mlp[-1].bias)
+    point = net.point(net.predict(x))  # [B, H, T]
+    torch.testing.assert_close(point, x[:, [6, 7, 8, 9, 6, 7], :2], rtol=1e-5, atol=1e-4)

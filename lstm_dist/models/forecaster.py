@@ -142,12 +142,26 @@ class Forecaster(nn.Module):
         if self.num_future == 0:
             future = None
         if self.window_norm is None:
-            return self._network(x, future=future, series=series, static=static)
+            return self._skip(x, self._network(x, future=future, series=series, static=static))
         loc, scale = self.window_norm.stats(x)  # [B, 1, T] each
-        out = self._network(self.window_norm.normalize(x, loc, scale), future=future, series=series, static=static)
+        x = self.window_norm.normalize(x, loc, scale)
+        out = self._skip(x, self._network(x, future=future, series=series, static=static))
         if self.window_norm.integrates:  # increments -> levels (window units), before mapping back
             out = losses.integrate(out, cfg=self.cfg)
         return losses.rescale(out, *self.window_norm.output_affine(loc, scale), cfg=self.cfg)  # [B, H, T, P]
+
+    def _skip(self, x: Tensor, out: Tensor) -> Tensor:
+        """`out` [B, H, T, P] plus, with model.skip_season = s, the seasonal naive forecast from `x` [B, L, F] (in
+        the same units): step h gets the window's value s - (h mod s) steps before its end."""
+        season = self.cfg.skip_season
+        if not season:
+            return out
+        if x.shape[1] < season:
+            raise ValueError(
+                f"model.skip_season={season} needs a lookback of at least {season} steps, got {x.shape[1]}"
+            )
+        steps = x.shape[1] - season + torch.arange(self.horizon, device=x.device) % season  # [H]
+        return losses.shift(out, x[:, steps, : self.num_targets].float(), cfg=self.cfg)
 
     def _network(self, x: Tensor, *, future: Tensor | None, series: Tensor | None, static: Tensor | None) -> Tensor:
         summary = self.summarize(x, series=series, static=static)  # [B, S]

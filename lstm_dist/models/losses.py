@@ -55,6 +55,13 @@ def rescale(out: Tensor, loc: Tensor, scale: Tensor, *, cfg: ModelConfig) -> Ten
     return torch.cat([mean, _raw_scale(std)], dim=-1)
 
 
+def shift(out: Tensor, anchor: Tensor, *, cfg: ModelConfig) -> Tensor:
+    """`out` [B, H, T, P] plus `anchor` [B, H, T] on its values (point, each quantile, the gaussian mean)."""
+    if cfg.loss != "gaussian":
+        return out + anchor.unsqueeze(-1).to(out.dtype)
+    return torch.cat([out[..., :1] + anchor.unsqueeze(-1).to(out.dtype), out[..., 1:]], dim=-1)
+
+
 def _raw_scale(std: Tensor) -> Tensor:
     """The raw output whose `gaussian_scale` is `std`."""
     return _softplus_inverse((std - _MIN_SCALE).clamp_min(1e-8))
