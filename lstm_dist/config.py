@@ -262,8 +262,8 @@ class TrainConfig(_Section):
     """Worker-group restarts from the latest checkpoint after a worker dies."""
     max_val_windows: int = Field(0, ge=0)
     """Cap on validation windows evaluated per epoch (0 = all)."""
-    final_fit: Literal["continue", "refit", "off"] = "continue"
-    """Before registering, train on every row up to the end of each series and register that model (its held-out scores are the evaluated model's). `continue`: from the evaluated weights, for final_fit_epochs x the held-out run's best epoch count at final_fit_lr x lr; `refit`: from fresh weights for the best epoch count (twice the training time); `off` (or false): register the evaluated model. `true` means `refit`."""
+    final_fit: Literal["refit", "continue", "off"] = "refit"
+    """Before registering, train on every row up to the end of each series and register that model (its held-out scores are the evaluated model's). `refit` (or true): from fresh weights for the held-out run's best epoch count; `continue`: from the evaluated weights, for final_fit_epochs of that count at final_fit_lr x lr (a fraction of the time; on PBS as good, on yearly GDP worse: benchmarks/RESULTS.md); `off` (or false): register the evaluated model."""
     final_fit_epochs: float = Field(0.25, gt=0, le=1)
     """`continue` final fit: its epochs as a fraction of the held-out run's best epoch count (at least 1)."""
     final_fit_lr: float = Field(0.3, gt=0, le=1)

@@ -10,9 +10,9 @@ Run it as `lstm-dist run conf/demo.yaml [key=value ...]`, or as a Ray job entryp
   train     Ray Train (DDP); checkpoints every epoch in the step's directory, so a killed run resumes there
   evaluate  the best checkpoint on the test split (MASE, sMAPE, MAE, RMSE by utilsforecast), against naive,
             seasonal naive, AutoETS and AutoTheta (statsforecast) on the same windows
-  final_fit (train.final_fit) the evaluated model trained on every window up to the end of each series, for a
-            quarter of its best epoch count (or retrained from fresh weights for all of it: `refit`), so the
-            model that is registered sees the most recent data
+  final_fit (train.final_fit) the same config retrained on every window up to the end of each series, for the
+            evaluated run's best epoch count (or the evaluated model trained on for a part of it: `continue`),
+            so the model that is registered sees the most recent data
   register  MLflow model + alias (champion / challenger), tagged with the lineage of its input data
 """
 
