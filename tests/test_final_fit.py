@@ -113,14 +113,15 @@ def test_the_final_fit_trains_for_the_epoch_the_evaluated_run_kept(tmp_path) -> 
 def test_a_continued_final_fit_is_a_short_gentle_run(best, epochs) -> None:
     from lstm_dist.pipelines.steps import final_fit_config
 
-    assert load_config(CONF / "monthly.yaml").train.final_fit == "refit"  # the default
-    cfg = load_config(CONF / "monthly.yaml", ["train.final_fit=continue"])
+    assert load_config(CONF / "quarterly.yaml").train.final_fit == "refit"  # the default
+    cfg = load_config(CONF / "monthly.yaml")
+    assert cfg.train.final_fit == "continue"  # the monthly config's choice
     final = final_fit_config(cfg, best_epoch=best)
     assert (final.train.epochs, final.train.patience) == (epochs, 0)
     assert final.train.lr == pytest.approx(cfg.train.lr * 0.3)
     assert final.train.keep_checkpoints >= epochs and final.model == cfg.model
     # The refit from fresh weights trains the whole best epoch count at the full rate.
-    refit = final_fit_config(load_config(CONF / "monthly.yaml"), best_epoch=best)
+    refit = final_fit_config(load_config(CONF / "monthly.yaml", ["train.final_fit=refit"]), best_epoch=best)
     assert (refit.train.epochs, refit.train.lr) == (best, cfg.train.lr)
 
 
