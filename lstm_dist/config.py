@@ -221,6 +221,11 @@ class ModelConfig(_Section):
         return self
 
 
+def _from_bool(value: Any, true: str, false: str) -> Any:
+    """A switch's word for a YAML boolean (YAML reads an unquoted yes/no/true/false as one); other values as given."""
+    return (true if value else false) if isinstance(value, bool) else value
+
+
 class TrainConfig(_Section):
     backend: Literal["ray", "local", "auto"] = "ray"
     """`ray`: Ray Train workers (DDP over num_workers, restarts, checkpoints on any node); `local`: one worker in the driver's process, no Ray Train start-up (small runs; needs num_workers=1); tune trials with tune.workers_per_trial=1 then train in their own Tune process; `auto`: `ray` on a Ray cluster or a machine with 2+ GPUs, else `local` with the CPUs of all num_workers."""
@@ -273,13 +278,13 @@ class TrainConfig(_Section):
     @classmethod
     def _yes_no(cls, value: Any) -> Any:
         """YAML reads an unquoted `no` / `yes` (`train.use_gpu=no`) as a boolean."""
-        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+        return _from_bool(value, "yes", "no")
 
     @field_validator("final_fit", mode="before")
     @classmethod
     def _final_fit_bool(cls, value: Any) -> Any:
         """The switch was a boolean: `true` keeps its meaning (a refit from fresh weights), `false` is `off`."""
-        return {True: "refit", False: "off"}.get(value, value) if isinstance(value, bool) else value
+        return _from_bool(value, "refit", "off")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

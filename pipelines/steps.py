@@ -372,10 +372,11 @@ def register_step(
         gate = baseline_gate(
             metrics, margin=cfg.tracking.baseline_margin, allow_below=cfg.tracking.allow_below_baseline
         )
-        tracker.set_tags(refit_tags(final, shard=shard, mode=cfg.train.final_fit))
+        refit = refit_tags(final, shard=shard, mode=cfg.train.final_fit)
+        tracker.set_tags(refit)
         model_uri, version = _log_model(
             cfg, tracker, train=train, shard=shard, evaluation=evaluation, lineage=lineage, final=final,
-            eval_key=eval_key,
+            eval_key=eval_key, refit=refit,
         )  # fmt: skip
         decision = promote_if_better(
             Registry(uri),
@@ -422,6 +423,7 @@ def _log_model(
     lineage: dict[str, Any],
     final: StepResult | None,
     eval_key: str,
+    refit: dict[str, str],
 ) -> tuple[str, str]:
     """Log the pyfunc model into the pipeline's run and register it with its lineage tags and model card;
     its input example comes from the shards (no raw input file is read again)."""
@@ -439,7 +441,7 @@ def _log_model(
         version_tags={
             EVAL_KEY_TAG: eval_key,
             **lineage_tags(lineage, keys),
-            **refit_tags(final, shard=shard, mode=cfg.train.final_fit),
+            **refit,
         },
         heldout_checkpoint=train.local_copy() / train.outputs["best_checkpoint"] if final else None,
         description=model_card(cfg, shard_dir=shards, scores=evaluation.outputs["table"], refit=bool(final)),
