@@ -198,22 +198,36 @@ def _forecast_windows(
     from statsforecast import StatsForecast
     from statsforecast.models import Naive
 
-    panels = []
-    by_id = {uid: g for uid, g in history.groupby("unique_id", sort=False)}
-    for k, (uid, cutoff) in enumerate(zip(windows["unique_id"], windows["cutoff"].to_numpy(), strict=True)):
-        y = by_id[uid]["y"].to_numpy()[: int(np.searchsorted(by_id[uid]["ds"].to_numpy(), cutoff, side="right"))]
-        y = y[-keep:] if keep else y
-        panels.append(pd.DataFrame({"unique_id": k, "ds": np.arange(len(y)), "y": y}))
     sf = StatsForecast(models=list(models.values()), freq=1, n_jobs=n_jobs, fallback_model=Naive())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short-history notes per window; NaN forecasts say the same
-        out = sf.forecast(df=pd.concat(panels, ignore_index=True), h=horizon)
+        out = sf.forecast(df=_panel(windows, history, keep=keep), h=horizon)
     out = out.rename(columns={repr(model): name for name, model in models.items()})
     out = out.sort_values(["unique_id", "ds"], kind="stable")
     out["step"] = out.groupby("unique_id").cumcount() + 1
     out["cutoff"] = windows["cutoff"].to_numpy()[out["unique_id"].to_numpy()]
     out["unique_id"] = windows["unique_id"].to_numpy()[out["unique_id"].to_numpy()]
     return out[["unique_id", "cutoff", "step", *models]]
+
+
+def _panel(windows: pd.DataFrame, history: pd.DataFrame, *, keep: int | None) -> pd.DataFrame:
+    """One statsforecast frame with window k's series up to its cutoff (its last `keep` rows when set) as series
+    k, on an integer time axis. Built from array slices: a DataFrame per window cost ~0.5 ms each."""
+    by_id = {uid: (g["ds"].to_numpy(), g["y"].to_numpy()) for uid, g in history.groupby("unique_id", sort=False)}
+    pieces = []
+    for uid, cutoff in zip(windows["unique_id"], windows["cutoff"].to_numpy(), strict=True):
+        ds, y = by_id[uid]
+        end = int(np.searchsorted(ds, cutoff, side="right"))
+        pieces.append(y[max(0, end - keep) if keep else 0 : end])
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    first = np.repeat(np.cumsum(lengths) - lengths, lengths)  # each row's window's first row in the frame
+    return pd.DataFrame(
+        {
+            "unique_id": np.repeat(np.arange(len(pieces)), lengths),
+            "ds": np.arange(int(lengths.sum())) - first,
+            "y": np.concatenate(pieces) if pieces else np.empty(0),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
