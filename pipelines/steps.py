@@ -51,10 +51,11 @@ from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
 STAGED_FILE = "part.parquet"
 FINGERPRINT_TAG = "lstm_dist.data_fingerprint"  # on a model version: the content hash of its input data
 FILES_TAG = "lstm_dist.data_files"
-# Up to this many target values (rows x targets), the evaluate step scores in the driver: a Ray task does the
-# same work after a worker start and a torch import the driver has already paid for in the train step (4-5 s of
-# a debug run's evaluate step: 4 series x 400 rows). Above it, in a Ray task that takes a node's cores: the
-# AutoETS/AutoTheta fits grow with the history (the demo's 20 series x 2,000 hourly rows: 49 s in one process).
+# Up to this many target values that AutoETS/AutoTheta are fitted on (each series' rows, at most
+# evaluate.baseline_history of them, x targets), the evaluate step scores in the driver: a Ray task does the same
+# work after a worker start and the imports of torch and statsforecast that the driver has already paid for
+# (4-5 s of a debug run's evaluate step: 4 series x 400 rows; 4 s of the demo's). Above it, in a Ray task that
+# takes a node's cores: those fits grow with the history (20 hourly series x 2,000 rows: 49 s in one process).
 EVAL_IN_PROCESS_MAX_VALUES = 20_000
 # Cores the evaluate task of a large data set asks for (one statsforecast process each).
 EVAL_MAX_CPUS = 8
@@ -315,7 +316,7 @@ def evaluate_step(
             f"[evaluate] the model and naive baselines on every test window; AutoETS and AutoTheta on the last "
             f"one of {len(manifest.series):,} series (fitted on up to {rows:,} rows)"
         )
-        if evaluates_in_process(manifest):
+        if evaluates_in_process(manifest, baseline_history=slow_history):
             evaluation = _evaluate_task(ckpt, shard_dir, slow_history=slow_history)
         else:
             import ray
@@ -576,9 +577,11 @@ def _ingest_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, 
     return {"file": locator, "staged": STAGED_FILE, "num_rows": table.num_rows, "num_series": len(names)}
 
 
-def evaluates_in_process(manifest: Manifest) -> bool:
-    """Whether the evaluate step scores in the driver (small data) rather than in a Ray task."""
-    return manifest.totals.num_rows * manifest.num_targets <= EVAL_IN_PROCESS_MAX_VALUES
+def evaluates_in_process(manifest: Manifest, *, baseline_history: int = 0) -> bool:
+    """Whether the evaluate step scores in the driver (few values to fit the baselines on, each series' last
+    `baseline_history` rows, 0: all) rather than in a Ray task."""
+    rows = sum(min(s.num_rows, baseline_history or s.num_rows) for s in manifest.series)
+    return rows * manifest.num_targets <= EVAL_IN_PROCESS_MAX_VALUES
 
 
 def _evaluate_task(checkpoint: str, shard_dir: str, n_jobs: int = 1, slow_history: int = 0) -> dict[str, Any]:

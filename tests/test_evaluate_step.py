@@ -62,3 +62,7 @@ def test_small_data_is_scored_in_process(scored, monkeypatch: pytest.MonkeyPatch
     values = manifest.totals.num_rows * manifest.num_targets
     monkeypatch.setattr(steps, "EVAL_IN_PROCESS_MAX_VALUES", values - 1)
     assert not steps.evaluates_in_process(manifest)
+    # Baselines fitted on each series' last 100 rows: a quarter of the values, in the driver again.
+    assert steps.evaluates_in_process(manifest, baseline_history=100)
+    monkeypatch.setattr(steps, "EVAL_IN_PROCESS_MAX_VALUES", values // 4 - 1)
+    assert not steps.evaluates_in_process(manifest, baseline_history=100)
