@@ -434,7 +434,7 @@ class PipelineConfig(_Section):
         return (
             f"data: {src}  lookback={d.lookback} horizon={d.horizon} targets={d.target_cols}\n"
             f"model: {m.cell} hidden={m.hidden_size} layers={m.num_layers} readout={m.readout} head={m.head}\n"
-            f"train: {t.num_workers} workers, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
+            f"train: backend {t.backend}, {t.num_workers} workers, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
             f"precision {t.precision}\n"
             f"work_dir: {self.workflow.work_dir}  tracking: {redact_uri(self.tracking_uri())}"
         )
