@@ -13,6 +13,7 @@ from lstm_dist.evaluate import (
     NAIVE,
     SNAIVE,
     THETA,
+    _panel,
     add_baselines,
     interval_scores,
     score,
@@ -144,6 +145,27 @@ def test_slow_baselines_see_only_the_last_rows_they_are_given():
     whole = add_baselines(frame, history, season=3)
     assert not np.allclose(whole[[ETS, THETA]], bounded[[ETS, THETA]])
     assert np.allclose(bounded[[ETS, THETA]], 10.0, atol=2.0)
+
+
+@pytest.mark.parametrize("keep", [None, 3, 100])
+def test_panel_holds_each_windows_history_up_to_its_cutoff(keep):
+    # Window k of the statsforecast panel is its series' rows up to its cutoff (the last `keep`), on 0..n-1;
+    # a cutoff before the first row gives no rows, one on it a single row.
+    history = _history({"a": [1, 2, 3, 4, 5], "b": [10, 20, 30, 40, 50, 60, 70, 80]})
+    windows = pd.DataFrame(
+        {"unique_id": ["b", "a", "b", "a", "a"], "cutoff": _days(5)[[4, 4, 0, 0, 0]] - np.array([0, 0, 0, 0, 1]) * DAY}
+    )
+    panel = _panel(windows, history, keep=keep)
+    for k, (uid, cutoff) in enumerate(zip(windows["unique_id"], windows["cutoff"], strict=True)):
+        own = history[(history["unique_id"] == uid) & (history["ds"] <= cutoff)]["y"].to_numpy()
+        expected = own[-keep:] if keep else own
+        got = panel[panel["unique_id"] == k]
+        assert got["y"].tolist() == expected.tolist(), (k, keep)
+        assert got["ds"].tolist() == list(range(len(expected)))
+    lengths = [5, 5, 1, 1, 0]  # rows up to each cutoff: the day-4 ones, the day-0 ones, one the day before a's first
+    assert panel.groupby("unique_id").size().reindex(range(5), fill_value=0).tolist() == [
+        min(n, keep or n) for n in lengths
+    ]
 
 
 def test_interval_scores_pinball_and_coverage():
