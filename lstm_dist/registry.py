@@ -8,8 +8,11 @@ sha256 of the version's weights and manifest as tags: a download is kept in the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import stat
@@ -32,6 +35,16 @@ MANIFEST_FILE = "manifest.json"
 # On a model version: sha256 of its weights and manifest, written at registration (what a download is checked by).
 SHA256_TAGS = {MODEL_FILE: "lstm_dist.sha256.model", MANIFEST_FILE: "lstm_dist.sha256.manifest"}
 CHECKSUMS_FILE = "checksums.json"  # in a cached download: the sha256 each file had when it was downloaded
+
+
+def _quietly(call):
+    """`call()`, with what MLflow prints to stderr meanwhile (`Successfully registered model …`, `Created
+    version …`: prints, not log records) sent to MLflow's logger at INFO: its log file, the terminal with `-v`."""
+    with contextlib.redirect_stderr(io.StringIO()) as printed:
+        result = call()
+    for line in printed.getvalue().splitlines():
+        logging.getLogger("mlflow").info(line)
+    return result
 
 
 class RegistryError(TrackingError):
@@ -148,7 +161,7 @@ class Registry:
         use_tracking_uri(self.uri)  # mlflow.register_model links the logged model through the fluent API
         tags = {**tags, **{SHA256_TAGS[kind]: _sha256(Path(path)) for kind, path in files.items()}}
         try:
-            version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+            version = _quietly(lambda: str(mlflow.register_model(model_uri, name, tags=tags).version))
             if description:
                 text = description.replace("{version}", version)  # e.g. the model card's load lines
                 self.client.update_model_version(name, version, description=text)
