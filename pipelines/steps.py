@@ -515,18 +515,22 @@ def pipeline_run(
     force: set[str] | None = None,
     tags: dict[str, Any] | None = None,
     progress=print,
+    ray: bool = True,
 ) -> Iterator[PipelineRun]:
     """The life of one execution around its steps: the checks (`check_run`), Ray (with the warm-up of
-    `lstm_dist.warmup` beside it), the MLflow parent run (tagged with the pipeline, the cluster and `tags`) and the
-    workflow's run record. Both end `done` / FINISHED (with the steps as `workflow/steps.json`), or `failed` /
-    FAILED with the error's first line when the body raises, which then propagates."""
+    `lstm_dist.warmup` beside it; `ray=False` when no step left to run uses it), the MLflow parent run (tagged
+    with the pipeline, the cluster and `tags`) and the workflow's run record. Both end `done` / FINISHED (with the
+    steps as `workflow/steps.json`), or `failed` / FAILED with the error's first line when the body raises, which
+    then propagates."""
     check_run(cfg)
     warm = Warmup(cfg).start()  # MLflow's store and the later steps' imports, while Ray starts
-    init_ray(cfg)
-    progress(f"[ray] {cluster_summary()}")
+    if ray:
+        init_ray(cfg)
+        tags = {"ray.cluster": cluster_summary(), **(tags or {})}
+    progress(f"[ray] {cluster_summary()}" if ray else "[ray] not started: no step left to run uses it")
     warm.store_ready()
     tracker = start_pipeline_run(cfg, run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}")
-    tracker.set_tags({"lstm_dist.pipeline": pipeline, "ray.cluster": cluster_summary(), **(tags or {})})
+    tracker.set_tags({"lstm_dist.pipeline": pipeline, **(tags or {})})
     try:
         wf = Workflow(
             cfg.workflow.work_dir, pipeline=pipeline, steps=steps, on_step=step_runs(tracker),

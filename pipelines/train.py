@@ -74,10 +74,13 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     do answers from the work dir alone: no Ray, no MLflow run."""
     progress(cfg.summary())
     check_run(cfg)  # a store or an input that cannot work fails here, before Ray starts
-    cached = _all_cached(cfg, force=force, progress=progress)
+    cached, pending = _all_cached(cfg, force=force, progress=progress)
     if cached is not None:
         return cached
-    with pipeline_run(cfg, pipeline="train", steps=STEPS, force=force, progress=progress) as p:
+    # Only the register step left (the model is gone from the tracking store, or the store is another one):
+    # it runs in this process, so Ray is not started.
+    ray = pending != "register"
+    with pipeline_run(cfg, pipeline="train", steps=STEPS, force=force, progress=progress, ray=ray) as p:
         results = _steps(cfg, p.wf, p.tracker, progress)
         log_report(p.tracker, results=results)
         if results.tune and results.register:  # which trial the registered model comes from
@@ -130,29 +133,32 @@ def _summary(cfg: PipelineConfig, results: Results, *, run_id: str, steps: list[
     return summary
 
 
-def _all_cached(cfg: PipelineConfig, *, force: set[str] | None, progress) -> PipelineSummary | None:
-    """The summary of a run whose every step is complete in the work dir (and its model still in the registry),
-    found without starting Ray: the same steps asked of a `Plan`, which computes their keys as the engine
-    does and raises NotCached at the first one that would run. None (run as usual) on any doubt."""
+def _all_cached(cfg: PipelineConfig, *, force: set[str] | None, progress) -> tuple[PipelineSummary | None, str | None]:
+    """(the summary, None) of a run whose every step is complete in the work dir (and its model still in the
+    registry), found without starting Ray: the same steps asked of a `Plan`, which computes their keys as the
+    engine does and raises NotCached at the first one that would run. Otherwise (None, that step's name), or
+    (None, None) on any other doubt (run as usual)."""
     if force:
-        return None
+        return None, None
     lines: list[str] = []  # shown only when the answer is "all cached"; else the real run prints its own
     try:
         plan = Plan(cfg.workflow.work_dir, pipeline="train", steps=STEPS, progress=lines.append)
         results = _steps(cfg, plan, NullTracker(), lines.append)
-    except (NotCached, WorkflowError):
-        return None
+    except NotCached as pending:
+        return None, str(pending)
+    except WorkflowError:
+        return None, None
     except Exception:  # noqa: BLE001 - any other doubt: the real run meets it again and reports it in its place
-        return None
+        return None, None
     run_id = _made_by(cfg.workflow.work_dir, results.evaluation.key)
     if run_id is None:  # no record of the MLflow run that holds these results
-        return None
+        return None, None
     plan.record["mlflow_run_id"] = run_id
     plan.finish(DONE, message="every step cached: nothing ran")
     for line in lines:
         progress(line)
     progress(f"[train] every step cached: nothing to run (no Ray, no new MLflow run; results of run {run_id})")
-    return _summary(cfg, results, run_id=run_id, steps=plan.summary())
+    return _summary(cfg, results, run_id=run_id, steps=plan.summary()), None
 
 
 def _made_by(work_dir: str, evaluate_key: str) -> str | None:

@@ -2,8 +2,9 @@
 
 The first run is the debug pipeline on a real local Ray and a real MLflow sqlite store. The reruns happen
 with starting Ray made impossible (a trap in place of `init_ray`, or a dead RAY_ADDRESS for the CLI):
-an all-cached rerun passes; one with anything left to do (a forced step, a model gone from the registry)
-walks into the trap, i.e. takes the normal path. `predict` on the same small input is forecast in this
+an all-cached rerun passes; one with a step left to do that uses Ray (a forced evaluate step) walks into the
+trap, i.e. takes the normal path, and one with only the register step left (a model gone from the tracking
+store) registers it without Ray. `predict` on the same small input is forecast in this
 process (the dead RAY_ADDRESS again), after checking the model, and equals `lstm_dist.forecast`.
 """
 
@@ -92,24 +93,27 @@ def test_a_forced_step_takes_the_normal_path(first_run, no_ray) -> None:
     assert sorted(_mlflow_runs(cfg)) == sorted(before)  # the trap is before the MLflow run
 
 
-def test_a_model_gone_from_the_registry_takes_the_normal_path(first_run, no_ray) -> None:
-    """The register step's still_valid check is asked ahead as well: a version the registry no longer knows
-    by the step's key (here its key tag removed, as a wiped store would) means registering again."""
+def test_a_model_gone_from_the_tracking_store_is_registered_again_without_ray(first_run, no_ray, tmp_path) -> None:
+    """The register step's still_valid check is asked ahead as well: a store that does not hold the version
+    (a wiped one, or another one) means registering again. That is the only step left, and it runs in this
+    process: the trap on starting Ray stays shut."""
     import mlflow
     from lstm_dist.pipelines.train import run
 
-    from lstm_dist.registry import EVAL_KEY_TAG
-
     cfg, first = first_run
-    client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri(), registry_uri=cfg.tracking_uri())
-    name = cfg.tracking.model_name
-    key = client.get_model_version(name, first.version).tags[EVAL_KEY_TAG]
-    client.delete_model_version_tag(name, first.version, EVAL_KEY_TAG)
-    try:
-        with pytest.raises(RayStarted):
-            run(cfg, progress=lambda _: None)
-    finally:
-        client.set_model_version_tag(name, first.version, EVAL_KEY_TAG, key)
+    other = cfg.model_copy(deep=True)
+    other.tracking.uri = f"sqlite:///{tmp_path / 'other.db'}"
+    before = _mlflow_runs(cfg)
+    lines: list[str] = []
+    again = run(other, progress=lines.append)
+    out = "\n".join(lines)
+    for step in ("ingest", "shard", "train", "evaluate"):
+        assert f"[{step}] cached" in out, out
+    assert "[ray] not started: no step left to run uses it" in out and "[register] done" in out, out
+    assert again.metrics == first.metrics and again.run_id != first.run_id  # a new MLflow run, in the other store
+    client = mlflow.MlflowClient(tracking_uri=other.tracking_uri(), registry_uri=other.tracking_uri())
+    assert [str(v.version) for v in client.search_model_versions(f"name='{cfg.tracking.model_name}'")] == ["1"]
+    assert sorted(_mlflow_runs(cfg)) == sorted(before)  # nothing new in the first store
 
 
 def test_the_cli_reruns_a_cached_pipeline_with_a_dead_ray_address(first_run) -> None:
