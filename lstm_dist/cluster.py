@@ -130,6 +130,11 @@ def local_train_config(cfg: PipelineConfig) -> PipelineConfig:
     return local
 
 
+def ray_started() -> bool:
+    """Whether this process has started or joined Ray."""
+    return _ray_started()
+
+
 def _ray_started() -> bool:
     import ray
 

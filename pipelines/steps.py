@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstm_dist.cluster import cluster_summary, init_ray, node_cpus
+from lstm_dist.cluster import cluster_summary, init_ray, node_cpus, ray_started, train_backend
 from lstm_dist.config import PipelineConfig, load_config
 from lstm_dist.data.integrity import verify_shards
 from lstm_dist.data.manifest import Manifest
@@ -106,6 +106,7 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
     def ingest_files(outs: dict[str, str]) -> dict[str, dict[str, Any]]:
         from lstm_dist.data.ingest import get_or_raise
 
+        ensure_ray(cfg, progress)
         by_label = {labels[f]: f for f in lineage["files"]}
         task = ray_task(_ingest_file).options(**on_driver_node(wf))  # writes into `out`, on the driver's disk
         refs = {
@@ -119,6 +120,7 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
     def shard_step(out: str) -> dict[str, Any]:
         from lstm_dist.data.ingest import ingest
 
+        ensure_ray(cfg, progress)
         # The shard step reads the ingested Arrow copies, listed under one directory by hard links (no copy).
         inputs = Path(out) / "inputs"
         inputs.mkdir()
@@ -164,6 +166,7 @@ def tune_step(cfg: PipelineConfig, wf: Workflow, shard: StepResult, *, progress=
     from lstm_dist.tune import run_tune
 
     def search(out: str) -> dict[str, Any]:
+        ensure_ray(cfg, progress)
         # Each trial becomes a nested run under this step's run (wf.step_context).
         outcome = run_tune(
             cfg,
@@ -215,6 +218,8 @@ def train_step(
     def train(out: str) -> dict[str, Any]:
         from lstm_dist.train.trainer import fit
 
+        if train_backend(cfg) == "ray":
+            ensure_ray(cfg, progress)
         shard_dir = local_copy(shard_loc)  # the driver's copy, for the dataset logging
         # Checkpoints go where workers on any node can write them and a rerun on any machine finds them:
         # the attempt itself for a local / mounted work dir, its place in the store for a URI one.
@@ -321,6 +326,7 @@ def evaluate_step(
         else:
             import ray
 
+            ensure_ray(cfg, progress)
             # Nothing else runs during this step: its AutoETS/AutoTheta fits (most of its time on many
             # series) take a whole node's cores, one process each.
             cpus = node_cpus(EVAL_MAX_CPUS)
@@ -555,6 +561,14 @@ def pipeline_run(
 
 # ---------------------------------------------------------------------------------------------
 # Ray tasks and helpers
+
+
+def ensure_ray(cfg: PipelineConfig, progress=print) -> None:
+    """Ray for a step about to use it, when the run did not start it ahead (`pipeline_run(ray=False)`: the
+    steps left looked as if none would use it)."""
+    if not ray_started():
+        init_ray(cfg)
+        progress(f"[ray] {cluster_summary()}")
 
 
 @functools.cache

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lstm_dist.cluster import train_backend
 from lstm_dist.config import PipelineConfig
+from lstm_dist.data.manifest import Manifest
 from lstm_dist.registry import Registry
 from lstm_dist.tracking import NullTracker, Tracker, shard_fingerprint, ui_command
 from lstm_dist.workflow import DONE, NotCached, Plan, StepResult, Workflow, WorkflowError, read_runs
@@ -32,6 +34,7 @@ from .steps import (
     check_run,
     data_steps,
     evaluate_step,
+    evaluates_in_process,
     final_fit_step,
     pipeline_run,
     register_step,
@@ -77,9 +80,7 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     cached, pending = _all_cached(cfg, force=force, progress=progress)
     if cached is not None:
         return cached
-    # Only the register step left (the model is gone from the tracking store, or the store is another one):
-    # it runs in this process, so Ray is not started.
-    ray = pending != "register"
+    ray = _needs_ray(cfg, pending)
     with pipeline_run(cfg, pipeline="train", steps=STEPS, force=force, progress=progress, ray=ray) as p:
         results = _steps(cfg, p.wf, p.tracker, progress)
         log_report(p.tracker, results=results)
@@ -133,19 +134,47 @@ def _summary(cfg: PipelineConfig, results: Results, *, run_id: str, steps: list[
     return summary
 
 
-def _all_cached(cfg: PipelineConfig, *, force: set[str] | None, progress) -> tuple[PipelineSummary | None, str | None]:
+@dataclass
+class _Pending:
+    """The first step a run has to run, and the shard step when that one is complete."""
+
+    step: str
+    shard: StepResult | None
+
+
+def _needs_ray(cfg: PipelineConfig, pending: _Pending | None) -> bool:
+    """Whether a step from `pending` on may use Ray: ingest, shard and tune do; train and the final fit on Ray
+    Train; evaluate unless it scores in this process (few values to fit the baselines on). A run with only
+    steps left that run in this process (a model change on cached shards with train.backend local, a
+    re-registration) does not start Ray. Unsure (no shard step yet, an unreadable manifest): it does."""
+    if pending is None or pending.shard is None or pending.step.split("[")[0] in ("ingest", "shard", "tune"):
+        return True
+    fits = {"train", "evaluate", "final_fit"} if cfg.train.final_fit != "off" else {"train"}
+    if pending.step in fits and train_backend(cfg) == "ray":
+        return True
+    if pending.step not in ("train", "evaluate"):
+        return False
+    try:
+        manifest = Manifest.load(pending.shard.local_copy() / "shards")
+    except Exception:  # noqa: BLE001 - unsure: start Ray as usual
+        return True
+    return not evaluates_in_process(manifest, baseline_history=cfg.evaluate.baseline_history)
+
+
+def _all_cached(
+    cfg: PipelineConfig, *, force: set[str] | None, progress
+) -> tuple[PipelineSummary | None, _Pending | None]:
     """(the summary, None) of a run whose every step is complete in the work dir (and its model still in the
     registry), found without starting Ray: the same steps asked of a `Plan`, which computes their keys as the
-    engine does and raises NotCached at the first one that would run. Otherwise (None, that step's name), or
-    (None, None) on any other doubt (run as usual)."""
-    if force:
-        return None, None
+    engine does and raises NotCached at the first one that would run (a forced one included). Otherwise
+    (None, that step), or (None, None) on any other doubt (run as usual)."""
     lines: list[str] = []  # shown only when the answer is "all cached"; else the real run prints its own
     try:
-        plan = Plan(cfg.workflow.work_dir, pipeline="train", steps=STEPS, progress=lines.append)
+        plan = Plan(cfg.workflow.work_dir, pipeline="train", steps=STEPS, force=force, progress=lines.append)
         results = _steps(cfg, plan, NullTracker(), lines.append)
     except NotCached as pending:
-        return None, str(pending)
+        shard = [r for r in plan.results if r.name == "shard"]
+        return None, _Pending(step=str(pending), shard=shard[0] if shard else None)
     except WorkflowError:
         return None, None
     except Exception:  # noqa: BLE001 - any other doubt: the real run meets it again and reports it in its place

@@ -2,9 +2,9 @@
 
 The first run is the debug pipeline on a real local Ray and a real MLflow sqlite store. The reruns happen
 with starting Ray made impossible (a trap in place of `init_ray`, or a dead RAY_ADDRESS for the CLI):
-an all-cached rerun passes; one with a step left to do that uses Ray (a forced evaluate step) walks into the
-trap, i.e. takes the normal path, and one with only the register step left (a model gone from the tracking
-store) registers it without Ray. `predict` on the same small input is forecast in this
+an all-cached rerun passes; one with a step left to do that uses Ray (a forced shard step) walks into the
+trap, i.e. takes the normal path; one whose steps left all run in this process (only the register step, for a
+model gone from the tracking store; a forced train step with train.backend=local) runs them without Ray. `predict` on the same small input is forecast in this
 process (the dead RAY_ADDRESS again), after checking the model, and equals `lstm_dist.forecast`.
 """
 
@@ -64,6 +64,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(lstm_dist.cluster, "init_ray", trap)
     monkeypatch.setattr(steps, "init_ray", trap)
+    monkeypatch.setattr(steps, "ray_started", lambda: False)  # this module's Ray (ray_local) counts as none
 
 
 def test_an_all_cached_rerun_starts_no_ray_and_adds_no_mlflow_run(first_run, no_ray) -> None:
@@ -83,13 +84,13 @@ def test_an_all_cached_rerun_starts_no_ray_and_adds_no_mlflow_run(first_run, no_
     assert sorted(_mlflow_runs(cfg)) == sorted(before)
 
 
-def test_a_forced_step_takes_the_normal_path(first_run, no_ray) -> None:
+def test_a_forced_step_that_uses_ray_takes_the_normal_path(first_run, no_ray) -> None:
     from lstm_dist.pipelines.train import run
 
     cfg, _ = first_run
     before = _mlflow_runs(cfg)
     with pytest.raises(RayStarted):
-        run(cfg, force={"evaluate"}, progress=lambda _: None)
+        run(cfg, force={"shard"}, progress=lambda _: None)  # the shard step's Ray tasks
     assert sorted(_mlflow_runs(cfg)) == sorted(before)  # the trap is before the MLflow run
 
 
@@ -167,3 +168,17 @@ def test_predict_checks_the_model_before_ray(first_run, tmp_path: Path) -> None:
                 "--output", str(tmp_path / "fc.parquet"), "--tracking-uri", cfg.tracking_uri())  # fmt: skip
     assert proc.returncode == 1 and "not found in the registry" in proc.stderr, proc.stdout + proc.stderr
     assert not (tmp_path / "fc.parquet").exists()
+
+
+def test_a_forced_train_step_on_cached_shards_runs_without_ray(first_run, no_ray) -> None:
+    """train.backend=local and an evaluate step that scores in this process: retraining on cached shards (or
+    after a model change) starts no Ray. Last in this module: its steps replace the first run's."""
+    from lstm_dist.pipelines.train import run
+
+    cfg, first = first_run
+    lines: list[str] = []
+    again = run(cfg, force={"train"}, progress=lines.append)
+    out = "\n".join(lines)
+    assert "[ray] not started: no step left to run uses it" in out, out
+    assert "[shard] cached" in out and "[train] done" in out and "[evaluate] done" in out, out
+    assert again.run_id != first.run_id and again.model_uri  # a new MLflow run, with the model registered
