@@ -114,7 +114,7 @@ def train_backend(cfg: PipelineConfig) -> str:
         return "ray"
     if cfg.train.use_gpu == "no":
         return "local"
-    gpus = resources().get("GPU", 0) if _ray_started() else local_gpu_count()
+    gpus = resources().get("GPU", 0) if ray_started() else local_gpu_count()
     return "ray" if gpus >= 2 else "local"
 
 
@@ -132,10 +132,6 @@ def local_train_config(cfg: PipelineConfig) -> PipelineConfig:
 
 def ray_started() -> bool:
     """Whether this process has started or joined Ray."""
-    return _ray_started()
-
-
-def _ray_started() -> bool:
     import ray
 
     return ray.is_initialized()

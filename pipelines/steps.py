@@ -530,10 +530,12 @@ def pipeline_run(
     then propagates."""
     check_run(cfg)
     warm = Warmup(cfg).start()  # MLflow's store and the later steps' imports, while Ray starts
+    summary = "not started: no step left to run uses it"
     if ray:
         init_ray(cfg)
-        tags = {"ray.cluster": cluster_summary(), **(tags or {})}
-    progress(f"[ray] {cluster_summary()}" if ray else "[ray] not started: no step left to run uses it")
+        summary = cluster_summary()  # asks Ray for its nodes: once, for the line and the tag
+        tags = {"ray.cluster": summary, **(tags or {})}
+    progress(f"[ray] {summary}")
     warm.store_ready()
     tracker = start_pipeline_run(cfg, run_name=f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}")
     tracker.set_tags({"lstm_dist.pipeline": pipeline, **(tags or {})})

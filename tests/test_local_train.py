@@ -89,6 +89,6 @@ def test_auto_backend_is_ray_train_on_a_cluster_or_several_gpus(monkeypatch, ove
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if env:
         monkeypatch.setenv("RAY_ADDRESS", env)
-    monkeypatch.setattr(cluster, "_ray_started", lambda: False)  # the count Ray would detect on this machine
+    monkeypatch.setattr(cluster, "ray_started", lambda: False)  # the count Ray would detect on this machine
     monkeypatch.setattr(cluster, "local_gpu_count", lambda: gpus)
     assert cluster.train_backend(cfg) == expected
