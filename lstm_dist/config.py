@@ -204,6 +204,8 @@ class ModelConfig(_Section):
     window_prior_steps: float = Field(1.0, ge=0)
     """Window norm: steps of the series' own spread (1 in the scaler's units) added to each window's spread estimate,
     so the starts of short, padded series are not divided by ~0; 0 = the window's own spread (exactly scale-equivariant)."""
+    window_level_steps: int = Field(0, ge=0)
+    """Window norm `mean`/`revin`: the level is the mean of the window's last k steps (e.g. 24 on hourly data: the last day), not of the whole window, so a level shift inside the window (a holiday lull) carries into the forecast; the spread stays the whole window's; 0 = the whole window."""
     skip_season: int = Field(0, ge=0)
     """A seasonal-naive skip: the network forecasts the change from the value this many steps earlier (the last such value in the window, repeated past one season), e.g. 24 for hourly data; 0 = off. Needs data.lookback >= it and the direct head."""
 
@@ -213,6 +215,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 "model.skip_season adds the value one season back to the direct head's level forecasts: set "
                 "model.head=direct and a model.window_norm other than diff, or model.skip_season=0"
+            )
+        if self.window_level_steps and self.window_norm not in ("mean", "revin"):
+            raise ValueError(
+                f"model.window_level_steps={self.window_level_steps} sets the level of window_norm mean or revin, "
+                f"not {self.window_norm}: set model.window_norm=mean or model.window_level_steps=0"
             )
         if self.loss == "quantile" and 0.5 not in self.quantiles:
             raise ValueError("model.quantiles must include 0.5 (the point forecast) when model.loss is quantile")

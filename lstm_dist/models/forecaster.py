@@ -75,6 +75,7 @@ class Forecaster(nn.Module):
                 level_of=level_of,
                 pad_feature=pad_feature,
                 prior_steps=cfg.window_prior_steps,
+                level_steps=cfg.window_level_steps,
             )
             if cfg.window_norm != "none"
             else None

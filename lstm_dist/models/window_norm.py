@@ -45,6 +45,8 @@ class WindowNorm(nn.Module):
     divided and multiplied by the floor, and its errors, huge in window units, dominate the loss. With a
     prior the forecast follows a shifted history exactly, a scaled one only through the series scaler
     (which absorbs the scale); 0 keeps it exactly scale-equivariant.
+    `level_steps` (model.window_level_steps, modes `mean` / `revin`): the level is the mean of the window's
+    last that many real steps, not the whole window's (the spread stays the whole window's).
     """
 
     def __init__(
@@ -55,11 +57,12 @@ class WindowNorm(nn.Module):
         level_of: Sequence[int],
         pad_feature: int | None = None,
         prior_steps: float = 0.0,
+        level_steps: int = 0,
     ) -> None:
         super().__init__()
         assert mode in ("last", "mean", "revin", "diff"), mode
         self.mode, self.num_targets, self.pad_feature = mode, num_targets, pad_feature
-        self.prior_steps = prior_steps
+        self.prior_steps, self.level_steps = prior_steps, level_steps
         is_level = torch.tensor([float(t >= 0) for t in level_of])
         self.register_buffer("is_level", is_level, persistent=False)  # [F]
         channels = [f for f, t in enumerate(level_of) if t >= 0]
@@ -105,7 +108,14 @@ class WindowNorm(nn.Module):
         count = real.sum(dim=1, keepdim=True).clamp_min(1.0)  # [B, 1, 1]; the last step is always real
         mean = (y * real).sum(dim=1, keepdim=True) / count  # padding carries no level
         squares = ((y - mean) ** 2 * real).sum(dim=1, keepdim=True)
-        return (y[:, -1:] if self.mode == "last" else mean), self._spread(squares, count)
+        if self.mode == "last":
+            return y[:, -1:], self._spread(squares, count)
+        return (self._recent_mean(y, real) if self.level_steps else mean), self._spread(squares, count)
+
+    def _recent_mean(self, y: Tensor, real: Tensor) -> Tensor:
+        """[B, 1, T]: the mean of the last `level_steps` real steps of `y` [B, L, T] (the last step is always real)."""
+        y, real = y[:, -self.level_steps :], real[:, -self.level_steps :]
+        return (y * real).sum(dim=1, keepdim=True) / real.sum(dim=1, keepdim=True).clamp_min(1.0)
 
     def _spread(self, squares: Tensor, count: Tensor) -> Tensor:
         """Scale [B, 1, T] from a sum of squared deviations [B, 1, T] over `count` [B, 1, 1] real steps, as if
