@@ -16,10 +16,12 @@ LEVEL_OF = [0, 1, -1, 1, -1]
 F = len(LEVEL_OF)
 
 
-def _model(mode: str, loss: str = "mse", head: str = "direct", prior: float = 0.0):
+def _model(mode: str, loss: str = "mse", head: str = "direct", prior: float = 0.0, level_steps: int = 0):
     """Without the spread prior by default: the window's own stats, exactly level and scale equivariant."""
     torch.manual_seed(0)
-    cfg = ModelConfig(hidden_size=8, window_norm=mode, loss=loss, head=head, window_prior_steps=prior)
+    cfg = ModelConfig(
+        hidden_size=8, window_norm=mode, loss=loss, head=head, window_prior_steps=prior, window_level_steps=level_steps
+    )
     model = build_model(cfg, num_features=F, num_targets=T, horizon=H, level_of=LEVEL_OF)
     if mode == "revin":  # away from the identity, so the affine is exercised
         with torch.no_grad():
@@ -37,10 +39,11 @@ def _shifted(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("mode", ["last", "mean", "revin", "diff"])
+@pytest.mark.parametrize("mode", ["last", "mean", "revin", "diff", "mean_recent"])
 @pytest.mark.parametrize(("loss", "head"), [("mse", "direct"), ("quantile", "recursive"), ("gaussian", "direct")])
 def test_forecast_is_equivariant_to_level_and_scale(mode: str, loss: str, head: str) -> None:
-    model = _model(mode, loss, head)
+    """`mean_recent`: window_norm mean with the level of the last 4 steps (model.window_level_steps)."""
+    model = _model("mean", loss, head, level_steps=4) if mode == "mean_recent" else _model(mode, loss, head)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(B, L, F, generator=g).cumsum(dim=1)  # random walks: level and spread differ per window
     y = torch.randn(B, H, T, generator=g)
@@ -258,6 +261,37 @@ def test_a_window_of_few_real_steps_is_not_divided_by_the_floor(mode: str) -> No
     assert with_prior[1].item() > 0.5
     if mode != "diff":  # (differences are far smaller than the unit spread: the prior weighs more on them)
         assert with_prior[0].item() == pytest.approx(without[0].item(), rel=0.05)
+
+
+def test_the_level_of_the_last_steps_carries_a_shift_inside_the_window() -> None:
+    """A window at 10 that drops to 2 for its last 4 steps (a holiday lull): with model.window_level_steps=4 a
+    head that emits 0 forecasts the lull's level 2, with the whole window's mean it forecasts that mean (8);
+    the spread is the whole window's either way."""
+    x = torch.randn(B, L, F, generator=torch.Generator().manual_seed(6))
+    for f, t in enumerate(LEVEL_OF):
+        if t >= 0:
+            x[..., f] = 10.0
+            x[:, -4:, f] = 2.0
+    recent, whole = (_constant_head(_model("mean", level_steps=k), [0.0]) for k in (4, 0))
+    torch.testing.assert_close(recent(x)[..., 0], torch.full((B, H, T), 2.0))
+    torch.testing.assert_close(whole(x)[..., 0], torch.full((B, H, T), 8.0))
+    torch.testing.assert_close(recent.window_norm.stats(x)[1], whole.window_norm.stats(x)[1])
+
+
+def test_the_recent_level_leaves_start_padding_out() -> None:
+    """Three real steps after padding, level_steps 6: the level is the mean of the three real ones."""
+    cfg = ModelConfig(hidden_size=8, window_norm="mean", window_level_steps=6)
+    net = build_model(cfg, num_features=2, num_targets=1, horizon=H, pad_feature=1)
+    x = torch.zeros(1, L, 2)
+    x[0, : L - 3, 1] = 1.0  # padding rows
+    x[0, -3:, 0] = torch.tensor([1.0, 2.0, 6.0])
+    assert net.window_norm.stats(x)[0].item() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("mode", ["last", "diff", "none"])
+def test_the_recent_level_is_refused_where_it_does_not_apply(mode: str) -> None:
+    with pytest.raises(ValueError, match="model.window_level_steps=24 .* set model.window_norm=mean"):
+        ModelConfig(window_norm=mode, window_level_steps=24)
 
 
 def test_a_model_saved_before_the_spread_prior_loads_without_it(tmp_path) -> None:
