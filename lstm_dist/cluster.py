@@ -260,9 +260,9 @@ def _no_answer(host: str, port: int, *, timeout: float) -> OSError | None:
             time.sleep(0.2)
 
 
-def cluster_summary() -> str:
-    """One line for the terminal: '1 node(s), 2 CPU, 0 GPU'."""
-    tags = ray_tags()
+def cluster_summary(tags: dict[str, str] | None = None) -> str:
+    """One line for the terminal: '1 node(s), 2 CPU, 0 GPU' (from `ray_tags()`, asked here unless given)."""
+    tags = tags or ray_tags()
     return f"{tags['ray.num_nodes']} node(s), {tags['ray.num_cpus']} CPU, {tags['ray.num_gpus']} GPU"
 
 

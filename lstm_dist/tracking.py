@@ -525,6 +525,14 @@ def context_tags() -> dict[str, str]:
     return tags
 
 
+def tag_active_run(tags: dict[str, Any]) -> None:
+    """`tags` on the fluent API's active run (the pipeline's parent run), when one is open."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
 def shard_fingerprint(shard_dir: str | Path) -> str:
     """A short hash of the shards' content (their checksums) and of the data config that made them."""
     from lstm_dist.data.manifest import Manifest

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstm_dist.cluster import cluster_summary, init_ray, node_cpus, ray_started, train_backend
+from lstm_dist.cluster import cluster_summary, init_ray, node_cpus, ray_started, ray_tags, train_backend
 from lstm_dist.config import PipelineConfig, load_config
 from lstm_dist.data.integrity import verify_shards
 from lstm_dist.data.manifest import Manifest
@@ -44,6 +44,7 @@ from lstm_dist.tracking import (
     route_mlflow_logs,
     start_pipeline_run,
     step_runs,
+    tag_active_run,
 )
 from lstm_dist.warmup import Warmup
 from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
@@ -567,10 +568,12 @@ def pipeline_run(
 
 def ensure_ray(cfg: PipelineConfig, progress=print) -> None:
     """Ray for a step about to use it, when the run did not start it ahead (`pipeline_run(ray=False)`: the
-    steps left looked as if none would use it)."""
+    steps left looked as if none would use it). The pipeline's run gets the cluster tags it would have had."""
     if not ray_started():
         init_ray(cfg)
-        progress(f"[ray] {cluster_summary()}")
+        tags = ray_tags()
+        progress(f"[ray] {cluster_summary(tags)}")
+        tag_active_run({"ray.cluster": cluster_summary(tags), **tags})
 
 
 @functools.cache

@@ -94,6 +94,32 @@ def test_a_forced_step_that_uses_ray_takes_the_normal_path(first_run, no_ray) ->
     assert sorted(_mlflow_runs(cfg)) == sorted(before)  # the trap is before the MLflow run
 
 
+def test_ray_started_by_a_step_tags_the_pipeline_run(first_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that starts Ray after the run guessed that none would (steps.ensure_ray) prints the cluster line and
+    gives the pipeline's open run the cluster tags that a run starting Ray ahead gets; a second step starts none."""
+    import mlflow
+    from lstm_dist.pipelines import steps
+
+    cfg, _ = first_run
+    started: list = []
+    monkeypatch.setattr(steps, "ray_started", lambda: bool(started))
+    monkeypatch.setattr(steps, "init_ray", started.append)  # ray_local is this module's Ray: nothing to start
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(cfg.tracking_uri())
+    lines: list[str] = []
+    try:
+        with mlflow.start_run(
+            experiment_id=mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+        ) as run:
+            steps.ensure_ray(cfg, lines.append)
+            steps.ensure_ray(cfg, lines.append)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    tags = mlflow.MlflowClient(cfg.tracking_uri()).get_run(run.info.run_id).data.tags
+    assert started == [cfg] and lines == [f"[ray] {tags['ray.cluster']}"], (started, lines, tags)
+    assert tags["ray.num_nodes"] == "1" and float(tags["ray.num_cpus"]) >= 1
+
+
 def test_a_model_gone_from_the_tracking_store_is_registered_again_without_ray(first_run, no_ray, tmp_path) -> None:
     """The register step's still_valid check is asked ahead as well: a store that does not hold the version
     (a wiped one, or another one) means registering again. That is the only step left, and it runs in this
