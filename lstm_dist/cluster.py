@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lstm_dist.config import PipelineConfig, verbosity
+from lstm_dist.config import PipelineConfig, terminal_log_level
 from lstm_dist.ray_compat import local_gpu_count, loopback_node, quiet_local_ray_worker
 
 RAY_LOG_FILE = "logs/ray.log"  # under the work dir: the driver's Ray, Train and Tune log lines
@@ -285,7 +285,7 @@ def _log_ray_to_file(cfg: PipelineConfig | None) -> None:
         logger.removeHandler(handler)
     logger.propagate = False
     terminal = logging.StreamHandler(sys.stderr)
-    terminal.setLevel({0: logging.ERROR, 1: logging.INFO}.get(verbosity(), logging.DEBUG))  # -v / -vv
+    terminal.setLevel(terminal_log_level())  # -v / -vv
     logger.addHandler(terminal)
     work_dir = cfg.workflow.work_dir if cfg else None
     if work_dir and "://" not in work_dir:

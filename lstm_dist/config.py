@@ -611,3 +611,12 @@ def verbosity() -> int:
     """How loud Ray's and MLflow's own logs are on the terminal: 0 errors only, 1 INFO (-v), 2 DEBUG (-vv)."""
     value = os.environ.get(VERBOSE_ENV, "0")
     return int(value) if value.isdigit() else 0
+
+
+def terminal_log_level(verbose: int | None = None) -> int:
+    """The `logging` level of Ray's and MLflow's lines on the terminal: ERROR, INFO with -v, DEBUG with -vv
+    (`verbose` defaults to `verbosity()`)."""
+    import logging
+
+    verbose = verbosity() if verbose is None else verbose
+    return {0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lstm_dist.config import PipelineConfig, dump_yaml, is_secret_key, redact_uri, verbosity
+from lstm_dist.config import PipelineConfig, dump_yaml, is_secret_key, redact_uri, terminal_log_level, verbosity
 from lstm_dist.version import __version__
 
 SCHEMES = ("sqlite:///", "http://", "https://", "postgresql://", "mysql://", "databricks", "file:")
@@ -346,7 +346,7 @@ def route_mlflow_logs(work_dir: str | None, *, verbose: int | None = None) -> Pa
 
     verbose = verbosity() if verbose is None else verbose  # `lstm-dist -v` / `-vv`
     terminal = logging.StreamHandler(MLFLOW_LOGGING_STREAM)
-    terminal.setLevel({0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG))
+    terminal.setLevel(terminal_log_level(verbose))
     handlers: list[logging.Handler] = [terminal]
     path = Path(work_dir, MLFLOW_LOG_FILE) if work_dir and "://" not in work_dir else None
     if path is not None:
