@@ -72,10 +72,12 @@ class DataConfig(_Section):
     """Scaler for targets and covariates, fitted on the train part only."""
     scaler_scope: Literal["series", "global"] = "series"
     """Fit one scaler per series or one for all series."""
-    calendar_features: list[Literal["hour", "weekday", "month", "dayofyear", "holiday"]] = Field(default_factory=list)
-    """Calendar features, known in the future: sine/cosine pairs; `holiday`: days since and until a public holiday of data.holidays."""
+    calendar_features: list[Literal["hour", "weekday", "daytype", "month", "dayofyear", "holiday"]] = Field(
+        default_factory=list
+    )
+    """Calendar features, known in the future: sine/cosine pairs; `daytype`: the weekday, with a public holiday of data.holidays counted as a Sunday (as load forecasting does); `holiday`: days since and until a public holiday of data.holidays."""
     holidays: str = ""
-    """Public holiday calendar of the `holiday` feature: a country code and optional subdivision (python-holidays), e.g. AU-VIC, US-CA, GB, DE-BY."""
+    """Public holiday calendar of the `holiday` and `daytype` features: a country code and optional subdivision (python-holidays), e.g. AU-VIC, US-CA, GB, DE-BY."""
     duplicates: Literal["error", "keep_last", "mean"] = "error"
     """What to do with duplicate (series, timestamp) rows."""
     missing: Literal["error", "ffill", "interpolate", "zero", "drop"] = "error"
@@ -144,17 +146,18 @@ class DataConfig(_Section):
             raise ValueError(
                 "data.static_cols needs layout=long (a wide file has no per-series rows to read them from)"
             )
-        _check_holidays(self.holidays, wanted="holiday" in self.calendar_features)
+        _check_holidays(self.holidays, wanted=bool({"holiday", "daytype"} & set(self.calendar_features)))
         return self
 
 
 def _check_holidays(spec: str, *, wanted: bool) -> None:
-    """data.holidays names a calendar python-holidays knows, and is set exactly when the `holiday` feature is on."""
+    """data.holidays names a calendar python-holidays knows, and is set exactly when `holiday` or `daytype` is on."""
     if wanted != bool(spec):
         raise ValueError(
-            "the calendar feature 'holiday' needs data.holidays (e.g. data.holidays=AU-VIC)"
+            "the calendar features 'holiday' and 'daytype' need data.holidays (e.g. data.holidays=AU-VIC)"
             if wanted
-            else f"data.holidays={spec} is used by the calendar feature 'holiday'; add it to data.calendar_features"
+            else f"data.holidays={spec} is used by the calendar features 'holiday' and 'daytype'; add one to "
+            "data.calendar_features"
         )
     if not spec:
         return

@@ -14,7 +14,8 @@ import numpy as np
 from lstm_dist.data.frequency import Frequency
 
 # Period of each calendar feature, in its own unit.
-CALENDAR_PERIODS: dict[str, float] = {"hour": 24.0, "weekday": 7.0, "month": 12.0, "dayofyear": 366.0}
+CALENDAR_PERIODS: dict[str, float] = {"hour": 24.0, "weekday": 7.0, "daytype": 7.0, "month": 12.0, "dayofyear": 366.0}
+SUNDAY = 6  # weekday numbers: Monday = 0
 HOLIDAY = "holiday"
 """The calendar feature of public holidays (data.holidays names the calendar): days since the last holiday and
 until the next, each capped at HOLIDAY_REACH_DAYS and divided by it (both 0 on a holiday)."""
@@ -29,7 +30,8 @@ def calendar_names(names: Sequence[str]) -> list[str]:
 def calendar_features(ts: np.ndarray, names: Sequence[str], *, tz: str = "UTC", holidays: str = "") -> np.ndarray:
     """Calendar features of unix-second timestamps `ts` [...] -> float32 [..., 2 * len(names)], in the local time of
     `tz` (daylight-saving aware: 08:00 in Berlin is hour 8 in summer and in winter): a sine/cosine pair per
-    periodic feature; for `holiday`, the distance in local days to the public holidays of `holidays` (`AU-VIC`)."""
+    periodic feature; for `holiday`, the distance in local days to the public holidays of `holidays` (`AU-VIC`);
+    `daytype` is `weekday` with those holidays counted as Sundays."""
     ts = Frequency("s", tz).wall_clock(ts) if tz != "UTC" else np.asarray(ts, dtype=np.int64)
     out = np.empty((*ts.shape, 2 * len(names)), dtype=np.float32)
     for i, name in enumerate(names):
@@ -40,6 +42,8 @@ def calendar_features(ts: np.ndarray, names: Sequence[str], *, tz: str = "UTC", 
             value = (ts % 86_400) / 3600.0  # fractional hour: sub-hourly data gets a smooth cycle
         elif name == "weekday":
             value = (ts // 86_400 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+        elif name == "daytype":  # the weekday, a public holiday counted as a Sunday
+            value = np.where(is_holiday(ts // 86_400, holidays), SUNDAY, (ts // 86_400 + 3) % 7)
         elif name == "month":
             value = ts.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12
         elif name == "dayofyear":
@@ -51,6 +55,17 @@ def calendar_features(ts: np.ndarray, names: Sequence[str], *, tz: str = "UTC", 
         out[..., 2 * i] = np.sin(angle)
         out[..., 2 * i + 1] = np.cos(angle)
     return out
+
+
+def is_holiday(days: np.ndarray, spec: str) -> np.ndarray:
+    """Local days since 1970 [...] -> bool [...]: whether each is a public holiday of `spec`."""
+    if not spec:
+        raise ValueError("the calendar feature 'daytype' needs data.holidays, e.g. data.holidays=AU-VIC")
+    days = np.asarray(days, dtype=np.int64)
+    if days.size == 0:
+        return np.zeros(days.shape, dtype=bool)
+    years = days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
+    return np.isin(days, _holiday_days(spec, int(years.min()), int(years.max())))
 
 
 def holiday_distances(days: np.ndarray, spec: str) -> np.ndarray:
