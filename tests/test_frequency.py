@@ -380,11 +380,30 @@ def test_holiday_feature_counts_local_days_to_the_regions_holidays() -> None:
     assert not np.allclose(national, 0)
 
 
+def test_daytype_is_the_weekday_with_public_holidays_as_sundays() -> None:
+    """By the local date: Boxing Day (Monday) and the 27th (Tuesday, Christmas observed) are Sundays in Melbourne,
+    the 28th is a Wednesday again; Melbourne Cup day is a Sunday in Victoria only; without holidays, the weekday."""
+    from lstm_dist.data.features import calendar_features
+
+    mel = pd.DatetimeIndex(["2016-12-24 12:00", "2016-12-26 00:30", "2016-12-27 23:30", "2016-12-28 00:30",
+                            "2016-11-01 12:00", "2016-12-25 12:00"])  # fmt: skip
+    ts = _unix(mel.tz_localize("Australia/Melbourne"))
+    kinds = calendar_features(ts, ["weekday", "daytype"], tz="Australia/Melbourne", holidays="AU-VIC")
+    sunday = calendar_features(ts[5:], ["weekday"], tz="Australia/Melbourne")[0]
+    holiday = [False, True, True, False, True, True]  # Dec 25 2016 is a Sunday anyway
+    for row, is_holiday in zip(kinds, holiday, strict=True):
+        assert np.allclose(row[2:], sunday if is_holiday else row[:2]), row
+    assert not np.allclose(kinds[1, :2], sunday) and not np.allclose(kinds[3, 2:], sunday)  # Mon; Wed
+    national = calendar_features(ts[4:5], ["daytype"], tz="Australia/Melbourne", holidays="AU")[0]
+    assert not np.allclose(national, sunday)  # Melbourne Cup is not a national holiday
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"calendar_features": ["holiday"]}, r"'holiday' needs data\.holidays"),
-        ({"holidays": "AU-VIC"}, r"data\.holidays=AU-VIC is used by .*add it to data\.calendar_features"),
+        ({"calendar_features": ["holiday"]}, r"'holiday' and 'daytype' need data\.holidays"),
+        ({"calendar_features": ["daytype"]}, r"'holiday' and 'daytype' need data\.holidays"),
+        ({"holidays": "AU-VIC"}, r"data\.holidays=AU-VIC is used by .*add one to data\.calendar_features"),
         ({"calendar_features": ["holiday"], "holidays": "XX"}, r"data\.holidays=XX: no holiday calendar for .*'XX'"),
         (
             {"calendar_features": ["holiday"], "holidays": "AU-ZZ"},
