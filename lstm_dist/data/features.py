@@ -40,10 +40,10 @@ def calendar_features(ts: np.ndarray, names: Sequence[str], *, tz: str = "UTC", 
             continue
         if name == "hour":
             value = (ts % 86_400) / 3600.0  # fractional hour: sub-hourly data gets a smooth cycle
-        elif name == "weekday":
+        elif name in ("weekday", "daytype"):
             value = (ts // 86_400 + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
-        elif name == "daytype":  # the weekday, a public holiday counted as a Sunday
-            value = np.where(is_holiday(ts // 86_400, holidays), SUNDAY, (ts // 86_400 + 3) % 7)
+            if name == "daytype":  # a public holiday counted as a Sunday
+                value = np.where(is_holiday(ts // 86_400, holidays), SUNDAY, value)
         elif name == "month":
             value = ts.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12
         elif name == "dayofyear":
@@ -64,8 +64,14 @@ def is_holiday(days: np.ndarray, spec: str) -> np.ndarray:
     days = np.asarray(days, dtype=np.int64)
     if days.size == 0:
         return np.zeros(days.shape, dtype=bool)
+    first, last = _year_span(days)
+    return np.isin(days, _holiday_days(spec, first, last))
+
+
+def _year_span(days: np.ndarray) -> tuple[int, int]:
+    """The first and last calendar year of days since 1970 (non-empty)."""
     years = days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
-    return np.isin(days, _holiday_days(spec, int(years.min()), int(years.max())))
+    return int(years.min()), int(years.max())
 
 
 def holiday_distances(days: np.ndarray, spec: str) -> np.ndarray:
@@ -77,9 +83,8 @@ def holiday_distances(days: np.ndarray, spec: str) -> np.ndarray:
     out = np.ones((*days.shape, 2), dtype=np.float32)
     if days.size == 0:
         return out
-    years = days.astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
-    # A year either side: the distances across New Year.
-    hol = _holiday_days(spec, int(years.min()) - 1, int(years.max()) + 1)
+    first, last = _year_span(days)
+    hol = _holiday_days(spec, first - 1, last + 1)  # a year either side: the distances across New Year
     if hol.size == 0:
         return out
     after = np.searchsorted(hol, days, side="right")  # holidays on or before each day: hol[:after]
