@@ -572,8 +572,9 @@ def ensure_ray(cfg: PipelineConfig, progress=print) -> None:
     if not ray_started():
         init_ray(cfg)
         tags = ray_tags()
-        progress(f"[ray] {cluster_summary(tags)}")
-        tag_active_run({"ray.cluster": cluster_summary(tags), **tags})
+        summary = cluster_summary(tags)
+        progress(f"[ray] {summary}")
+        tag_active_run({"ray.cluster": summary, **tags})
 
 
 @functools.cache
