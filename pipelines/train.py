@@ -28,7 +28,7 @@ from lstm_dist.config import PipelineConfig
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.registry import Registry
 from lstm_dist.tracking import NullTracker, Tracker, shard_fingerprint, ui_command
-from lstm_dist.workflow import DONE, NotCached, Plan, StepResult, Workflow, WorkflowError, read_runs
+from lstm_dist.workflow import DONE, NotCached, Plan, StepResult, Workflow, read_runs
 
 from .steps import (
     check_run,
@@ -175,8 +175,6 @@ def _all_cached(
     except NotCached as pending:
         shard = [r for r in plan.results if r.name == "shard"]
         return None, _Pending(step=str(pending), shard=shard[0] if shard else None)
-    except WorkflowError:
-        return None, None
     except Exception:  # noqa: BLE001 - any other doubt: the real run meets it again and reports it in its place
         return None, None
     run_id = _made_by(cfg.workflow.work_dir, results.evaluation.key)
