@@ -360,3 +360,33 @@ def evaluate_model(
     by_step = (frame[MODEL] - frame["y"]).abs().groupby(frame["step"]).mean().to_numpy()
     num_windows = len(frame[["unique_id", "cutoff"]].drop_duplicates())
     return Evaluation(metrics=metrics, by_step=by_step, num_windows=num_windows, num_last=num_last)
+
+
+def evaluate_checkpoint(checkpoint: str, shard_dir: str, n_jobs: int = 1, slow_history: int = 0) -> dict[str, Any]:
+    """The evaluate step's work: score the best checkpoint on the test split (in the driver for small data, else
+    as a Ray task, so it runs wherever the CPUs are free); the statistical baselines are fitted in `n_jobs`
+    processes, AutoETS and AutoTheta on each series' last `slow_history` rows (0: all).
+
+    Here rather than with the pipeline's steps: a Ray worker running it imports this module, not the pipelines
+    and MLflow behind them."""
+    from lstm_dist.data.windows import WindowDataset
+    from lstm_dist.models.saved import load_model
+    from lstm_dist.storage import local_copy
+
+    model, test = load_model(local_copy(checkpoint)), WindowDataset(local_copy(shard_dir), split="test")
+    # One thread, as in a one-CPU Ray task (Ray sets OMP_NUM_THREADS=1 there): a multi-threaded matmul may
+    # sum in another order, and the scores must not depend on where the step ran.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        season = test.manifest.season_length
+        evaluation = evaluate_model(model, test, season=season, n_jobs=n_jobs, slow_history=slow_history)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "metrics": evaluation.metrics,
+        "by_step": evaluation.by_step.tolist(),
+        "num_windows": evaluation.num_windows,
+        "num_last_windows": evaluation.num_last,
+        "table": evaluation.table(),
+    }

@@ -49,7 +49,6 @@ from lstm_dist.tracking import (
 from lstm_dist.warmup import Warmup
 from lstm_dist.workflow import DONE, FAILED, StepResult, Workflow
 
-STAGED_FILE = "part.parquet"
 FINGERPRINT_TAG = "lstm_dist.data_fingerprint"  # on a model version: the content hash of its input data
 FILES_TAG = "lstm_dist.data_files"
 # Up to this many target values that AutoETS/AutoTheta are fitted on (each series' rows, at most
@@ -105,11 +104,11 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
     read_cfg = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k in READ_FIELDS}
 
     def ingest_files(outs: dict[str, str]) -> dict[str, dict[str, Any]]:
-        from lstm_dist.data.ingest import get_or_raise
+        from lstm_dist.data.ingest import get_or_raise, stage_file
 
         ensure_ray(cfg, progress)
         by_label = {labels[f]: f for f in lineage["files"]}
-        task = ray_task(_ingest_file).options(**on_driver_node(wf))  # writes into `out`, on the driver's disk
+        task = ray_task(stage_file).options(**on_driver_node(wf))  # writes into `out`, on the driver's disk
         refs = {
             label: task.remote(by_label[label], cfg.data.model_dump(mode="json"), out) for label, out in outs.items()
         }
@@ -119,7 +118,7 @@ def data_steps(cfg: PipelineConfig, wf: Workflow, *, progress=print) -> tuple[St
     shard_cfg_key = cfg.data.model_dump(mode="json", exclude={"path", "format"})
 
     def shard_step(out: str) -> dict[str, Any]:
-        from lstm_dist.data.ingest import ingest
+        from lstm_dist.data.ingest import STAGED_FILE, ingest
 
         ensure_ray(cfg, progress)
         # The shard step reads the ingested Arrow copies, listed under one directory by hard links (no copy).
@@ -309,6 +308,8 @@ def evaluate_step(
     cfg: PipelineConfig, wf: Workflow, *, train: StepResult, shard: StepResult, progress=print
 ) -> StepResult:
     def evaluate(out: str) -> dict[str, Any]:
+        from lstm_dist.evaluate import evaluate_checkpoint
+
         shards = shard.local_copy() / "shards"
         wf.step_context.log_datasets(shards, splits={"test": "testing"})
         # Locators, not driver paths: the task may run on any node and reads that node's copies.
@@ -323,7 +324,7 @@ def evaluate_step(
             f"one of {len(manifest.series):,} series (fitted on up to {rows:,} rows)"
         )
         if evaluates_in_process(manifest, baseline_history=slow_history):
-            evaluation = _evaluate_task(ckpt, shard_dir, slow_history=slow_history)
+            evaluation = evaluate_checkpoint(ckpt, shard_dir, slow_history=slow_history)
         else:
             import ray
 
@@ -331,7 +332,7 @@ def evaluate_step(
             # Nothing else runs during this step: its AutoETS/AutoTheta fits (most of its time on many
             # series) take a whole node's cores, one process each.
             cpus = node_cpus(EVAL_MAX_CPUS)
-            task = ray_task(_evaluate_task).options(num_cpus=cpus)
+            task = ray_task(evaluate_checkpoint).options(num_cpus=cpus)
             evaluation = ray.get(task.remote(ckpt, shard_dir, n_jobs=cpus, slow_history=slow_history))
         (Path(out) / "metrics.json").write_text(json.dumps(evaluation["metrics"], indent=2))
         return evaluation
@@ -586,55 +587,11 @@ def ray_task(fn: Callable) -> Any:
     return ray.remote(num_cpus=1)(fn)
 
 
-def _ingest_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, Any]:
-    """Read and validate one input file; keep it as Parquet (same columns) for the shard step."""
-    import pyarrow.parquet as pq
-
-    from lstm_dist.config import DataConfig
-    from lstm_dist.data.readers import Notes, normalize, read_raw
-
-    cfg = DataConfig.model_validate(data_cfg)
-    table = read_raw(locator, cfg=cfg)
-    notes = Notes()
-    names, _, _, _ = normalize(table, cfg=cfg, source=locator, notes=notes)  # raises DataError naming file/col/row
-    pq.write_table(table, str(Path(out) / STAGED_FILE), use_dictionary=False)
-    return {"file": locator, "staged": STAGED_FILE, "num_rows": table.num_rows, "num_series": len(names)}
-
-
 def evaluates_in_process(manifest: Manifest, *, baseline_history: int = 0) -> bool:
     """Whether the evaluate step scores in the driver (few values to fit the baselines on, each series' last
     `baseline_history` rows, 0: all) rather than in a Ray task."""
     rows = sum(min(s.num_rows, baseline_history or s.num_rows) for s in manifest.series)
     return rows * manifest.num_targets <= EVAL_IN_PROCESS_MAX_VALUES
-
-
-def _evaluate_task(checkpoint: str, shard_dir: str, n_jobs: int = 1, slow_history: int = 0) -> dict[str, Any]:
-    """Score the best checkpoint on the test split (in the driver for small data, else a Ray task, so it runs
-    wherever the CPUs are free); the statistical baselines are fitted in `n_jobs` processes, AutoETS and
-    AutoTheta on each series' last `slow_history` rows (0: all)."""
-    import torch
-
-    from lstm_dist.data.windows import WindowDataset
-    from lstm_dist.evaluate import evaluate_model
-    from lstm_dist.models.saved import load_model
-
-    model, test = load_model(local_copy(checkpoint)), WindowDataset(local_copy(shard_dir), split="test")
-    # One thread, as in a one-CPU Ray task (Ray sets OMP_NUM_THREADS=1 there): a multi-threaded matmul may
-    # sum in another order, and the scores must not depend on where the step ran.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        season = test.manifest.season_length
-        evaluation = evaluate_model(model, test, season=season, n_jobs=n_jobs, slow_history=slow_history)
-    finally:
-        torch.set_num_threads(threads)
-    return {
-        "metrics": evaluation.metrics,
-        "by_step": evaluation.by_step.tolist(),
-        "num_windows": evaluation.num_windows,
-        "num_last_windows": evaluation.num_last,
-        "table": evaluation.table(),
-    }
 
 
 def on_driver_node(wf: Workflow) -> dict[str, Any]:

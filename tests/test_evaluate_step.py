@@ -12,6 +12,7 @@ from lstm_dist.cluster import node_cpus
 from lstm_dist.config import load_config
 from lstm_dist.data.manifest import Manifest
 from lstm_dist.data.windows import WindowDataset
+from lstm_dist.evaluate import evaluate_checkpoint
 from lstm_dist.models import build_model
 from lstm_dist.models.saved import save_model
 from lstm_dist.train.checkpoints import model_args_for
@@ -41,11 +42,11 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_in_process_scores_equal_the_ray_tasks(scored, ray_local) -> None:
     shards, ckpt = scored
     threads = torch.get_num_threads()
-    here = steps._evaluate_task(str(ckpt), str(shards))
+    here = evaluate_checkpoint(str(ckpt), str(shards))
     assert torch.get_num_threads() == threads  # the driver's thread count is given back
     # As the step sends it for large data: a node's CPUs, the baselines fitted in that many processes.
     cpus = node_cpus(steps.EVAL_MAX_CPUS)
-    task = steps.ray_task(steps._evaluate_task).options(num_cpus=cpus)
+    task = steps.ray_task(evaluate_checkpoint).options(num_cpus=cpus)
     there = ray_local.get(task.remote(str(ckpt), str(shards), n_jobs=cpus))
     assert here["num_windows"] == there["num_windows"] > 0
     assert here["metrics"].keys() == there["metrics"].keys()

@@ -7,6 +7,8 @@ offending file and line, so a failure says where to look.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -273,3 +275,30 @@ def test_no_dead_code():
         and used.get(node.name, 0) == 0
     ]
     assert not dead, "defined but never used outside tests:\n" + "\n".join(dead)
+
+
+# The modules of the functions the pipelines send to Ray as tasks (a worker imports a task's module to run it).
+TASK_MODULES = ("lstm_dist.data.ingest", "lstm_dist.evaluate")
+
+
+def test_ray_tasks_are_not_defined_in_the_pipelines():
+    """A task defined in pipelines/ makes each worker import the pipelines, and MLflow behind them."""
+    bad = [
+        f"{_where(m, node.lineno)} sends {node.args[0].id} of the same module to Ray"
+        for m, (_, tree) in SOURCES.items()
+        if _under("pipelines")(m)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "ray_task"
+        and isinstance(node.args[0], ast.Name)
+        and any(isinstance(d, ast.FunctionDef) and d.name == node.args[0].id for d in tree.body)
+    ]
+    assert not bad, "define Ray tasks in the module whose work they do:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("module", TASK_MODULES)
+def test_a_ray_tasks_module_imports_no_mlflow(module):
+    code = f"import sys, {module}; print([m for m in ('mlflow', 'lstm_dist.pipelines.steps') if m in sys.modules])"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", f"importing {module} (as a Ray worker does) imports {run.stdout.strip()}"

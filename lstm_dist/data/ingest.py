@@ -76,6 +76,7 @@ Part = tuple[list[str], np.ndarray, np.ndarray, np.ndarray]  # (names, codes [N]
 # Fewer validation windows than this get a warning: early stopping on them is noise (one weekly series with
 # data.val_size equal to the horizon has one, and stopped after 7 epochs of 8 steps: benchmarks/RESULTS.md).
 FEW_VAL_WINDOWS = 20
+STAGED_FILE = "part.parquet"  # the ingest step's copy of one input file (stage_file)
 PAD_COL = "is_pad"  # the stored 0/1 start-padding mask column (data.start_padding), before the future covariates
 
 
@@ -465,6 +466,17 @@ def _read_units(files: list[str], *, cfg: DataConfig, target: int) -> list[tuple
         return [(files[0], None)]
     chunks = np.array_split(np.arange(num_groups), min(target, num_groups))
     return [(files[0], [int(g) for g in c]) for c in chunks]
+
+
+def stage_file(locator: str, data_cfg: dict[str, Any], out: str) -> dict[str, Any]:
+    """The ingest step's Ray task: read and validate one input file, and keep it as Parquet (same columns) in
+    `out` for the shard step. Here rather than with the pipeline's steps: the worker imports this module, not
+    the pipelines and MLflow behind them (2-3 s of a small run's ingest step on 2 cores)."""
+    cfg = DataConfig.model_validate(data_cfg)
+    table = read_raw(locator, cfg=cfg)
+    names, _, _, _ = normalize(table, cfg=cfg, source=locator, notes=Notes())  # raises DataError naming file/col/row
+    pq.write_table(table, str(Path(out) / STAGED_FILE), use_dictionary=False)
+    return {"file": locator, "staged": STAGED_FILE, "num_rows": table.num_rows, "num_series": len(names)}
 
 
 def resolve_input(cfg: DataConfig, *, out_dir: Path, work_dir: str | None) -> str:
