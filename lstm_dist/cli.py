@@ -900,18 +900,21 @@ def main() -> None:
 
 def _exit(code: object) -> NoReturn:
     """End the process as Python would, minus the interpreter's teardown of its modules: other threads are
-    joined, the atexit handlers run (ray.shutdown, MLflow's pending writes), logging and the streams are
-    flushed, then `os._exit`. That teardown took 2.8 s after a pipeline run (torch's and Ray's extension
+    joined, Ray is shut down (`cluster.stop_ray`), the atexit handlers run (MLflow's pending writes), logging and
+    the streams are flushed, then `os._exit`. That teardown took 2.8 s after a pipeline run (torch's and Ray's extension
     modules; benchmarks/RESULTS.md) and does nothing a finished command needs."""
     import atexit
     import logging
     import threading
+
+    from lstm_dist.cluster import stop_ray
 
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
     if isinstance(code, str):  # sys.exit("message"): printed, status 1, as Python does
         print(code, file=sys.stderr)
+    stop_ray()
     atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -137,6 +137,15 @@ def ray_started() -> bool:
     return ray.is_initialized()
 
 
+def stop_ray() -> None:
+    """Shut down this process's Ray, if it started or joined one, as the command ends. Ray's own exit hook
+    first sleeps 0.5 s so that the workers' last log lines reach the terminal; a finished command has none left
+    to wait for. Importing this never imports Ray."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def set_ray_env(*, local: bool) -> None:
     """The environment this project gives a Ray it starts (`local`) or joins, set before `ray.init`
     (setdefault: a value the user exported wins). Tests that start their own Ray call it too."""
