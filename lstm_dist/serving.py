@@ -208,17 +208,6 @@ def _quiet_model_logging() -> Iterator[None]:
         pyfunc_logger.setLevel(level)
 
 
-def warm_model_logging() -> None:
-    """Build now (lstm_dist.warmup's thread) the index of installed packages that `log_model` builds on first use
-    to check the model's pip requirements against this environment: 1 s of the register step otherwise, on a
-    2-core machine. That index is MLflow's private cache; a version without it is left alone."""
-    from mlflow.utils import requirements_utils
-
-    build = getattr(requirements_utils, "_init_modules_to_packages_map", None)
-    if callable(build):
-        build()
-
-
 def _pip_requirements() -> list[str]:
     import pyarrow
 

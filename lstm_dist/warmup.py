@@ -4,8 +4,8 @@ driver waits for Ray to start.
 `ray.init` of a local Ray takes about 5 s on a 2-core machine, nearly all of it spent waiting for Ray's own
 processes. After it, a small run used to pay one after the other for MLflow's SQL store (1.6 s), the compiler
 front end of torch that the first optimizer imports (2.0 s), statsforecast for the evaluate step's baselines and
-matplotlib for the report's plots (benchmarks/RESULTS.md, issue 11), and the index of installed packages that
-logging a model checks its requirements against (1 s). Started just before `ray.init`, they overlap it instead.
+matplotlib for the report's plots (benchmarks/RESULTS.md, issue 11). Started just before `ray.init`, they overlap
+it instead.
 
 Nothing here is required. An import that fails is left for the step that needs it, which imports it again and
 reports the error in its place. Python's import locks make a module that both threads import load once; the
@@ -55,12 +55,6 @@ class Warmup:
                 importlib.import_module(name)
             except Exception as exc:  # noqa: BLE001 - the step that needs it imports it again and reports it
                 log.debug("warm-up: %s not imported: %s", name, exc)
-        try:
-            from lstm_dist.serving import warm_model_logging
-
-            warm_model_logging()
-        except Exception as exc:  # noqa: BLE001 - the register step builds it itself
-            log.debug("warm-up: MLflow's package index not built: %s", exc)
 
 
 def modules(cfg: PipelineConfig) -> list[str]:
