@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow.exceptions import MlflowException
+
 from lstm_dist.config import redact_uri
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.storage import node_cache
@@ -42,15 +45,6 @@ def _quietly(call):
     for line in printed.getvalue().splitlines():
         logging.getLogger("mlflow").info(line)
     return result
-
-
-def _mlflow_exception() -> type[Exception]:
-    """MLflow's exception class, for `except` clauses (evaluated only when something is raised): this module
-    imports MLflow when a `Registry` is made, not when it is imported, so that a pipeline's modules load without
-    it and MLflow's import (about 2 s on a 2-core machine) overlaps the start of Ray (lstm_dist.warmup)."""
-    from mlflow.exceptions import MlflowException
-
-    return MlflowException
 
 
 class RegistryError(TrackingError):
@@ -88,8 +82,6 @@ class Registry:
     """The model registry of one MLflow store (its tracking URI)."""
 
     def __init__(self, uri: str) -> None:
-        import mlflow
-
         self.uri = uri
         self.client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -99,7 +91,7 @@ class Registry:
         """The version behind `alias` (a ModelVersion), or None when the model or the alias does not exist."""
         try:
             return self.client.get_model_version_by_alias(name, alias)
-        except _mlflow_exception():
+        except MlflowException:
             return None
 
     def version(self, name: str, ref: str):
@@ -108,7 +100,7 @@ class Registry:
             if str(ref).isdigit():
                 return self.client.get_model_version(name, str(ref))
             return self.client.get_model_version_by_alias(name, ref)
-        except _mlflow_exception() as exc:
+        except MlflowException as exc:
             raise RegistryError(
                 f"model '{name}' has no version {ref} in {redact_uri(self.uri)}: {redact_uri(exc.message)}"
             ) from None
@@ -133,7 +125,7 @@ class Registry:
         """Every version of `name`, newest first ([] when there is no such model)."""
         try:
             found = self.client.search_model_versions(f"name='{name}'")
-        except _mlflow_exception() as exc:
+        except MlflowException as exc:
             raise RegistryError(f"cannot list the versions of '{name}': {redact_uri(exc.message)}") from None
         return sorted(found, key=lambda v: int(v.version), reverse=True)
 
@@ -166,8 +158,6 @@ class Registry:
     ) -> str:
         """A new version of `name` from a logged model; returns its number. `files` ({MODEL_FILE: path,
         MANIFEST_FILE: path}) are the logged files, whose sha256 the version keeps for downloads."""
-        import mlflow
-
         use_tracking_uri(self.uri)  # mlflow.register_model links the logged model through the fluent API
         tags = {**tags, **{SHA256_TAGS[kind]: _sha256(Path(path)) for kind, path in files.items()}}
         try:
@@ -175,7 +165,7 @@ class Registry:
             if description:
                 text = description.replace("{version}", version)  # e.g. the model card's load lines
                 self.client.update_model_version(name, version, description=text)
-        except _mlflow_exception() as exc:
+        except MlflowException as exc:
             raise RegistryError(f"could not register the model as '{name}': {redact_uri(exc.message)}") from None
         return version
 
@@ -193,8 +183,6 @@ class Registry:
 
     def load_python_model(self, name: str, version: str):
         """The pyfunc's Python model object (serving.ForecastModel) of a registered version."""
-        import mlflow.pyfunc
-
         use_tracking_uri(self.uri)  # models:/ URIs resolve against the fluent API's store
         return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
 
@@ -229,7 +217,6 @@ class Registry:
         return files
 
     def _fetch(self, mv, *, into: Path) -> None:
-        import mlflow.artifacts
         import yaml
 
         # The version's own artifact location, not a models:/ URI: those resolve against the process-wide
