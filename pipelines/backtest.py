@@ -44,7 +44,8 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     if not Store(cfg.workflow.work_dir).local:
         raise ConfigError("lstm-dist backtest needs a local workflow.work_dir (it writes the truncated inputs there)")
     progress(cfg.summary())
-    with pipeline_run(cfg, pipeline="backtest", steps=STEPS, force=force, progress=progress) as p:
+    # Ray starts with the first step that uses it (a fold's ingest): a rerun of cached folds needs none.
+    with pipeline_run(cfg, pipeline="backtest", steps=STEPS, force=force, progress=progress, ray="when_needed") as p:
         return _folds(cfg, p.wf, p.tracker, progress)
 
 

@@ -117,7 +117,11 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
         progress(f"[retrain] {describe_changes(champion, lineage)}; champion is v{champion.version}")
     progress(cfg.summary())
     tags = {FINGERPRINT_TAG: lineage["fingerprint"], "lstm_dist.champion_before": champion.version if champion else ""}
-    with pipeline_run(cfg, pipeline="retrain", steps=STEPS, force=force, tags=tags, progress=progress) as p:
+    # Ray starts with the first step that uses it: the ingest of new data; none when only the model changed (the
+    # steps left run in this process with train.backend local and small data).
+    with pipeline_run(
+        cfg, pipeline="retrain", steps=STEPS, force=force, tags=tags, progress=progress, ray="when_needed"
+    ) as p:
         try:
             summary = _steps(cfg, p.wf, p.tracker, champion=champion, lineage=lineage, progress=progress)
         except BaseException as exc:  # nothing was promoted: aliases move only in the register step's last call

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lstm_dist.cluster import cluster_summary, init_ray, node_cpus, ray_started, ray_tags, train_backend
 from lstm_dist.config import PipelineConfig, load_config
@@ -61,6 +61,10 @@ EVAL_IN_PROCESS_MAX_VALUES = 20_000
 EVAL_MAX_CPUS = 8
 # The train.* keys that only shape the final fit (final_fit_step), left out of the train step's cache key.
 FINAL_FIT_KEYS = {"final_fit", "final_fit_epochs", "final_fit_lr"}
+# When a pipeline run starts Ray (`pipeline_run`), and what it says about it then.
+RayStart = Literal["ahead", "when_needed", "unused"]
+RAY_LINES = {"when_needed": "not started yet: the first step that uses it starts it",
+             "unused": "not started: no step left to run uses it"}  # fmt: skip
 # The DataConfig fields that reading and validating one input file depends on (the ingest step's key).
 READ_FIELDS = ("format", *COLUMN_FIELDS, "missing")
 
@@ -523,17 +527,17 @@ def pipeline_run(
     force: set[str] | None = None,
     tags: dict[str, Any] | None = None,
     progress=print,
-    ray: bool = True,
+    ray: RayStart = "ahead",
 ) -> Iterator[PipelineRun]:
-    """The life of one execution around its steps: the checks (`check_run`), Ray (with the warm-up of
-    `lstm_dist.warmup` beside it; `ray=False` when no step left to run uses it), the MLflow parent run (tagged
-    with the pipeline, the cluster and `tags`) and the workflow's run record. Both end `done` / FINISHED (with the
-    steps as `workflow/steps.json`), or `failed` / FAILED with the error's first line when the body raises, which
-    then propagates."""
+    """The life of one execution around its steps: the checks (`check_run`), Ray (`ray`: "ahead", with the warm-up
+    of `lstm_dist.warmup` beside it; "unused" when no step left to run uses it; "when_needed": the first step that
+    uses it starts it, `ensure_ray`), the MLflow parent run (tagged with the pipeline, the cluster and `tags`) and
+    the workflow's run record. Both end `done` / FINISHED (with the steps as `workflow/steps.json`), or `failed` /
+    FAILED with the error's first line when the body raises, which then propagates."""
     check_run(cfg)
     warm = Warmup(cfg).start()  # MLflow's store and the later steps' imports, while Ray starts
-    summary = "not started: no step left to run uses it"
-    if ray:
+    summary = RAY_LINES.get(ray, "")
+    if ray == "ahead":
         init_ray(cfg)
         summary = cluster_summary()  # asks Ray for its nodes: once, for the line and the tag
         tags = {"ray.cluster": summary, **(tags or {})}

@@ -80,7 +80,7 @@ def run(cfg: PipelineConfig, *, force: set[str] | None = None, progress=print) -
     cached, pending = _all_cached(cfg, force=force, progress=progress)
     if cached is not None:
         return cached
-    ray = _needs_ray(cfg, pending)
+    ray = "ahead" if _needs_ray(cfg, pending) else "unused"
     with pipeline_run(cfg, pipeline="train", steps=STEPS, force=force, progress=progress, ray=ray) as p:
         results = _steps(cfg, p.wf, p.tracker, progress)
         log_report(p.tracker, results=results)

@@ -63,9 +63,10 @@ def _backtest(work: Path, data: Path):
 
 
 @pytest.mark.slow
-def test_backtest_folds_never_see_rows_after_their_cutoff(ray_local, tmp_path: Path) -> None:
+def test_backtest_folds_never_see_rows_after_their_cutoff(ray_local, tmp_path: Path, monkeypatch) -> None:
     clean = write_sample(tmp_path / "clean.parquet", num_series=4, num_steps=400, seed=0)
     cfg, first = _backtest(tmp_path / "a", clean)
+    _rerun_without_ray(tmp_path / "a", clean, first, monkeypatch)
     f = first.forecasts
     assert sorted(f["fold"].unique()) == [1, 2] and f.groupby(["unique_id", "fold"]).size().eq(12).all()
     # Each fold: one window per series, its origin the cutoff, the baselines on exactly those windows.
@@ -95,3 +96,19 @@ def test_backtest_folds_never_see_rows_after_their_cutoff(ray_local, tmp_path: P
     run = mlflow.MlflowClient(cfg.tracking_uri()).get_run(first.run_id)
     assert run.data.params["backtest.windows"] == "2" and "backtest_model_mase" in run.data.metrics
     assert "backtest_snaive_mase" in run.data.metrics
+
+
+def _rerun_without_ray(work: Path, data: Path, first, monkeypatch) -> None:
+    """A rerun of a finished backtest takes every fold from the work dir and starts no Ray: starting it raises
+    (and this test's own Ray counts as none), and the rerun gives the same table."""
+    from lstm_dist.pipelines import steps
+
+    def trap(cfg):
+        raise AssertionError("the cached backtest started Ray")
+
+    with monkeypatch.context() as m:
+        m.setattr(steps, "init_ray", trap)
+        m.setattr(steps, "ray_started", lambda: False)
+        _, again = _backtest(work, data)
+    pd.testing.assert_frame_equal(again.table, first.table)
+    assert again.run_id != first.run_id  # its own MLflow run, with the same table and plot

@@ -198,7 +198,7 @@ def test_predict_checks_the_model_before_ray(first_run, tmp_path: Path) -> None:
 
 def test_a_forced_train_step_on_cached_shards_runs_without_ray(first_run, no_ray) -> None:
     """train.backend=local and an evaluate step that scores in this process: retraining on cached shards (or
-    after a model change) starts no Ray. Last in this module: its steps replace the first run's."""
+    after a model change) starts no Ray. Its steps replace the first run's: the retrain test comes after it."""
     from lstm_dist.pipelines.train import run
 
     cfg, first = first_run
@@ -208,3 +208,17 @@ def test_a_forced_train_step_on_cached_shards_runs_without_ray(first_run, no_ray
     assert "[ray] not started: no step left to run uses it" in out, out
     assert "[shard] cached" in out and "[train] done" in out and "[evaluate] done" in out, out
     assert again.run_id != first.run_id and again.model_uri  # a new MLflow run, with the model registered
+
+
+def test_a_retrain_of_the_same_data_with_a_forced_train_step_starts_no_ray(first_run, no_ray) -> None:
+    """The retrain pipeline starts Ray when a step uses it, not ahead: with the data unchanged and the train step
+    forced (a model change), its steps left run in this process. Last in this module (it trains again)."""
+    from lstm_dist.pipelines.retrain import run
+
+    cfg, first = first_run
+    lines: list[str] = []
+    summary = run(cfg, force={"train"}, progress=lines.append)
+    out = "\n".join(lines)
+    assert "[ray] not started yet: the first step that uses it starts it" in out, out
+    assert "[ingest] cached" in out and "[shard] cached" in out and "[train] done" in out, out
+    assert summary.run_id and summary.challenger_version and summary.champion_version == first.version
