@@ -9,6 +9,7 @@ or MLflow):
 """
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -69,4 +70,17 @@ def _register_pipelines() -> None:
     spec.loader.exec_module(module)
 
 
+# Nothing leaves the machine unless the user says so: MLflow's and Ray's usage telemetry are on by default (MLflow
+# fetches a config from config.mlflow-telemetry.io at import and sends usage events; a Ray cluster's API server
+# reports to usage-stats.ray.io hourly). Off for this process and what it starts (a local Ray, `mlflow server`,
+# CLI subprocesses), set before MLflow is imported; a value the user exported wins (README, Privacy).
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _telemetry_off() -> None:
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+
+
+_telemetry_off()
 _register_pipelines()

@@ -10,6 +10,8 @@ import tempfile
 
 import pytest
 
+import lstm_dist  # noqa: F401 - first: its telemetry defaults hold before any test module imports MLflow or Ray
+
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 

@@ -133,3 +133,36 @@ def test_a_model_file_holding_an_object_is_refused(tmp_path: Path) -> None:
     torch.save({"model_args": Planted(), "state_dict": net.state_dict()}, tmp_path / "bad.pt")
     with pytest.raises(pickle.UnpicklingError):
         load_model(tmp_path / "bad.pt")
+
+
+TELEMETRY = """
+import os, sys
+import lstm_dist, mlflow
+from mlflow.telemetry.client import get_telemetry_client
+from ray._common.usage import usage_lib
+print(get_telemetry_client() is None, usage_lib.usage_stats_enabled(), os.environ.get("RAY_USAGE_STATS_ENABLED"))
+"""
+
+
+def test_nothing_is_sent_off_the_machine_by_default_and_an_exported_choice_wins() -> None:
+    """MLflow's telemetry client (made at `import mlflow`) and Ray's usage stats are off in a fresh process that
+    imports lstm_dist first, as the CLI, the workers and a notebook using the API do; a value the user exported is
+    left alone (checked without importing MLflow: its client would start sending)."""
+    import os
+    import subprocess
+    import sys
+
+    # MLflow turns its telemetry off by itself under pytest or CI (PYTEST_CURRENT_TEST, CI, ...): not here. Were
+    # it on after all, its requests would go to a dead port on loopback (the proxy), not off the machine.
+    unset = {"MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED", "DO_NOT_TRACK", "PYTEST_CURRENT_TEST", "CI",
+             "GITHUB_ACTIONS", "NO_PROXY", "no_proxy"}  # fmt: skip
+    dead = "http://127.0.0.1:9"
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env = {**env, "PYTHONPATH": str(ROOT), "HTTPS_PROXY": dead, "HTTP_PROXY": dead, "https_proxy": dead}
+    run = subprocess.run([sys.executable, "-c", TELEMETRY], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["True", "False", "0"]
+    mine = "import lstm_dist, os; print(os.environ['MLFLOW_DISABLE_TELEMETRY'], 'mlflow' in __import__('sys').modules)"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "false"
+    run = subprocess.run([sys.executable, "-c", mine], env=env, capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["false", "False"], run.stderr
