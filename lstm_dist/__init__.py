@@ -73,7 +73,7 @@ def _register_pipelines() -> None:
 # Nothing leaves the machine unless the user says so: MLflow's and Ray's usage telemetry are on by default (MLflow
 # fetches a config from config.mlflow-telemetry.io at import and sends usage events; a Ray cluster's API server
 # reports to usage-stats.ray.io hourly). Off for this process and what it starts (a local Ray, `mlflow server`,
-# CLI subprocesses), set before MLflow is imported; a value the user exported wins (README, Privacy).
+# CLI subprocesses), set before MLflow is imported; a value the user exported wins (README, Security).
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
