@@ -53,5 +53,5 @@ def test_head_cpu_and_gpu_workers_setup_and_a_local_dashboard(cluster: dict) -> 
         assert any("pip install" in c and "lstm_dist" in c for c in commands)
     assert "." in cluster["file_mounts"].values()
     head = " ".join(cluster["head_start_ray_commands"])
-    assert "--head" in head and "--dashboard-host=127.0.0.1" in head
+    assert "--head" in head and "--dashboard-host=127.0.0.1" in head and "--disable-usage-stats" in head
     assert "gpu" in nodes["gpu_worker"]["docker"]["worker_image"]
