@@ -39,6 +39,13 @@ def _mlflow_runs(cfg) -> list[str]:
     return [r.info.run_id for r in client.search_runs([experiment.experiment_id], max_results=1000)]
 
 
+def _printed(run, cfg, **kwargs):
+    """A pipeline's `run(cfg, **kwargs)`, and the lines it printed, as one text."""
+    lines: list[str] = []
+    result = run(cfg, progress=lines.append, **kwargs)
+    return result, "\n".join(lines)
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory, ray_local):
     from lstm_dist.pipelines.train import run
@@ -72,9 +79,7 @@ def test_an_all_cached_rerun_starts_no_ray_and_adds_no_mlflow_run(first_run, no_
 
     cfg, first = first_run
     before = _mlflow_runs(cfg)
-    lines: list[str] = []
-    again = run(cfg, progress=lines.append)
-    out = "\n".join(lines)
+    again, out = _printed(run, cfg)
     for step in ("ingest", "shard", "train", "evaluate", "register"):
         assert f"[{step}] cached" in out, out
     assert "every step cached" in out and first.metrics["test_model_mae"] > 0
@@ -131,9 +136,7 @@ def test_a_model_gone_from_the_tracking_store_is_registered_again_without_ray(fi
     other = cfg.model_copy(deep=True)
     other.tracking.uri = f"sqlite:///{tmp_path / 'other.db'}"
     before = _mlflow_runs(cfg)
-    lines: list[str] = []
-    again = run(other, progress=lines.append)
-    out = "\n".join(lines)
+    again, out = _printed(run, other)
     for step in ("ingest", "shard", "train", "evaluate"):
         assert f"[{step}] cached" in out, out
     assert "[ray] not started: no step left to run uses it" in out and "[register] done" in out, out
@@ -202,9 +205,7 @@ def test_a_forced_train_step_on_cached_shards_runs_without_ray(first_run, no_ray
     from lstm_dist.pipelines.train import run
 
     cfg, first = first_run
-    lines: list[str] = []
-    again = run(cfg, force={"train"}, progress=lines.append)
-    out = "\n".join(lines)
+    again, out = _printed(run, cfg, force={"train"})
     assert "[ray] not started: no step left to run uses it" in out, out
     assert "[shard] cached" in out and "[train] done" in out and "[evaluate] done" in out, out
     assert again.run_id != first.run_id and again.model_uri  # a new MLflow run, with the model registered
@@ -216,9 +217,7 @@ def test_a_retrain_of_the_same_data_with_a_forced_train_step_starts_no_ray(first
     from lstm_dist.pipelines.retrain import run
 
     cfg, first = first_run
-    lines: list[str] = []
-    summary = run(cfg, force={"train"}, progress=lines.append)
-    out = "\n".join(lines)
+    summary, out = _printed(run, cfg, force={"train"})
     assert "[ray] not started yet: the first step that uses it starts it" in out, out
     assert "[ingest] cached" in out and "[shard] cached" in out and "[train] done" in out, out
     assert summary.run_id and summary.challenger_version and summary.champion_version == first.version
