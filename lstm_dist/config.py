@@ -211,6 +211,8 @@ class ModelConfig(_Section):
     """Window norm `mean`/`revin`: the level is the mean of the window's last k steps (e.g. 24 on hourly data: the last day), not of the whole window, so a level shift inside the window (a holiday lull) carries into the forecast; the spread stays the whole window's; 0 = the whole window."""
     skip_season: int = Field(0, ge=0)
     """A seasonal-naive skip: the network forecasts the change from the value this many steps earlier (the last such value in the window, repeated past one season), e.g. 24 for hourly data; 0 = off. Needs data.lookback >= it and the direct head."""
+    future_effect: Literal["joint", "additive"] = "joint"
+    """How the direct head uses each step's known-future inputs (future covariates, calendar features): `joint`, in one MLP with the window's summary (their effects can interact); `additive`, in an MLP of their own whose output is added, so a holiday's effect holds whatever the window held (a GAM's or Prophet's assumption). Needs the direct head."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -218,6 +220,11 @@ class ModelConfig(_Section):
             raise ValueError(
                 "model.skip_season adds the value one season back to the direct head's level forecasts: set "
                 "model.head=direct and a model.window_norm other than diff, or model.skip_season=0"
+            )
+        if self.future_effect == "additive" and self.head != "direct":
+            raise ValueError(
+                "model.future_effect=additive adds a term to each step of the direct head: set model.head=direct "
+                "or model.future_effect=joint"
             )
         if self.window_level_steps and self.window_norm not in ("mean", "revin"):
             raise ValueError(

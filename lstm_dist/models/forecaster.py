@@ -100,7 +100,10 @@ class Forecaster(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         sizes = {"in_dim": summary_dim, "hidden": cfg.hidden_size, "horizon": horizon, "num_future": num_future}
         sizes |= {"num_targets": num_targets, "num_outputs": self.num_outputs}
-        self.head: nn.Module = DirectHead(**sizes) if cfg.head == "direct" else RecursiveHead(cell=cfg.cell, **sizes)
+        if cfg.head == "direct":
+            self.head: nn.Module = DirectHead(additive=cfg.future_effect == "additive", **sizes)
+        else:
+            self.head = RecursiveHead(cell=cfg.cell, **sizes)
         init_recurrent(self)
 
     def _check_inputs(self, x: Tensor, future: Tensor | None, series: Tensor | None, static: Tensor | None) -> None:

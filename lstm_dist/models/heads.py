@@ -16,26 +16,46 @@ class DirectHead(nn.Module):
     The summary is expanded into one context vector per horizon step; each step's context
     is joined with that step's known-future covariates and mapped by a shared MLP, so a
     covariate (a holiday, a planned price) acts on exactly the step it belongs to.
+
+    `additive=True` keeps the two apart: the context goes through the MLP alone, and a second MLP of the
+    step's known-future inputs alone is added to it, as in an additive model (a GAM, Prophet). A holiday
+    then moves a step by what it learnt, whatever the window held: a combination the training data never
+    showed (a holiday the day after a holiday) gets the sum of the effects it did show.
     """
 
     def __init__(
-        self, *, in_dim: int, hidden: int, horizon: int, num_future: int, num_targets: int, num_outputs: int
+        self,
+        *,
+        in_dim: int,
+        hidden: int,
+        horizon: int,
+        num_future: int,
+        num_targets: int,
+        num_outputs: int,
+        additive: bool = False,
     ) -> None:
         super().__init__()
         self.horizon, self.num_targets, self.num_outputs = horizon, num_targets, num_outputs
         self.hidden = hidden
         self.context = nn.Linear(in_dim, horizon * hidden)
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden + num_future, hidden), nn.ReLU(), nn.Linear(hidden, num_targets * num_outputs)
-        )
+        joint = 0 if additive else num_future  # the future inputs the context's MLP sees
+        self.mlp = _mlp(hidden + joint, hidden, num_targets * num_outputs)
+        self.future_mlp = _mlp(num_future, hidden, num_targets * num_outputs) if additive and num_future else None
 
     def forward(self, summary: Tensor, *, future: Tensor | None) -> Tensor:
         batch = summary.shape[0]
         ctx = self.context(summary).view(batch, self.horizon, self.hidden)  # [B, H, C]
-        if future is not None:
+        if future is not None and self.future_mlp is None:
             ctx = torch.cat([ctx, future.to(ctx.dtype)], dim=-1)  # [B, H, C + Ff]
         out = self.mlp(ctx)  # [B, H, T * P]
+        if future is not None and self.future_mlp is not None:
+            out = out + self.future_mlp(future.to(ctx.dtype))  # [B, H, T * P]: each step's own inputs, added
         return out.view(batch, self.horizon, self.num_targets, self.num_outputs)  # [B, H, T, P]
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    """Linear -> ReLU -> Linear, applied to each horizon step alike."""
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
 
 
 class RecursiveHead(nn.Module):
