@@ -87,6 +87,10 @@ BAD = [
         ["model.skip_season=24", "data.lookback=12", "at least 24"],
     ),
     ({"data": {"sample": {}}, "model": {"skip_season": 24, "head": "recursive"}}, ["model.head=direct"]),
+    (
+        {"data": {"sample": {}}, "model": {"future_effect": "additive", "head": "recursive"}},
+        ["model.future_effect=additive", "model.head=direct"],
+    ),
 ]
 
 

@@ -312,3 +312,35 @@ def test_skip_season_starts_from_the_seasonal_naive(norm: str, loss: str) -> Non
     nn.init.zeros_(net.head.mlp[-1].bias)
     point = net.point(net.predict(x))  # [B, H, T]
     torch.testing.assert_close(point, x[:, [6, 7, 8, 9, 6, 7], :2], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("effect", ["joint", "additive"])
+def test_additive_future_effect_does_not_depend_on_the_window(effect: str) -> None:
+    """With model.future_effect=additive, changing a step's known-future inputs (a holiday flag) moves its forecast
+    by the same amount whatever the window held; with joint, the two interact."""
+    net = _model(future_effect=effect, window_norm="none", dropout=0.0)
+    x, future, series, _ = _inputs()
+    other_x, other_future, _, _ = _inputs(seed=1)
+    with torch.no_grad():  # a different random head, so the future MLP's output is not ~0
+        for p in net.head.parameters():
+            p.normal_(0.0, 0.5)
+    effect_here = net.predict(x, future=other_future, series=series) - net.predict(x, future=future, series=series)
+    effect_there = net.predict(other_x, future=other_future, series=series) - net.predict(
+        other_x, future=future, series=series
+    )
+    assert effect_here.abs().mean() > 1e-2  # the future inputs do move the forecast
+    same = torch.allclose(effect_here, effect_there, atol=1e-5)
+    assert same == (effect == "additive"), (effect_here - effect_there).abs().max()
+
+
+def test_an_additive_model_saves_and_loads_with_the_same_forecasts(tmp_path) -> None:
+    from lstm_dist.models.saved import load_model, save_model
+
+    net = _model(future_effect="additive", dropout=0.0)
+    x, future, series, _ = _inputs()
+    path = save_model(tmp_path, model=net, model_args={"model": net.cfg.model_dump(), **net.build_args})
+    loaded = load_model(path)
+    assert loaded.head.future_mlp is not None
+    torch.testing.assert_close(
+        loaded.predict(x, future=future, series=series), net.predict(x, future=future, series=series)
+    )
