@@ -211,6 +211,8 @@ class ModelConfig(_Section):
     """Window norm `mean`/`revin`: the level is the mean of the window's last k steps (e.g. 24 on hourly data: the last day), not of the whole window, so a level shift inside the window (a holiday lull) carries into the forecast; the spread stays the whole window's; 0 = the whole window."""
     skip_season: int = Field(0, ge=0)
     """A seasonal-naive skip: the network forecasts the change from the value this many steps earlier (the last such value in the window, repeated past one season), e.g. 24 for hourly data; 0 = off. Needs data.lookback >= it and the direct head."""
+    members: int = Field(1, ge=1)
+    """A deep ensemble: this many networks of this config from different initial weights, each trained on its own loss over the same batches; the forecast is their mean. Costs that many times the training time; 1 = one network."""
     future_effect: Literal["joint", "additive"] = "joint"
     """How the direct head uses each step's known-future inputs (future covariates, calendar features): `joint`, in one MLP with the window's summary (their effects can interact); `additive`, in an MLP of their own whose output is added, so a holiday's effect holds whatever the window held (a GAM's or Prophet's assumption). Needs the direct head."""
 

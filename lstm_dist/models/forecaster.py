@@ -210,12 +210,55 @@ class Forecaster(nn.Module):
             self.train(was_training)
 
 
+class Ensemble(nn.Module):
+    """A deep ensemble: `model.members` forecasters of one config, from different initial weights.
+
+    Each member is a whole `Forecaster`, initialised by its own draw of the seeded generator and dropping out
+    its own units, and trained on its own loss over the same batches, so the members stay independent (a loss
+    of their mean would let them co-adapt into one bigger network). The forecast is the members' mean, which
+    averages out the run-to-run noise of one network.
+
+    `Forecaster`'s interface over `cfg.members` members. In training mode `forward` returns every member's
+    output, [M, B, H, T, P], and `loss` averages the members' own losses; in eval mode the mean, [B, H, T, P]."""
+
+    def __init__(self, cfg: ModelConfig, **dims: Any) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(Forecaster(cfg, **dims) for _ in range(cfg.members))
+        first = self.members[0]
+        self.cfg, self.build_args = first.cfg, first.build_args
+        self.num_features, self.num_targets, self.horizon = first.num_features, first.num_targets, first.horizon
+        self.num_future, self.num_outputs = first.num_future, first.num_outputs
+
+    def forward(
+        self, x: Tensor, *, future: Tensor | None = None, series: Tensor | None = None, static: Tensor | None = None
+    ) -> Tensor:
+        outs = torch.stack([m(x, future=future, series=series, static=static) for m in self.members])  # [M, B, H, T, P]
+        return outs if self.training else outs.mean(dim=0)
+
+    def loss(self, out: Tensor, y: Tensor, *, x: Tensor | None = None) -> Tensor:
+        """The mean of the members' losses for a training output [M, B, H, T, P]; the loss of the mean for an
+        eval output [B, H, T, P] (validation, which early stopping reads)."""
+        if out.dim() == 5:
+            return torch.stack([m.loss(o, y, x=x) for m, o in zip(self.members, out, strict=True)]).mean()
+        return self.members[0].loss(out, y, x=x)
+
+    def point(self, out: Tensor) -> Tensor:
+        return self.members[0].point(out)
+
+    def interval(self, out: Tensor) -> dict[str, Tensor] | None:
+        return self.members[0].interval(out)
+
+    predict = Forecaster.predict
+
+
 def build_model(cfg: ModelConfig, **dims: Any) -> Forecaster:
     """Build the configured forecaster from the data's dimensions (the keyword arguments of `Forecaster`);
     raises ValueError naming the key for impossible settings."""
     _check_dims(cfg, **dims)
     if cfg.residual and cfg.num_layers == 1:
         warnings.warn("model.residual has no effect with model.num_layers=1 (it acts between layers)", stacklevel=2)
+    if cfg.members > 1:
+        return Ensemble(cfg, **dims)  # type: ignore[return-value]  # Forecaster's interface over M networks
     return Forecaster(cfg, **dims)
 
 
