@@ -344,3 +344,35 @@ def test_an_additive_model_saves_and_loads_with_the_same_forecasts(tmp_path) -> 
     torch.testing.assert_close(
         loaded.predict(x, future=future, series=series), net.predict(x, future=future, series=series)
     )
+
+
+def test_an_ensemble_forecasts_its_members_mean_and_trains_each_on_its_own_loss() -> None:
+    net = _model(members=3, dropout=0.0, loss="mae")
+    x, future, series, y = _inputs()
+    members = list(net.members)
+    assert len(members) == 3 and all(isinstance(m, Forecaster) for m in members)
+    first = [p.detach().clone() for p in members[0].parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(first, members[1].parameters(), strict=True))  # own init
+    outs = [m.predict(x, future=future, series=series) for m in members]
+    torch.testing.assert_close(net.predict(x, future=future, series=series), torch.stack(outs).mean(dim=0))
+    net.train()
+    net.loss(net(x, future=future, series=series), y, x=x).backward()
+    together = [p.grad.clone() for p in members[0].parameters()]
+    net.zero_grad()
+    members[0].loss(members[0](x, future=future, series=series), y, x=x).backward()
+    for g, own in zip(together, members[0].parameters(), strict=True):  # the others' outputs do not reach it
+        torch.testing.assert_close(g * 3, own.grad)
+
+
+def test_an_ensemble_saves_and_loads_with_the_same_forecasts(tmp_path) -> None:
+    from lstm_dist.models.saved import load_model, save_model
+
+    net = _model(members=2)
+    assert isinstance(_model(members=1), Forecaster)  # one member: the plain network, as before
+    x, future, series, _ = _inputs()
+    path = save_model(tmp_path, model=net, model_args={"model": net.cfg.model_dump(), **net.build_args})
+    loaded = load_model(path)
+    assert len(loaded.members) == 2
+    torch.testing.assert_close(
+        loaded.predict(x, future=future, series=series), net.predict(x, future=future, series=series)
+    )

@@ -117,6 +117,14 @@ def test_gate_activations_come_from_the_models_first_layer(layers: dict) -> None
     np.testing.assert_allclose(hidden[-1], h_n[0, 0].numpy(), atol=1e-5)  # h_n[0]: layer 0, forward
 
 
+def test_an_ensembles_gates_are_its_first_members() -> None:
+    model = _trained_like_model(members=2)
+    x = torch.randn(30, 2)
+    acts, first = gate_activations(model, x), gate_activations(model.members[0], x)
+    assert not np.array_equal(first["forget"], gate_activations(model.members[1], x)["forget"])
+    assert all(np.array_equal(acts[g], first[g]) for g in GATES)
+
+
 def test_gate_activations_refuse_gru_and_batches() -> None:
     with pytest.raises(ValueError, match="cell=lstm"):
         gate_activations(_trained_like_model(cell="gru"), torch.randn(10, 2))

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from lstm_dist.models.cells import GATES, ExplicitLSTM, GateRecorder
-from lstm_dist.models.forecaster import Forecaster
+from lstm_dist.models.forecaster import Ensemble, Forecaster
 
 
 @torch.no_grad()
@@ -19,6 +19,8 @@ def gate_activations(model: Forecaster, x: Tensor) -> dict[str, np.ndarray]:
     {"input", "forget", "candidate", "output"} -> [L, hidden] float32 arrays.
     """
     net = model.module if hasattr(model, "module") else model  # a DDP-wrapped model works too
+    if isinstance(net, Ensemble):
+        net = net.members[0]  # an ensemble's members share their architecture: the first one's gates
     if not isinstance(net, Forecaster) or net.cfg.cell != "lstm":
         raise ValueError("gate_activations needs a Forecaster built with model.cell=lstm (GRU/RNN have other gates)")
     if x.dim() == 2:
