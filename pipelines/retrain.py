@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lstm_dist.config import PipelineConfig
-from lstm_dist.models.saved import MODEL_FILE, read_model_args
+from lstm_dist.models.saved import MODEL_FILE, read_model_args, same_build
 from lstm_dist.registry import CHALLENGER, CHAMPION, Registry
 from lstm_dist.storage import Store, node_cache
 from lstm_dist.tracking import Tracker
@@ -248,7 +248,7 @@ def _warm_start_weights(cfg: PipelineConfig, champion_dir: Path, shard_dir: Path
         return None
     saved = read_model_args(champion_dir / MODEL_FILE)
     wanted = {"model": cfg.model.model_dump(), **model_args_for(WindowDataset(str(shard_dir), split="train"))}
-    if json.dumps(saved, sort_keys=True, default=str) != json.dumps(wanted, sort_keys=True, default=str):
+    if not same_build(saved, wanted):
         warnings.warn(
             "workflow.warm_start: the champion's architecture or data shape differs from this config's; "
             "the challenger trains from fresh weights",

@@ -376,3 +376,16 @@ def test_an_ensemble_saves_and_loads_with_the_same_forecasts(tmp_path) -> None:
     torch.testing.assert_close(
         loaded.predict(x, future=future, series=series), net.predict(x, future=future, series=series)
     )
+
+
+def test_a_model_saved_before_a_new_model_key_still_has_the_same_build() -> None:
+    """Warm start compares the champion's saved build with the config's: a key added since (members,
+    future_effect) is absent from the older file and must read as its default, not as a different network."""
+    from lstm_dist.models.saved import same_build
+
+    net = _model()
+    wanted = {"model": net.cfg.model_dump(), **net.build_args}
+    older = {"model": {k: v for k, v in wanted["model"].items() if k not in ("members", "future_effect")}}
+    assert same_build({**wanted, **older}, wanted)
+    assert not same_build({**wanted, **older}, {**wanted, "model": {**wanted["model"], "members": 2}})
+    assert not same_build({**wanted, "horizon": H + 1}, wanted)

@@ -58,14 +58,31 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict(_read(path)["state_dict"])
 
 
+def saved_config(model_args: dict[str, Any]) -> ModelConfig:
+    """The model config of saved build arguments; a key the file lacks (saved before it existed) takes the value
+    that reproduces the network as it was saved, or the default."""
+    # Models saved before window normalisation (or its prior) existed ran without it; new defaults must not apply.
+    return ModelConfig.model_validate({"window_norm": "none", "window_prior_steps": 0.0, **model_args["model"]})
+
+
+def same_build(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether saved build arguments and wanted ones give the same network (so its weights load into it), with the
+    keys a model saved before them lacks read as `saved_config` reads them."""
+
+    def plain(args: dict[str, Any]) -> str:
+        return json.dumps({**args, "model": saved_config(args).model_dump()}, sort_keys=True, default=str)
+
+    return plain(saved) == plain(wanted)
+
+
 def load_model(path: str | Path, *, device: str = "cpu") -> Forecaster:
     """Rebuild the trained network from a checkpoint directory (or a copy of its model.pt)."""
     from lstm_dist.models.forecaster import build_model
 
     saved = _read(path, device=device)
     args = dict(saved["model_args"])
-    # Models saved before window normalisation (or its prior) existed ran without it; new defaults must not apply.
-    model_cfg = {"window_norm": "none", "window_prior_steps": 0.0, **args.pop("model")}
-    model = build_model(ModelConfig.model_validate(model_cfg), **args)
+    model_cfg = saved_config(args)
+    del args["model"]
+    model = build_model(model_cfg, **args)
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()
