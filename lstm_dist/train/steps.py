@@ -55,8 +55,8 @@ def train_step(
         # so accumulation costs no extra communication (DDP's no_sync).
         local = i < accum - 1 and hasattr(model, "no_sync")
         with model.no_sync() if local else contextlib.nullcontext():
-            with autocast(precision, batch["x"].device):
-                out = model(batch["x"], future=batch["future"], series=batch["series"])  # [B, H, T, P]
+            with autocast(precision, batch["x"].device):  # out: [B, H, T, P]; an ensemble's [M, B, H, T, P]
+                out = model(batch["x"], future=batch["future"], series=batch["series"])
             loss = net.loss(out, batch["y"], x=batch["x"]) / accum  # fp32 scalar: the loss upcasts
             scaler.scale(loss).backward()  # scaled only for fp16; a no-op multiply otherwise
         loss_sum += loss.detach()
