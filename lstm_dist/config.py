@@ -450,9 +450,12 @@ class PipelineConfig(_Section):
         """A few lines that say what this run will do."""
         d, m, t = self.data, self.model, self.train
         src = d.path or f"sample data ({d.sample.num_series} series x {d.sample.num_steps} steps)"
+        extra = (f" future_effect={m.future_effect}" if m.future_effect != "joint" else "") + (
+            f" members={m.members}" if m.members > 1 else ""
+        )
         return (
             f"data: {src}  lookback={d.lookback} horizon={d.horizon} targets={d.target_cols}\n"
-            f"model: {m.cell} hidden={m.hidden_size} layers={m.num_layers} readout={m.readout} head={m.head}\n"
+            f"model: {m.cell} hidden={m.hidden_size} layers={m.num_layers} readout={m.readout} head={m.head}{extra}\n"
             f"train: backend {t.backend}, {t.num_workers} workers, {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, "
             f"precision {t.precision}\n"
             f"work_dir: {self.workflow.work_dir}  tracking: {redact_uri(self.tracking_uri())}"
