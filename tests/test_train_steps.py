@@ -278,3 +278,24 @@ def test_an_epoch_line_shows_validation_only_when_there_was_one() -> None:
     assert line == "[train] epoch 3/5 train_loss=0.5000 val_loss=0.2500 val_mae=1.500 lr=1.00e-03 900 samples/s"
     refit = _epoch_line({**metrics, "val_loss": float("nan"), "val_mae": float("nan")}, epochs=5, label="final_fit")
     assert refit == "[final_fit] epoch 3/5 train_loss=0.5000 lr=1.00e-03 900 samples/s"
+
+
+def test_an_ensemble_trains_through_the_loop_and_validates_on_its_mean() -> None:
+    ds = ArrayWindows()
+    net = small_model(ds, members=2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    sched = warmup_cosine(opt, total_steps=24, warmup_steps=2)
+    sampler = DistributedWindowSampler(len(ds), rank=0, world_size=1, seed=0)
+    history = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        train_epoch(
+            net, net, ds, sampler, optimizer=opt, scheduler=sched, scaler=grad_scaler("fp32"),
+            precision="fp32", device=CPU, steps=8, local_batch=32, grad_clip=1.0,
+        )  # fmt: skip
+        history.append(evaluate(net, ds, rank=0, world_size=1, precision="fp32", device=CPU, batch_size=128))
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    members = [evaluate(m, ds, rank=0, world_size=1, precision="fp32", device=CPU, batch_size=128) for m in net.members]
+    assert members[0]["val_mae"] != members[1]["val_mae"]  # two networks, not one twice
+    # The mean forecast's absolute error is at most the members' mean one (Jensen), and here below it.
+    assert history[-1]["val_mae"] < sum(m["val_mae"] for m in members) / 2
