@@ -61,9 +61,12 @@ def small_model(ds: ArrayWindows, *, seed: int = 0, **model: object):
     return build_model(cfg, num_features=ds.num_features, num_targets=1, horizon=ds.horizon, num_series=ds.num_series)
 
 
-def run_epochs(ds: ArrayWindows, *, precision: str = "fp32", epochs: int = 3, seed: int = 0, **kw) -> list[dict]:
-    """A bare single-process version of the per-worker loop: what the Ray loop does, minus Ray."""
-    net = small_model(ds, seed=seed)
+def run_epochs(
+    ds: ArrayWindows, *, precision: str = "fp32", epochs: int = 3, seed: int = 0, net=None, **kw
+) -> list[dict]:
+    """A bare single-process version of the per-worker loop: what the Ray loop does, minus Ray (on `net`, or a
+    fresh `small_model`)."""
+    net = small_model(ds, seed=seed) if net is None else net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=1e-4)
     sched = warmup_cosine(opt, total_steps=epochs * 8, warmup_steps=2)
     sampler = DistributedWindowSampler(len(ds), rank=0, world_size=1, seed=seed)
@@ -283,17 +286,7 @@ def test_an_epoch_line_shows_validation_only_when_there_was_one() -> None:
 def test_an_ensemble_trains_through_the_loop_and_validates_on_its_mean() -> None:
     ds = ArrayWindows()
     net = small_model(ds, members=2)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    sched = warmup_cosine(opt, total_steps=24, warmup_steps=2)
-    sampler = DistributedWindowSampler(len(ds), rank=0, world_size=1, seed=0)
-    history = []
-    for epoch in range(3):
-        sampler.set_epoch(epoch)
-        train_epoch(
-            net, net, ds, sampler, optimizer=opt, scheduler=sched, scaler=grad_scaler("fp32"),
-            precision="fp32", device=CPU, steps=8, local_batch=32, grad_clip=1.0,
-        )  # fmt: skip
-        history.append(evaluate(net, ds, rank=0, world_size=1, precision="fp32", device=CPU, batch_size=128))
+    history = run_epochs(ds, net=net)
     assert history[-1]["val_loss"] < history[0]["val_loss"]
     members = [evaluate(m, ds, rank=0, world_size=1, precision="fp32", device=CPU, batch_size=128) for m in net.members]
     assert members[0]["val_mae"] != members[1]["val_mae"]  # two networks, not one twice
