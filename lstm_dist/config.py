@@ -200,8 +200,12 @@ class ModelConfig(_Section):
     """Quantiles predicted with loss=quantile (must include 0.5)."""
     series_embedding_dim: int = Field(0, ge=0)
     """Size of a learned per-series embedding fed to the head; 0 disables it."""
+    segment: int = Field(1, ge=1)
+    """Segment-wise recurrence (SegRNN, Lin et al. 2023): the encoder reads the lookback k steps at a time, each step's
+    input the k steps' features side by side, so it runs lookback / k recurrent steps instead of lookback (e.g. 24 on
+    hourly data: a day per step). data.lookback must be a multiple of it; 1 = one step at a time."""
     tbptt_chunk: int = Field(0, ge=0)
-    """Truncated BPTT: process the lookback in chunks of k steps, detaching state between them; 0 = full BPTT."""
+    """Truncated BPTT: process the lookback in chunks of k encoder steps (segments with model.segment), detaching state between them; 0 = full BPTT."""
     window_norm: Literal["none", "last", "mean", "revin", "diff"] = "mean"
     """Per-window level (last value / mean) and spread of the targets; `revin`: + learnt affine; `diff`: first differences."""
     window_prior_steps: float = Field(1.0, ge=0)
@@ -409,6 +413,11 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _check_skip(self) -> PipelineConfig:
+        if self.data.lookback % self.model.segment:
+            raise ValueError(
+                f"model.segment={self.model.segment} must divide data.lookback={self.data.lookback}: set data.lookback "
+                f"to a multiple of {self.model.segment} or model.segment=1"
+            )
         if self.model.skip_season > self.data.lookback:
             raise ValueError(
                 f"model.skip_season={self.model.skip_season} reaches back further than data.lookback="

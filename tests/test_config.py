@@ -91,6 +91,10 @@ BAD = [
         {"data": {"sample": {}}, "model": {"future_effect": "additive", "head": "recursive"}},
         ["model.future_effect=additive", "model.head=direct"],
     ),
+    (
+        {"data": {"sample": {}, "lookback": 100}, "model": {"segment": 24}},
+        ["model.segment=24", "data.lookback=100", "multiple of 24"],
+    ),
 ]
 
 

@@ -389,3 +389,59 @@ def test_a_model_saved_before_a_new_model_key_still_has_the_same_build() -> None
     assert same_build({**wanted, **older}, wanted)
     assert not same_build({**wanted, **older}, {**wanted, "model": {**wanted["model"], "members": 2}})
     assert not same_build({**wanted, "horizon": H + 1}, wanted)
+
+
+# ---- segment-wise recurrence (model.segment) ---------------------------------------------
+
+
+def test_segments_put_k_steps_side_by_side() -> None:
+    net = _model(segment=4)
+    x = torch.arange(B * L * F, dtype=torch.float32).reshape(B, L, F)
+    seg = net.encoder.segmented(x)  # [B, L / 4, 4F]
+    assert seg.shape == (B, L // 4, 4 * F)
+    for j in range(L // 4):  # segment j holds steps 4j .. 4j + 3, oldest first, each step's F features together
+        torch.testing.assert_close(seg[:, j], torch.cat([x[:, 4 * j + i] for i in range(4)], dim=-1))
+    assert net.encoder.rnns[0].input_size == 4 * F
+    assert net.encoder(x).shape == (B, L // 4, net.encoder.out_size)  # 3 recurrent steps, not 12
+    with pytest.raises(ValueError, match="model.segment=5 must divide the window's length, got 12"):
+        _model(segment=5).encoder(x)
+
+
+@pytest.mark.parametrize(("cell", "readout", "head"), list(itertools.product(CELLS, READOUTS, HEADS)))
+def test_segments_every_combination_forecasts_and_reads_the_whole_window(cell: str, readout: str, head: str) -> None:
+    net = _model(cell=cell, readout=readout, head=head, segment=3, window_norm="none", dropout=0.0)
+    x, future, series, _ = _inputs()
+    xg = x.clone().requires_grad_(True)
+    out = net(xg, future=future, series=series)
+    assert out.shape == (B, H, T, 1)
+    out.sum().backward()
+    assert torch.all(xg.grad.abs().sum(dim=(0, 2)) > 0)  # every step of the window reaches the forecast
+
+
+def test_tbptt_chunks_count_segments() -> None:
+    net = _model(segment=4, tbptt_chunk=2, window_norm="none")  # 12 steps: 3 segments, chunks of 2 segments, 1
+    x, future, series, _ = _inputs()
+    xg = x.clone().requires_grad_(True)
+    net(xg, future=future, series=series).sum().backward()
+    grad = xg.grad.abs().sum(dim=(0, 2))  # [L]
+    # The last chunk is the third segment alone (steps 8-11); the state from steps 0-7 is detached.
+    assert torch.all(grad[:8] == 0) and torch.all(grad[8:] > 0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_segments_learn_sine_continuation(cell: str) -> None:
+    before, after, _ = _train_on_sines(ModelConfig(cell=cell, hidden_size=16, segment=4))  # 24 steps: 6 segments
+    assert after < 0.3 * before, (before, after)
+
+
+def test_a_segment_model_saves_and_loads_with_the_same_forecasts(tmp_path) -> None:
+    from lstm_dist.models.saved import load_model, save_model
+
+    net = _model(segment=4)
+    x, future, series, _ = _inputs()
+    path = save_model(tmp_path, model=net, model_args={"model": net.cfg.model_dump(), **net.build_args})
+    loaded = load_model(path)
+    assert loaded.encoder.segment == 4
+    torch.testing.assert_close(
+        loaded.predict(x, future=future, series=series), net.predict(x, future=future, series=series)
+    )

@@ -117,6 +117,20 @@ def test_gate_activations_come_from_the_models_first_layer(layers: dict) -> None
     np.testing.assert_allclose(hidden[-1], h_n[0, 0].numpy(), atol=1e-5)  # h_n[0]: layer 0, forward
 
 
+def test_a_segment_models_gates_have_a_row_per_segment() -> None:
+    model = _trained_like_model(segment=5)
+    x = torch.randn(40, 2)
+    acts = gate_activations(model, x)
+    assert all(a.shape == (8, 12) for a in acts.values())  # 40 steps read 5 at a time
+    lstm, _ = model.encoder.first_layer()
+    c = np.zeros(12, dtype=np.float32)
+    for step in range(8):
+        c = acts["forget"][step] * c + acts["input"][step] * acts["candidate"][step]
+    with torch.no_grad():
+        _, (_, c_n) = lstm(x.reshape(1, 8, 10))  # the same 8 segments, read by the model's own layer
+    np.testing.assert_allclose(c, c_n[0, 0].numpy(), atol=1e-5)
+
+
 def test_an_ensembles_gates_are_its_first_members() -> None:
     model = _trained_like_model(members=2)
     x = torch.randn(30, 2)

@@ -20,7 +20,12 @@ def _detach(state: State) -> State:
 
 
 class Encoder(nn.Module):
-    """Stacked recurrent layers: `[B, L, F] -> [B, L, D]`, D = hidden_size * directions.
+    """Stacked recurrent layers: `[B, L, F] -> [B, L / k, D]`, D = hidden_size * directions, k = model.segment
+    (1 by default: one output per step).
+
+    With k > 1 the window is read k steps at a time (SegRNN): step j's input is steps jk .. jk + k - 1 side
+    by side, [k * F] features, so the recurrence runs L / k steps. The cost of a CPU LSTM grows with its
+    step count, and on hourly data a day per step leaves a week's window 7 steps long.
 
     Without residual or layer norm the whole stack is one multi-layer cuDNN module (the
     fast path). With either, the stack is built layer by layer, because both act between
@@ -35,6 +40,8 @@ class Encoder(nn.Module):
         self.layered = cfg.residual or cfg.layer_norm
         self.residual = cfg.residual
         self.tbptt_chunk = cfg.tbptt_chunk
+        self.segment = cfg.segment
+        input_size *= cfg.segment
         if not self.layered:
             self.rnns = nn.ModuleList(
                 [
@@ -71,6 +78,13 @@ class Encoder(nn.Module):
         """The module holding the first layer and its parameter suffix, e.g. (lstm, "l0")."""
         return self.rnns[0], "l0"
 
+    def segmented(self, x: Tensor) -> Tensor:
+        """`x` [B, L, F] as the recurrence reads it: [B, L / k, k * F], each segment's steps side by side."""
+        batch, length, features = x.shape
+        if length % self.segment:
+            raise ValueError(f"model.segment={self.segment} must divide the window's length, got {length} steps")
+        return x.reshape(batch, length // self.segment, self.segment * features)
+
     def step(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Run all layers over `x` [B, l, F] from `state`; returns outputs [B, l, D] and the new state."""
         new_state: State = []
@@ -90,13 +104,14 @@ class Encoder(nn.Module):
         return h, new_state
 
     def forward(self, x: Tensor, *, keep_all: bool = True) -> Tensor:
-        """Encode `x` [B, L, F] -> [B, L, D] (or [B, 1, D], the last step, when not `keep_all`).
+        """Encode `x` [B, L, F] -> [B, L / segment, D] (or [B, 1, D], the last step, when not `keep_all`).
 
-        With `tbptt_chunk` = k > 0 the window is run in chunks of k steps and the state is
+        With `tbptt_chunk` = k > 0 the window is run in chunks of k (encoder) steps and the state is
         detached between chunks: the forward values are those of full BPTT, but gradients
         reach back at most k steps, which bounds memory and the gradient path on long
         lookbacks. Outputs of earlier chunks are kept only when the readout needs them.
         """
+        x = self.segmented(x)
         k = self.tbptt_chunk
         length = x.shape[1]
         if k == 0 or k >= length:

@@ -16,7 +16,7 @@ def gate_activations(model: Forecaster, x: Tensor) -> dict[str, np.ndarray]:
 
     `x` is one scaled window, [L, F] or [1, L, F]. The layer's weights are copied into an
     `ExplicitLSTM`, which runs the window in fp32 and records every gate; returns
-    {"input", "forget", "candidate", "output"} -> [L, hidden] float32 arrays.
+    {"input", "forget", "candidate", "output"} -> [L, hidden] float32 arrays (L / k rows with model.segment=k).
     """
     net = model.module if hasattr(model, "module") else model  # a DDP-wrapped model works too
     if isinstance(net, Ensemble):
@@ -32,6 +32,6 @@ def gate_activations(model: Forecaster, x: Tensor) -> dict[str, np.ndarray]:
     cell = ExplicitLSTM.from_lstm(lstm, layer=0).float()
     recorder = GateRecorder()
     cell.hook = recorder
-    cell(x.to(device=cell.weight_ih.device, dtype=torch.float32))
+    cell(net.encoder.segmented(x).to(device=cell.weight_ih.device, dtype=torch.float32))
     acts = recorder.stacked()
-    return {name: acts[name][0].cpu().numpy() for name in GATES}  # each [L, hidden]
+    return {name: acts[name][0].cpu().numpy() for name in GATES}  # each [L / segment, hidden]
