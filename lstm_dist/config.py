@@ -459,8 +459,14 @@ class PipelineConfig(_Section):
         """A few lines that say what this run will do."""
         d, m, t = self.data, self.model, self.train
         src = d.path or f"sample data ({d.sample.num_series} series x {d.sample.num_steps} steps)"
-        extra = (f" future_effect={m.future_effect}" if m.future_effect != "joint" else "") + (
-            f" members={m.members}" if m.members > 1 else ""
+        extra = "".join(
+            f" {key}={value}"
+            for key, value, default in [
+                ("segment", m.segment, 1),
+                ("future_effect", m.future_effect, "joint"),
+                ("members", m.members, 1),
+            ]
+            if value != default
         )
         return (
             f"data: {src}  lookback={d.lookback} horizon={d.horizon} targets={d.target_cols}\n"

@@ -131,8 +131,8 @@ def test_missing_or_malformed_file(tmp_path: Path) -> None:
         load_config(tmp_path / "list.yaml")
 
 
-def test_the_run_summary_names_an_ensemble_and_an_additive_calendar_only_when_set() -> None:
+def test_the_run_summary_names_segments_an_ensemble_and_an_additive_calendar_only_when_set() -> None:
     plain = load_config(CONF / "debug.yaml").summary()
-    assert "members" not in plain and "future_effect" not in plain
-    hourly = load_config(CONF / "hourly.yaml", ["model.members=3"]).summary()
-    assert "future_effect=additive members=3" in hourly
+    assert "members" not in plain and "future_effect" not in plain and "segment" not in plain
+    hourly = load_config(CONF / "hourly.yaml", ["model.members=3", "model.segment=24"]).summary()
+    assert "segment=24 future_effect=additive members=3" in hourly
