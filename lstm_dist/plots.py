@@ -197,7 +197,7 @@ def gate_heatmap(model, ds, path: str | Path) -> Path | None:
     x = torch.from_numpy(ds.batch(np.asarray([len(ds) - 1]))["x"][0])  # [L, F]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return plot_gate_heatmap(gate_activations(model, x), path)
+        return plot_gate_heatmap(gate_activations(model, x), path, segment=getattr(model.cfg, "segment", 1))
 
 
 def tune_trials(trials: pd.DataFrame, path: str | Path, *, metric: str = "val_loss") -> Path:
@@ -252,8 +252,11 @@ def evaluation_plots(
     return paths
 
 
-def plot_gate_heatmap(acts: dict[str, np.ndarray], path: str | Path, *, title: str | None = None) -> Path:
-    """One heat map per gate (time across, hidden units down) written as a PNG at `path`.
+def plot_gate_heatmap(
+    acts: dict[str, np.ndarray], path: str | Path, *, title: str | None = None, segment: int = 1
+) -> Path:
+    """One heat map per gate (time across, hidden units down) written as a PNG at `path`; `segment`: the
+    lookback steps per encoder step (model.segment).
 
     Uses matplotlib's object API with the Agg canvas, not pyplot: no global figure state,
     no display needed, safe inside Ray workers and threads.
@@ -279,8 +282,9 @@ def plot_gate_heatmap(acts: dict[str, np.ndarray], path: str | Path, *, title: s
         )
         ax.set_ylabel(f"{name}\nunit")
         fig.colorbar(image, ax=ax, pad=0.01)
-    axes[-1].set_xlabel("step in lookback window")
-    fig.suptitle(title or f"LSTM gate activations (layer 1, {hidden} units, {length} steps)")
+    unit = "step" if segment == 1 else f"segment of {segment} steps"
+    axes[-1].set_xlabel(f"{unit} in lookback window")
+    fig.suptitle(title or f"LSTM gate activations (layer 1, {hidden} units, {length} {unit.split()[0]}s)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
