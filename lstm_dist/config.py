@@ -412,7 +412,7 @@ class PipelineConfig(_Section):
     """Rolling-origin backtest (`lstm-dist backtest`)."""
 
     @model_validator(mode="after")
-    def _check_skip(self) -> PipelineConfig:
+    def _check_lookback(self) -> PipelineConfig:
         if self.data.lookback % self.model.segment:
             raise ValueError(
                 f"model.segment={self.model.segment} must divide data.lookback={self.data.lookback}: set data.lookback "
