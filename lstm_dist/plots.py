@@ -282,9 +282,9 @@ def plot_gate_heatmap(
         )
         ax.set_ylabel(f"{name}\nunit")
         fig.colorbar(image, ax=ax, pad=0.01)
-    unit = "step" if segment == 1 else f"segment of {segment} steps"
-    axes[-1].set_xlabel(f"{unit} in lookback window")
-    fig.suptitle(title or f"LSTM gate activations (layer 1, {hidden} units, {length} {unit.split()[0]}s)")
+    noun = "step" if segment == 1 else "segment"
+    axes[-1].set_xlabel(f"{noun} in lookback window" + ("" if segment == 1 else f" ({segment} steps each)"))
+    fig.suptitle(title or f"LSTM gate activations (layer 1, {hidden} units, {length} {noun}s)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
