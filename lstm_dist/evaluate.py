@@ -316,10 +316,14 @@ def metrics_table(m: dict[str, float], *, num_windows: int | None = None, num_la
         ]
 
     title = f"test windows{f' ({num_windows})' if num_windows else ''}:"
-    parts = [render_table(columns, rows("", (MODEL, NAIVE, SNAIVE)), title=title)]
-    if f"{LAST}{ETS}_mae" in m:
-        title = f"last test window of each series{f' ({num_last})' if num_last else ''}:"
-        parts.append(render_table(columns, rows(LAST, (MODEL, NAIVE, SNAIVE, ETS, THETA)), title=title))
+    table = rows("", (MODEL, NAIVE, SNAIVE))
+    if num_windows and num_windows == num_last:  # one test window a series: the last-window table is the same
+        parts = [render_table(columns, table + rows(LAST, (ETS, THETA)), title=title)]
+    else:
+        parts = [render_table(columns, table, title=title)]
+        if f"{LAST}{ETS}_mae" in m:
+            title = f"last test window of each series{f' ({num_last})' if num_last else ''}:"
+            parts.append(render_table(columns, rows(LAST, (MODEL, NAIVE, SNAIVE, ETS, THETA)), title=title))
     extra = {k: v for k, v in m.items() if "pinball" in k or "coverage" in k}
     if extra:
         parts.append("  ".join(f"{k} {format_number(v)}" for k, v in extra.items()))

@@ -192,6 +192,27 @@ def test_metrics_table_keeps_large_numbers_apart() -> None:
     assert "\x1b[" not in text
 
 
+@pytest.mark.parametrize("num_windows, tables", [(12, 2), (4, 1)])
+def test_metrics_table_prints_the_last_window_once_per_series_only_when_it_differs(num_windows, tables) -> None:
+    """With one test window a series (4 windows, 4 series) the last-window table repeats the first: one table,
+    AutoETS and AutoTheta in it; with more windows than series, both tables."""
+    from lstm_dist.evaluate import metrics_table
+
+    m = {f"{key}_{metric}": 1.0 + i for i, key in enumerate(("model", "naive", "snaive")) for metric in ("mase", "mae")}
+    m |= {
+        f"last_{key}_{metric}": 2.0 + i
+        for i, key in enumerate(("model", "naive", "snaive", "ets", "theta"))
+        for metric in ("mase", "mae")
+    }
+    text = metrics_table(m, num_windows=num_windows, num_last=4)
+    titles = [line for line in text.splitlines() if line.endswith(":")]
+    assert len(titles) == tables, text
+    model_rows = [line for line in text.splitlines() if line.startswith("model")]
+    assert len(model_rows) == tables
+    ets_rows = [line for line in text.splitlines() if line.startswith("AutoETS")]
+    assert len(ets_rows) == 1 and float(ets_rows[0].split()[1]) == 5.0  # the last-window score, in either layout
+
+
 # ---------------------------------------------------------------------------------------------
 # data inspect: a step dir, a shards dir or a manifest
 
