@@ -1,4 +1,4 @@
-# Run: .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/bench_accuracy.py [--sets global_economy tourism PBS gafa_stock vic_elec pedestrian us_gasoline] [--no-peer] [--refit] [--out benchmarks/accuracy]
+# Run: .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/bench_accuracy.py [--sets global_economy tourism PBS gafa_stock vic_elec pedestrian us_gasoline ansett] [--no-peer] [--refit] [--out benchmarks/accuracy]
 """Forecast accuracy on public real data, side by side in one run: this project, statsforecast's naive /
 seasonal naive / ETS / Theta, and neuralforecast's LSTM with its defaults.
 
@@ -93,6 +93,10 @@ SPECS = {
     ),
     # One weekly series: 8 quarter-ahead origins (two years).
     "us_gasoline": Spec("us_gasoline", "W-MON", 13, 52, "conf/weekly.yaml", windows=8),
+    # Weekly passengers of Ansett airlines, 10 routes x 3 classes (1987-1992): the second weekly set, messy on
+    # purpose (the 1989 pilots' strike leaves weeks of zeros; a fare-class change in March 1992 moves passengers
+    # from economy to business for three months, inside the first test window).
+    "ansett": Spec("ansett", "W-MON", 13, 52, "conf/weekly.yaml"),
 }
 
 
@@ -123,6 +127,10 @@ def load_set(name: str) -> pd.DataFrame:
     elif name == "us_gasoline":  # US finished motor gasoline supplied, weekly (ISO weeks, from Mondays)
         ds = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
         df = raw.assign(unique_id="US", ds=ds, y=raw["Barrels"])
+    elif name == "ansett":  # weekly passengers per route and class (ISO weeks); one or two weeks missing
+        ds = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
+        uid = raw["Airports"] + "/" + raw["Class"]
+        df = _fill_short_gaps(raw.assign(unique_id=uid, ds=ds, y=raw["Passengers"].astype(float)), freq="W-MON")
     elif name == "gafa_stock":  # daily closing prices on trading days, put on the business-day grid
         df = raw.assign(unique_id=raw["Symbol"], ds=pd.to_datetime(raw["Date"]), y=raw["Close"])
         df = _on_business_days(df[["unique_id", "ds", "y"]])
