@@ -1,4 +1,4 @@
-# Run: .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/bench_accuracy.py [--sets global_economy tourism PBS gafa_stock vic_elec pedestrian us_gasoline ansett] [--no-peer] [--refit] [--out benchmarks/accuracy]
+# Run: .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/bench_accuracy.py [--sets global_economy tourism PBS gafa_stock vic_elec pedestrian us_gasoline ansett EPF_FR_BE] [--no-peer] [--refit] [--out benchmarks/accuracy]
 """Forecast accuracy on public real data, side by side in one run: this project, statsforecast's naive /
 seasonal naive / ETS / Theta, and neuralforecast's LSTM with its defaults.
 
@@ -97,6 +97,10 @@ SPECS = {
     # purpose (the 1989 pilots' strike leaves weeks of zeros; a fare-class change in March 1992 moves passengers
     # from economy to business for three months, inside the first test window).
     "ansett": Spec("ansett", "W-MON", 13, 52, "conf/weekly.yaml"),
+    # Hourly day-ahead electricity prices of France and Belgium (2015-01 to 2016-10, the EPF benchmark's data):
+    # the second hourly set, after the hourly config was chosen on pedestrian. A week of day-ahead origins, the
+    # price alone (the set's load and generation forecasts are not used), the config unchanged.
+    "EPF_FR_BE": Spec("EPF_FR_BE", "h", 24, 24, "conf/hourly.yaml", windows=7, extra_seasons=(168,)),
 }
 
 
@@ -106,8 +110,9 @@ SPECS = {
 def load_set(name: str) -> pd.DataFrame:
     """The set in long format: unique_id, ds, y (sorted, one regular grid per series, no missing values)."""
     import tsdata.fpp3 as fpp3
+    import tsdata.fpppy as fpppy
 
-    raw = fpp3.raw[name]
+    raw = (fpppy if name == "EPF_FR_BE" else fpp3).raw[name]
     if name == "global_economy":  # yearly GDP per country
         df = raw.assign(unique_id=raw["Country"], ds=pd.to_datetime(raw["Year"].astype(str) + "-01-01"), y=raw["GDP"])
     elif name == "tourism":  # quarterly overnight trips, 304 series
@@ -131,6 +136,8 @@ def load_set(name: str) -> pd.DataFrame:
         ds = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
         uid = raw["Airports"] + "/" + raw["Class"]
         df = _fill_short_gaps(raw.assign(unique_id=uid, ds=ds, y=raw["Passengers"].astype(float)), freq="W-MON")
+    elif name == "EPF_FR_BE":  # hourly prices, already long format (in fpppy; one regular grid per series)
+        df = raw.assign(ds=pd.to_datetime(raw["ds"]), y=raw["y"].astype(float))
     elif name == "gafa_stock":  # daily closing prices on trading days, put on the business-day grid
         df = raw.assign(unique_id=raw["Symbol"], ds=pd.to_datetime(raw["Date"]), y=raw["Close"])
         df = _on_business_days(df[["unique_id", "ds", "y"]])
