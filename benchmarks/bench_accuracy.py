@@ -100,7 +100,7 @@ SPECS = {
     # Hourly day-ahead electricity prices of France and Belgium (2015-01 to 2016-10, the EPF benchmark's data):
     # the second hourly set, after the hourly config was chosen on pedestrian. A week of day-ahead origins, the
     # price alone (the set's load and generation forecasts are not used), with France's public holidays as
-    # inputs (Belgium's differ by Easter Sunday, Whit Sunday and the national day; the last origin forecasts the
+    # inputs (Belgium's differ in a few days, the national days among them; the last origin forecasts the
     # Monday between a weekend and All Saints' Day, a holiday in both).
     "EPF_FR_BE": Spec(
         "EPF_FR_BE",
@@ -143,7 +143,7 @@ def load_set(name: str) -> pd.DataFrame:
     elif name == "us_gasoline":  # US finished motor gasoline supplied, weekly (ISO weeks, from Mondays)
         ds = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
         df = raw.assign(unique_id="US", ds=ds, y=raw["Barrels"])
-    elif name == "ansett":  # weekly passengers per route and class (ISO weeks); one or two weeks missing
+    elif name == "ansett":  # weekly passengers per route and class (ISO weeks); a week missing in 13 series
         ds = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
         uid = raw["Airports"] + "/" + raw["Class"]
         df = _fill_short_gaps(raw.assign(unique_id=uid, ds=ds, y=raw["Passengers"].astype(float)), freq="W-MON")
