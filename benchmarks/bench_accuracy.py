@@ -141,11 +141,9 @@ def load_set(name: str) -> pd.DataFrame:
         ds = pd.to_datetime(raw["Date_Time"], utc=True).dt.tz_localize(None)
         df = _fill_short_gaps(raw.assign(unique_id=raw["Sensor"], ds=ds, y=raw["Count"].astype(float)), freq="h")
     elif name == "us_gasoline":  # US finished motor gasoline supplied, weekly (ISO weeks, from Mondays)
-        ds = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
-        df = raw.assign(unique_id="US", ds=ds, y=raw["Barrels"])
+        df = raw.assign(unique_id="US", ds=_iso_week_mondays(raw["Week"]), y=raw["Barrels"])
     elif name == "ansett":  # weekly passengers per route and class (ISO weeks); a week missing in 13 series
-        ds = pd.to_datetime(raw["Week"].str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
-        uid = raw["Airports"] + "/" + raw["Class"]
+        uid, ds = raw["Airports"] + "/" + raw["Class"], _iso_week_mondays(raw["Week"])
         df = _fill_short_gaps(raw.assign(unique_id=uid, ds=ds, y=raw["Passengers"].astype(float)), freq="W-MON")
     elif name == "EPF_FR_BE":  # hourly prices, already long format (in fpppy; one regular grid per series)
         df = raw.assign(ds=pd.to_datetime(raw["ds"]), y=raw["y"].astype(float))
@@ -156,6 +154,11 @@ def load_set(name: str) -> pd.DataFrame:
         raise SystemExit(f"unknown set '{name}'; known: {', '.join(SPECS)}")
     df = df[["unique_id", "ds", "y"]].sort_values(["unique_id", "ds"])
     return _usable(df.reset_index(drop=True), SPECS[name])
+
+
+def _iso_week_mondays(weeks: pd.Series) -> pd.Series:
+    """fpp3's ISO week labels ("2016 W43") -> the Monday each week starts on."""
+    return pd.to_datetime(weeks.str.replace(" W", "-W") + "-1", format="%G-W%V-%u")
 
 
 def _on_business_days(df: pd.DataFrame) -> pd.DataFrame:
