@@ -282,6 +282,8 @@ class TrainConfig(_Section):
     """Early stopping: epochs without validation improvement before stopping (0 disables)."""
     min_delta: float = Field(0.0, ge=0)
     """Early stopping: minimum decrease of validation loss that counts as improvement."""
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    """Polyak averaging: validation, early stopping, checkpoints and the registered model use an exponential moving average of the weights with this decay per step, while the optimizer steps the raw weights. 0 disables; 0.99 averages over about the last 100 steps. It steadies the validation loss that picks the epoch (benchmarks/RESULTS.md)."""
     seed: int = 0
     """Seed for weights, sampling and dropout; same seed and config give the same loss on CPU."""
     keep_checkpoints: int = Field(2, ge=1)

@@ -92,3 +92,19 @@ def test_auto_backend_is_ray_train_on_a_cluster_or_several_gpus(monkeypatch, ove
     monkeypatch.setattr(cluster, "ray_started", lambda: False)  # the count Ray would detect on this machine
     monkeypatch.setattr(cluster, "local_gpu_count", lambda: gpus)
     assert cluster.train_backend(cfg) == expected
+
+
+def test_with_weight_averaging_the_validated_and_checkpointed_model_is_the_average(ray_local, tmp_path) -> None:
+    from lstm_dist.data.windows import WindowDataset
+    from lstm_dist.models.saved import load_model
+    from lstm_dist.train.checkpoints import STATE_FILE
+    from lstm_dist.train.steps import evaluate
+
+    cfg, shards, _ = make_model(tmp_path, ["train.patience=0", "train.lr=0.05", "train.ema_decay=0.9"])
+    ran = _fit(cfg, shards, tmp_path / "runs", epochs=2, keep=1)
+    served = load_model(ran.latest_checkpoint)
+    val = WindowDataset(str(shards), split="val")
+    scored = evaluate(served, val, rank=0, world_size=1, precision="fp32", device=torch.device("cpu"), batch_size=256)
+    assert scored["val_loss"] == pytest.approx(ran.history["val_loss"].iloc[-1], rel=1e-5)
+    raw = torch.load(ran.latest_checkpoint / STATE_FILE, weights_only=True)["raw_weights"]
+    assert any(not torch.equal(raw[k], v) for k, v in served.state_dict().items())  # the optimizer's, not served

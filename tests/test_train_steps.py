@@ -18,7 +18,7 @@ from lstm_dist.models import build_model
 from lstm_dist.models.saved import load_model, load_weights
 from lstm_dist.train.checkpoints import TrainingState, load_training_state, save_training_state
 from lstm_dist.train.precision import PrecisionError, autocast, cpu_bf16_works, grad_scaler, resolve_precision
-from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
+from lstm_dist.train.schedule import EarlyStopping, warmup_cosine, weight_average
 from lstm_dist.train.steps import evaluate, to_device, train_epoch, train_step
 
 CPU = torch.device("cpu")
@@ -232,6 +232,27 @@ def test_early_stopping_patience_min_delta_and_state() -> None:
     assert not EarlyStopping(patience=0).update(5.0, 1)  # 0 disables
 
 
+def test_the_weight_average_follows_each_update_and_not_a_skipped_step() -> None:
+    ds = ArrayWindows(n=64)
+    net = small_model(ds)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    average = weight_average(net, opt, decay=0.9)
+    assert weight_average(small_model(ds), opt, decay=0.0) is None  # 0 is off
+    good = to_device(ds.batch(np.arange(16)), CPU)
+    bad = {**good, "y": good["y"].clone()}
+    bad["y"][0, 0, 0] = float("nan")
+    expected = None
+    for batch in (good, good, bad, good):
+        train_step(net, net, [batch], optimizer=opt, scaler=grad_scaler("fp32"), precision="fp32", grad_clip=1.0)
+        raw = [p.detach().clone() for p in net.parameters()]
+        if batch is not bad:  # the first update is taken as it is, then 0.9 x average + 0.1 x weights
+            expected = raw if expected is None else [0.9 * e + 0.1 * r for e, r in zip(expected, raw, strict=True)]
+    assert int(average.n_averaged) == 3
+    for want, got in zip(expected, average.module.parameters(), strict=True):
+        torch.testing.assert_close(got, want)
+    assert not all(torch.equal(a, r) for a, r in zip(average.module.parameters(), raw, strict=True))  # it lags
+
+
 # ------------------------------------------------------------------ checkpoints
 
 
@@ -270,6 +291,45 @@ def test_checkpoint_round_trip_restores_everything(tmp_path) -> None:
     warm = small_model(ds, seed=2)  # warm start (fit's init_weights): weights only, from the dir or model.pt
     load_weights(warm, tmp_path / "model.pt")
     assert torch.equal(warm.eval()(x), net(x))
+
+
+def _averaged_state(ds: ArrayWindows, *, seed: int) -> TrainingState:
+    net = small_model(ds, seed=seed)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    sched = warmup_cosine(opt, total_steps=10, warmup_steps=2)
+    return TrainingState(
+        net, opt, sched, grad_scaler("fp32"), EarlyStopping(patience=3), weight_average(net, opt, decay=0.8)
+    )
+
+
+def test_a_checkpoint_under_weight_averaging_serves_the_average_and_resumes_both(tmp_path) -> None:
+    ds = ArrayWindows(n=64)
+    batches = [to_device(ds.batch(np.arange(i, i + 16)), CPU) for i in (0, 16, 32)]
+
+    def step(state: TrainingState, batch) -> None:
+        train_step(state.model, state.model, [batch], optimizer=state.optimizer, scaler=state.scaler,
+                   precision="fp32", grad_clip=1.0)  # fmt: skip
+        state.scheduler.step()
+
+    state = _averaged_state(ds, seed=0)
+    for batch in batches[:2]:
+        step(state, batch)
+    args = {"model": state.model.cfg.model_dump(mode="json"), **state.model.build_args}
+    save_training_state(tmp_path, state, epoch=1, history=[], model_args=args)
+    x = torch.from_numpy(ds.x[:4])
+    served = load_model(tmp_path)
+    assert torch.equal(served(x), state.average.module.eval()(x))  # the model file is the average
+    assert not torch.equal(served(x), state.model.eval()(x))
+
+    resumed = _averaged_state(ds, seed=1)
+    load_training_state(tmp_path, resumed)
+    for run in (state, resumed):  # one more step each: the same raw weights and the same average
+        step(run, batches[2])
+    assert int(resumed.average.n_averaged) == int(state.average.n_averaged) == 3
+    for p, q in zip(state.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for p, q in zip(state.average.module.parameters(), resumed.average.module.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_an_epoch_line_shows_validation_only_when_there_was_one() -> None:

@@ -13,7 +13,7 @@ import torch
 
 from lstm_dist.models.saved import MODEL_FILE, load_weights, save_model
 
-STATE_FILE = "state.pt"  # tensors: optimizer, scheduler, grad scaler, torch RNG
+STATE_FILE = "state.pt"  # tensors: optimizer, scheduler, grad scaler, torch RNG, raw weights under averaging
 STATE_JSON = "state.json"  # the rest: epoch, early stopping, numpy and Python RNG
 HISTORY_FILE = "history.json"
 
@@ -27,6 +27,12 @@ class TrainingState:
     scheduler: Any
     scaler: torch.amp.GradScaler
     stopper: Any  # train.schedule.EarlyStopping
+    average: Any = None  # train.schedule.weight_average: the averaged weights, or None
+
+    @property
+    def served(self) -> torch.nn.Module:
+        """The weights that are validated, checkpointed as the model and registered: the average, if any."""
+        return self.model if self.average is None else self.average.module
 
 
 def save_training_state(
@@ -37,9 +43,10 @@ def save_training_state(
     `history` (the metrics of every epoch so far) travels with the checkpoint: Ray keeps only the
     metrics of retained checkpoints, and after a restart the latest checkpoint still has them all.
     Tensors and state dicts go to `state.pt` (read back with weights_only=True); the rest (epoch, early
-    stopping, numpy's and Python's random states) to `state.json` beside it.
+    stopping, numpy's and Python's random states) to `state.json` beside it. Under weight averaging the model
+    file holds the average, and `state.pt` the raw weights the optimizer goes on from.
     """
-    save_model(path, model=state.model, model_args=model_args)
+    save_model(path, model=state.served, model_args=model_args)
     (path / HISTORY_FILE).write_text(json.dumps(history, indent=1))
     torch.save(
         {
@@ -48,6 +55,7 @@ def save_training_state(
             "scaler": state.scaler.state_dict(),
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this worker's GPU
+            **_raw_weights(state),
         },
         path / STATE_FILE,
     )
@@ -62,6 +70,23 @@ def save_training_state(
     (path / STATE_JSON).write_text(json.dumps(rest))
 
 
+def _raw_weights(state: TrainingState) -> dict[str, Any]:
+    if state.average is None:
+        return {}
+    return {"raw_weights": state.model.state_dict(), "averaged_steps": state.average.n_averaged}
+
+
+def _restore_average(into: TrainingState, path: Path, state: dict[str, Any]) -> None:
+    """The average from the model file, the raw weights from `state.pt`. A checkpoint written without
+    averaging has neither: the average starts again from its weights."""
+    if into.average is None:
+        return
+    load_weights(into.average.module, path)
+    if "raw_weights" in state:
+        into.model.load_state_dict(state["raw_weights"])
+        into.average.n_averaged.copy_(state["averaged_steps"])
+
+
 def load_training_state(path: Path, into: TrainingState) -> tuple[int, list[dict[str, float]]]:
     """Restore a checkpoint in place (or a newer complete one beside it, see `newest_checkpoint`);
     returns (epochs already completed, their metrics)."""
@@ -73,6 +98,7 @@ def load_training_state(path: Path, into: TrainingState) -> tuple[int, list[dict
         )
     load_weights(into.model, path)
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    _restore_average(into, path, state)
     rest = json.loads((path / STATE_JSON).read_text())
     into.optimizer.load_state_dict(state["optimizer"])
     into.scheduler.load_state_dict(state["scheduler"])

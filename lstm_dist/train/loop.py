@@ -34,7 +34,7 @@ from lstm_dist.storage import local_copy
 from lstm_dist.train.checkpoints import TrainingState, load_training_state, model_args_for, save_training_state
 from lstm_dist.train.precision import Precision, grad_scaler, resolve_precision
 from lstm_dist.train.progress import StepReporter, report_ready
-from lstm_dist.train.schedule import EarlyStopping, warmup_cosine
+from lstm_dist.train.schedule import EarlyStopping, warmup_cosine, weight_average
 from lstm_dist.train.steps import evaluate, train_epoch
 
 # Test-only fault injection: "EPOCH:STEP:RANK:MARKER_FILE" makes that rank's process die
@@ -142,7 +142,7 @@ class _Worker:
 
 
 def _training_state(cfg: PipelineConfig, net: Forecaster, w: _Worker) -> TrainingState:
-    """The optimizer, schedule, grad scaler and early stopping of a run, around its model."""
+    """The optimizer, schedule, grad scaler, early stopping and weight average of a run, around its model."""
     tc = cfg.train
     total_steps = w.steps_per_epoch * tc.epochs
     # Built after the model is on its device, so restored optimizer state lands there too.
@@ -153,6 +153,7 @@ def _training_state(cfg: PipelineConfig, net: Forecaster, w: _Worker) -> Trainin
         scheduler=warmup_cosine(optimizer, total_steps=total_steps, warmup_steps=int(tc.warmup_frac * total_steps)),
         scaler=grad_scaler(w.precision),
         stopper=EarlyStopping(patience=tc.patience, min_delta=tc.min_delta),
+        average=weight_average(net, optimizer, decay=tc.ema_decay),
     )
 
 
@@ -195,7 +196,7 @@ def _epoch(
     val = dict.fromkeys(("val_loss", "val_mae", "val_rmse"), math.nan)
     if len(val_ds):
         val = evaluate(
-            state.model,
+            state.served,
             val_ds,
             rank=w.rank,
             world_size=w.world_size,

@@ -1,4 +1,4 @@
-"""Learning-rate schedule (linear warm-up, then cosine decay) and early stopping."""
+"""Learning-rate schedule (linear warm-up, then cosine decay), weight averaging and early stopping."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int, min_ratio: float = 0.05):
@@ -19,6 +20,16 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def weight_average(net: torch.nn.Module, optimizer: torch.optim.Optimizer, *, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `net`'s weights, updated after every optimizer step that updates them
+    (a step skipped for inf/NaN gradients does not call `optimizer.step`); None when `decay` is 0."""
+    if not decay:
+        return None
+    average = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    optimizer.register_step_post_hook(lambda *_: average.update_parameters(net))
+    return average
 
 
 @dataclass
