@@ -241,16 +241,35 @@ def test_the_weight_average_follows_each_update_and_not_a_skipped_step() -> None
     good = to_device(ds.batch(np.arange(16)), CPU)
     bad = {**good, "y": good["y"].clone()}
     bad["y"][0, 0, 0] = float("nan")
-    expected = None
+    expected, updates = None, 0
     for batch in (good, good, bad, good):
         train_step(net, net, [batch], optimizer=opt, scaler=grad_scaler("fp32"), precision="fp32", grad_clip=1.0)
         raw = [p.detach().clone() for p in net.parameters()]
-        if batch is not bad:  # the first update is taken as it is, then 0.9 x average + 0.1 x weights
-            expected = raw if expected is None else [0.9 * e + 0.1 * r for e, r in zip(expected, raw, strict=True)]
-    assert int(average.n_averaged) == 3
+        if batch is bad:
+            continue
+        # The first update is taken as it is; the n-th after it decays by min(0.9, (1 + n) / (10 + n)).
+        d = min(0.9, (1 + updates) / (10 + updates))
+        expected = raw if expected is None else [d * e + (1 - d) * r for e, r in zip(expected, raw, strict=True)]
+        updates += 1
+    assert int(average.n_averaged) == updates == 3
     for want, got in zip(expected, average.module.parameters(), strict=True):
         torch.testing.assert_close(got, want)
     assert not all(torch.equal(a, r) for a, r in zip(average.module.parameters(), raw, strict=True))  # it lags
+
+
+def test_the_weight_average_warms_up_then_decays_as_configured() -> None:
+    """Few updates: the average follows the weights (a small data set is not served its first steps' weights);
+    many: the configured decay."""
+    from lstm_dist.train.schedule import _warmed_up
+
+    def after(n: int) -> float:  # one update of an average at 0 towards weights at 1, after n earlier ones
+        averaged = [torch.zeros(1)]
+        _warmed_up(0.99)(averaged, [torch.ones(1)], torch.tensor(n))
+        return float(averaged[0])
+
+    assert after(1) == pytest.approx(1 - 2 / 11)
+    assert after(40) == pytest.approx(1 - 41 / 50)
+    assert after(5000) == pytest.approx(0.01)
 
 
 # ------------------------------------------------------------------ checkpoints

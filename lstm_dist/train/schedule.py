@@ -27,9 +27,21 @@ def weight_average(net: torch.nn.Module, optimizer: torch.optim.Optimizer, *, de
     (a step skipped for inf/NaN gradients does not call `optimizer.step`); None when `decay` is 0."""
     if not decay:
         return None
-    average = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    average = AveragedModel(net, multi_avg_fn=_warmed_up(decay), use_buffers=True)
     optimizer.register_step_post_hook(lambda *_: average.update_parameters(net))
     return average
+
+
+def _warmed_up(decay: float):
+    """The EMA update with TensorFlow's warm-up: after n updates the decay is min(decay, (1 + n) / (10 + n)), so
+    an average over few steps (a small data set, a short final fit) follows the weights instead of holding on
+    to its first ones; from about 1,000 updates on (at 0.99) it is the plain EMA."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = int(n_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(averaged, current, n_averaged)
+
+    return update
 
 
 @dataclass
