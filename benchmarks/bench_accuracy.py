@@ -61,6 +61,11 @@ class Spec:
     overrides: tuple[str, ...] = ()  # what a user of this project would set for this data (e.g. its holidays)
 
 
+def _day_ahead_week(name: str, **kw) -> Spec:
+    """An hourly set's protocol: a week of day-ahead origins, the weekly seasonal naive beside the daily one."""
+    return Spec(name, "h", 24, 24, "conf/hourly.yaml", windows=7, extra_seasons=(168,), **kw)
+
+
 SPECS = {
     "global_economy": Spec("global_economy", "YS", 6, 1, "conf/yearly.yaml"),
     "tourism": Spec("tourism", "QS", 8, 4, "conf/quarterly.yaml"),
@@ -83,14 +88,8 @@ SPECS = {
     ),
     # Hourly footfall at three Melbourne sensors (the fourth has months missing): a week of day-ahead origins,
     # with Victoria's public holidays as inputs.
-    "pedestrian": Spec(
+    "pedestrian": _day_ahead_week(
         "pedestrian",
-        "h",
-        24,
-        24,
-        "conf/hourly.yaml",
-        windows=7,
-        extra_seasons=(168,),
         timezone="Australia/Melbourne",
         overrides=("data.calendar_features=[hour,weekday,holiday]", "data.holidays=AU-VIC"),
     ),
@@ -105,20 +104,14 @@ SPECS = {
     # price alone (the set's load and generation forecasts are not used), with France's public holidays as
     # inputs (Belgium's differ in a few days, the national days among them; the last origin forecasts the
     # Monday between a weekend and All Saints' Day, a holiday in both).
-    "EPF_FR_BE": Spec(
+    "EPF_FR_BE": _day_ahead_week(
         "EPF_FR_BE",
-        "h",
-        24,
-        24,
-        "conf/hourly.yaml",
-        windows=7,
-        extra_seasons=(168,),
         overrides=("data.calendar_features=[hour,weekday,holiday]", "data.holidays=FR"),
     ),
     # Hourly Nord Pool system prices, ten weeks of 2018 (fpppy's `electricity_short`, neuralforecast's tutorial
     # data): the third hourly set, added after train.ema_decay was chosen on the other two. Small on purpose:
     # about 1,000 training windows, a few optimizer steps an epoch. No public holiday falls in it.
-    "EPF_NP": Spec("EPF_NP", "h", 24, 24, "conf/hourly.yaml", windows=7, extra_seasons=(168,)),
+    "EPF_NP": _day_ahead_week("EPF_NP"),
 }
 
 
