@@ -61,7 +61,7 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
 
     if ray.is_initialized():
         return resources()
-    address = (cfg.workflow.ray_address if cfg else None) or os.environ.get("RAY_ADDRESS")
+    address = cluster_address(cfg)
     set_ray_env(local=not address)
     _log_ray_to_file(cfg)
     if address:
@@ -93,6 +93,12 @@ def init_ray(cfg: PipelineConfig | None = None) -> dict[str, float]:
     return resources()
 
 
+def cluster_address(cfg: PipelineConfig | None) -> str | None:
+    """The Ray cluster a run of `cfg` joins (`workflow.ray_address`, else `$RAY_ADDRESS`); None: it starts a local
+    Ray on this machine, which has this machine's GPUs and no more."""
+    return (cfg.workflow.ray_address if cfg else None) or os.environ.get("RAY_ADDRESS") or None
+
+
 def uses_ray_train(cfg: PipelineConfig | None) -> bool:
     """Whether a run of `cfg` may start Ray Train (unknown without a config): only then does a local Ray start
     its dashboard's modules (Ray Train's State API), about ten more processes and 2.5 s more start-up on a
@@ -110,12 +116,11 @@ def train_backend(cfg: PipelineConfig) -> str:
     process (benchmarks/RESULTS.md, Training) but pays Ray Train's start-up, 15-20 s a fit on 2 cores."""
     if cfg.train.backend != "auto":
         return cfg.train.backend
-    if cfg.workflow.ray_address or os.environ.get("RAY_ADDRESS"):
+    if cluster_address(cfg):
         return "ray"
     if cfg.train.use_gpu == "no":
         return "local"
-    gpus = resources().get("GPU", 0) if ray_started() else local_gpu_count()
-    return "ray" if gpus >= 2 else "local"
+    return "ray" if ray_gpus() >= 2 else "local"
 
 
 def local_train_config(cfg: PipelineConfig) -> PipelineConfig:
@@ -198,6 +203,11 @@ def resources() -> dict[str, float]:
     import ray
 
     return ray.cluster_resources() if ray.is_initialized() else {}
+
+
+def ray_gpus() -> float:
+    """GPUs of the Ray this process started or joined; before that, those a local Ray would find here."""
+    return resources().get("GPU", 0) if ray_started() else local_gpu_count()
 
 
 def node_cpus(cap: int) -> int:

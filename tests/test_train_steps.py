@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -124,6 +125,42 @@ def test_fit_refuses_fractional_gpus_with_several_workers() -> None:
     cfg = from_dict({"data": {"sample": {}}, "train": {"use_gpu": "yes", "gpus_per_worker": 0.5, "num_workers": 2}})
     with pytest.raises(ConfigError, match="a whole GPU per worker"):
         fit(cfg, shard_dir="/nonexistent", storage_dir="/nonexistent", name="never")
+
+
+def _gpu_yes(backend: str, **train) -> object:
+    return from_dict(
+        {"data": {"sample": {}}, "train": {"use_gpu": "yes", "backend": backend, "num_workers": 1, **train}}
+    )
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_use_gpu_yes_without_a_gpu_here_is_refused_at_once(backend: str, monkeypatch) -> None:
+    """A local Ray (or the local backend) has this machine's GPUs and never more: waiting for one would hang
+    (Ray Train retries its worker group every 60 s). Run on a CPU machine, as CI is."""
+    from lstm_dist.cluster import ray_gpus
+    from lstm_dist.config import ConfigError
+    from lstm_dist.train.trainer import fit
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if torch.cuda.is_available() or ray_gpus():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match=r"train\.use_gpu=yes: .* 0 GPU\(s\) for 1 worker.*set train\.use_gpu=auto"):
+        fit(_gpu_yes(backend), shard_dir="/nonexistent", storage_dir="/nonexistent", name="never")
+
+
+def test_use_gpu_yes_on_a_joined_cluster_without_gpus_warns_and_waits(monkeypatch) -> None:
+    """A cluster this run joins may gain GPUs (an autoscaler): there the run warns and waits instead."""
+    from lstm_dist.train import trainer
+
+    monkeypatch.setattr(trainer, "ray_gpus", lambda: 0.0)  # the joined cluster's count, without joining one
+    cfg = _gpu_yes("ray", num_workers=2)
+    cfg.workflow.ray_address = "127.0.0.1:6379"
+    with pytest.warns(UserWarning, match=r"the Ray cluster has 0 GPU\(s\) for 2 worker.*waits until enough GPUs join"):
+        trainer._check_gpu_count(cfg)
+    monkeypatch.setattr(trainer, "ray_gpus", lambda: 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trainer._check_gpu_count(cfg)  # enough GPUs: silent
 
 
 @pytest.mark.skipif(not cpu_bf16_works("lstm"), reason="this CPU has no bf16 LSTM kernel (AVX-512 BF16 / AMX)")

@@ -22,7 +22,14 @@ import torch
 import yaml
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lstm_dist.cluster import local_train_config, quick_train_poll, resources, train_backend
+from lstm_dist.cluster import (
+    cluster_address,
+    local_train_config,
+    quick_train_poll,
+    ray_gpus,
+    resources,
+    train_backend,
+)
 from lstm_dist.config import ConfigError, PipelineConfig, dump_yaml
 from lstm_dist.models.saved import MODEL_FILE
 from lstm_dist.storage import Store
@@ -165,16 +172,33 @@ def _check_devices(cfg: PipelineConfig) -> bool:
             f"train.gpus_per_worker={cfg.train.gpus_per_worker} with train.num_workers={cfg.train.num_workers}: "
             "DDP over NCCL needs a whole GPU per worker; use gpus_per_worker=1, or 1 worker to share a GPU"
         )
-    gpus = resources().get("GPU", 0)
-    if gpu and gpus < cfg.train.num_workers * cfg.train.gpus_per_worker:
-        warnings.warn(
-            f"train.use_gpu=yes: the cluster has {gpus:.0f} GPU(s) for "
-            f"{cfg.train.num_workers} workers; the run waits until enough GPUs join (e.g. from an autoscaler)",
-            stacklevel=3,
-        )
+    if gpu:
+        _check_gpu_count(cfg)
     if not gpu:  # fp16 on CPU
         resolve_precision(cfg.train.precision, torch.device("cpu"), cell=cfg.model.cell)
     return gpu
+
+
+def _check_gpu_count(cfg: PipelineConfig) -> None:
+    """Enough GPUs for the workers: a cluster this run joins may still gain some (an autoscaler), so there it warns and
+    waits; a local Ray or the local backend has this machine's and never more, so there it refuses at once."""
+    need = cfg.train.num_workers * cfg.train.gpus_per_worker
+    if cfg.train.backend == "local":
+        have, where = torch.cuda.device_count(), f"torch {torch.__version__} sees"
+    else:
+        have = ray_gpus()
+        where = "the Ray cluster has" if cluster_address(cfg) else "the local Ray has this machine's"
+    if have >= need:
+        return
+    workers = f"{cfg.train.num_workers} worker(s) x {cfg.train.gpus_per_worker:g}"
+    what = f"train.use_gpu=yes: {where} {have:g} GPU(s) for {workers}"
+    if cluster_address(cfg) and cfg.train.backend != "local":
+        warnings.warn(f"{what}; the run waits until enough GPUs join (e.g. from an autoscaler)", stacklevel=4)
+        return
+    raise ConfigError(
+        f"{what}, and no more can join; set train.use_gpu=auto (GPUs when there are any) or no, lower "
+        "train.num_workers, or join a cluster with GPUs (workflow.ray_address)"
+    )
 
 
 def _run_config(
