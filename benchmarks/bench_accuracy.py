@@ -349,15 +349,19 @@ def score(cv: pd.DataFrame, df: pd.DataFrame, spec: Spec, models: list[str]) -> 
 
 
 def table(scores: pd.DataFrame, walls: dict[str, float]) -> pd.DataFrame:
-    """One row per model: MASE and sMAPE of the last window (hold-out) and of all windows, wall seconds."""
+    """One row per model: MASE and sMAPE of the last window (hold-out) and of all windows, on how many windows its
+    MASE is below the seasonal naive's (a last window is one draw of these), wall seconds."""
     last = scores["window"].max()
     held = scores[scores["window"] == last].set_index("model")
     cv, n = scores.groupby("model")[["mase", "smape"]].mean(), scores["window"].nunique()
+    seasonal = scores[scores["model"] == "SeasonalNaive"].set_index("window")["mase"]
+    wins = scores["mase"].lt(scores["window"].map(seasonal)).groupby(scores["model"]).sum()
     out = pd.DataFrame(
         {
             "MASE holdout": held["mase"],
             f"MASE {n}-window": cv["mase"],
             f"sMAPE {n}-window": cv["smape"],
+            f"windows < SNaive of {n}": wins,
             "wall s": pd.Series(walls),
         }
     )
