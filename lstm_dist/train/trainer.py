@@ -174,7 +174,7 @@ def _check_devices(cfg: PipelineConfig) -> bool:
         )
     if gpu:
         _check_gpu_count(cfg)
-    if not gpu:  # fp16 on CPU
+    else:  # fp16 on CPU
         resolve_precision(cfg.train.precision, torch.device("cpu"), cell=cfg.model.cell)
     return gpu
 
@@ -183,16 +183,18 @@ def _check_gpu_count(cfg: PipelineConfig) -> None:
     """Enough GPUs for the workers: a cluster this run joins may still gain some (an autoscaler), so there it warns and
     waits; a local Ray or the local backend has this machine's and never more, so there it refuses at once."""
     need = cfg.train.num_workers * cfg.train.gpus_per_worker
-    if cfg.train.backend == "local":
+    local = cfg.train.backend == "local"
+    joined = not local and bool(cluster_address(cfg))
+    if local:
         have, where = torch.cuda.device_count(), f"torch {torch.__version__} sees"
     else:
         have = ray_gpus()
-        where = "the Ray cluster has" if cluster_address(cfg) else "the local Ray has this machine's"
+        where = "the Ray cluster has" if joined else "the local Ray has this machine's"
     if have >= need:
         return
     workers = f"{cfg.train.num_workers} worker(s) x {cfg.train.gpus_per_worker:g}"
     what = f"train.use_gpu=yes: {where} {have:g} GPU(s) for {workers}"
-    if cluster_address(cfg) and cfg.train.backend != "local":
+    if joined:
         warnings.warn(f"{what}; the run waits until enough GPUs join (e.g. from an autoscaler)", stacklevel=4)
         return
     raise ConfigError(
