@@ -368,6 +368,20 @@ def table(scores: pd.DataFrame, walls: dict[str, float]) -> pd.DataFrame:
     return out.sort_values(f"MASE {n}-window")
 
 
+def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Across sets, per model: on how many its MASE is below the seasonal naive's and AutoETS's, over the rolling
+    origin and on the last window alone (the issue's targets, read at a glance)."""
+    rows = {}
+    for name, result in tables.items():
+        rolling = result.filter(like="-window").filter(like="MASE").iloc[:, 0]
+        for col, ref in (("SeasonalNaive", "SNaive"), ("AutoETS", "ETS")):
+            if col in result.index:
+                rows.setdefault(f"rolling < {ref}", {})[name] = rolling < rolling[col]
+                rows.setdefault(f"holdout < {ref}", {})[name] = result["MASE holdout"] < result.at[col, "MASE holdout"]
+    counts = {key: pd.DataFrame(per_set).sum(axis=1).astype(int) for key, per_set in rows.items()}
+    return pd.DataFrame(counts).rename_axis(f"sets of {len(tables)}")
+
+
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -432,9 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    results = {}
+    results, tables = {}, {}
     for name in args.sets:
-        res = bench_set(
+        res = tables[name] = bench_set(
             name,
             out=out,
             peer=not args.no_peer,
@@ -449,7 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": args.overrides,
         "refit": args.refit,
     }
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    overall = summary(tables)
+    print(f"== all sets: on how many each method's MASE is below the seasonal naive's and AutoETS's\n{overall}")
+    doc = {"meta": meta, "results": results, "summary": json.loads(overall.to_json(orient="index"))}
+    (out / "results.json").write_text(json.dumps(doc, indent=2))
     return 0
 
 
