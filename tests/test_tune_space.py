@@ -104,12 +104,30 @@ def test_concurrency_follows_the_cluster_unless_set() -> None:
     assert max_concurrent(cfg, {"CPU": 64}, gpu=False) == 3
 
 
-def test_optuna_search_builds_when_installed() -> None:
-    pytest.importorskip("optuna")
-    from lstm_dist.tune import _search_alg
+def test_optuna_suggests_valid_configs_from_every_distribution() -> None:
+    """What Tune does with the searcher: hand it the space, ask for trials (optuna is in the dev extra)."""
+    from lstm_dist.tune import METRIC, MODE, _search_alg
 
-    searcher = _search_alg(load_config(DEBUG, ["tune.search=optuna"]), max_concurrent=2)
+    cfg = load_config(
+        DEBUG,
+        [
+            "tune.search=optuna",
+            "tune.space={model.hidden_size: {choice: [8, 16]}, model.num_layers: {randint: [1, 3]},"
+            " model.dropout: {uniform: [0.0, 0.3]}, train.lr: {loguniform: [1.0e-4, 1.0e-2]},"
+            " train.batch_size: {quniform: [32, 128, 32]}}",
+        ],
+    )
+    searcher = _search_alg(cfg, max_concurrent=2)
     assert type(searcher).__name__ == "OptunaSearch"
+    assert searcher.set_search_properties(METRIC, MODE, {p.key: p.domain() for p in parse_space(cfg)})
+    for i in range(8):
+        trial = searcher.suggest(f"t{i}")
+        assert set(trial) == {"model.hidden_size", "model.num_layers", "model.dropout", "train.lr", "train.batch_size"}
+        applied = trial_config(cfg, trial)
+        assert applied.model.hidden_size in (8, 16) and applied.model.num_layers in (1, 2)
+        assert 0.0 <= applied.model.dropout <= 0.3 and 1e-4 <= applied.train.lr <= 1e-2
+        assert applied.train.batch_size in (32, 64, 96, 128)
+        searcher.on_trial_complete(f"t{i}", {METRIC: float(i)})
 
 
 def test_optuna_search_without_optuna_names_the_extra_and_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
