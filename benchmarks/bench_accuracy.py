@@ -379,7 +379,8 @@ def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                 rows.setdefault(f"rolling < {ref}", {})[name] = rolling < rolling[col]
                 rows.setdefault(f"holdout < {ref}", {})[name] = result["MASE holdout"] < result.at[col, "MASE holdout"]
     counts = {key: pd.DataFrame(per_set).sum(axis=1).astype(int) for key, per_set in rows.items()}
-    return pd.DataFrame(counts).rename_axis(f"sets of {len(tables)}")
+    ran = pd.Series({name: result.index for name, result in tables.items()}).explode().value_counts()
+    return pd.DataFrame({"sets run": ran, **counts}).fillna(0).astype(int).rename_axis("method")
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -464,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         "refit": args.refit,
     }
     overall = summary(tables)
-    print(f"== all sets: on how many each method's MASE is below the seasonal naive's and AutoETS's\n{overall}")
+    print("== all sets: on how many each method's MASE is below the seasonal naive's and AutoETS's", flush=True)
+    print(overall.to_string(), flush=True)
     doc = {"meta": meta, "results": results, "summary": json.loads(overall.to_json(orient="index"))}
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     return 0
