@@ -17,16 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "conf" / "debug.yaml"
 
 
-def space(text: str):
-    return load_config(DEBUG, [f"tune.space={text}"])
+# One key of each distribution.
+EVERY_DISTRIBUTION = (
+    "{model.hidden_size: {choice: [8, 16]}, model.num_layers: {randint: [1, 3]},"
+    " model.dropout: {uniform: [0.0, 0.3]}, train.lr: {loguniform: [1e-4, 1e-2]},"  # 1e-4: YAML reads a string
+    " train.batch_size: {quniform: [32, 128, 32]}}"
+)
+
+
+def space(text: str, *overrides: str):
+    return load_config(DEBUG, [f"tune.space={text}", *overrides])
 
 
 def test_every_distribution_parses_into_a_tune_domain() -> None:
-    cfg = space(
-        "{model.hidden_size: {choice: [8, 16]}, model.num_layers: {randint: [1, 3]},"
-        " model.dropout: {uniform: [0.0, 0.3]}, train.lr: {loguniform: [1e-4, 1e-2]},"  # 1e-4: YAML reads a string
-        " train.batch_size: {quniform: [32, 128, 32]}}"
-    )
+    cfg = space(EVERY_DISTRIBUTION)
     params = {p.key: p for p in parse_space(cfg)}
     assert [p.kind for p in params.values()] == ["choice", "randint", "uniform", "loguniform", "quniform"]
     assert params["train.lr"].args == [1e-4, 1e-2]
@@ -108,15 +112,7 @@ def test_optuna_suggests_valid_configs_from_every_distribution() -> None:
     """What Tune does with the searcher: hand it the space, ask for trials (optuna is in the dev extra)."""
     from lstm_dist.tune import METRIC, MODE, _search_alg
 
-    cfg = load_config(
-        DEBUG,
-        [
-            "tune.search=optuna",
-            "tune.space={model.hidden_size: {choice: [8, 16]}, model.num_layers: {randint: [1, 3]},"
-            " model.dropout: {uniform: [0.0, 0.3]}, train.lr: {loguniform: [1.0e-4, 1.0e-2]},"
-            " train.batch_size: {quniform: [32, 128, 32]}}",
-        ],
-    )
+    cfg = space(EVERY_DISTRIBUTION, "tune.search=optuna")
     searcher = _search_alg(cfg, max_concurrent=2)
     assert type(searcher).__name__ == "OptunaSearch"
     assert searcher.set_search_properties(METRIC, MODE, {p.key: p.domain() for p in parse_space(cfg)})
